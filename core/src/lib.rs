@@ -1,0 +1,8 @@
+//! Shared domain types of MMT, kept small: every crate depends on this one.
+
+pub mod error;
+pub mod telemetry;
+pub mod transcript;
+
+pub use error::ErrorClass;
+pub use transcript::{Segment, Transcript};

@@ -1,0 +1,194 @@
+//! `DATABASE_URL`: the job store.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use super::secret::{redact_url, Secret};
+use super::vars::{Echo, Vars};
+use super::{Environment, Problem};
+
+const DATABASE_URL: &str = "DATABASE_URL";
+
+/// The job store's database engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// SQLite: a file on this machine; development only.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+/// A database URL. Its password (and any password-like query parameter) is hidden
+/// from `Debug`, `Display` and `Serialize`; [`DatabaseUrl::expose`] gives the URL to
+/// connect with.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    kind: DatabaseKind,
+    url: Secret,
+}
+
+impl DatabaseUrl {
+    /// The form a problem message asks for.
+    pub const EXPECTED: &'static str = "a URL such as postgres://user:password@host:5432/db, \
+         mysql://user:password@host:3306/db or sqlite://mmt.db";
+
+    /// Parses `value`: `sqlite:` followed by a path (or `:memory:`), or
+    /// `postgres://`, `postgresql://`, `mysql://`, `mariadb://` followed by a host.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.chars().any(char::is_whitespace) {
+            return None;
+        }
+        let (scheme, rest) = value.split_once(':')?;
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => DatabaseKind::Sqlite,
+            "postgres" | "postgresql" => DatabaseKind::Postgres,
+            "mysql" | "mariadb" => DatabaseKind::Mysql,
+            _ => return None,
+        };
+        let well_formed = match kind {
+            DatabaseKind::Sqlite => !rest.trim_start_matches('/').is_empty(),
+            DatabaseKind::Postgres | DatabaseKind::Mysql => rest
+                .strip_prefix("//")
+                .is_some_and(|authority| !authority.is_empty()),
+        };
+        well_formed.then(|| Self {
+            kind,
+            url: Secret::new(value),
+        })
+    }
+
+    /// The engine.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The URL with its password: for the connection pool only, never for a log.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(self.url.expose(), true)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// The job store.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`: where jobs, transcripts and idempotency keys are stored.
+    /// Default `sqlite://mmt.db` (development only; SQLite is refused in `prod`).
+    pub url: DatabaseUrl,
+    /// Whether `url` is the default because `DATABASE_URL` was not set.
+    pub url_defaulted: bool,
+}
+
+impl DatabaseConfig {
+    /// The development default.
+    pub const DEFAULT_URL: &'static str = "sqlite://mmt.db";
+
+    pub(super) fn from_vars(vars: &mut Vars) -> Self {
+        let parsed = vars.parse(
+            DATABASE_URL,
+            DatabaseUrl::EXPECTED,
+            Echo::Never,
+            DatabaseUrl::parse,
+        );
+        let url_defaulted = !vars.is_set(DATABASE_URL);
+        let url = parsed.unwrap_or_else(Self::default_url);
+        Self { url, url_defaulted }
+    }
+
+    fn default_url() -> DatabaseUrl {
+        DatabaseUrl {
+            kind: DatabaseKind::Sqlite,
+            url: Secret::new(Self::DEFAULT_URL),
+        }
+    }
+
+    pub(super) fn validate(&self, env: Environment, out: &mut Vec<Problem>) {
+        let Some(severity) = env.production_rule() else {
+            return;
+        };
+        let message = if self.url_defaulted {
+            format!(
+                "not set, so the SQLite development default would be used; {env} needs \
+                 a postgres:// or mysql:// URL"
+            )
+        } else if self.url.kind() == DatabaseKind::Sqlite {
+            format!("SQLite is for development only; {env} needs a postgres:// or mysql:// URL")
+        } else {
+            return;
+        };
+        out.push(Problem {
+            variable: DATABASE_URL,
+            message,
+            severity,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let kind = |s: &str| DatabaseUrl::parse(s).map(|u| u.kind());
+        assert_eq!(kind("sqlite://mmt.db"), Some(DatabaseKind::Sqlite));
+        assert_eq!(kind("sqlite::memory:"), Some(DatabaseKind::Sqlite));
+        assert_eq!(kind("sqlite:mmt.db"), Some(DatabaseKind::Sqlite));
+        assert_eq!(
+            kind("postgres://127.0.0.1/test"),
+            Some(DatabaseKind::Postgres)
+        );
+        assert_eq!(kind("postgresql://u:p@h/db"), Some(DatabaseKind::Postgres));
+        assert_eq!(
+            kind("mysql://root@127.0.0.1/test"),
+            Some(DatabaseKind::Mysql)
+        );
+        assert_eq!(kind("mariadb://root@h/test"), Some(DatabaseKind::Mysql));
+        for bad in [
+            "",
+            "mmt.db",
+            "sqlite:",
+            "postgres:db",
+            "postgres://",
+            "redis://h",
+            "post gres://h",
+        ] {
+            assert!(DatabaseUrl::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn password_is_hidden_but_exposed_for_connecting() {
+        let url = DatabaseUrl::parse("postgres://mmt:pa55word@db/mmt").expect("valid");
+        for shown in [url.to_string(), format!("{url:?}"), url.redacted()] {
+            assert!(!shown.contains("pa55word"), "{shown}");
+        }
+        assert_eq!(url.expose(), "postgres://mmt:pa55word@db/mmt");
+    }
+}

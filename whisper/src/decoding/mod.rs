@@ -1,0 +1,596 @@
+//! Token generation for a batch of windows: greedy, beam search or sampling.
+//!
+//! One call decodes many windows (from different files) together: every
+//! decoder run serves all of their hypotheses, and finished rows leave the
+//! batch so that no work is spent on them.
+
+pub mod rules;
+
+use crate::model::{CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel};
+use crate::WhisperError;
+use ndarray::{Array2, Axis};
+use rules::{log_softmax, token_probability, LogitRules};
+use std::collections::HashSet;
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    /// The most likely token at every step.
+    Greedy,
+    /// Beam search keeping `size` hypotheses; stops after `size × patience` finish.
+    Beam { size: usize, patience: f32 },
+    /// `count` samples at `temperature`; the best by mean log-probability wins.
+    Sample {
+        temperature: f32,
+        count: usize,
+        seed: u64,
+    },
+}
+
+impl Strategy {
+    fn hypotheses(&self) -> usize {
+        match self {
+            Self::Greedy => 1,
+            Self::Beam { size, .. } => (*size).max(1),
+            Self::Sample { count, .. } => (*count).max(1),
+        }
+    }
+}
+
+/// One window to decode: its row in the encoded batch and its prompt.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Row of the window in the `CrossAttention` batch.
+    pub window: usize,
+    /// Prompt tokens: optional previous text, the start-of-transcript sequence, options.
+    pub prompt: Vec<u32>,
+    /// Index of `<|startoftranscript|>` in `prompt` (no-speech is read there).
+    pub sot_index: usize,
+}
+
+/// The decoded tokens of one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Generated tokens, without the final end-of-text.
+    pub tokens: Vec<u32>,
+    /// Sum of the log-probabilities of the tokens, end-of-text included.
+    pub sum_logprob: f64,
+    /// `sum_logprob / (tokens + 1)`, as Whisper reports it.
+    pub avg_logprob: f32,
+    /// Probability of `<|nospeech|>` right after `<|startoftranscript|>`.
+    pub no_speech_prob: f32,
+}
+
+/// A partial or finished hypothesis.
+#[derive(Debug, Clone)]
+struct Hypothesis {
+    request: usize,
+    tokens: Vec<u32>,
+    sum_logprob: f64,
+    finished: bool,
+}
+
+impl Hypothesis {
+    /// Length-normalised score used to rank finished hypotheses.
+    fn score(&self) -> f64 {
+        self.sum_logprob / self.tokens.len().max(1) as f64
+    }
+
+    fn into_generated(self, no_speech_prob: f32) -> Generated {
+        let avg_logprob = (self.sum_logprob / (self.tokens.len() + 1) as f64) as f32;
+        Generated {
+            tokens: self.tokens,
+            sum_logprob: self.sum_logprob,
+            avg_logprob,
+            no_speech_prob,
+        }
+    }
+}
+
+/// Decoder state for the rows currently in the batch.
+#[derive(Debug)]
+struct Rows<'a> {
+    cache: SelfAttentionCache,
+    cross: Cross<'a>,
+    /// Left-padding slots at the start of each row's cache.
+    padding: Vec<usize>,
+    /// Cache length (equal for every row, padding included).
+    past: usize,
+    /// Window row in the caller's `CrossAttention` of each current row.
+    windows: Vec<usize>,
+}
+
+/// The cross-attention of the current rows: the caller's batch, or a selection of it.
+#[derive(Debug)]
+enum Cross<'a> {
+    Borrowed(&'a CrossAttention),
+    Selected(CrossAttention),
+}
+
+impl Cross<'_> {
+    fn get(&self) -> &CrossAttention {
+        match self {
+            Self::Borrowed(cross) => cross,
+            Self::Selected(cross) => cross,
+        }
+    }
+}
+
+impl<'a> Rows<'a> {
+    fn new(
+        model: &WhisperModel,
+        cross: &'a CrossAttention,
+        windows: Vec<usize>,
+    ) -> Result<Self, WhisperError> {
+        let spec = model.spec();
+        let identity = windows.len() == cross.rows && windows.iter().enumerate().all(|(i, &w)| i == w);
+        let selected = if identity {
+            Cross::Borrowed(cross)
+        } else {
+            Cross::Selected(cross.select_rows(&windows)?)
+        };
+        Ok(Self {
+            cache: SelfAttentionCache::empty(spec.n_decoder_layers, windows.len(), spec.d_model)?,
+            cross: selected,
+            padding: vec![0; windows.len()],
+            past: 0,
+            windows,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Feeds one token sequence per row (left-padded to equal length); returns last logits.
+    fn feed(
+        &mut self,
+        model: &mut WhisperModel,
+        sequences: &[&[u32]],
+        pad_token: u32,
+    ) -> Result<Array2<f32>, WhisperError> {
+        let rows = sequences.len();
+        let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut tokens = Array2::<i64>::from_elem((rows, width), i64::from(pad_token));
+        let mut positions = Array2::<i64>::zeros((rows, width));
+        let mut new_padding = Vec::with_capacity(rows);
+        for (row, sequence) in sequences.iter().enumerate() {
+            let pad = width - sequence.len();
+            // Position of a row's next token = tokens it already holds.
+            let first_position = (self.past - self.padding[row]) as i64;
+            for (offset, &token) in sequence.iter().enumerate() {
+                tokens[[row, pad + offset]] = i64::from(token);
+                positions[[row, pad + offset]] = first_position + offset as i64;
+            }
+            new_padding.push(pad);
+        }
+        let total = self.past + width;
+        let mut attention_mask = Array2::<f32>::zeros((rows, total));
+        for row in 0..rows {
+            let masked = (0..self.padding[row]).chain(self.past..self.past + new_padding[row]);
+            for slot in masked {
+                attention_mask[[row, slot]] = -1e9;
+            }
+        }
+        let (logits, cache) = model.decode(DecoderInputs {
+            tokens,
+            positions,
+            attention_mask,
+            cache: &self.cache,
+            cross: self.cross.get(),
+        })?;
+        self.cache = cache;
+        // Padding inside the new tokens only happens on the first (prompt) call.
+        if self.past == 0 {
+            self.padding = new_padding;
+        } else if new_padding.iter().any(|&p| p > 0) {
+            return Err(WhisperError::InvalidOption {
+                reason: "only the first decoder call may hold sequences of different lengths".into(),
+            });
+        }
+        self.past = total;
+        Ok(logits)
+    }
+
+    /// Keeps rows `indices` (in that order, repeats allowed).
+    fn select(&mut self, indices: &[usize]) -> Result<(), WhisperError> {
+        if indices.len() == self.len() && indices.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        self.cache = self.cache.select_rows(indices)?;
+        let windows: Vec<usize> = indices.iter().map(|&r| self.windows[r]).collect();
+        if windows != self.windows {
+            // Rows of the current cross selection that the kept rows use.
+            let cross = self.cross.get().select_rows(indices)?;
+            self.cross = Cross::Selected(cross);
+        }
+        self.padding = indices.iter().map(|&r| self.padding[r]).collect();
+        self.windows = windows;
+        Ok(())
+    }
+}
+
+/// Decodes `requests` against the encoded windows `cross`.
+pub fn generate(
+    model: &mut WhisperModel,
+    cross: &CrossAttention,
+    requests: &[Request],
+    rules: &LogitRules,
+    strategy: &Strategy,
+    max_new_tokens: usize,
+) -> Result<Vec<Generated>, WhisperError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec = model.spec().clone();
+    let mut rows = Rows::new(model, cross, requests.iter().map(|r| r.window).collect())?;
+
+    // The prompt up to <|startoftranscript|> gives the no-speech probability.
+    let heads: Vec<&[u32]> = requests
+        .iter()
+        .map(|r| &r.prompt[..=r.sot_index.min(r.prompt.len().saturating_sub(1))])
+        .collect();
+    let mut logits = rows.feed(model, &heads, spec.eot)?;
+    let no_speech: Vec<f32> = logits
+        .rows()
+        .into_iter()
+        .map(|row| token_probability(row.as_slice().unwrap_or(&[]), spec.no_speech))
+        .collect();
+    let tails: Vec<&[u32]> = requests
+        .iter()
+        .map(|r| r.prompt.get(r.sot_index + 1..).unwrap_or(&[]))
+        .collect();
+    if tails.iter().any(|t| t.len() != tails[0].len()) {
+        return Err(WhisperError::InvalidOption {
+            reason: "all windows of a batch need the same options after <|startoftranscript|>"
+                .into(),
+        });
+    }
+    if !tails[0].is_empty() {
+        logits = rows.feed(model, &tails, spec.eot)?;
+    }
+
+    // One row per hypothesis.
+    let per_request = strategy.hypotheses();
+    let expand: Vec<usize> = (0..requests.len())
+        .flat_map(|r| std::iter::repeat_n(r, per_request))
+        .collect();
+    rows.select(&expand)?;
+    let logits = logits.select(Axis(0), &expand);
+    let hypotheses: Vec<Hypothesis> = expand
+        .iter()
+        .map(|&request| Hypothesis {
+            request,
+            tokens: Vec::new(),
+            sum_logprob: 0.0,
+            finished: false,
+        })
+        .collect();
+
+    let search = Search {
+        model,
+        rules,
+        eot: spec.eot,
+        max_new_tokens,
+    };
+    let finished = match strategy {
+        Strategy::Greedy => search.independent(rows, hypotheses, logits, None)?,
+        Strategy::Sample {
+            temperature,
+            seed,
+            ..
+        } => search.independent(
+            rows,
+            hypotheses,
+            logits,
+            Some((*temperature, &mut Rng::new(*seed))),
+        )?,
+        Strategy::Beam { size, patience } => {
+            search.beam(rows, hypotheses, logits, (*size).max(1), *patience)?
+        }
+    };
+    Ok(best_per_request(finished, requests.len())
+        .into_iter()
+        .zip(no_speech)
+        .map(|(hypothesis, no_speech_prob)| hypothesis.into_generated(no_speech_prob))
+        .collect())
+}
+
+/// The highest-scoring hypothesis of each request.
+fn best_per_request(hypotheses: Vec<Hypothesis>, requests: usize) -> Vec<Hypothesis> {
+    let mut best: Vec<Option<Hypothesis>> = vec![None; requests];
+    for hypothesis in hypotheses {
+        let slot = &mut best[hypothesis.request];
+        if slot.as_ref().is_none_or(|b| hypothesis.score() > b.score()) {
+            *slot = Some(hypothesis);
+        }
+    }
+    best.into_iter()
+        .enumerate()
+        .map(|(request, h)| {
+            h.unwrap_or(Hypothesis {
+                request,
+                tokens: Vec::new(),
+                sum_logprob: 0.0,
+                finished: true,
+            })
+        })
+        .collect()
+}
+
+/// The decoding loop's fixed parts.
+struct Search<'m> {
+    model: &'m mut WhisperModel,
+    rules: &'m LogitRules,
+    eot: u32,
+    max_new_tokens: usize,
+}
+
+impl Search<'_> {
+    /// Greedy or sampled decoding: every row evolves on its own.
+    fn independent(
+        self,
+        mut rows: Rows<'_>,
+        mut hypotheses: Vec<Hypothesis>,
+        mut logits: Array2<f32>,
+        mut sampling: Option<(f32, &mut Rng)>,
+    ) -> Result<Vec<Hypothesis>, WhisperError> {
+        let mut done = Vec::with_capacity(hypotheses.len());
+        let mut scratch = Vec::new();
+        for _ in 0..self.max_new_tokens {
+            for (row, hypothesis) in hypotheses.iter_mut().enumerate() {
+                let mut row_logits = logits.row(row).to_vec();
+                self.rules.apply(&mut row_logits, &hypothesis.tokens);
+                let token = match sampling.as_mut() {
+                    None => argmax(&row_logits),
+                    Some((temperature, rng)) => {
+                        sample(&row_logits, *temperature, rng, &mut scratch)
+                    }
+                };
+                log_softmax(&row_logits, &mut scratch);
+                hypothesis.sum_logprob += f64::from(scratch[token as usize]);
+                if token == self.eot {
+                    hypothesis.finished = true;
+                } else {
+                    hypothesis.tokens.push(token);
+                }
+            }
+            // Finished rows leave the batch so no decoder work is spent on them.
+            let keep: Vec<usize> = (0..hypotheses.len())
+                .filter(|&row| !hypotheses[row].finished)
+                .collect();
+            if keep.len() < hypotheses.len() {
+                let mut remaining = Vec::with_capacity(keep.len());
+                for hypothesis in hypotheses.drain(..) {
+                    if hypothesis.finished {
+                        done.push(hypothesis);
+                    } else {
+                        remaining.push(hypothesis);
+                    }
+                }
+                hypotheses = remaining;
+                if hypotheses.is_empty() {
+                    break;
+                }
+                rows.select(&keep)?;
+            }
+            let next: Vec<[u32; 1]> = hypotheses
+                .iter()
+                .map(|h| [h.tokens.last().copied().unwrap_or(self.eot)])
+                .collect();
+            let next: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            logits = rows.feed(self.model, &next, self.eot)?;
+        }
+        done.extend(hypotheses);
+        Ok(done)
+    }
+
+    /// Beam search over each request's `size` beams.
+    fn beam(
+        self,
+        mut rows: Rows<'_>,
+        mut beams: Vec<Hypothesis>,
+        mut logits: Array2<f32>,
+        size: usize,
+        patience: f32,
+    ) -> Result<Vec<Hypothesis>, WhisperError> {
+        let max_finished = ((size as f32 * patience).round() as usize).max(1);
+        let requests = beams.iter().map(|b| b.request).max().map_or(0, |m| m + 1);
+        let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); requests];
+        let mut scratch = Vec::new();
+        for step in 0..self.max_new_tokens {
+            // Candidates per request: (score, source row, token).
+            let mut candidates: Vec<Vec<(f64, usize, u32)>> = vec![Vec::new(); requests];
+            for (row, beam) in beams.iter().enumerate() {
+                let mut row_logits = logits.row(row).to_vec();
+                self.rules.apply(&mut row_logits, &beam.tokens);
+                log_softmax(&row_logits, &mut scratch);
+                for token in top_k(&scratch, size + 1) {
+                    let score = beam.sum_logprob + f64::from(scratch[token as usize]);
+                    candidates[beam.request].push((score, row, token));
+                }
+            }
+            let mut next_beams = Vec::with_capacity(beams.len());
+            let mut sources = Vec::with_capacity(beams.len());
+            for (request, mut options) in candidates.into_iter().enumerate() {
+                if options.is_empty() {
+                    continue;
+                }
+                options.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let mut seen = HashSet::new();
+                let mut kept = 0;
+                for (score, row, token) in options {
+                    let mut tokens = beams[row].tokens.clone();
+                    let is_end = token == self.eot;
+                    if !is_end {
+                        tokens.push(token);
+                    }
+                    if !seen.insert((tokens.clone(), is_end)) {
+                        continue;
+                    }
+                    let hypothesis = Hypothesis {
+                        request,
+                        tokens,
+                        sum_logprob: score,
+                        finished: is_end,
+                    };
+                    if is_end {
+                        if finished[request].len() < max_finished {
+                            finished[request].push(hypothesis);
+                        }
+                    } else {
+                        next_beams.push(hypothesis);
+                        sources.push(row);
+                        kept += 1;
+                        if kept == size {
+                            break;
+                        }
+                    }
+                }
+            }
+            // Requests with enough finished hypotheses stop searching.
+            let keep: Vec<usize> = (0..next_beams.len())
+                .filter(|&i| finished[next_beams[i].request].len() < max_finished)
+                .collect();
+            beams = keep.iter().map(|&i| next_beams[i].clone()).collect();
+            let sources: Vec<usize> = keep.iter().map(|&i| sources[i]).collect();
+            if beams.is_empty() || step + 1 == self.max_new_tokens {
+                break;
+            }
+            rows.select(&sources)?;
+            let next: Vec<[u32; 1]> = beams
+                .iter()
+                .map(|b| [b.tokens.last().copied().unwrap_or(self.eot)])
+                .collect();
+            let next: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            logits = rows.feed(self.model, &next, self.eot)?;
+        }
+        // Requests that never finished keep their live beams as candidates.
+        for beam in beams {
+            if finished[beam.request].is_empty() {
+                finished[beam.request].push(beam);
+            }
+        }
+        Ok(finished.into_iter().flatten().collect())
+    }
+}
+
+fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (index, &value) in values.iter().enumerate() {
+        if value > values[best] {
+            best = index;
+        }
+    }
+    best as u32
+}
+
+/// Indices of the `k` largest values, largest first.
+fn top_k(values: &[f32], k: usize) -> Vec<u32> {
+    let mut best: Vec<u32> = Vec::with_capacity(k + 1);
+    for (index, &value) in values.iter().enumerate() {
+        if value == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.len() == k && value <= values[best[k - 1] as usize] {
+            continue;
+        }
+        let at = best
+            .iter()
+            .position(|&b| value > values[b as usize])
+            .unwrap_or(best.len());
+        best.insert(at, index as u32);
+        best.truncate(k);
+    }
+    best
+}
+
+/// Draws a token from softmax(logits / temperature).
+fn sample(logits: &[f32], temperature: f32, rng: &mut Rng, scratch: &mut Vec<f32>) -> u32 {
+    let scaled: Vec<f32> = logits.iter().map(|&x| x / temperature.max(1e-6)).collect();
+    log_softmax(&scaled, scratch);
+    let mut threshold = rng.next_f64();
+    for (index, &log_p) in scratch.iter().enumerate() {
+        threshold -= f64::from(log_p.exp());
+        if threshold <= 0.0 {
+            return index as u32;
+        }
+    }
+    argmax(logits)
+}
+
+/// A small deterministic generator (xorshift64*): sampling must be reproducible
+/// for a given seed, and needs nothing stronger.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        bits as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_skips_masked() {
+        let values = [0.1, f32::NEG_INFINITY, 3.0, 2.0, -1.0];
+        assert_eq!(top_k(&values, 2), vec![2, 3]);
+        assert_eq!(top_k(&values, 10), vec![2, 3, 0, 4]);
+    }
+
+    #[test]
+    fn argmax_picks_first_maximum() {
+        assert_eq!(argmax(&[1.0, 5.0, 5.0, 0.0]), 1);
+    }
+
+    #[test]
+    fn sampling_at_low_temperature_is_greedy_and_reproducible() {
+        let logits = [0.0, 4.0, 1.0];
+        let mut scratch = Vec::new();
+        let mut rng = Rng::new(7);
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, 0.01, &mut rng, &mut scratch), 1);
+        }
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..50)
+                .map(|_| sample(&[0.0, 0.0, 0.0], 1.0, &mut rng, &mut Vec::new()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        let counts = draw(3).iter().fold([0; 3], |mut c, &t| {
+            c[t as usize] += 1;
+            c
+        });
+        assert!(counts.iter().all(|&c| c > 5), "{counts:?}");
+    }
+
+    #[test]
+    fn best_hypothesis_is_length_normalised() {
+        let short = Hypothesis {
+            request: 0,
+            tokens: vec![1],
+            sum_logprob: -1.0,
+            finished: true,
+        };
+        let long = Hypothesis {
+            request: 0,
+            tokens: vec![1, 2, 3, 4],
+            sum_logprob: -2.0,
+            finished: true,
+        };
+        let best = best_per_request(vec![short, long.clone()], 1);
+        assert_eq!(best[0].tokens, long.tokens);
+    }
+}

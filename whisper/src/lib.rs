@@ -1,0 +1,21 @@
+//! Whisper speech-to-text on ONNX Runtime.
+//!
+//! The pieces, in the order audio flows through them:
+//! [`audio`] decodes a file to 16 kHz mono samples, [`mel`] turns samples into
+//! Whisper's log-mel features, [`model`] runs the exported ONNX encoder and
+//! decoder, [`decoding`] applies Whisper's decoding rules (greedy or beam
+//! search, suppressed tokens, timestamps, no-speech detection), and
+//! [`transcribe`] drives long-form audio over 30 s windows, batching windows
+//! of several inputs into one model call. [`tokenizer`] maps token ids to text.
+
+pub mod audio;
+pub mod decoding;
+pub mod error;
+pub mod mel;
+pub mod model;
+pub mod tokenizer;
+pub mod transcribe;
+
+pub use error::WhisperError;
+pub use model::ModelOptions;
+pub use transcribe::{Engine, TranscribeOptions};

@@ -1,0 +1,660 @@
+//! Long-form transcription: seeking over 30 s windows, batched across inputs.
+//!
+//! Each input keeps its own seek position and prompt, as Whisper's long-form
+//! algorithm needs; every round takes the next window of up to `batch_size`
+//! inputs, encodes them in one encoder call and decodes them together.
+
+use crate::decoding::rules::LogitRules;
+use crate::decoding::{generate, Generated, Request, Strategy};
+use crate::mel::MelFrontEnd;
+use crate::model::{stack_windows, ModelOptions, WhisperModel};
+use crate::tokenizer::Tokenizer;
+use crate::WhisperError;
+use mmt_core::{Segment, Transcript};
+use ndarray::{s, Array2};
+use std::io::Write as _;
+
+/// Mel frames per 30 s window.
+pub const WINDOW_FRAMES: usize = 3000;
+/// Seconds per mel frame (hop 160 at 16 kHz).
+const SECONDS_PER_FRAME: f64 = 0.01;
+/// Seconds per timestamp token.
+const TIME_PRECISION: f64 = 0.02;
+/// Mel frames per timestamp token.
+const FRAMES_PER_TIMESTAMP: usize = 2;
+
+/// Decoding options; the defaults are Whisper's (and faster-whisper's).
+#[derive(Debug, Clone)]
+pub struct TranscribeOptions {
+    /// Beam width; 1 decodes greedily.
+    pub beam_size: usize,
+    /// Beam search stops once `beam_size × patience` hypotheses finished.
+    pub patience: f32,
+    /// Samples drawn at each fallback temperature above 0.
+    pub best_of: usize,
+    /// Temperatures tried in turn while a window's decoding looks unreliable.
+    pub temperatures: Vec<f32>,
+    /// Text compressing better than this (gzip ratio) is deemed repetitive.
+    pub compression_ratio_threshold: Option<f32>,
+    /// Mean token log-probability below this is deemed unreliable.
+    pub log_prob_threshold: Option<f32>,
+    /// Windows more likely silent than this (and unreliable) are skipped.
+    pub no_speech_threshold: Option<f32>,
+    /// Give the previous window's text as a prompt to the next.
+    pub condition_on_previous_text: bool,
+    /// Stop conditioning after a window needed a temperature above this.
+    pub prompt_reset_on_temperature: f32,
+    /// Text that primes the first window (spelling of names, style).
+    pub initial_prompt: Option<String>,
+    /// Forbid a blank or end-of-text as the very first token.
+    pub suppress_blank: bool,
+    /// Decode plain text without timestamp tokens (segments then span whole windows).
+    pub without_timestamps: bool,
+    /// Latest allowed first timestamp, in seconds.
+    pub max_initial_timestamp: f32,
+    /// Windows (from different inputs) decoded together.
+    pub batch_size: usize,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        Self {
+            beam_size: 1,
+            patience: 1.0,
+            best_of: 5,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            log_prob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            prompt_reset_on_temperature: 0.5,
+            initial_prompt: None,
+            suppress_blank: true,
+            without_timestamps: false,
+            max_initial_timestamp: 1.0,
+            batch_size: 8,
+        }
+    }
+}
+
+impl TranscribeOptions {
+    /// Every problem with the options, or nothing.
+    pub fn validate(&self) -> Result<(), WhisperError> {
+        let problem = if self.beam_size == 0 {
+            Some("beam size must be at least 1")
+        } else if self.batch_size == 0 {
+            Some("batch size must be at least 1")
+        } else if self.best_of == 0 {
+            Some("best_of must be at least 1")
+        } else if self.temperatures.is_empty() {
+            Some("at least one temperature is needed")
+        } else if self.temperatures.iter().any(|t| !(0.0..=2.0).contains(t)) {
+            Some("temperatures must lie in 0..=2")
+        } else if self.patience <= 0.0 {
+            Some("patience must be positive")
+        } else {
+            None
+        };
+        match problem {
+            Some(reason) => Err(WhisperError::InvalidOption {
+                reason: reason.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A loaded model, tokenizer and front end: everything needed to transcribe.
+#[derive(Debug)]
+pub struct Engine {
+    model: WhisperModel,
+    tokenizer: Tokenizer,
+    front_end: MelFrontEnd,
+}
+
+impl Engine {
+    /// Loads ONNX Runtime, the model graphs and the tokenizer.
+    pub fn load(options: &ModelOptions) -> Result<Self, WhisperError> {
+        let model = WhisperModel::load(options)?;
+        let tokenizer = Tokenizer::from_file(&options.model_dir.join("tokenizer.json"), model.spec())?;
+        let front_end = MelFrontEnd::new(model.spec().n_mels);
+        Ok(Self {
+            model,
+            tokenizer,
+            front_end,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn model(&self) -> &WhisperModel {
+        &self.model
+    }
+
+    /// Transcribes one input of 16 kHz mono samples.
+    pub fn transcribe(
+        &mut self,
+        samples: &[f32],
+        options: &TranscribeOptions,
+    ) -> Result<Transcript, WhisperError> {
+        self.transcribe_batch(&[samples], options)?
+            .pop()
+            .ok_or_else(|| WhisperError::Inference {
+                reason: "no transcript produced".into(),
+            })
+    }
+
+    /// Transcribes several inputs, batching their windows together.
+    pub fn transcribe_batch(
+        &mut self,
+        inputs: &[&[f32]],
+        options: &TranscribeOptions,
+    ) -> Result<Vec<Transcript>, WhisperError> {
+        options.validate()?;
+        let initial_prompt = match &options.initial_prompt {
+            Some(text) => self.tokenizer.encode(&format!(" {}", text.trim()))?,
+            None => Vec::new(),
+        };
+        let mut streams: Vec<Stream> = inputs
+            .iter()
+            .map(|samples| Stream::new(self.front_end.log_mel(samples), samples.len(), &initial_prompt))
+            .collect();
+        let mut next = 0;
+        loop {
+            let round = next_round(&streams, &mut next, options.batch_size);
+            if round.is_empty() {
+                break;
+            }
+            self.decode_round(&mut streams, &round, options)?;
+        }
+        let language = if self.model.spec().multilingual { "und" } else { "en" };
+        Ok(streams
+            .into_iter()
+            .map(|stream| Transcript::from_segments(stream.segments, stream.duration, language))
+            .collect())
+    }
+
+    /// Encodes and decodes the current window of each stream in `round`.
+    fn decode_round(
+        &mut self,
+        streams: &mut [Stream],
+        round: &[usize],
+        options: &TranscribeOptions,
+    ) -> Result<(), WhisperError> {
+        let windows: Vec<Array2<f32>> = round.iter().map(|&i| streams[i].window()).collect();
+        let cross = self.model.encode(stack_windows(&windows)?.view())?;
+        let requests: Vec<Request> = round
+            .iter()
+            .enumerate()
+            .map(|(row, &i)| self.request(&streams[i], row, options))
+            .collect();
+        let outcomes = self.decode_with_fallback(&cross, &requests, options)?;
+        for (&stream_index, outcome) in round.iter().zip(outcomes) {
+            self.advance(&mut streams[stream_index], outcome, options)?;
+        }
+        Ok(())
+    }
+
+    /// The prompt of a stream's next window.
+    fn request(&self, stream: &Stream, row: usize, options: &TranscribeOptions) -> Request {
+        let spec = self.model.spec();
+        let mut prompt = Vec::new();
+        let previous = &stream.all_tokens[stream.prompt_reset_since..];
+        if !previous.is_empty() {
+            prompt.push(spec.sot_prev);
+            let keep = spec.n_text_ctx / 2 - 1;
+            prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+        }
+        let sot_index = prompt.len();
+        prompt.push(spec.sot);
+        if spec.multilingual {
+            // Language detection is not supported yet: English, transcribe.
+            if let Some(english) = self.tokenizer.token_id("<|en|>") {
+                prompt.push(english);
+            }
+            prompt.push(spec.transcribe);
+        }
+        if options.without_timestamps {
+            prompt.push(spec.no_timestamps);
+        }
+        Request {
+            window: row,
+            prompt,
+            sot_index,
+        }
+    }
+
+    /// Decodes every request, retrying unreliable ones at higher temperatures.
+    fn decode_with_fallback(
+        &mut self,
+        cross: &crate::model::CrossAttention,
+        requests: &[Request],
+        options: &TranscribeOptions,
+    ) -> Result<Vec<Outcome>, WhisperError> {
+        let spec = self.model.spec().clone();
+        let max_initial =
+            (!options.without_timestamps).then(|| (options.max_initial_timestamp as f64 / TIME_PRECISION).round() as u32);
+        let rules = LogitRules::new(&spec, options.suppress_blank, max_initial);
+        let longest_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        let max_new_tokens = (spec.n_text_ctx / 2).min(spec.n_text_ctx.saturating_sub(longest_prompt));
+
+        let mut attempts: Vec<Vec<Outcome>> = vec![Vec::new(); requests.len()];
+        let mut pending: Vec<usize> = (0..requests.len()).collect();
+        for (round, &temperature) in options.temperatures.iter().enumerate() {
+            if pending.is_empty() {
+                break;
+            }
+            let strategy = if temperature > 0.0 {
+                Strategy::Sample {
+                    temperature,
+                    count: options.best_of,
+                    seed: 0x5eed + round as u64,
+                }
+            } else if options.beam_size > 1 {
+                Strategy::Beam {
+                    size: options.beam_size,
+                    patience: options.patience,
+                }
+            } else {
+                Strategy::Greedy
+            };
+            let batch: Vec<Request> = pending.iter().map(|&i| requests[i].clone()).collect();
+            let results = generate(&mut self.model, cross, &batch, &rules, &strategy, max_new_tokens)?;
+            let mut still_pending = Vec::new();
+            for (&index, generated) in pending.iter().zip(results) {
+                let outcome = self.judge(generated, temperature)?;
+                let retry = outcome.needs_fallback(options);
+                attempts[index].push(outcome);
+                if retry {
+                    still_pending.push(index);
+                }
+            }
+            pending = still_pending;
+        }
+        Ok(attempts
+            .into_iter()
+            .enumerate()
+            .map(|(index, tries)| choose_outcome(tries, !pending.contains(&index), options))
+            .collect())
+    }
+
+    fn judge(&self, generated: Generated, temperature: f32) -> Result<Outcome, WhisperError> {
+        let text = self.tokenizer.decode(&generated.tokens)?;
+        Ok(Outcome {
+            compression_ratio: compression_ratio(text.trim()),
+            generated,
+            temperature,
+        })
+    }
+
+    /// Turns a window's tokens into segments and moves the stream's seek.
+    fn advance(
+        &self,
+        stream: &mut Stream,
+        outcome: Outcome,
+        options: &TranscribeOptions,
+    ) -> Result<(), WhisperError> {
+        let segment_frames = stream.segment_frames();
+        if outcome.is_silence(options) {
+            stream.seek += segment_frames;
+            return Ok(());
+        }
+        let spec = self.model.spec();
+        let time_offset = stream.seek as f64 * SECONDS_PER_FRAME;
+        let split = split_by_timestamps(
+            &outcome.generated.tokens,
+            spec.timestamp_begin,
+            time_offset,
+            segment_frames,
+        );
+        stream.seek += split.advance_frames;
+        for piece in split.pieces {
+            let text = self.tokenizer.decode(&piece.tokens)?;
+            if piece.start == piece.end || text.trim().is_empty() {
+                continue;
+            }
+            stream.all_tokens.extend_from_slice(&piece.tokens);
+            let generated = &outcome.generated;
+            stream.segments.push(Segment {
+                id: stream.segments.len(),
+                start: piece.start,
+                end: piece.end,
+                text: text.trim().to_owned(),
+                avg_logprob: generated.avg_logprob,
+                no_speech_prob: generated.no_speech_prob,
+                temperature: outcome.temperature,
+                confidence: generated.avg_logprob.exp(),
+            });
+        }
+        if !options.condition_on_previous_text
+            || outcome.temperature > options.prompt_reset_on_temperature
+        {
+            stream.prompt_reset_since = stream.all_tokens.len();
+        }
+        Ok(())
+    }
+}
+
+/// The next streams to decode, round-robin from `next`, at most `batch_size`.
+fn next_round(streams: &[Stream], next: &mut usize, batch_size: usize) -> Vec<usize> {
+    let count = streams.len();
+    let mut round = Vec::new();
+    for step in 0..count {
+        let index = (*next + step) % count;
+        if streams[index].is_active() {
+            round.push(index);
+            if round.len() == batch_size {
+                *next = (index + 1) % count;
+                return round;
+            }
+        }
+    }
+    round
+}
+
+/// One input's progress through its windows.
+#[derive(Debug)]
+struct Stream {
+    features: Array2<f32>,
+    content_frames: usize,
+    duration: f64,
+    seek: usize,
+    all_tokens: Vec<u32>,
+    prompt_reset_since: usize,
+    segments: Vec<Segment>,
+}
+
+impl Stream {
+    fn new(features: Array2<f32>, samples: usize, initial_prompt: &[u32]) -> Self {
+        // The front end pads one extra frame past the audio, as Whisper's does.
+        let content_frames = features.ncols().saturating_sub(1);
+        Self {
+            features,
+            content_frames,
+            duration: samples as f64 / f64::from(crate::audio::SAMPLE_RATE),
+            seek: 0,
+            all_tokens: initial_prompt.to_vec(),
+            prompt_reset_since: 0,
+            segments: Vec::new(),
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.seek < self.content_frames
+    }
+
+    /// Frames of real audio in the current window.
+    fn segment_frames(&self) -> usize {
+        WINDOW_FRAMES.min(self.content_frames - self.seek)
+    }
+
+    /// The current window, zero-padded to 30 s like Whisper's `pad_or_trim`.
+    fn window(&self) -> Array2<f32> {
+        let frames = self.segment_frames();
+        let mut window = Array2::<f32>::zeros((self.features.nrows(), WINDOW_FRAMES));
+        window
+            .slice_mut(s![.., ..frames])
+            .assign(&self.features.slice(s![.., self.seek..self.seek + frames]));
+        window
+    }
+}
+
+/// One decoding attempt of a window and how it was judged.
+#[derive(Debug, Clone)]
+struct Outcome {
+    generated: Generated,
+    temperature: f32,
+    compression_ratio: f32,
+}
+
+impl Outcome {
+    fn too_repetitive(&self, options: &TranscribeOptions) -> bool {
+        options
+            .compression_ratio_threshold
+            .is_some_and(|limit| self.compression_ratio > limit)
+    }
+
+    fn too_unlikely(&self, options: &TranscribeOptions) -> bool {
+        options
+            .log_prob_threshold
+            .is_some_and(|limit| self.generated.avg_logprob < limit)
+    }
+
+    /// Whether the window is likely silence (then it is neither retried nor kept).
+    fn is_silence(&self, options: &TranscribeOptions) -> bool {
+        options
+            .no_speech_threshold
+            .is_some_and(|limit| self.generated.no_speech_prob > limit)
+            && self.too_unlikely(options)
+    }
+
+    fn needs_fallback(&self, options: &TranscribeOptions) -> bool {
+        (self.too_repetitive(options) || self.too_unlikely(options)) && !self.is_silence(options)
+    }
+}
+
+/// The attempt to keep: the accepted one, or else the likeliest non-repetitive one.
+fn choose_outcome(mut tries: Vec<Outcome>, accepted: bool, options: &TranscribeOptions) -> Outcome {
+    let last_temperature = tries.last().map_or(0.0, |t| t.temperature);
+    if accepted {
+        if let Some(last) = tries.pop() {
+            return last;
+        }
+    }
+    let has_good = tries.iter().any(|t| !t.too_repetitive(options));
+    let mut best = tries
+        .into_iter()
+        .filter(|t| !has_good || !t.too_repetitive(options))
+        .max_by(|a, b| a.generated.avg_logprob.total_cmp(&b.generated.avg_logprob))
+        .unwrap_or(Outcome {
+            generated: Generated {
+                tokens: Vec::new(),
+                sum_logprob: 0.0,
+                avg_logprob: 0.0,
+                no_speech_prob: 1.0,
+            },
+            temperature: last_temperature,
+            compression_ratio: 0.0,
+        });
+    // The prompt reset looks at the last temperature tried, as Whisper does.
+    best.temperature = last_temperature;
+    best
+}
+
+/// A window's tokens cut into timed pieces.
+#[derive(Debug, PartialEq)]
+struct Split {
+    pieces: Vec<Piece>,
+    /// How far the stream's seek moves.
+    advance_frames: usize,
+}
+
+#[derive(Debug, PartialEq)]
+struct Piece {
+    start: f64,
+    end: f64,
+    tokens: Vec<u32>,
+}
+
+/// Whisper's segmentation: consecutive timestamp tokens close a segment; an
+/// unfinished last segment is dropped and decoded again from its start.
+fn split_by_timestamps(
+    tokens: &[u32],
+    timestamp_begin: u32,
+    time_offset: f64,
+    segment_frames: usize,
+) -> Split {
+    let is_timestamp = |t: u32| t >= timestamp_begin;
+    let time_of = |t: u32| time_offset + f64::from(t - timestamp_begin) * TIME_PRECISION;
+    let single_timestamp_ending =
+        tokens.len() >= 2 && !is_timestamp(tokens[tokens.len() - 2]) && is_timestamp(tokens[tokens.len() - 1]);
+    let mut boundaries: Vec<usize> = (1..tokens.len())
+        .filter(|&i| is_timestamp(tokens[i]) && is_timestamp(tokens[i - 1]))
+        .collect();
+
+    if boundaries.is_empty() {
+        let duration = match tokens.iter().rev().find(|&&t| is_timestamp(t)) {
+            Some(&last) if last != timestamp_begin => f64::from(last - timestamp_begin) * TIME_PRECISION,
+            _ => segment_frames as f64 * SECONDS_PER_FRAME,
+        };
+        return Split {
+            pieces: vec![Piece {
+                start: time_offset,
+                end: time_offset + duration,
+                tokens: tokens.to_vec(),
+            }],
+            advance_frames: segment_frames,
+        };
+    }
+    if single_timestamp_ending {
+        boundaries.push(tokens.len());
+    }
+    let mut pieces = Vec::with_capacity(boundaries.len());
+    let mut last = 0;
+    for &boundary in &boundaries {
+        let slice = &tokens[last..boundary];
+        pieces.push(Piece {
+            start: time_of(slice[0]),
+            end: time_of(slice[slice.len() - 1]),
+            tokens: slice.to_vec(),
+        });
+        last = boundary;
+    }
+    let advance_frames = if single_timestamp_ending {
+        // Nothing was said after the last timestamp: the whole window is done.
+        segment_frames
+    } else {
+        (tokens[last - 1] - timestamp_begin) as usize * FRAMES_PER_TIMESTAMP
+    };
+    Split {
+        pieces,
+        advance_frames,
+    }
+}
+
+/// How well the text compresses (zlib, as Whisper measures repetition).
+fn compression_ratio(text: &str) -> f32 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = encoder
+        .write_all(text.as_bytes())
+        .and_then(|_| encoder.finish())
+        .map_or(text.len(), |bytes| bytes.len());
+    text.len() as f32 / compressed.max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TB: u32 = 1000;
+
+    #[test]
+    fn pairs_of_timestamps_split_segments() {
+        // <0.00> a b <1.00><1.00> c <2.00><2.40> d (unfinished)
+        let tokens = [TB, 1, 2, TB + 50, TB + 50, 3, TB + 100, TB + 120, 4];
+        let split = split_by_timestamps(&tokens, TB, 10.0, 3000);
+        assert_eq!(split.pieces.len(), 2);
+        assert_eq!(split.pieces[0].tokens, vec![TB, 1, 2, TB + 50]);
+        assert!((split.pieces[0].start - 10.0).abs() < 1e-9);
+        assert!((split.pieces[0].end - 11.0).abs() < 1e-9);
+        assert!((split.pieces[1].end - 12.0).abs() < 1e-9);
+        // Seek to the last closed timestamp (2.0 s = 100 tokens = 200 frames).
+        assert_eq!(split.advance_frames, 200);
+    }
+
+    #[test]
+    fn single_timestamp_ending_consumes_the_window() {
+        let tokens = [TB, 1, TB + 50, TB + 50, 2, TB + 90];
+        let split = split_by_timestamps(&tokens, TB, 0.0, 2500);
+        assert_eq!(split.pieces.len(), 2);
+        assert!((split.pieces[1].end - 1.8).abs() < 1e-9);
+        assert_eq!(split.advance_frames, 2500);
+    }
+
+    #[test]
+    fn no_timestamp_pair_is_one_segment_over_the_window() {
+        let split = split_by_timestamps(&[1, 2, 3], TB, 30.0, 1234);
+        assert_eq!(split.pieces.len(), 1);
+        assert!((split.pieces[0].end - 42.34).abs() < 1e-9);
+        assert_eq!(split.advance_frames, 1234);
+    }
+
+    #[test]
+    fn repetitive_text_compresses_well() {
+        let repetitive = "the patient the patient the patient ".repeat(20);
+        assert!(compression_ratio(&repetitive) > 2.4);
+        assert!(compression_ratio("Blood pressure is stable today.") < 2.4);
+        assert_eq!(compression_ratio(""), 0.0);
+    }
+
+    fn outcome(avg_logprob: f32, no_speech_prob: f32, ratio: f32, temperature: f32) -> Outcome {
+        Outcome {
+            generated: Generated {
+                tokens: vec![1],
+                sum_logprob: f64::from(avg_logprob) * 2.0,
+                avg_logprob,
+                no_speech_prob,
+            },
+            temperature,
+            compression_ratio: ratio,
+        }
+    }
+
+    #[test]
+    fn fallback_rules_follow_whisper() {
+        let options = TranscribeOptions::default();
+        assert!(!outcome(-0.3, 0.1, 1.5, 0.0).needs_fallback(&options));
+        assert!(outcome(-1.5, 0.1, 1.5, 0.0).needs_fallback(&options));
+        assert!(outcome(-0.3, 0.1, 3.0, 0.0).needs_fallback(&options));
+        // Likely silence is not retried, and is skipped.
+        let silent = outcome(-1.5, 0.9, 1.5, 0.0);
+        assert!(!silent.needs_fallback(&options) && silent.is_silence(&options));
+        // Confident text is kept even when no-speech is high.
+        assert!(!outcome(-0.2, 0.9, 1.5, 0.0).is_silence(&options));
+    }
+
+    #[test]
+    fn failed_fallback_keeps_likeliest_non_repetitive_attempt() {
+        let options = TranscribeOptions::default();
+        let tries = vec![
+            outcome(-0.1, 0.0, 5.0, 0.0),
+            outcome(-1.6, 0.0, 1.5, 0.2),
+            outcome(-1.2, 0.0, 1.5, 0.4),
+        ];
+        let chosen = choose_outcome(tries, false, &options);
+        assert!((chosen.generated.avg_logprob + 1.2).abs() < 1e-6);
+        assert!((chosen.temperature - 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rounds_rotate_over_active_streams() {
+        let stream = |seek, frames| Stream {
+            features: Array2::zeros((80, frames + 1)),
+            content_frames: frames,
+            duration: 0.0,
+            seek,
+            all_tokens: vec![],
+            prompt_reset_since: 0,
+            segments: vec![],
+        };
+        let streams = vec![stream(0, 100), stream(100, 100), stream(0, 100), stream(0, 100)];
+        let mut next = 0;
+        assert_eq!(next_round(&streams, &mut next, 2), vec![0, 2]);
+        assert_eq!(next_round(&streams, &mut next, 2), vec![3, 0]);
+    }
+
+    #[test]
+    fn options_validate() {
+        assert!(TranscribeOptions::default().validate().is_ok());
+        let bad = TranscribeOptions {
+            beam_size: 0,
+            ..TranscribeOptions::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
