@@ -73,7 +73,13 @@ pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
             "transcribed"
         );
         for ((path, _), transcript) in good.iter().zip(transcripts) {
-            write_transcript(&mut stdout, path, &transcript, args.format, args.files.len() > 1)?;
+            write_transcript(
+                &mut stdout,
+                path,
+                &transcript,
+                args.format,
+                args.files.len() > 1,
+            )?;
         }
     }
     Ok(if failures == 0 {

@@ -98,7 +98,10 @@ impl Metrics {
                 "Seconds of audio transcribed",
             )?,
             api_request_duration_seconds,
-            publish_failures_total: counter("publish_failures_total", "Broker publishes that failed")?,
+            publish_failures_total: counter(
+                "publish_failures_total",
+                "Broker publishes that failed",
+            )?,
             breaker_open_total: counter("breaker_open_total", "Times a circuit breaker opened")?,
             reprocessor_attempts_total: counter(
                 "reprocessor_attempts_total",
@@ -172,9 +175,18 @@ mod tests {
     fn exposes_the_names_operators_alert_on() {
         let metrics = Metrics::new().expect("metrics register");
         metrics.record_transcription(1.5, 30.0);
-        metrics.api_request_duration_seconds.with_label_values(&["/v1/jobs", "202"]).observe(0.01);
-        metrics.dlq_messages_total.with_label_values(&["decode", "user_input"]).inc();
-        metrics.retention_purged_total.with_label_values(&["job"]).inc();
+        metrics
+            .api_request_duration_seconds
+            .with_label_values(&["/v1/jobs", "202"])
+            .observe(0.01);
+        metrics
+            .dlq_messages_total
+            .with_label_values(&["decode", "user_input"])
+            .inc();
+        metrics
+            .retention_purged_total
+            .with_label_values(&["job"])
+            .inc();
         let text = metrics.encode_text();
         for name in [
             "transcription_queue_depth",

@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn text_joins_segments() {
         assert_eq!(sample().text, "Hello there. General review.");
-        assert_eq!(sample().render(TranscriptFormat::Text), "Hello there. General review.\n");
+        assert_eq!(
+            sample().render(TranscriptFormat::Text),
+            "Hello there. General review.\n"
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub const SAMPLE_RATE: u32 = 16_000;
 const MIN_INPUT_RATE: u32 = 1_000;
 const MAX_INPUT_RATE: u32 = 768_000;
 
+/// Consecutive damaged container units tolerated before giving up on the rest.
+const MAX_DEMUX_ERRORS_IN_A_ROW: usize = 16;
+
 /// Frames per resampler chunk (input side).
 const RESAMPLE_CHUNK: usize = 1024;
 
@@ -134,6 +137,7 @@ fn decode_unguarded(
         .default_track(TrackType::Audio)
         .ok_or_else(|| invalid("the file has no audio track"))?;
     let track_id = track.id;
+    let declared_empty = track.num_frames == Some(0);
     let params = track
         .codec_params
         .as_ref()
@@ -149,11 +153,24 @@ fn decode_unguarded(
     let mut skipped_packets = 0usize;
     let mut decoded_packets = 0usize;
     let mut last_error: Option<String> = None;
+    let mut demux_errors_in_a_row = 0usize;
 
     loop {
         let packet = match format.next_packet() {
-            Ok(Some(packet)) => packet,
+            Ok(Some(packet)) => {
+                demux_errors_in_a_row = 0;
+                packet
+            }
             Ok(None) => break,
+            Err(SymphoniaError::DecodeError(msg))
+                if demux_errors_in_a_row < MAX_DEMUX_ERRORS_IN_A_ROW =>
+            {
+                // A damaged container unit; readers resynchronise on the next.
+                demux_errors_in_a_row += 1;
+                last_error = Some(format!("malformed stream: {msg}"));
+                tracing::debug!(error = msg, "skipping damaged container data");
+                continue;
+            }
             Err(SymphoniaError::ResetRequired) => {
                 // A chained stream with a new track list; Whisper wants one
                 // continuous signal, so stop at the first stream.
@@ -226,7 +243,8 @@ fn decode_unguarded(
     if decoded_packets == 0 {
         return Err(match last_error {
             Some(err) => invalid(format!("no audio packet could be decoded ({err})")),
-            None => WhisperError::EmptyAudio,
+            None if declared_empty => WhisperError::EmptyAudio,
+            None => invalid("no decodable audio data found"),
         });
     }
 
@@ -334,8 +352,8 @@ mod tests {
     #[test]
     fn resample_same_rate_is_identity() {
         let x = sine(440.0, 16_000, 0.1);
-        assert_eq!(resample(&x, 16_000, 16_000).unwrap(), x);
-        assert!(resample(&[], 44_100, 16_000).unwrap().is_empty());
+        assert_eq!(resample(&x, 16_000, 16_000).expect("resample"), x);
+        assert!(resample(&[], 44_100, 16_000).expect("resample").is_empty());
     }
 
     #[test]
@@ -349,7 +367,7 @@ mod tests {
             let x: Vec<f32> = (0..from)
                 .map(|i| sine_at(f64::from(from), f64::from(i)) as f32)
                 .collect();
-            let y = resample(&x, from, 16_000).unwrap();
+            let y = resample(&x, from, 16_000).expect("resample");
             assert!(
                 y.len().abs_diff(16_000) <= 2,
                 "{from} Hz: {} samples",
@@ -371,7 +389,7 @@ mod tests {
     fn resample_removes_content_above_nyquist() {
         // 12 kHz at 48 kHz must not fold back into the 16 kHz output.
         let x = sine(12_000.0, 48_000, 0.5);
-        let y = resample(&x, 48_000, 16_000).unwrap();
+        let y = resample(&x, 48_000, 16_000).expect("resample");
         let rms = (y[200..7_800].iter().map(|s| s * s).sum::<f32>() / 7_600.0).sqrt();
         assert!(rms < 0.01, "aliased energy rms {rms}");
     }

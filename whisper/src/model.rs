@@ -4,11 +4,13 @@
 
 use crate::WhisperError;
 use ndarray::{Array2, Array3, ArrayView3, Axis};
-use ort::session::builder::GraphOptimizationLevel;
 use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+use ort::session::SessionInputValue;
 use ort::value::{DynValue, Tensor, TensorRef};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -20,6 +22,7 @@ pub struct ModelSpec {
     pub n_audio_ctx: usize,
     pub n_text_ctx: usize,
     pub d_model: usize,
+    pub n_heads: usize,
     pub n_decoder_layers: usize,
     pub vocab_size: usize,
     pub multilingual: bool,
@@ -37,6 +40,33 @@ pub struct ModelSpec {
     pub lang_ids: Vec<u32>,
     pub suppress_ids: Vec<u32>,
     pub suppress_ids_begin: Vec<u32>,
+    /// Tensor layout of the export; must be [`MODEL_LAYOUT`].
+    #[serde(default)]
+    pub layout: String,
+}
+
+impl ModelSpec {
+    /// Reads `mmt-model.json`, refusing exports of another layout.
+    pub fn read(path: &Path) -> Result<Self, WhisperError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WhisperError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let spec: Self =
+            serde_json::from_str(&text).map_err(|err| WhisperError::ModelUnavailable {
+                reason: format!("{} is invalid: {err}", path.display()),
+            })?;
+        if spec.layout != MODEL_LAYOUT {
+            return Err(WhisperError::ModelUnavailable {
+                reason: format!(
+                    "{} has layout {:?}, this engine needs {MODEL_LAYOUT:?}; run `make setup` to re-export",
+                    path.display(),
+                    spec.layout
+                ),
+            });
+        }
+        Ok(spec)
+    }
 }
 
 /// Where the model and ONNX Runtime are, and how to run them.
@@ -62,7 +92,12 @@ impl ModelOptions {
                 ),
             });
         }
-        for file in ["encoder.onnx", "decoder.onnx", "tokenizer.json", "mmt-model.json"] {
+        for file in [
+            "encoder.onnx",
+            "decoder.onnx",
+            "tokenizer.json",
+            "mmt-model.json",
+        ] {
             let path = self.model_dir.join(file);
             if !path.is_file() {
                 return Err(WhisperError::ModelUnavailable {
@@ -82,47 +117,87 @@ fn ort_environment(library: &Path) -> Result<Environment, WhisperError> {
     static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
     let result = ENVIRONMENT.get_or_init(|| {
         let builder = ort::init_from(library).map_err(|err| err.to_string())?;
-        builder.with_name("mmt").build().map_err(|err| err.to_string())
+        builder
+            .with_name("mmt")
+            .build()
+            .map_err(|err| err.to_string())
     });
-    result.clone().map_err(|reason| WhisperError::ModelUnavailable {
-        reason: format!("cannot load ONNX Runtime from {}: {reason}", library.display()),
-    })
+    result
+        .clone()
+        .map_err(|reason| WhisperError::ModelUnavailable {
+            reason: format!(
+                "cannot load ONNX Runtime from {}: {reason}",
+                library.display()
+            ),
+        })
 }
 
-/// The cross-attention keys and values of a batch of encoded windows.
+/// The per-layer cross-attention keys and values of a batch of encoded windows.
 #[derive(Debug)]
 pub struct CrossAttention {
-    pub keys: DynValue,
-    pub values: DynValue,
+    /// `cross_k_{i}` of each decoder layer, batch first.
+    pub keys: Vec<DynValue>,
+    /// `cross_v_{i}` of each decoder layer, batch first.
+    pub values: Vec<DynValue>,
     /// Rows (windows) in this batch.
     pub rows: usize,
+}
+
+/// Tensor names of the graphs, computed once.
+#[derive(Debug)]
+struct TensorNames {
+    cross_k: Vec<String>,
+    cross_v: Vec<String>,
+    self_k: Vec<String>,
+    self_v: Vec<String>,
+    new_self_k: Vec<String>,
+    new_self_v: Vec<String>,
+}
+
+impl TensorNames {
+    fn new(layers: usize) -> Self {
+        let names = |prefix: &str| (0..layers).map(|i| format!("{prefix}_{i}")).collect();
+        Self {
+            cross_k: names("cross_k"),
+            cross_v: names("cross_v"),
+            self_k: names("self_k"),
+            self_v: names("self_v"),
+            new_self_k: names("new_self_k"),
+            new_self_v: names("new_self_v"),
+        }
+    }
 }
 
 /// The encoder and decoder sessions of one model.
 #[derive(Debug)]
 pub struct WhisperModel {
     spec: ModelSpec,
+    names: TensorNames,
     encoder: Session,
     decoder: Session,
 }
+
+/// The export layout this engine runs (`layout` in `mmt-model.json`).
+pub const MODEL_LAYOUT: &str = "per-layer-heads-v2";
 
 impl WhisperModel {
     /// Loads ONNX Runtime and both graphs.
     pub fn load(options: &ModelOptions) -> Result<Self, WhisperError> {
         options.check_files()?;
+        let spec = ModelSpec::read(&options.model_dir.join("mmt-model.json"))?;
         let environment = ort_environment(&options.ort_library)?;
-        let spec_path = options.model_dir.join("mmt-model.json");
-        let spec_text = std::fs::read_to_string(&spec_path).map_err(|source| WhisperError::Io {
-            path: spec_path.clone(),
-            source,
-        })?;
-        let spec: ModelSpec =
-            serde_json::from_str(&spec_text).map_err(|err| WhisperError::ModelUnavailable {
-                reason: format!("{} is invalid: {err}", spec_path.display()),
-            })?;
-        let encoder = build_session(&environment, &options.model_dir.join("encoder.onnx"), options)?;
-        let decoder = build_session(&environment, &options.model_dir.join("decoder.onnx"), options)?;
+        let encoder = build_session(
+            &environment,
+            &options.model_dir.join("encoder.onnx"),
+            options,
+        )?;
+        let decoder = build_session(
+            &environment,
+            &options.model_dir.join("decoder.onnx"),
+            options,
+        )?;
         Ok(Self {
+            names: TensorNames::new(spec.n_decoder_layers),
             spec,
             encoder,
             decoder,
@@ -138,8 +213,8 @@ impl WhisperModel {
         let rows = mel.len_of(Axis(0));
         let input = TensorRef::from_array_view(mel)?;
         let mut outputs = self.encoder.run(ort::inputs!["mel" => input])?;
-        let keys = take_output(&mut outputs, "cross_k")?;
-        let values = take_output(&mut outputs, "cross_v")?;
+        let keys = take_outputs(&mut outputs, &self.names.cross_k)?;
+        let values = take_outputs(&mut outputs, &self.names.cross_v)?;
         Ok(CrossAttention { keys, values, rows })
     }
 
@@ -148,18 +223,33 @@ impl WhisperModel {
         &mut self,
         step: DecoderInputs<'_>,
     ) -> Result<(Array2<f32>, SelfAttentionCache), WhisperError> {
-        let tokens = TensorRef::from_array_view(step.tokens.view())?;
-        let positions = TensorRef::from_array_view(step.positions.view())?;
-        let mask = TensorRef::from_array_view(step.attention_mask.view())?;
-        let mut outputs = self.decoder.run(ort::inputs![
-            "tokens" => tokens,
-            "positions" => positions,
-            "attention_mask" => mask,
-            "self_k" => &step.cache.keys,
-            "self_v" => &step.cache.values,
-            "cross_k" => &step.cross.keys,
-            "cross_v" => &step.cross.values,
-        ])?;
+        let names = &self.names;
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            (
+                "tokens".into(),
+                TensorRef::from_array_view(step.tokens.view())?.into(),
+            ),
+            (
+                "positions".into(),
+                TensorRef::from_array_view(step.positions.view())?.into(),
+            ),
+            (
+                "attention_mask".into(),
+                TensorRef::from_array_view(step.attention_mask.view())?.into(),
+            ),
+        ];
+        let layers = [
+            (&names.self_k, &step.cache.keys),
+            (&names.self_v, &step.cache.values),
+            (&names.cross_k, &step.cross.keys),
+            (&names.cross_v, &step.cross.values),
+        ];
+        for (layer_names, values) in layers {
+            for (name, value) in layer_names.iter().zip(values) {
+                inputs.push((name.as_str().into(), value.into()));
+            }
+        }
+        let mut outputs = self.decoder.run(inputs)?;
         let logits = outputs
             .get("logits")
             .ok_or_else(|| missing_output("logits"))?
@@ -170,8 +260,8 @@ impl WhisperModel {
             })?
             .to_owned();
         let cache = SelfAttentionCache {
-            keys: take_output(&mut outputs, "new_self_k")?,
-            values: take_output(&mut outputs, "new_self_v")?,
+            keys: take_outputs(&mut outputs, &names.new_self_k)?,
+            values: take_outputs(&mut outputs, &names.new_self_v)?,
         };
         Ok((logits, cache))
     }
@@ -187,19 +277,22 @@ pub struct DecoderInputs<'a> {
     pub cross: &'a CrossAttention,
 }
 
-/// Self-attention keys and values of the tokens decoded so far: `[layers, rows, past, d_model]`.
+/// Self-attention keys and values of the tokens decoded so far, per layer:
+/// `[rows, heads, past, head_dim]`.
 #[derive(Debug)]
 pub struct SelfAttentionCache {
-    pub keys: DynValue,
-    pub values: DynValue,
+    pub keys: Vec<DynValue>,
+    pub values: Vec<DynValue>,
 }
 
 impl SelfAttentionCache {
     /// A cache holding no tokens yet.
-    pub fn empty(layers: usize, rows: usize, d_model: usize) -> Result<Self, WhisperError> {
-        let empty = || -> Result<DynValue, WhisperError> {
-            let array = ndarray::Array4::<f32>::zeros((layers, rows, 0, d_model));
-            Ok(Tensor::from_array(array)?.into_dyn())
+    pub fn empty(spec: &ModelSpec, rows: usize) -> Result<Self, WhisperError> {
+        let shape = (rows, spec.n_heads, 0, spec.d_model / spec.n_heads.max(1));
+        let empty = || -> Result<Vec<DynValue>, WhisperError> {
+            (0..spec.n_decoder_layers)
+                .map(|_| Ok(Tensor::from_array(ndarray::Array4::<f32>::zeros(shape))?.into_dyn()))
+                .collect()
         };
         Ok(Self {
             keys: empty()?,
@@ -210,8 +303,8 @@ impl SelfAttentionCache {
     /// Keeps the rows `indices` (in that order, repeats allowed), e.g. after a beam step.
     pub fn select_rows(&self, indices: &[usize]) -> Result<Self, WhisperError> {
         Ok(Self {
-            keys: select_rows(&self.keys, 1, indices)?,
-            values: select_rows(&self.values, 1, indices)?,
+            keys: select_rows_all(&self.keys, indices)?,
+            values: select_rows_all(&self.values, indices)?,
         })
     }
 }
@@ -220,17 +313,24 @@ impl CrossAttention {
     /// Keeps the windows `indices` (in that order, repeats allowed), e.g. one copy per beam.
     pub fn select_rows(&self, indices: &[usize]) -> Result<Self, WhisperError> {
         Ok(Self {
-            keys: select_rows(&self.keys, 1, indices)?,
-            values: select_rows(&self.values, 1, indices)?,
+            keys: select_rows_all(&self.keys, indices)?,
+            values: select_rows_all(&self.values, indices)?,
             rows: indices.len(),
         })
     }
 }
 
-/// Gathers `indices` along `axis` of a float tensor into a new tensor.
-fn select_rows(value: &DynValue, axis: usize, indices: &[usize]) -> Result<DynValue, WhisperError> {
+fn select_rows_all(values: &[DynValue], indices: &[usize]) -> Result<Vec<DynValue>, WhisperError> {
+    values
+        .iter()
+        .map(|value| select_rows(value, indices))
+        .collect()
+}
+
+/// Gathers rows `indices` (axis 0) of a float tensor into a new tensor.
+fn select_rows(value: &DynValue, indices: &[usize]) -> Result<DynValue, WhisperError> {
     let array = value.try_extract_array::<f32>()?;
-    let selected = array.select(Axis(axis), indices);
+    let selected = array.select(Axis(0), indices);
     Ok(Tensor::from_array(selected)?.into_dyn())
 }
 
@@ -242,22 +342,32 @@ fn build_session(
     let unavailable = |err: String| WhisperError::ModelUnavailable {
         reason: format!("cannot load {}: {err}", path.display()),
     };
-    let mut builder = Session::builder(environment)
+    let builder = Session::builder(environment)
         .map_err(|err| unavailable(err.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|err| unavailable(err.to_string()))?
         .with_intra_threads(options.intra_op_threads.max(1))
         .map_err(|err| unavailable(err.to_string()))?;
+    // On GPU hosts the CUDA provider takes the graph; operators it cannot run
+    // fall back to the CPU provider (ONNX Runtime logs which).
+    #[cfg(feature = "cuda")]
+    let builder = builder
+        .with_execution_providers([ort::ep::CUDA::default().build()])
+        .map_err(|err| unavailable(err.to_string()))?;
+    let mut builder = builder;
     builder
         .commit_from_file(path)
         .map_err(|err| unavailable(err.to_string()))
 }
 
-fn take_output(
+fn take_outputs(
     outputs: &mut ort::session::SessionOutputs<'_>,
-    name: &'static str,
-) -> Result<DynValue, WhisperError> {
-    outputs.remove(name).ok_or_else(|| missing_output(name))
+    names: &[String],
+) -> Result<Vec<DynValue>, WhisperError> {
+    names
+        .iter()
+        .map(|name| outputs.remove(name).ok_or_else(|| missing_output(name)))
+        .collect()
 }
 
 fn missing_output(name: &str) -> WhisperError {

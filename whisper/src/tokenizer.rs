@@ -15,9 +15,10 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`; special ids come from the model spec.
     pub fn from_file(path: &Path, spec: &ModelSpec) -> Result<Self, WhisperError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|err| WhisperError::Tokenizer {
-            reason: format!("cannot load {}: {err}", path.display()),
-        })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|err| WhisperError::Tokenizer {
+                reason: format!("cannot load {}: {err}", path.display()),
+            })?;
         Ok(Self {
             inner,
             eot: spec.eot,

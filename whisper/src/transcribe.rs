@@ -11,11 +11,9 @@ use crate::model::{stack_windows, ModelOptions, WhisperModel};
 use crate::tokenizer::Tokenizer;
 use crate::WhisperError;
 use mmt_core::{Segment, Transcript};
-use ndarray::{s, Array2};
+use ndarray::Array2;
 use std::io::Write as _;
 
-/// Mel frames per 30 s window.
-pub const WINDOW_FRAMES: usize = 3000;
 /// Seconds per mel frame (hop 160 at 16 kHz).
 const SECONDS_PER_FRAME: f64 = 0.01;
 /// Seconds per timestamp token.
@@ -116,7 +114,8 @@ impl Engine {
     /// Loads ONNX Runtime, the model graphs and the tokenizer.
     pub fn load(options: &ModelOptions) -> Result<Self, WhisperError> {
         let model = WhisperModel::load(options)?;
-        let tokenizer = Tokenizer::from_file(&options.model_dir.join("tokenizer.json"), model.spec())?;
+        let tokenizer =
+            Tokenizer::from_file(&options.model_dir.join("tokenizer.json"), model.spec())?;
         let front_end = MelFrontEnd::new(model.spec().n_mels);
         Ok(Self {
             model,
@@ -159,7 +158,13 @@ impl Engine {
         };
         let mut streams: Vec<Stream> = inputs
             .iter()
-            .map(|samples| Stream::new(self.front_end.log_mel(samples), samples.len(), &initial_prompt))
+            .map(|samples| {
+                Stream::new(
+                    self.front_end.log_mel(samples),
+                    samples.len(),
+                    &initial_prompt,
+                )
+            })
             .collect();
         let mut next = 0;
         loop {
@@ -169,7 +174,11 @@ impl Engine {
             }
             self.decode_round(&mut streams, &round, options)?;
         }
-        let language = if self.model.spec().multilingual { "und" } else { "en" };
+        let language = if self.model.spec().multilingual {
+            "und"
+        } else {
+            "en"
+        };
         Ok(streams
             .into_iter()
             .map(|stream| Transcript::from_segments(stream.segments, stream.duration, language))
@@ -234,11 +243,12 @@ impl Engine {
         options: &TranscribeOptions,
     ) -> Result<Vec<Outcome>, WhisperError> {
         let spec = self.model.spec().clone();
-        let max_initial =
-            (!options.without_timestamps).then(|| (options.max_initial_timestamp as f64 / TIME_PRECISION).round() as u32);
+        let max_initial = (!options.without_timestamps)
+            .then(|| (options.max_initial_timestamp as f64 / TIME_PRECISION).round() as u32);
         let rules = LogitRules::new(&spec, options.suppress_blank, max_initial);
         let longest_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-        let max_new_tokens = (spec.n_text_ctx / 2).min(spec.n_text_ctx.saturating_sub(longest_prompt));
+        let max_new_tokens =
+            (spec.n_text_ctx / 2).min(spec.n_text_ctx.saturating_sub(longest_prompt));
 
         let mut attempts: Vec<Vec<Outcome>> = vec![Vec::new(); requests.len()];
         let mut pending: Vec<usize> = (0..requests.len()).collect();
@@ -261,7 +271,14 @@ impl Engine {
                 Strategy::Greedy
             };
             let batch: Vec<Request> = pending.iter().map(|&i| requests[i].clone()).collect();
-            let results = generate(&mut self.model, cross, &batch, &rules, &strategy, max_new_tokens)?;
+            let results = generate(
+                &mut self.model,
+                cross,
+                &batch,
+                &rules,
+                &strategy,
+                max_new_tokens,
+            )?;
             let mut still_pending = Vec::new();
             for (&index, generated) in pending.iter().zip(results) {
                 let outcome = self.judge(generated, temperature)?;
@@ -387,17 +404,12 @@ impl Stream {
 
     /// Frames of real audio in the current window.
     fn segment_frames(&self) -> usize {
-        WINDOW_FRAMES.min(self.content_frames - self.seek)
+        crate::mel::N_FRAMES.min(self.content_frames - self.seek)
     }
 
     /// The current window, zero-padded to 30 s like Whisper's `pad_or_trim`.
     fn window(&self) -> Array2<f32> {
-        let frames = self.segment_frames();
-        let mut window = Array2::<f32>::zeros((self.features.nrows(), WINDOW_FRAMES));
-        window
-            .slice_mut(s![.., ..frames])
-            .assign(&self.features.slice(s![.., self.seek..self.seek + frames]));
-        window
+        crate::mel::window(&self.features, self.seek)
     }
 }
 
@@ -488,15 +500,18 @@ fn split_by_timestamps(
 ) -> Split {
     let is_timestamp = |t: u32| t >= timestamp_begin;
     let time_of = |t: u32| time_offset + f64::from(t - timestamp_begin) * TIME_PRECISION;
-    let single_timestamp_ending =
-        tokens.len() >= 2 && !is_timestamp(tokens[tokens.len() - 2]) && is_timestamp(tokens[tokens.len() - 1]);
+    let single_timestamp_ending = tokens.len() >= 2
+        && !is_timestamp(tokens[tokens.len() - 2])
+        && is_timestamp(tokens[tokens.len() - 1]);
     let mut boundaries: Vec<usize> = (1..tokens.len())
         .filter(|&i| is_timestamp(tokens[i]) && is_timestamp(tokens[i - 1]))
         .collect();
 
     if boundaries.is_empty() {
         let duration = match tokens.iter().rev().find(|&&t| is_timestamp(t)) {
-            Some(&last) if last != timestamp_begin => f64::from(last - timestamp_begin) * TIME_PRECISION,
+            Some(&last) if last != timestamp_begin => {
+                f64::from(last - timestamp_begin) * TIME_PRECISION
+            }
             _ => segment_frames as f64 * SECONDS_PER_FRAME,
         };
         return Split {
@@ -642,7 +657,12 @@ mod tests {
             prompt_reset_since: 0,
             segments: vec![],
         };
-        let streams = vec![stream(0, 100), stream(100, 100), stream(0, 100), stream(0, 100)];
+        let streams = vec![
+            stream(0, 100),
+            stream(100, 100),
+            stream(0, 100),
+            stream(0, 100),
+        ];
         let mut next = 0;
         assert_eq!(next_round(&streams, &mut next, 2), vec![0, 2]);
         assert_eq!(next_round(&streams, &mut next, 2), vec![3, 0]);

