@@ -27,7 +27,7 @@ rust-test:
 	$(CARGO_TEST) --release --locked --workspace
 
 python-test:
-	.venv/bin/python -m pytest -q tests/python
+	MMT_MODEL_DIR=$(CURDIR)/models/tiny.en .venv/bin/python -m pytest -q tests/python
 
 ## Side-by-side benchmark against faster-whisper (needs ../shared/eval).
 bench: setup-dev
