@@ -24,10 +24,14 @@ fn transcribe_json(files: &[String], extra: &[&str]) -> HashMap<String, Value> {
         .collect()
 }
 
-/// Corpus WER (%) of the transcripts against a manifest folder.
-fn corpus_wer(dir: &std::path::Path, transcripts: &HashMap<String, Value>) -> f64 {
+/// Corpus WER (%) of the transcripts of the manifest entries `include` accepts.
+fn corpus_wer(
+    dir: &std::path::Path,
+    transcripts: &HashMap<String, Value>,
+    include: impl Fn(&str) -> bool,
+) -> f64 {
     let (mut errors, mut words) = (0, 0);
-    for entry in read_manifest(dir) {
+    for entry in read_manifest(dir).into_iter().filter(|e| include(&e.audio)) {
         let reference = normalize(&entry.text);
         let hypothesis = normalize(transcripts[&entry.audio]["text"].as_str().unwrap_or(""));
         errors += word_errors(&reference, &hypothesis);
@@ -50,9 +54,18 @@ fn samples_transcribe_with_bounded_wer_and_sane_segments() {
     }
     let transcripts = transcribe_json(&sample_files(), &[]);
     assert_eq!(transcripts.len(), 5);
-    let wer = corpus_wer(&root().join("samples"), &transcripts);
-    eprintln!("samples WER {wer:.2}%");
-    assert!(wer < 12.0, "WER {wer:.2}% on the shipped samples");
+    // Real speech is easy for tiny.en; the robotic espeak dictations are hard:
+    // faster-whisper with the same weights scores 51.2% on these two (~53% on
+    // their full set), so the bound only catches regressions.
+    let samples = root().join("samples");
+    let real = corpus_wer(&samples, &transcripts, |name| !name.starts_with("dict_"));
+    let dictation = corpus_wer(&samples, &transcripts, |name| name.starts_with("dict_"));
+    eprintln!("samples WER: real speech {real:.2}%, synthetic dictation {dictation:.2}%");
+    assert!(real < 8.0, "WER {real:.2}% on the real-speech samples");
+    assert!(
+        dictation < 55.0,
+        "WER {dictation:.2}% on the dictation samples"
+    );
     for (name, transcript) in &transcripts {
         let segments = transcript["segments"].as_array().expect("segments");
         assert!(!segments.is_empty(), "{name} has no segments");
@@ -206,7 +219,7 @@ fn real_speech_eval_set_wer_is_bounded() {
         .map(|e| dir.join(&e.audio).display().to_string())
         .collect();
     let transcripts = transcribe_json(&files, &[]);
-    let wer = corpus_wer(&dir, &transcripts);
+    let wer = corpus_wer(&dir, &transcripts, |_| true);
     eprintln!("eval/real WER {wer:.2}%");
     // faster-whisper with the same weights scores about 4% here.
     assert!(wer < 6.0, "WER {wer:.2}% on eval/real");

@@ -334,10 +334,13 @@ impl Engine {
             }
             stream.all_tokens.extend_from_slice(&piece.tokens);
             let generated = &outcome.generated;
+            // The model may place a timestamp in the window's padding, past the
+            // audio; a segment never ends after the audio does.
+            let start = piece.start.min(stream.duration);
             stream.segments.push(Segment {
                 id: stream.segments.len(),
-                start: piece.start,
-                end: piece.end,
+                start,
+                end: piece.end.min(stream.duration).max(start),
                 text: text.trim().to_owned(),
                 avg_logprob: generated.avg_logprob,
                 no_speech_prob: generated.no_speech_prob,
