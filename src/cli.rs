@@ -19,6 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// Transcribe audio files (WAV, FLAC, MP3, Ogg/Vorbis, Ogg/Opus) and print the transcripts.
     Transcribe(TranscribeArgs),
+    /// Run the transcription dataflow over a folder: FHIR documents, audit log, dead letters.
+    Run(RunArgs),
+    /// Purge jobs, transcripts and documents older than RETENTION_DAYS.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Validate the configuration from the environment; print every problem at once.
     Check(CheckArgs),
     /// Export or inspect the ONNX model.
@@ -55,6 +60,52 @@ pub struct TranscribeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Folder of audio files; `<file>.json` beside a file may name its tenant,
+    /// patient and encounter.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Folder for the results: fhir/DocumentReference.ndjson, audit.jsonl,
+    /// dlq.jsonl and the SQLite job store (unless DATABASE_URL/AUDIT_LOG_FILE are set).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep watching the folder for new files (stop with Ctrl-C/SIGTERM).
+    #[arg(long)]
+    pub follow: bool,
+    /// Timely workers (default: the worker plan from the environment).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// ONNX Runtime intra-op threads per worker (default: cores / workers).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Speech chunks (from any jobs) transcribed together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Tenant of files without a sidecar naming one.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Purge once (for a CronJob).
+    Purge(RetentionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// The `--out` folder of `mmt run` (for the embedded store and files).
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Report what would be purged without removing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Print the effective configuration (secrets redacted) as JSON.
     #[arg(long)]
@@ -85,12 +136,15 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) => "warn",
+            Self::Run(_) | Self::Retention(_) => "warn",
         }
     }
 
     pub fn run(self) -> Result<ExitCode> {
         match self {
             Self::Transcribe(args) => crate::transcribe::run(args),
+            Self::Run(args) => crate::run::run_pipeline(args),
+            Self::Retention(RetentionCommand::Purge(args)) => crate::run::retention(args),
             Self::Check(args) => check(args),
             Self::Model(ModelCommand::Export(args)) => export(args),
             Self::Model(ModelCommand::Info) => info(),

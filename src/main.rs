@@ -1,6 +1,7 @@
 //! `mmt`: the command-line entry point of the MMT transcription engine.
 
 mod cli;
+mod run;
 mod transcribe;
 
 use clap::Parser;

@@ -1,6 +1,8 @@
 //! Shared domain types of MMT, kept small: every crate depends on this one.
 
 pub mod error;
+pub mod job;
+pub mod phi;
 pub mod telemetry;
 pub mod transcript;
 

@@ -1,0 +1,5 @@
+//! FHIR R4 resources MMT produces.
+
+pub mod document;
+
+pub use document::{document_reference, DocumentReference};

@@ -1,0 +1,12 @@
+//! The job store over SQL: SQLite now, Postgres and MySQL later.
+//!
+//! Schema in `connectors/migrations/<dialect>/`, embedded at compile time and
+//! applied on connect.
+
+mod config;
+mod row;
+mod store;
+
+pub use config::{Dialect, SqlJobStoreConfig};
+pub use row::{JobFailure, JobRow};
+pub use store::SqlJobStore;

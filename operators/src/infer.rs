@@ -1,0 +1,160 @@
+//! Batcher + inference: chunks of many jobs transcribed together on ONNX Runtime.
+//!
+//! Chunks are stashed under their capability and run through the model in
+//! batches of up to `batch_size`: a full batch runs at once, a partial one when
+//! the input frontier shows no more chunks can arrive for its epoch. After each
+//! batch the operator yields (re-activating itself), so that results flow to the
+//! commit stage while later batches wait.
+
+use crate::records::{ChunkResult, ChunkWork, Outcome};
+use mmt_core::job::{DeadLetter, Stage};
+use mmt_core::telemetry::Metrics;
+use mmt_core::Segment;
+use mmt_whisper::{Engine, TranscribeOptions};
+use std::time::Instant;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+/// Transcribes chunks in cross-job batches; model failures become dead letters.
+pub trait Transcribe<'scope> {
+    fn transcribe(
+        self,
+        engine: Engine,
+        options: TranscribeOptions,
+        metrics: Metrics,
+    ) -> (
+        Stream<'scope, u64, Vec<ChunkResult>>,
+        Stream<'scope, u64, Vec<Outcome>>,
+    );
+}
+
+impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
+    fn transcribe(
+        self,
+        mut engine: Engine,
+        options: TranscribeOptions,
+        metrics: Metrics,
+    ) -> (
+        Stream<'scope, u64, Vec<ChunkResult>>,
+        Stream<'scope, u64, Vec<Outcome>>,
+    ) {
+        let scope = self.scope();
+        let batch_size = options.batch_size.max(1);
+        let results: Stream<'scope, u64, Vec<Result<ChunkResult, Outcome>>> =
+            self.unary_frontier(Pipeline, "Transcribe", move |_capability, info| {
+                let activator = scope.activator_for(info.address);
+                let mut pending: Vec<(Capability<u64>, ChunkWork)> = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        if let Some(capability) = capability.retain_least(0) {
+                            pending.extend(data.drain(..).map(|work| (capability.clone(), work)));
+                        }
+                    });
+                    metrics.transcription_queue_depth.set(pending.len() as i64);
+                    // Oldest epoch first, so a frontier-complete epoch flushes early.
+                    pending.sort_by_key(|(capability, _)| *capability.time());
+                    let oldest_complete = pending.first().is_some_and(|(capability, _)| {
+                        !frontier.frontier().less_equal(capability.time())
+                    });
+                    if pending.len() >= batch_size || (oldest_complete && !pending.is_empty()) {
+                        let take = batch_size.min(pending.len());
+                        let batch: Vec<_> = pending.drain(..take).collect();
+                        for (capability, result) in
+                            run_batch(&mut engine, &options, &metrics, batch)
+                        {
+                            output.session(&capability).give(result);
+                        }
+                        if !pending.is_empty() {
+                            activator.activate();
+                        }
+                    }
+                    metrics.transcription_queue_depth.set(pending.len() as i64);
+                }
+            });
+        results.ok_err(|result| result)
+    }
+}
+
+type Tagged = (Capability<u64>, Result<ChunkResult, Outcome>);
+
+/// Runs one batch; every chunk yields a result or, if the model failed, a dead letter.
+fn run_batch(
+    engine: &mut Engine,
+    options: &TranscribeOptions,
+    metrics: &Metrics,
+    batch: Vec<(Capability<u64>, ChunkWork)>,
+) -> Vec<Tagged> {
+    // Jobs without speech complete without the model.
+    let (silent, speech): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, w)| w.total == 0);
+    let mut out: Vec<Tagged> = silent
+        .into_iter()
+        .map(|(capability, work)| (capability, Ok(chunk_result(work, Vec::new()))))
+        .collect();
+    if speech.is_empty() {
+        return out;
+    }
+    let started = Instant::now();
+    let inputs: Vec<&[f32]> = speech.iter().map(|(_, w)| w.samples.as_slice()).collect();
+    match engine.transcribe_batch(&inputs, options) {
+        Ok(transcripts) => {
+            let audio: f64 = speech
+                .iter()
+                .map(|(_, w)| w.samples.len() as f64 / 16_000.0)
+                .sum();
+            metrics.record_transcription(started.elapsed().as_secs_f64(), audio);
+            for ((capability, work), transcript) in speech.into_iter().zip(transcripts) {
+                let segments = shift(transcript.segments, work.offset_seconds, work.job_seconds);
+                out.push((capability, Ok(chunk_result(work, segments))));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, chunks = speech.len(), "inference failed");
+            for (capability, work) in speech {
+                let letter = DeadLetter {
+                    job_id: work.meta.id.clone(),
+                    tenant: work.meta.tenant.clone(),
+                    correlation_id: work.meta.correlation_id.clone(),
+                    stage: Stage::Inference,
+                    class: err.class(),
+                    reason: err.to_string(),
+                    attempts: 1,
+                    at: now(),
+                };
+                out.push((capability, Err(Outcome::DeadLettered(letter))));
+            }
+        }
+    }
+    out
+}
+
+fn chunk_result(work: ChunkWork, segments: Vec<Segment>) -> ChunkResult {
+    ChunkResult {
+        meta: work.meta,
+        seq: work.seq,
+        total: work.total,
+        job_seconds: work.job_seconds,
+        segments,
+    }
+}
+
+/// Moves chunk-relative segment times onto the job's timeline.
+fn shift(segments: Vec<Segment>, offset: f64, job_seconds: f64) -> Vec<Segment> {
+    segments
+        .into_iter()
+        .map(|mut segment| {
+            segment.start = (segment.start + offset).min(job_seconds);
+            segment.end = (segment.end + offset).min(job_seconds).max(segment.start);
+            segment
+        })
+        .collect()
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,151 @@
+//! `mmt run` and `mmt retention`: the dataflow on the embedded default.
+
+use crate::cli::{RetentionArgs, RunArgs};
+use crate::transcribe::{load_config, model_options};
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmt_connectors::files::{DeadLetterFileConfig, FhirNdjsonConfig};
+use mmt_core::telemetry::Metrics;
+use mmt_operators::chunk::ChunkConfig;
+use mmt_pipeline::retention::purge_once;
+use mmt_pipeline::run::{run, OutputPaths, Progress, RunOptions, RunSummary};
+use mmt_whisper::TranscribeOptions;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An indicatif bar on stderr: files committed out of files found.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn update(&self, discovered: u64, done: u64) {
+        self.0.set_length(discovered);
+        self.0.set_position(done);
+    }
+}
+
+pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
+    let config = load_config()?;
+    if config.environment.is_prod() && config.database.url_defaulted {
+        anyhow::bail!(
+            "ENV=prod needs DATABASE_URL: the embedded SQLite store is for development only"
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plan = config.worker_plan(cores);
+    let workers = args.workers.unwrap_or(plan.workers).max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| (cores / workers).max(1))
+        .max(1);
+    tracing::info!(?plan, workers, threads, "worker plan");
+    let options = RunOptions {
+        input: args.input.clone(),
+        out: args.out.clone(),
+        follow: args.follow,
+        tenant: args.tenant.clone(),
+        workers,
+        intra_op_threads: threads,
+        batch_size: args.batch_size,
+        files_per_epoch: 64,
+        max_epochs_in_flight: 2,
+        poll_interval: Duration::from_secs(1),
+        transcribe: TranscribeOptions {
+            batch_size: args.batch_size,
+            ..TranscribeOptions::default()
+        },
+        chunking: ChunkConfig::default(),
+    };
+    // SIGTERM/SIGINT end a `--follow` run gracefully: the source stops and
+    // everything already fed is committed before the process exits.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if args.no_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let progress = Arc::new(Bar(bar.clone()));
+    let metrics = Metrics::new()?;
+    let summary = run(
+        &config,
+        &model_options(&config, Some(threads)),
+        &options,
+        Arc::clone(&stop),
+        progress,
+        metrics,
+    )?;
+    bar.finish_and_clear();
+    print_summary(&summary, &OutputPaths::resolve(&config, &args.out));
+    Ok(if summary.dead_lettered == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn print_summary(summary: &RunSummary, paths: &OutputPaths) {
+    println!(
+        "{} files: {} transcribed, {} dead-lettered, {} duplicates, {} already done",
+        summary.files,
+        summary.completed,
+        summary.dead_lettered,
+        summary.duplicates,
+        summary.already_finished
+    );
+    println!(
+        "{:.3} h of audio in {:.1} s: {:.1}x realtime",
+        summary.audio_seconds / 3600.0,
+        summary.wall_seconds,
+        summary.realtime_factor()
+    );
+    println!(
+        "documents:     {}",
+        paths
+            .documents_dir
+            .join(FhirNdjsonConfig::FILE_NAME)
+            .display()
+    );
+    println!("audit log:     {}", paths.audit_log.display());
+    println!(
+        "dead letters:  {}",
+        paths
+            .dead_letter_dir
+            .join(DeadLetterFileConfig::FILE_NAME)
+            .display()
+    );
+    println!("job store:     {}", paths.database_url);
+}
+
+pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
+    let config = load_config()?;
+    let paths = OutputPaths::resolve(&config, &args.out);
+    let now = mmt_operators::infer::now();
+    let metrics = Metrics::new()?;
+    let report = purge_once(
+        &paths,
+        config.retention.retention_days,
+        now,
+        args.dry_run,
+        &metrics,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let verb = if report.dry_run {
+        "would purge"
+    } else {
+        "purged"
+    };
+    println!(
+        "{verb} {} jobs and {} documents received before {} (RETENTION_DAYS={})",
+        report.jobs, report.documents, report.cutoff, config.retention.retention_days
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,275 @@
+//! End-to-end tests of `mmt run`: the dataflow on the embedded sinks.
+
+mod common;
+
+use common::{model_ready, read_manifest, root};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn mmt_run(input: &Path, out: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mmt"));
+    command
+        .args(["run", "--no-progress", "--input"])
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .current_dir(root())
+        .env_remove("DATABASE_URL")
+        .env_remove("AUDIT_LOG_FILE");
+    command
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("complete JSON lines only"))
+        .collect()
+}
+
+fn documents(out: &Path) -> Vec<Value> {
+    read_lines(&out.join("fhir/DocumentReference.ndjson"))
+}
+
+/// A 16 kHz mono 16-bit WAV of `samples`.
+fn wav_bytes(samples: &[i16]) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&16_000u32.to_le_bytes());
+    bytes.extend_from_slice(&32_000u32.to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        bytes.extend_from_slice(&sample.to_le_bytes());
+    }
+    bytes
+}
+
+/// The 16-bit samples of a canonical 44-byte-header WAV (the shipped samples).
+fn wav_samples(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).expect("read wav");
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
+        .collect()
+}
+
+/// Distinct recordings made from the shipped samples: each sample, then each
+/// again with some silence appended (different bytes, same speech).
+fn distinct_recordings(count: usize) -> Vec<(String, Vec<u8>)> {
+    let samples: Vec<PathBuf> = read_manifest(&root().join("samples"))
+        .iter()
+        .map(|e| root().join("samples").join(&e.audio))
+        .collect();
+    (0..count)
+        .map(|i| {
+            let mut pcm = wav_samples(&samples[i % samples.len()]);
+            pcm.extend(std::iter::repeat_n(0i16, 1600 * (i / samples.len())));
+            (format!("rec_{i:02}.wav"), wav_bytes(&pcm))
+        })
+        .collect()
+}
+
+fn corrupt_files(dir: &Path) -> usize {
+    let cases: [(&str, &[u8]); 3] = [
+        ("empty.wav", b""),
+        ("notes.mp3", b"this is a text file pretending to be audio\n"),
+        ("broken.flac", b"fLaC\0\0\0\x22garbage garbage garbage"),
+    ];
+    for (name, bytes) in cases {
+        std::fs::write(dir.join(name), bytes).expect("write corrupt file");
+    }
+    cases.len()
+}
+
+#[test]
+fn duplicates_make_one_document_and_corrupt_files_one_dead_letter_each() {
+    if !model_ready() {
+        return;
+    }
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    // Every clip of the eval dictation set twice when it is here, else the samples twice.
+    let clips: Vec<PathBuf> = match common::eval_set("dictation") {
+        Some(dir) => read_manifest(&dir)
+            .iter()
+            .map(|e| dir.join(&e.audio))
+            .collect(),
+        None => read_manifest(&root().join("samples"))
+            .iter()
+            .map(|e| root().join("samples").join(&e.audio))
+            .collect(),
+    };
+    for clip in &clips {
+        let name = clip
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        std::fs::copy(clip, input.path().join(format!("{name}_a.wav"))).expect("copy");
+        std::fs::copy(clip, input.path().join(format!("{name}_b.wav"))).expect("copy");
+    }
+    let corrupt = corrupt_files(input.path());
+
+    let output = mmt_run(input.path(), out.path()).output().expect("mmt run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "dead letters exit 2\n{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let docs = documents(out.path());
+    let ids: HashSet<&str> = docs.iter().map(|d| d["id"].as_str().expect("id")).collect();
+    assert_eq!(
+        docs.len(),
+        clips.len(),
+        "one document per distinct audio\n{stdout}"
+    );
+    assert_eq!(ids.len(), clips.len());
+    for doc in &docs {
+        assert_eq!(doc["resourceType"], "DocumentReference");
+        assert!(doc["content"][0]["attachment"]["data"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()));
+    }
+
+    let letters = read_lines(&out.path().join("dlq.jsonl"));
+    assert_eq!(letters.len(), corrupt, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["stage"], "decode");
+        let reason = letter["reason"].as_str().expect("reason");
+        assert!(
+            reason.len() > 8 && !reason.contains('\n'),
+            "unreadable reason {reason:?}"
+        );
+    }
+
+    let audit = read_lines(&out.path().join("audit.jsonl"));
+    let by_action = |action: &str| audit.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(by_action("job_completed"), clips.len());
+    assert_eq!(by_action("job_duplicate"), clips.len());
+    assert_eq!(by_action("job_dead_lettered"), corrupt);
+    assert!(
+        stdout.contains(&format!("{} transcribed", clips.len())),
+        "{stdout}"
+    );
+
+    // A second run over the same folder finds everything done and writes nothing new.
+    let again = mmt_run(input.path(), out.path()).output().expect("mmt run");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 transcribed"));
+    assert_eq!(documents(out.path()).len(), clips.len());
+}
+
+#[test]
+fn killed_runs_resume_and_every_job_completes_exactly_once() {
+    if !model_ready() {
+        return;
+    }
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let recordings = distinct_recordings(15);
+    for (name, bytes) in &recordings {
+        std::fs::write(input.path().join(name), bytes).expect("write");
+    }
+    // Kill the run with SIGKILL at pseudo-random points, a few times.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(1500 + seed % 3000);
+        let mut child = mmt_run(input.path(), out.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let started = Instant::now();
+        while started.elapsed() < delay {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} documents",
+            documents(out.path()).len()
+        );
+    }
+    let last = mmt_run(input.path(), out.path())
+        .output()
+        .expect("final run");
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+
+    let docs = documents(out.path());
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for doc in &docs {
+        *per_id
+            .entry(doc["id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_id.len(), recordings.len(), "every job has a document");
+    assert!(
+        per_id.values().all(|&n| n == 1),
+        "no duplicate documents: {per_id:?}"
+    );
+    let completed: Vec<String> = read_lines(&out.path().join("audit.jsonl"))
+        .iter()
+        .filter(|e| e["action"] == "job_completed")
+        .map(|e| e["job_id"].as_str().expect("job id").to_owned())
+        .collect();
+    let distinct: HashSet<&String> = completed.iter().collect();
+    assert_eq!(
+        completed.len(),
+        recordings.len(),
+        "one completion event per job"
+    );
+    assert_eq!(distinct.len(), recordings.len());
+    assert!(read_lines(&out.path().join("dlq.jsonl")).is_empty());
+}
+
+#[test]
+fn silence_is_never_sent_to_the_model() {
+    if !model_ready() {
+        return;
+    }
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        input.path().join("silence.wav"),
+        wav_bytes(&vec![0i16; 16_000 * 20]),
+    )
+    .expect("write");
+    let output = mmt_run(input.path(), out.path()).output().expect("mmt run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let docs = documents(out.path());
+    assert_eq!(docs.len(), 1);
+    // The document exists (the job completed) but holds no hallucinated text.
+    let data = docs[0]["content"][0]["attachment"]["data"]
+        .as_str()
+        .unwrap_or("");
+    assert!(data.is_empty(), "silence produced text: {data}");
+}
