@@ -12,9 +12,14 @@ setup:
 setup-dev:
 	scripts/setup.sh --dev
 
-## Transcribe the sample clips shipped in samples/.
+## Run the dataflow over the sample clips; show a FHIR document and the audit trail.
 demo: setup
-	$(MMT) transcribe samples/*.wav
+	rm -rf demo-out
+	$(MMT) run --input samples --out demo-out
+	@echo; echo "== first FHIR DocumentReference (demo-out/fhir/DocumentReference.ndjson) =="
+	@head -n 1 demo-out/fhir/DocumentReference.ndjson
+	@echo; echo "== audit trail (demo-out/audit.jsonl) =="
+	@cat demo-out/audit.jsonl
 
 ## Everything CI checks: formatting, lints, Rust and Python tests.
 test: setup-dev lint rust-test python-test

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mmt_connectors::files::{DeadLetterFileConfig, FhirNdjsonConfig};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::chunk::ChunkConfig;
+use mmt_operators::commit::Retention;
 use mmt_pipeline::retention::purge_once;
 use mmt_pipeline::run::{run, OutputPaths, Progress, RunOptions, RunSummary};
 use mmt_whisper::TranscribeOptions;
@@ -56,6 +57,10 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
             ..TranscribeOptions::default()
         },
         chunking: ChunkConfig::default(),
+        retention: Retention {
+            days: config.retention.retention_days,
+            interval: Duration::from_secs(3600),
+        },
     };
     // SIGTERM/SIGINT end a `--follow` run gracefully: the source stops and
     // everything already fed is committed before the process exits.
@@ -130,7 +135,7 @@ pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
     let paths = OutputPaths::resolve(&config, &args.out);
     let now = mmt_operators::infer::now();
     let metrics = Metrics::new()?;
-    let report = purge_once(
+    let (cutoff, purged) = purge_once(
         &paths,
         config.retention.retention_days,
         now,
@@ -138,14 +143,14 @@ pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
         &metrics,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let verb = if report.dry_run {
+    let verb = if args.dry_run {
         "would purge"
     } else {
         "purged"
     };
     println!(
-        "{verb} {} jobs and {} documents received before {} (RETENTION_DAYS={})",
-        report.jobs, report.documents, report.cutoff, config.retention.retention_days
+        "{verb} {} jobs and {} documents received before {cutoff} (RETENTION_DAYS={})",
+        purged.jobs, purged.documents, config.retention.retention_days
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -181,36 +181,61 @@ fn killed_runs_resume_and_every_job_completes_exactly_once() {
     }
     let input = tempfile::tempdir().expect("tempdir");
     let out = tempfile::tempdir().expect("tempdir");
-    let recordings = distinct_recordings(15);
+    let recordings = distinct_recordings(20);
     for (name, bytes) in &recordings {
         std::fs::write(input.path().join(name), bytes).expect("write");
     }
-    // Kill the run with SIGKILL at pseudo-random points, a few times.
+    // SIGKILL the run at pseudo-random points: once during start-up, then each
+    // time a few more documents have been committed (so always mid-run).
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for round in 0..4 {
+    let mut next_random = move |bound: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(1500 + seed % 3000);
+        seed % bound
+    };
+    let mut partial_kills = 0;
+    for round in 0..5 {
+        let before = documents(out.path()).len();
+        let target = before + 1 + next_random(3) as usize;
         let mut child = mmt_run(input.path(), out.path())
+            .args(["--batch-size", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
         let started = Instant::now();
-        while started.elapsed() < delay {
+        let startup_kill = Duration::from_millis(200 + next_random(800));
+        loop {
             if child.try_wait().expect("wait").is_some() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let reached = if round == 0 {
+                started.elapsed() >= startup_kill
+            } else {
+                documents(out.path()).len() >= target
+            };
+            if reached || started.elapsed() > Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(next_random(300)));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
         let _ = child.wait();
+        let after = documents(out.path()).len();
+        if after > 0 && after < recordings.len() {
+            partial_kills += 1;
+        }
         eprintln!(
-            "round {round}: killed after {delay:?}, {} documents",
-            documents(out.path()).len()
+            "round {round}: killed after {:?} with {after} documents",
+            started.elapsed()
         );
     }
+    assert!(
+        partial_kills >= 2,
+        "the kills did not interrupt the run mid-way"
+    );
     let last = mmt_run(input.path(), out.path())
         .output()
         .expect("final run");

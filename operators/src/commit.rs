@@ -72,6 +72,15 @@ impl Default for CommitRetry {
     }
 }
 
+/// The retention window the commit stage enforces while it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Jobs, transcripts and documents older than this many days are purged.
+    pub days: u32,
+    /// Time between purges (each runs when the frontier next advances).
+    pub interval: Duration,
+}
+
 /// Commits outcomes; the output carries the id of every committed job.
 ///
 /// `sinks` is `Some` on worker 0 only: every outcome is routed there.
@@ -80,6 +89,7 @@ pub trait Commit<'scope> {
         self,
         sinks: Option<Sinks>,
         retry: CommitRetry,
+        retention: Retention,
         counters: Arc<CommitCounters>,
         metrics: Metrics,
     ) -> Stream<'scope, u64, Vec<JobId>>;
@@ -97,6 +107,7 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
         self,
         mut sinks: Option<Sinks>,
         retry: CommitRetry,
+        retention: Retention,
         counters: Arc<CommitCounters>,
         metrics: Metrics,
     ) -> Stream<'scope, u64, Vec<JobId>> {
@@ -104,7 +115,10 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
         self.unary_frontier(Exchange::new(|_: &Outcome| 0), "Commit", move |_capability, info| {
             let activator = scope.activator_for(info.address);
             let mut pending: Vec<Pending> = Vec::new();
-            move |(input, _frontier), output| {
+            // The first purge runs on the first frontier progress.
+            let mut next_purge = Instant::now();
+            let mut last_frontier: Option<u64> = None;
+            move |(input, frontier), output| {
                 input.for_each(|capability, data| {
                     if let Some(capability) = capability.retain_least(0) {
                         pending.extend(data.drain(..).map(|outcome| Pending {
@@ -142,6 +156,22 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
                     }
                 }
                 pending = waiting;
+                // Windowed purge: runs here because this operator is the single
+                // writer of the sinks it rewrites; it waits for frontier progress
+                // so that it never races the commits of an open epoch.
+                let current = frontier.frontier().first().copied();
+                if current != last_frontier {
+                    last_frontier = current;
+                    if let Some(sinks) = sinks.as_mut() {
+                        if Instant::now() >= next_purge {
+                            next_purge = Instant::now() + retention.interval;
+                            let cutoff = now() - i64::from(retention.days) * 86_400;
+                            if let Err(err) = purge(sinks, cutoff, false, &metrics) {
+                                tracing::warn!(error = %err, "retention purge failed; retrying at the next window");
+                            }
+                        }
+                    }
+                }
                 if let Some(next) = pending.iter().map(|p| p.not_before).min() {
                     activator.activate_after(next.saturating_duration_since(Instant::now()));
                 }
@@ -262,6 +292,56 @@ fn commit_outcome(
         Outcome::AlreadyFinished(_) => {}
     }
     Ok(())
+}
+
+/// What one retention purge removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub jobs: u64,
+    pub documents: u64,
+}
+
+/// Purges jobs received before `cutoff` (unix seconds) from the store and the
+/// documents, with an audit event per job; a dry run only counts.
+pub fn purge(
+    sinks: &mut Sinks,
+    cutoff: i64,
+    dry_run: bool,
+    metrics: &Metrics,
+) -> Result<Purged, ComponentError> {
+    let ids = sinks.store.purge_before(cutoff, dry_run)?;
+    let mut purged = Purged {
+        jobs: ids.len() as u64,
+        documents: 0,
+    };
+    if dry_run || ids.is_empty() {
+        return Ok(purged);
+    }
+    purged.documents = sinks.documents.purge(&ids)?;
+    for id in &ids {
+        let mut detail = BTreeMap::new();
+        detail.insert("cutoff".into(), cutoff.to_string());
+        let event = AuditEvent {
+            actor: "retention".into(),
+            ..audit(id, "", "", AuditAction::JobPurged, detail)
+        };
+        sinks.audit.record(&event)?;
+    }
+    metrics
+        .retention_purged_total
+        .with_label_values(&["job"])
+        .inc_by(purged.jobs);
+    metrics
+        .retention_purged_total
+        .with_label_values(&["document"])
+        .inc_by(purged.documents);
+    tracing::info!(
+        jobs = purged.jobs,
+        documents = purged.documents,
+        cutoff,
+        "retention purge"
+    );
+    Ok(purged)
 }
 
 fn audit(

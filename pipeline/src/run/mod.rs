@@ -22,7 +22,7 @@ use mmt_core::job::JobStore;
 use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
-use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Sinks};
+use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Retention, Sinks};
 use mmt_operators::decode::DecodeAudio;
 use mmt_operators::dedupe::Dedupe;
 use mmt_operators::infer::Transcribe;
@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub transcribe: TranscribeOptions,
     /// Voice activity detection and chunking.
     pub chunking: ChunkConfig,
+    /// Retention enforced while the run goes on.
+    pub retention: Retention,
 }
 
 /// Where the embedded sinks write, derived from the config and `--out`.
@@ -252,10 +254,20 @@ pub fn run(
                     let completed = results.assemble();
                     scope
                         .concatenate([rejected, repeats, failed, completed])
-                        .commit(sinks, CommitRetry::default(), counters_in, metrics_in)
+                        .commit(
+                            sinks,
+                            CommitRetry::default(),
+                            options_in.retention,
+                            counters_in,
+                            metrics_in,
+                        )
                         .probe_with(&probe);
                 });
                 if index == 0 {
+                    let progress = QueueProgress {
+                        inner: progress.as_ref(),
+                        metrics: &metrics,
+                    };
                     drive_source(
                         worker,
                         input,
@@ -264,7 +276,7 @@ pub fn run(
                         &stop,
                         &discovered,
                         &counters,
-                        progress.as_ref(),
+                        &progress,
                     )
                 } else {
                     drop(input);
@@ -291,6 +303,21 @@ pub fn run(
         audio_seconds: load(&counters.audio_millis) as f64 / 1000.0,
         wall_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Forwards progress and keeps `async_task_queue_size` (files fed, not yet committed).
+struct QueueProgress<'a> {
+    inner: &'a dyn Progress,
+    metrics: &'a Metrics,
+}
+
+impl Progress for QueueProgress<'_> {
+    fn update(&self, discovered: u64, done: u64) {
+        self.metrics
+            .async_task_queue_size
+            .set(discovered.saturating_sub(done) as i64);
+        self.inner.update(discovered, done);
+    }
 }
 
 /// The dataflow's input: source records, one epoch per ingest batch.
@@ -382,7 +409,8 @@ fn open_store(url: &str) -> Result<Box<dyn JobStore>, RunError> {
     Ok(Box::new(store))
 }
 
-fn open_sinks(paths: &OutputPaths) -> Result<Sinks, RunError> {
+/// Opens the embedded sinks (one writer each: the commit stage or a purge).
+pub fn open_sinks(paths: &OutputPaths) -> Result<Sinks, RunError> {
     Ok(Sinks {
         documents: Box::new(
             paths
