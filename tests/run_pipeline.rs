@@ -298,3 +298,43 @@ fn silence_is_never_sent_to_the_model() {
         .unwrap_or("");
     assert!(data.is_empty(), "silence produced text: {data}");
 }
+
+#[test]
+fn follow_mode_picks_up_new_files_and_stops_cleanly_on_sigterm() {
+    if !model_ready() {
+        return;
+    }
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut child = mmt_run(input.path(), out.path())
+        .arg("--follow")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The file arrives after the run started watching.
+    std::thread::sleep(Duration::from_millis(500));
+    let sample = root().join("samples/librispeech_61-70968-0002.wav");
+    std::fs::copy(&sample, input.path().join("late.wav")).expect("copy");
+    let started = Instant::now();
+    while documents(out.path()).is_empty() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        documents(out.path()).len(),
+        1,
+        "the new file was transcribed"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("exit");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 transcribed"));
+}
