@@ -306,7 +306,7 @@ fn follow_mode_picks_up_new_files_and_stops_cleanly_on_sigterm() {
     }
     let input = tempfile::tempdir().expect("tempdir");
     let out = tempfile::tempdir().expect("tempdir");
-    let mut child = mmt_run(input.path(), out.path())
+    let child = mmt_run(input.path(), out.path())
         .arg("--follow")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -5,12 +5,18 @@
 //! the input frontier shows no more chunks can arrive for its epoch. After each
 //! batch the operator yields (re-activating itself), so that results flow to the
 //! commit stage while later batches wait.
+//!
+//! The chunks of one job are transcribed in order, each prompted with the text
+//! before it (Whisper's previous-text conditioning, worth several WER points on
+//! long dictations); a batch therefore holds at most one chunk per job, and
+//! batching happens across jobs.
 
 use crate::records::{ChunkResult, ChunkWork, Outcome};
-use mmt_core::job::{DeadLetter, Stage};
+use mmt_core::job::{DeadLetter, JobId, Stage};
 use mmt_core::telemetry::Metrics;
 use mmt_core::Segment;
 use mmt_whisper::{Engine, TranscribeOptions};
+use std::collections::HashMap;
 use std::time::Instant;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
@@ -47,23 +53,33 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
             self.unary_frontier(Pipeline, "Transcribe", move |_capability, info| {
                 let activator = scope.activator_for(info.address);
                 let mut pending: Vec<(Capability<u64>, ChunkWork)> = Vec::new();
+                let mut jobs: HashMap<JobId, JobProgress> = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
                         if let Some(capability) = capability.retain_least(0) {
                             pending.extend(data.drain(..).map(|work| (capability.clone(), work)));
                         }
                     });
-                    metrics.transcription_queue_depth.set(pending.len() as i64);
                     // Oldest epoch first, so a frontier-complete epoch flushes early.
-                    pending.sort_by_key(|(capability, _)| *capability.time());
-                    let oldest_complete = pending.first().is_some_and(|(capability, _)| {
-                        !frontier.frontier().less_equal(capability.time())
-                    });
-                    if pending.len() >= batch_size || (oldest_complete && !pending.is_empty()) {
-                        let take = batch_size.min(pending.len());
-                        let batch: Vec<_> = pending.drain(..take).collect();
+                    pending.sort_by_key(|(capability, work)| (*capability.time(), work.seq));
+                    let ready: Vec<usize> = (0..pending.len())
+                        .filter(|&i| is_next(&jobs, &pending[i].1))
+                        .take(batch_size)
+                        .collect();
+                    let oldest_complete = ready
+                        .first()
+                        .is_some_and(|&i| !frontier.frontier().less_equal(pending[i].0.time()));
+                    if ready.len() >= batch_size || oldest_complete {
+                        let batch: Vec<_> = ready
+                            .iter()
+                            .rev()
+                            .map(|&i| pending.swap_remove(i))
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
                         for (capability, result) in
-                            run_batch(&mut engine, &options, &metrics, batch)
+                            run_batch(&mut engine, &options, &metrics, &mut jobs, batch)
                         {
                             output.session(&capability).give(result);
                         }
@@ -80,11 +96,35 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
 
 type Tagged = (Capability<u64>, Result<ChunkResult, Outcome>);
 
+/// How far a job's chunks have been transcribed, and the text context they leave.
+#[derive(Debug, Default)]
+struct JobProgress {
+    next_seq: u32,
+    context: Vec<u32>,
+}
+
+/// Whether `work` is its job's next chunk (chunks of a job go in order).
+fn is_next(jobs: &HashMap<JobId, JobProgress>, work: &ChunkWork) -> bool {
+    work.total == 0 || work.seq == jobs.get(&work.meta.id).map_or(0, |p| p.next_seq)
+}
+
+/// Records that `work` is done; forgets the job after its last chunk.
+fn advance(jobs: &mut HashMap<JobId, JobProgress>, work: &ChunkWork, context: Vec<u32>) {
+    if work.seq + 1 >= work.total {
+        jobs.remove(&work.meta.id);
+    } else {
+        let progress = jobs.entry(work.meta.id.clone()).or_default();
+        progress.next_seq = work.seq + 1;
+        progress.context = context;
+    }
+}
+
 /// Runs one batch; every chunk yields a result or, if the model failed, a dead letter.
 fn run_batch(
     engine: &mut Engine,
     options: &TranscribeOptions,
     metrics: &Metrics,
+    jobs: &mut HashMap<JobId, JobProgress>,
     batch: Vec<(Capability<u64>, ChunkWork)>,
 ) -> Vec<Tagged> {
     // Jobs without speech complete without the model.
@@ -98,21 +138,34 @@ fn run_batch(
     }
     let started = Instant::now();
     let inputs: Vec<&[f32]> = speech.iter().map(|(_, w)| w.samples.as_slice()).collect();
-    match engine.transcribe_batch(&inputs, options) {
+    let prompts: Vec<&[u32]> = speech
+        .iter()
+        .map(|(_, w)| {
+            jobs.get(&w.meta.id)
+                .map_or(&[][..], |p| p.context.as_slice())
+        })
+        .collect();
+    match engine.transcribe_continuing(&inputs, &prompts, options) {
         Ok(transcripts) => {
             let audio: f64 = speech
                 .iter()
                 .map(|(_, w)| w.samples.len() as f64 / 16_000.0)
                 .sum();
             metrics.record_transcription(started.elapsed().as_secs_f64(), audio);
-            for ((capability, work), transcript) in speech.into_iter().zip(transcripts) {
-                let segments = shift(transcript.segments, work.offset_seconds, work.job_seconds);
+            for ((capability, work), continued) in speech.into_iter().zip(transcripts) {
+                advance(jobs, &work, continued.context);
+                let segments = shift(
+                    continued.transcript.segments,
+                    work.offset_seconds,
+                    work.job_seconds,
+                );
                 out.push((capability, Ok(chunk_result(work, segments))));
             }
         }
         Err(err) => {
             tracing::error!(error = %err, chunks = speech.len(), "inference failed");
             for (capability, work) in speech {
+                advance(jobs, &work, Vec::new());
                 let letter = DeadLetter {
                     job_id: work.meta.id.clone(),
                     tenant: work.meta.tenant.clone(),

@@ -18,4 +18,4 @@ pub mod transcribe;
 
 pub use error::WhisperError;
 pub use model::ModelOptions;
-pub use transcribe::{Engine, TranscribeOptions};
+pub use transcribe::{Continued, Engine, TranscribeOptions};

@@ -151,19 +151,40 @@ impl Engine {
         inputs: &[&[f32]],
         options: &TranscribeOptions,
     ) -> Result<Vec<Transcript>, WhisperError> {
-        options.validate()?;
         let initial_prompt = match &options.initial_prompt {
             Some(text) => self.tokenizer.encode(&format!(" {}", text.trim()))?,
             None => Vec::new(),
         };
+        let prompts = vec![initial_prompt.as_slice(); inputs.len()];
+        Ok(self
+            .transcribe_continuing(inputs, &prompts, options)?
+            .into_iter()
+            .map(|continued| continued.transcript)
+            .collect())
+    }
+
+    /// Like [`Engine::transcribe_batch`], with each input continuing a previous
+    /// one: `prompts[i]` are the tokens that precede input `i` (see
+    /// [`Continued::context`]), given to the decoder as Whisper's
+    /// previous-text prompt. Consecutive pieces of one recording keep the
+    /// context that long-form decoding would have had.
+    pub fn transcribe_continuing(
+        &mut self,
+        inputs: &[&[f32]],
+        prompts: &[&[u32]],
+        options: &TranscribeOptions,
+    ) -> Result<Vec<Continued>, WhisperError> {
+        options.validate()?;
+        if prompts.len() != inputs.len() {
+            return Err(WhisperError::InvalidOption {
+                reason: "one prompt per input is needed".into(),
+            });
+        }
         let mut streams: Vec<Stream> = inputs
             .iter()
-            .map(|samples| {
-                Stream::new(
-                    self.front_end.log_mel(samples),
-                    samples.len(),
-                    &initial_prompt,
-                )
+            .zip(prompts)
+            .map(|(samples, prompt)| {
+                Stream::new(self.front_end.log_mel(samples), samples.len(), prompt)
             })
             .collect();
         let mut next = 0;
@@ -181,7 +202,17 @@ impl Engine {
         };
         Ok(streams
             .into_iter()
-            .map(|stream| Transcript::from_segments(stream.segments, stream.duration, language))
+            .map(|stream| {
+                let context = stream.all_tokens[stream.prompt_reset_since..].to_vec();
+                Continued {
+                    transcript: Transcript::from_segments(
+                        stream.segments,
+                        stream.duration,
+                        language,
+                    ),
+                    context,
+                }
+            })
             .collect())
     }
 
@@ -355,6 +386,15 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// A transcript and the decoder context it leaves for what follows it.
+#[derive(Debug, Clone)]
+pub struct Continued {
+    pub transcript: Transcript,
+    /// Tokens to prompt the next piece of the same recording with (empty
+    /// after a window that needed a high fallback temperature, as Whisper resets then).
+    pub context: Vec<u32>,
 }
 
 /// The next streams to decode, round-robin from `next`, at most `batch_size`.
