@@ -133,7 +133,7 @@ fn print_summary(summary: &RunSummary, paths: &OutputPaths) {
 pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
     let config = load_config()?;
     let paths = OutputPaths::resolve(&config, &args.out);
-    let now = mmt_operators::infer::now();
+    let now = mmt_core::job::unix_now();
     let metrics = Metrics::new()?;
     let (cutoff, purged) = purge_once(
         &paths,

@@ -10,6 +10,13 @@ use crate::transcript::Transcript;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Seconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// A job's identity: derived from the tenant and the audio's content, so the
 /// same audio submitted twice by one tenant is the same job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

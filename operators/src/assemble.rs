@@ -1,8 +1,7 @@
 //! Assemble: a job's chunk transcripts, in order, become its transcript.
 
-use crate::infer::now;
 use crate::records::{route, ChunkResult, Outcome};
-use mmt_core::job::{CompletedJob, JobId};
+use mmt_core::job::{unix_now, CompletedJob, JobId};
 use mmt_core::{Segment, Transcript};
 use std::collections::HashMap;
 use timely::dataflow::channels::pact::Exchange;
@@ -67,7 +66,7 @@ fn add_chunk(
     Some(CompletedJob {
         meta,
         transcript: Transcript::from_segments(segments, job_seconds, "en"),
-        completed_at: now(),
+        completed_at: unix_now(),
     })
 }
 

@@ -8,11 +8,10 @@
 //! exponential backoff: the frontier cannot pass its epoch, so the source never
 //! acknowledges a message whose result is not durable.
 
-use crate::infer::now;
 use crate::records::Outcome;
 use mmt_core::job::{
-    AuditAction, AuditEvent, AuditSink, ComponentError, DeadLetter, DeadLetterSink, DocumentSink,
-    JobId, JobStore, Stage,
+    unix_now, AuditAction, AuditEvent, AuditSink, ComponentError, DeadLetter, DeadLetterSink,
+    DocumentSink, JobId, JobStore, Stage,
 };
 use mmt_core::phi::mask_reference;
 use mmt_core::telemetry::Metrics;
@@ -165,7 +164,7 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
                     if let Some(sinks) = sinks.as_mut() {
                         if Instant::now() >= next_purge {
                             next_purge = Instant::now() + retention.interval;
-                            let cutoff = now() - i64::from(retention.days) * 86_400;
+                            let cutoff = unix_now() - i64::from(retention.days) * 86_400;
                             if let Err(err) = purge(sinks, cutoff, false, &metrics) {
                                 tracing::warn!(error = %err, "retention purge failed; retrying at the next window");
                             }
@@ -196,7 +195,7 @@ fn next_attempt(mut item: Pending, err: ComponentError, retry: &CommitRetry) -> 
                     item.attempts, err.message
                 ),
                 attempts: item.attempts,
-                at: now(),
+                at: unix_now(),
             });
             item.attempts = 0;
             item.not_before = Instant::now();
@@ -352,7 +351,7 @@ fn audit(
     detail: BTreeMap<String, String>,
 ) -> AuditEvent {
     AuditEvent {
-        at: now(),
+        at: unix_now(),
         action,
         job_id: job_id.clone(),
         tenant: tenant.to_owned(),

@@ -12,7 +12,7 @@
 //! batching happens across jobs.
 
 use crate::records::{ChunkResult, ChunkWork, Outcome};
-use mmt_core::job::{DeadLetter, JobId, Stage};
+use mmt_core::job::{unix_now, DeadLetter, JobId, Stage};
 use mmt_core::telemetry::Metrics;
 use mmt_core::Segment;
 use mmt_whisper::{Engine, TranscribeOptions};
@@ -174,7 +174,7 @@ fn run_batch(
                     class: err.class(),
                     reason: err.to_string(),
                     attempts: 1,
-                    at: now(),
+                    at: unix_now(),
                 };
                 out.push((capability, Err(Outcome::DeadLettered(letter))));
             }
@@ -203,11 +203,4 @@ fn shift(segments: Vec<Segment>, offset: f64, job_seconds: f64) -> Vec<Segment> 
             segment
         })
         .collect()
-}
-
-/// Unix seconds now.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -354,7 +354,7 @@ fn drive_source(
             let files = source
                 .scan(options.files_per_epoch)
                 .map_err(|e| format!("scanning the input folder: {e}"))?;
-            let received_at = mmt_operators::infer::now();
+            let received_at = mmt_core::job::unix_now();
             for path in files {
                 let record = source
                     .read(&path, received_at)
