@@ -36,11 +36,18 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plan = config.worker_plan(cores);
     let workers = args.workers.unwrap_or(plan.workers).max(1);
-    let threads = args
-        .threads
-        .unwrap_or_else(|| (cores / workers).max(1))
-        .max(1);
+    let threads = match (args.threads, args.workers) {
+        (Some(threads), _) => threads,
+        (None, None) => plan.intra_op_threads,
+        (None, Some(_)) => cores / workers,
+    }
+    .max(1);
     tracing::info!(?plan, workers, threads, "worker plan");
+    eprintln!(
+        "mmt: {workers} worker(s) x {threads} ONNX Runtime thread(s) on {cores} core(s) \
+         (worker plan: {} limited by {:?})",
+        plan.workers, plan.limited_by
+    );
     let options = RunOptions {
         input: args.input.clone(),
         out: args.out.clone(),
