@@ -28,11 +28,6 @@ impl Progress for Bar {
 
 pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     let config = load_config()?;
-    if config.environment.is_prod() && config.database.url_defaulted {
-        anyhow::bail!(
-            "ENV=prod needs DATABASE_URL: the embedded SQLite store is for development only"
-        );
-    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plan = config.worker_plan(cores);
     let workers = args.workers.unwrap_or(plan.workers).max(1);

@@ -47,11 +47,7 @@ impl DirectorySource {
     pub fn unreadable_record(&self, unreadable: Unreadable, received_at: i64) -> SourceRecord {
         SourceRecord {
             tenant: self.tenant.clone(),
-            source: unreadable
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            source: file_name(&unreadable.path),
             bytes: Vec::new(),
             extension: None,
             patient_reference: None,
@@ -100,10 +96,7 @@ impl DirectorySource {
         let sidecar = read_sidecar(path).map_err(unreadable)?;
         Ok(SourceRecord {
             tenant: sidecar.tenant.unwrap_or_else(|| self.tenant.clone()),
-            source: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            source: file_name(path),
             bytes,
             extension: path
                 .extension()
@@ -114,6 +107,12 @@ impl DirectorySource {
             read_error: None,
         })
     }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn is_audio(path: &Path) -> bool {
