@@ -1,8 +1,10 @@
 //! Shared domain types of MMT, kept small: every crate depends on this one.
 
 pub mod error;
+pub mod idempotency;
 pub mod job;
 pub mod phi;
+pub mod source;
 pub mod telemetry;
 pub mod transcript;
 

@@ -1,0 +1,470 @@
+//! The job message both brokers carry: a JSON envelope around the audio.
+//!
+//! The schema is `schemas/job-envelope.schema.json`; this module is its reader.
+//! A message that cannot be read still becomes a [`SourceRecord`], with
+//! `read_error` set, so that decode dead-letters it with a reason and the
+//! broker's message is settled: bad input is never silently dropped, and a
+//! poison message never blocks the queue.
+//!
+//! Audio travels inline (base64) or by reference to a file under a root the
+//! operator configured (a shared volume). References outside that root, and any
+//! reference when no root is configured, are refused: a message must not be
+//! able to make the worker read arbitrary files.
+
+use base64::Engine as _;
+use mmt_core::source::SourceRecord;
+use serde::{Deserialize, Serialize};
+use std::path::{Component, Path, PathBuf};
+
+/// Largest audio a message may carry or reference (decoded bytes).
+pub const MAX_AUDIO_BYTES: usize = 256 << 20;
+
+/// Container hints an envelope may give.
+pub const AUDIO_FORMATS: &[&str] = &["wav", "flac", "mp3", "ogg", "oga", "opus"];
+
+/// The envelope's version this reader understands.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// A transcription job as published to RabbitMQ or Kafka.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEnvelope {
+    /// Envelope version; 1.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// Tenant owning the recording: 1–64 of `A-Z a-z 0-9 . _ -`.
+    pub tenant: String,
+    /// The submitter's own id for the job (not PHI); echoed in events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_reference: Option<String>,
+    /// The recording.
+    pub audio: AudioPayload,
+    /// FHIR reference of the patient, `Patient/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_reference: Option<String>,
+    /// FHIR reference of the encounter, `Encounter/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encounter_reference: Option<String>,
+    /// 0 (lowest, default) to 9; RabbitMQ delivers higher priorities first.
+    #[serde(default)]
+    pub priority: u8,
+}
+
+fn default_version() -> u32 {
+    ENVELOPE_VERSION
+}
+
+/// Where the audio is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AudioPayload {
+    /// The encoded audio, base64 (standard alphabet, padded).
+    Inline {
+        data: String,
+        /// Container hint: `wav`, `flac`, `mp3`, `ogg`, `opus`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+    },
+    /// A file on a volume the workers share: `file:///…` or an absolute path.
+    Reference {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+    },
+}
+
+impl JobEnvelope {
+    /// An envelope carrying `audio` inline.
+    pub fn inline(tenant: impl Into<String>, audio: &[u8], format: Option<&str>) -> Self {
+        Self {
+            version: ENVELOPE_VERSION,
+            tenant: tenant.into(),
+            client_reference: None,
+            audio: AudioPayload::Inline {
+                data: base64::engine::general_purpose::STANDARD.encode(audio),
+                format: format.map(str::to_owned),
+            },
+            patient_reference: None,
+            encounter_reference: None,
+            priority: 0,
+        }
+    }
+
+    /// Every rule the JSON Schema states beyond types, as one-line reasons.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.version != ENVELOPE_VERSION {
+            problems.push(format!(
+                "version {} is not supported (expected {ENVELOPE_VERSION})",
+                self.version
+            ));
+        }
+        if !is_tenant(&self.tenant) {
+            problems.push("tenant must be 1-64 of A-Z a-z 0-9 . _ -".into());
+        }
+        if self.priority > 9 {
+            problems.push("priority must be 0-9".into());
+        }
+        if let Some(reference) = &self.client_reference {
+            if reference.is_empty() || reference.len() > 128 {
+                problems.push("client_reference must be 1-128 characters".into());
+            }
+        }
+        let format = match &self.audio {
+            AudioPayload::Inline { format, .. } | AudioPayload::Reference { format, .. } => format,
+        };
+        if let Some(format) = format {
+            if !AUDIO_FORMATS.contains(&format.to_ascii_lowercase().as_str()) {
+                problems.push(format!(
+                    "audio format must be one of {}",
+                    AUDIO_FORMATS.join(", ")
+                ));
+            }
+        }
+        check_reference(
+            "patient_reference",
+            "Patient",
+            &self.patient_reference,
+            &mut problems,
+        );
+        check_reference(
+            "encounter_reference",
+            "Encounter",
+            &self.encounter_reference,
+            &mut problems,
+        );
+        problems
+    }
+}
+
+fn is_tenant(tenant: &str) -> bool {
+    (1..=64).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `Type/id` with a FHIR id (`[A-Za-z0-9-.]{1,64}`). The value is PHI, so the
+/// problem names only the field.
+fn check_reference(
+    field: &str,
+    resource_type: &str,
+    reference: &Option<String>,
+    out: &mut Vec<String>,
+) {
+    let Some(reference) = reference else { return };
+    let valid = reference
+        .strip_prefix(resource_type)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        });
+    if !valid {
+        out.push(format!("{field} must look like {resource_type}/<id>"));
+    }
+}
+
+/// What the broker knows about a message, beside its body.
+#[derive(Debug, Clone, Default)]
+pub struct MessageContext {
+    /// The broker's id of the message (AMQP message-id, Kafka topic/partition/offset).
+    pub message_id: String,
+    /// Unix seconds when it was received.
+    pub received_at: i64,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+    /// W3C `traceparent` from the message headers.
+    pub trace_parent: Option<String>,
+}
+
+/// Reads message bodies into source records.
+#[derive(Debug, Clone, Default)]
+pub struct EnvelopeReader {
+    /// Folder under which `reference` audio may live; `None` refuses references.
+    pub reference_root: Option<PathBuf>,
+    /// Tenant recorded for a message whose envelope cannot be read at all.
+    pub fallback_tenant: String,
+}
+
+impl EnvelopeReader {
+    pub fn new(reference_root: Option<PathBuf>, fallback_tenant: impl Into<String>) -> Self {
+        Self {
+            reference_root,
+            fallback_tenant: fallback_tenant.into(),
+        }
+    }
+
+    /// The record of one message: the audio, or the reason it cannot be read.
+    pub fn read(&self, body: &[u8], context: MessageContext) -> SourceRecord {
+        let mut record = SourceRecord {
+            tenant: self.fallback_tenant.clone(),
+            source: context.message_id,
+            received_at: context.received_at,
+            redelivered: context.redelivered,
+            trace_parent: context.trace_parent.filter(|t| is_trace_parent(t)),
+            ..SourceRecord::default()
+        };
+        let envelope = match serde_json::from_slice::<JobEnvelope>(body) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                // serde's message quotes no values for these types, only
+                // positions and field names, so it carries no PHI.
+                record.read_error = Some(format!("the message is not a job envelope: {err}"));
+                return record;
+            }
+        };
+        if is_tenant(&envelope.tenant) {
+            record.tenant.clone_from(&envelope.tenant);
+        }
+        let problems = envelope.problems();
+        if !problems.is_empty() {
+            record.read_error = Some(format!("invalid job envelope: {}", problems.join("; ")));
+            return record;
+        }
+        record.patient_reference = envelope.patient_reference;
+        record.encounter_reference = envelope.encounter_reference;
+        match self.audio(&envelope.audio) {
+            Ok((bytes, extension)) => {
+                record.bytes = bytes;
+                record.extension = extension;
+            }
+            Err(reason) => record.read_error = Some(reason),
+        }
+        record
+    }
+
+    fn audio(&self, payload: &AudioPayload) -> Result<(Vec<u8>, Option<String>), String> {
+        match payload {
+            AudioPayload::Inline { data, format } => {
+                if data.len() / 4 * 3 > MAX_AUDIO_BYTES {
+                    return Err(format!(
+                        "inline audio is larger than {MAX_AUDIO_BYTES} bytes"
+                    ));
+                }
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|err| format!("inline audio is not valid base64: {err}"))?;
+                Ok((bytes, normalized_format(format.as_deref())))
+            }
+            AudioPayload::Reference { url, format } => {
+                let path = self.resolve_reference(url)?;
+                let extension = normalized_format(format.as_deref()).or_else(|| {
+                    path.extension()
+                        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                });
+                let size = std::fs::metadata(&path)
+                    .map_err(|err| format!("referenced audio cannot be read: {}", err.kind()))?
+                    .len();
+                if size > MAX_AUDIO_BYTES as u64 {
+                    return Err(format!(
+                        "referenced audio is larger than {MAX_AUDIO_BYTES} bytes"
+                    ));
+                }
+                let bytes = std::fs::read(&path)
+                    .map_err(|err| format!("referenced audio cannot be read: {}", err.kind()))?;
+                Ok((bytes, extension))
+            }
+        }
+    }
+
+    /// The file a reference names, if it lies under the configured root. The
+    /// path itself may hold PHI (a patient's name in a file name), so reasons
+    /// never quote it.
+    fn resolve_reference(&self, url: &str) -> Result<PathBuf, String> {
+        let Some(root) = &self.reference_root else {
+            return Err("audio references are not accepted by this worker (no reference root is configured)".into());
+        };
+        let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+        if !path.is_absolute() || url.contains("://") && !url.starts_with("file://") {
+            return Err("audio reference must be a file:// URL or an absolute path".into());
+        }
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err("audio reference must not contain '..'".into());
+        }
+        let resolved = path
+            .canonicalize()
+            .map_err(|err| format!("referenced audio cannot be read: {}", err.kind()))?;
+        let root = root
+            .canonicalize()
+            .map_err(|err| format!("the reference root cannot be read: {}", err.kind()))?;
+        if !resolved.starts_with(&root) {
+            return Err("audio reference lies outside the reference root".into());
+        }
+        Ok(resolved)
+    }
+}
+
+fn normalized_format(format: Option<&str>) -> Option<String> {
+    format.map(|f| f.trim().trim_start_matches('.').to_ascii_lowercase())
+}
+
+/// A message id for a submission of `audio`: unique per submission (a random
+/// part), with a content prefix that helps operators spot resubmissions.
+pub fn message_id_for(audio: &[u8]) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut content = std::collections::hash_map::DefaultHasher::new();
+    content.write(audio);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{:016x}-{random:016x}", content.finish())
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, the W3C trace context header (version 00).
+pub fn is_trace_parent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> MessageContext {
+        MessageContext {
+            message_id: "msg-1".into(),
+            received_at: 42,
+            redelivered: true,
+            trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        }
+    }
+
+    #[test]
+    fn an_inline_envelope_becomes_a_record() {
+        let mut envelope = JobEnvelope::inline("clinic-a", b"RIFF....", Some("WAV"));
+        envelope.patient_reference = Some("Patient/123".into());
+        envelope.encounter_reference = Some("Encounter/9".into());
+        let body = serde_json::to_vec(&envelope).unwrap();
+        let record = EnvelopeReader::new(None, "default").read(&body, context());
+        assert_eq!(record.read_error, None);
+        assert_eq!(record.tenant, "clinic-a");
+        assert_eq!(record.bytes, b"RIFF....");
+        assert_eq!(record.extension.as_deref(), Some("wav"));
+        assert_eq!(record.patient_reference.as_deref(), Some("Patient/123"));
+        assert_eq!(record.source, "msg-1");
+        assert!(record.redelivered);
+        assert!(record.trace_parent.is_some());
+    }
+
+    #[test]
+    fn unreadable_messages_become_records_with_a_reason_and_no_phi() {
+        let reader = EnvelopeReader::new(None, "default");
+        let garbage = reader.read(b"not json", context());
+        assert!(garbage.read_error.unwrap().contains("not a job envelope"));
+        assert_eq!(garbage.tenant, "default");
+
+        let unknown_field = br#"{"tenant":"a","audio":{"inline":{"data":""}},"mood":"x"}"#;
+        let record = reader.read(unknown_field, context());
+        assert!(record.read_error.unwrap().contains("unknown field"));
+
+        let bad_patient =
+            br#"{"tenant":"a","audio":{"inline":{"data":""}},"patient_reference":"John Smith"}"#;
+        let reason = reader.read(bad_patient, context()).read_error.unwrap();
+        assert!(reason.contains("patient_reference must look like Patient/<id>"));
+        assert!(!reason.contains("John"));
+
+        let bad_base64 = br#"{"tenant":"a","audio":{"inline":{"data":"@@@"}}}"#;
+        let reason = reader.read(bad_base64, context()).read_error.unwrap();
+        assert!(reason.contains("base64"));
+
+        let priority = br#"{"tenant":"a","audio":{"inline":{"data":""}},"priority":12}"#;
+        assert!(reader
+            .read(priority, context())
+            .read_error
+            .unwrap()
+            .contains("priority"));
+    }
+
+    #[test]
+    fn references_stay_under_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("Smith_John.wav"), b"audio").unwrap();
+        std::fs::write(outside.path().join("secret.wav"), b"nope").unwrap();
+        let reader = EnvelopeReader::new(Some(root.path().to_owned()), "default");
+        let body = |url: String| {
+            serde_json::to_vec(&serde_json::json!({
+                "tenant": "a", "audio": {"reference": {"url": url}}
+            }))
+            .unwrap()
+        };
+        let inside = format!("file://{}", root.path().join("Smith_John.wav").display());
+        let record = reader.read(&body(inside), context());
+        assert_eq!(record.read_error, None);
+        assert_eq!(record.bytes, b"audio");
+        assert_eq!(record.extension.as_deref(), Some("wav"));
+
+        let escape = outside.path().join("secret.wav").display().to_string();
+        let reason = reader.read(&body(escape), context()).read_error.unwrap();
+        assert!(reason.contains("outside the reference root"));
+
+        let dotdot = format!("{}/../x.wav", root.path().display());
+        assert!(reader
+            .read(&body(dotdot), context())
+            .read_error
+            .unwrap()
+            .contains(".."));
+
+        let missing = format!("{}/Doe_Jane.wav", root.path().display());
+        let reason = reader.read(&body(missing), context()).read_error.unwrap();
+        assert!(!reason.contains("Doe"), "{reason}");
+
+        let refused = EnvelopeReader::new(None, "default");
+        let inside = format!("file://{}", root.path().join("Smith_John.wav").display());
+        assert!(refused
+            .read(&body(inside), context())
+            .read_error
+            .unwrap()
+            .contains("not accepted"));
+        let http = reader.read(&body("http://example.org/a.wav".into()), context());
+        assert!(http.read_error.unwrap().contains("file://"));
+    }
+
+    #[test]
+    fn trace_parents_are_checked() {
+        assert!(is_trace_parent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_trace_parent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_trace_parent("garbage"));
+        let mut ctx = context();
+        ctx.trace_parent = Some("bogus".into());
+        let body = serde_json::to_vec(&JobEnvelope::inline("a", b"x", None)).unwrap();
+        assert_eq!(
+            EnvelopeReader::new(None, "d").read(&body, ctx).trace_parent,
+            None
+        );
+    }
+
+    #[test]
+    fn the_schema_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let valid = path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("valid");
+            let parsed = serde_json::from_str::<JobEnvelope>(&text);
+            let ok = parsed.as_ref().is_ok_and(|e| e.problems().is_empty());
+            assert_eq!(ok, valid, "{}: {parsed:?}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 4);
+    }
+}

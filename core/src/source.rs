@@ -1,0 +1,81 @@
+//! Where jobs come from: the record a source hands to the dataflow, and the
+//! contract between a source (a folder, a RabbitMQ queue, a Kafka topic) and
+//! the driver that acknowledges its messages.
+//!
+//! A message is settled only once every sink has committed its job's outcome
+//! (the dataflow's probe has passed the message's epoch). Settling acks a
+//! RabbitMQ message, rejects it to the dead-letter exchange when its job was
+//! dead-lettered, or commits a Kafka offset. A crash before settling causes a
+//! redelivery, which the idempotent sinks absorb.
+
+use crate::job::ComponentError;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Audio as it arrives from a source, before anything is checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub tenant: String,
+    /// File name or message id (may hold PHI: never logged).
+    pub source: String,
+    /// The encoded audio.
+    pub bytes: Vec<u8>,
+    /// File extension or format name, a hint for the container probe.
+    pub extension: Option<String>,
+    pub patient_reference: Option<String>,
+    pub encounter_reference: Option<String>,
+    /// Unix seconds.
+    pub received_at: i64,
+    /// Set when the source could not read the job (then `bytes` is empty); the
+    /// reason names no PHI and reaches the dead-letter queue.
+    pub read_error: Option<String>,
+    /// The broker delivered this message before (its earlier delivery was never
+    /// acknowledged): a repeat of it is a redelivery, not a duplicate submission.
+    #[serde(default)]
+    pub redelivered: bool,
+    /// W3C `traceparent` the message carried, if any.
+    #[serde(default)]
+    pub trace_parent: Option<String>,
+}
+
+/// A source's handle on one message, handed back to it when the message settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryTag(pub u64);
+
+/// One message from a source.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tag: DeliveryTag,
+    pub record: SourceRecord,
+}
+
+/// How a message ended, once its job's outcome is durable in every sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settlement {
+    /// Transcribed, a duplicate, or finished before: acknowledge.
+    Committed,
+    /// The job was dead-lettered (its letter is in the DLQ): reject the message
+    /// to the broker's dead-letter route where it has one, else acknowledge.
+    DeadLettered,
+}
+
+/// A source of jobs, driven by one thread (timely worker 0).
+pub trait JobSource: Send {
+    /// Up to `max` new messages, waiting at most `wait` when none is ready.
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, ComponentError>;
+
+    /// Settles messages whose outcomes are durable. A message that cannot be
+    /// settled (its connection is gone) is redelivered by the broker later, so
+    /// an error here never loses work.
+    fn settle(&mut self, settled: &[(DeliveryTag, Settlement)]) -> Result<(), ComponentError>;
+
+    /// Whether the source will never yield another message (a folder read to
+    /// its end in batch mode). Brokers never run dry by themselves.
+    fn exhausted(&self) -> bool {
+        false
+    }
+
+    /// A short name for logs (`directory`, `rabbitmq`, `kafka`).
+    fn kind(&self) -> &'static str;
+}
