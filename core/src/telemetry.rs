@@ -45,6 +45,12 @@ pub struct Metrics {
     pub dlq_messages_total: IntCounterVec,
     /// Records removed by the retention purge, by kind (job, audio, transcript, task).
     pub retention_purged_total: IntCounterVec,
+    /// Jobs for which dedupe could not use the idempotency filter and relied on
+    /// the job store alone, by reason (`check_failed`, `insert_failed`).
+    pub idempotency_filter_fallback_total: IntCounterVec,
+    /// 1 while the configured idempotency filter answers, 0 while it fails (or
+    /// when none is configured).
+    pub idempotency_filter_available: IntGauge,
 }
 
 impl Metrics {
@@ -141,6 +147,15 @@ impl Metrics {
                 "Records removed by the retention purge",
                 &["kind"],
             )?,
+            idempotency_filter_fallback_total: counter_vec(
+                "idempotency_filter_fallback_total",
+                "Jobs deduplicated by the job store alone because the idempotency filter failed",
+                &["reason"],
+            )?,
+            idempotency_filter_available: gauge(
+                "idempotency_filter_available",
+                "Whether the idempotency filter answers (1) or is bypassed (0)",
+            )?,
             registry,
         })
     }
@@ -187,6 +202,10 @@ mod tests {
             .retention_purged_total
             .with_label_values(&["job"])
             .inc();
+        metrics
+            .idempotency_filter_fallback_total
+            .with_label_values(&["check_failed"])
+            .inc();
         let text = metrics.encode_text();
         for name in [
             "transcription_queue_depth",
@@ -200,6 +219,8 @@ mod tests {
             "vault_token_renew_success_total",
             "dlq_messages_total",
             "retention_purged_total",
+            "idempotency_filter_fallback_total",
+            "idempotency_filter_available",
         ] {
             assert!(text.contains(name), "missing {name}");
         }
