@@ -1,16 +1,25 @@
 //! I/O connectors of MMT: implementations of the store and sink traits of
 //! `mmt_core::job`.
 //!
-//! - [`sql`]: the job store (SQLite; Postgres and MySQL to come).
+//! - [`sql`]: the job store (PostgreSQL, MySQL/MariaDB; SQLite for development).
 //! - [`files`]: FHIR NDJSON documents, the JSON Lines audit trail and dead-letter queue.
-//! - [`fhir`]: the FHIR R4 resources MMT produces.
+//! - [`fhir`]: the FHIR R4 resources MMT produces, and the FHIR server sink.
+//! - [`rabbitmq`]: the RabbitMQ job source and event publisher.
+//! - [`kafka`]: the Kafka job source.
+//! - [`redis`]: the Redis idempotency filter (RedisBloom, or plain Redis bitmaps).
+//! - [`envelope`]: the job message both brokers carry.
 //!
 //! One error type, [`ConnectorError`], classed for retry and dead-letter routing.
 
+pub mod breaker;
 pub mod config;
+pub mod envelope;
 pub mod error;
 pub mod fhir;
 pub mod files;
+pub mod kafka;
+pub mod rabbitmq;
+pub mod redis;
 pub mod sql;
 
 pub use config::ConfigProblem;
