@@ -1,0 +1,226 @@
+//! Job events on RabbitMQ: every audit event, published with publisher confirms.
+//!
+//! Events go to the topic exchange `events_exchange` with routing key
+//! `job.<action>` (`job.completed`, `job.dead_lettered`, `job.duplicate`, ...),
+//! as JSON, persistent, with `message_id` = `<job id>:<action>`: delivery is at
+//! least once (a commit retried after a crash publishes again), and consumers
+//! drop repeats by that id. The body is the audit event, which holds ids and
+//! masked references only, never a transcript.
+//!
+//! A publish counts as done only when the broker confirms it. Failures count in
+//! `publish_failures_total`; consecutive failures open a circuit breaker
+//! (`breaker_open_total`), which then fails publishes at once until its
+//! cooldown ends, so a dead broker does not cost a timeout per job. Either way
+//! the commit stage keeps the outcome and retries it with backoff.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use mmt_core::error::ErrorClass;
+use mmt_core::job::{AuditEvent, AuditSink, ComponentError};
+use mmt_core::telemetry::Metrics;
+use tokio::runtime::Runtime;
+
+use super::config::RabbitMqConfig;
+use super::source::{amqp_runtime, open_channel};
+use crate::breaker::{CircuitBreaker, Permit, Tripped};
+use crate::error::{ConnectorError, Result};
+
+/// Publishes audit events as job events. See the module docs.
+pub struct RabbitMqEventPublisher {
+    config: RabbitMqConfig,
+    session: Option<(Connection, Channel)>,
+    breaker: CircuitBreaker,
+    metrics: Option<Metrics>,
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for RabbitMqEventPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqEventPublisher")
+            .field("exchange", &self.config.events_exchange)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitMqEventPublisher {
+    /// Validates `config` and connects (the first connection must succeed).
+    pub fn connect(config: &RabbitMqConfig, metrics: Option<Metrics>) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|problems| ConnectorError::Config {
+                component: "RabbitMQ event publisher",
+                problems,
+            })?;
+        let mut publisher = Self {
+            config: config.clone(),
+            session: None,
+            breaker: CircuitBreaker::new(config.breaker_policy()),
+            metrics,
+            runtime: amqp_runtime()?,
+        };
+        publisher
+            .ensure_session()
+            .map_err(|reason| ConnectorError::Amqp {
+                what: "connecting the event publisher",
+                reason,
+            })?;
+        Ok(publisher)
+    }
+
+    /// Publishes one event and waits for the broker's confirm.
+    pub fn publish(&mut self, event: &AuditEvent) -> Result<(), ComponentError> {
+        let now = Instant::now();
+        if let Permit::Refused { retry_in } = self.breaker.permit(now) {
+            return Err(ComponentError::new(
+                ErrorClass::External { retryable: true },
+                format!(
+                    "event publishing is paused: the circuit breaker is open for {} ms more",
+                    retry_in.as_millis()
+                ),
+            ));
+        }
+        match self.try_publish(event) {
+            Ok(()) => {
+                self.breaker.record_success();
+                Ok(())
+            }
+            Err(reason) => {
+                // Start from a fresh connection next time.
+                self.session = None;
+                if let Some(metrics) = &self.metrics {
+                    metrics.publish_failures_total.inc();
+                }
+                if self.breaker.record_failure(Instant::now()) == Tripped::Opened {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.breaker_open_total.inc();
+                    }
+                    tracing::warn!(%reason, cooldown_ms = self.config.breaker_cooldown_ms, "event publishing circuit breaker opened");
+                }
+                Err(ComponentError::new(
+                    ErrorClass::External { retryable: true },
+                    format!("publishing a job event failed: {reason}"),
+                ))
+            }
+        }
+    }
+
+    fn try_publish(&mut self, event: &AuditEvent) -> std::result::Result<(), String> {
+        self.ensure_session()?;
+        let Some((_, channel)) = &self.session else {
+            return Err("no channel".into());
+        };
+        let action = serde_json::to_value(event.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "event".into());
+        let routing_key = format!("job.{}", action.trim_start_matches("job_"));
+        let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(format!("{}:{action}", event.job_id).into())
+            .with_timestamp(u64::try_from(event.at).unwrap_or_default())
+            .with_app_id("mmt".into())
+            .with_headers(event_headers(event));
+        let exchange = self.config.events_exchange.clone();
+        let timeout = Duration::from_millis(self.config.publish_timeout_ms);
+        let channel = channel.clone();
+        self.runtime.block_on(async move {
+            let confirmed = tokio::time::timeout(timeout, async {
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await?
+                    .await
+            })
+            .await
+            .map_err(|_| format!("no confirm within {} ms", timeout.as_millis()))?
+            .map_err(|e| e.to_string())?;
+            if confirmed.is_nack() {
+                return Err("the broker refused the event (nack)".to_owned());
+            }
+            Ok(())
+        })
+    }
+
+    fn ensure_session(&mut self) -> std::result::Result<(), String> {
+        let usable = self.session.as_ref().is_some_and(|(connection, channel)| {
+            connection.status().connected() && channel.status().connected()
+        });
+        if usable {
+            return Ok(());
+        }
+        let config = self.config.clone();
+        let timeout = Duration::from_millis(config.connect_timeout_ms);
+        let session = self.runtime.block_on(async move {
+            tokio::time::timeout(timeout, async {
+                let (connection, channel) = open_channel(&config, "publisher").await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                if config.declare_topology {
+                    channel
+                        .exchange_declare(
+                            config.events_exchange.as_str().into(),
+                            ExchangeKind::Topic,
+                            ExchangeDeclareOptions {
+                                durable: true,
+                                ..ExchangeDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
+                Ok::<_, lapin::Error>((connection, channel))
+            })
+            .await
+            .map_err(|_| format!("connecting took over {} ms", timeout.as_millis()))?
+            .map_err(|e| e.to_string())
+        })?;
+        self.session = Some(session);
+        Ok(())
+    }
+}
+
+/// Headers of an event: its tenant and correlation id, for routing and tracing.
+fn event_headers(event: &AuditEvent) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "tenant".into(),
+        AMQPValue::LongString(event.tenant.as_str().into()),
+    );
+    headers.insert(
+        "correlation_id".into(),
+        AMQPValue::LongString(event.correlation_id.as_str().into()),
+    );
+    headers
+}
+
+impl AuditSink for RabbitMqEventPublisher {
+    fn record(&mut self, event: &AuditEvent) -> Result<(), ComponentError> {
+        self.publish(event)
+    }
+}
+
+impl Drop for RabbitMqEventPublisher {
+    fn drop(&mut self) {
+        if let Some((connection, channel)) = self.session.take() {
+            self.runtime.block_on(async move {
+                let closing = async {
+                    let _ = channel.close(200, "worker stopping".into()).await;
+                    let _ = connection.close(200, "worker stopping".into()).await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The RabbitMQ job source.
+//!
+//! A background task owns the AMQP connection: it consumes the job queue with
+//! `basic.qos` prefetch (the broker never hands out more than `prefetch`
+//! unacknowledged messages, which is the back-pressure), forwards each message
+//! to the dataflow's driver, and acknowledges or rejects messages when the
+//! driver settles them. When the connection fails it reconnects with
+//! exponential backoff; messages delivered on the lost connection are
+//! redelivered by the broker (flagged `redelivered`), and their late
+//! settlements are dropped, so nothing is lost and the idempotent sinks absorb
+//! the repeat.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, Channel, Connection, ConnectionProperties, ExchangeKind};
+use mmt_core::error::ErrorClass;
+use mmt_core::job::{unix_now, ComponentError};
+use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+use super::config::RabbitMqConfig;
+use crate::envelope::{EnvelopeReader, MessageContext};
+use crate::error::{ConnectorError, Result};
+
+/// One message as the connection task hands it over.
+struct Inbound {
+    tag: DeliveryTag,
+    message_id: Option<String>,
+    redelivered: bool,
+    trace_parent: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Connection state shared with the task, for health checks and tests.
+#[derive(Debug, Default)]
+pub struct SessionStatus {
+    connected: AtomicBool,
+    sessions: AtomicU64,
+}
+
+impl SessionStatus {
+    /// Whether a consuming session is up now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sessions opened so far (1 + reconnections).
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// Consumes jobs from a RabbitMQ queue. See the module docs.
+pub struct RabbitMqSource {
+    inbound: mpsc::Receiver<Inbound>,
+    settle: async_mpsc::UnboundedSender<Vec<(DeliveryTag, Settlement)>>,
+    reader: EnvelopeReader,
+    status: Arc<SessionStatus>,
+    // Last field: dropped after the channels above, which ends the task first.
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for RabbitMqSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqSource")
+            .field("connected", &self.status.connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitMqSource {
+    /// Validates `config`, connects (failing if the first connection cannot be
+    /// made within `connect_timeout_ms`), declares the topology and starts consuming.
+    pub fn connect(config: &RabbitMqConfig, reader: EnvelopeReader) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|problems| ConnectorError::Config {
+                component: "RabbitMQ source",
+                problems,
+            })?;
+        let runtime = amqp_runtime()?;
+        let (inbound_tx, inbound) = mpsc::channel();
+        let (settle, settle_rx) = async_mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let status = Arc::new(SessionStatus::default());
+        let task = Supervisor {
+            config: config.clone(),
+            inbound: inbound_tx,
+            settle: settle_rx,
+            status: Arc::clone(&status),
+            next_tag: 0,
+        };
+        runtime.spawn(task.run(ready_tx));
+        runtime
+            .block_on(ready_rx)
+            .map_err(|_| ConnectorError::Amqp {
+                what: "connecting",
+                reason: "the connection task ended".into(),
+            })??;
+        tracing::info!(broker = %config.redacted_url(), queue = %config.queue, prefetch = config.prefetch, "consuming from RabbitMQ");
+        Ok(Self {
+            inbound,
+            settle,
+            reader,
+            status,
+            runtime,
+        })
+    }
+
+    /// The connection state, shared with the task.
+    pub fn status(&self) -> Arc<SessionStatus> {
+        Arc::clone(&self.status)
+    }
+
+    fn delivery(&self, message: Inbound) -> Delivery {
+        let context = MessageContext {
+            message_id: message
+                .message_id
+                .unwrap_or_else(|| format!("amqp-{}", message.tag.0)),
+            received_at: unix_now(),
+            redelivered: message.redelivered,
+            trace_parent: message.trace_parent,
+        };
+        Delivery {
+            tag: message.tag,
+            record: self.reader.read(&message.body, context),
+        }
+    }
+}
+
+impl JobSource for RabbitMqSource {
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, ComponentError> {
+        let mut out = Vec::new();
+        let first = if wait.is_zero() {
+            self.inbound.try_recv().map_err(|e| match e {
+                mpsc::TryRecvError::Empty => None,
+                mpsc::TryRecvError::Disconnected => Some(()),
+            })
+        } else {
+            self.inbound.recv_timeout(wait).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => None,
+                mpsc::RecvTimeoutError::Disconnected => Some(()),
+            })
+        };
+        match first {
+            Ok(message) => out.push(self.delivery(message)),
+            Err(None) => return Ok(out),
+            Err(Some(())) => return Err(task_ended()),
+        }
+        while out.len() < max {
+            match self.inbound.try_recv() {
+                Ok(message) => out.push(self.delivery(message)),
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn settle(&mut self, settled: &[(DeliveryTag, Settlement)]) -> Result<(), ComponentError> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        self.settle.send(settled.to_vec()).map_err(|_| task_ended())
+    }
+
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+}
+
+impl Drop for RabbitMqSource {
+    fn drop(&mut self) {
+        // Close the settlement channel so the task closes its connection
+        // cleanly, then give it a moment to do so.
+        let (closed_tx, _) = async_mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.settle, closed_tx));
+        let status = Arc::clone(&self.status);
+        self.runtime.block_on(async move {
+            for _ in 0..20 {
+                if !status.connected() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+    }
+}
+
+fn task_ended() -> ComponentError {
+    ComponentError::new(
+        ErrorClass::External { retryable: false },
+        "the RabbitMQ connection task has ended",
+    )
+}
+
+/// A runtime with one worker thread: lapin's I/O (heartbeats included) keeps
+/// running while the dataflow thread is busy transcribing.
+pub(crate) fn amqp_runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("mmt-amqp")
+        .enable_all()
+        .build()
+        .map_err(ConnectorError::Runtime)
+}
+
+/// Opens a connection and one channel on it.
+pub(crate) async fn open_channel(
+    config: &RabbitMqConfig,
+    role: &str,
+) -> std::result::Result<(Connection, Channel), lapin::Error> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("{}-{role}", config.connection_name).into());
+    let connection = Connection::connect(&config.connection_url(), properties).await?;
+    let channel = connection.create_channel().await?;
+    Ok((connection, channel))
+}
+
+/// Declares the job queue, its dead-letter route and the events exchange.
+pub(crate) async fn declare_topology(
+    config: &RabbitMqConfig,
+    channel: &Channel,
+) -> std::result::Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            config.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            config.events_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            config.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            config.dead_letter_queue.as_str().into(),
+            config.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            config.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            job_queue_arguments(config),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The job queue's arguments; publishers declaring the queue must use the same.
+pub fn job_queue_arguments(config: &RabbitMqConfig) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(config.dead_letter_exchange.as_str().into()),
+    );
+    arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    arguments
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// The source was dropped: stop for good.
+    SourceGone,
+    /// The connection or channel failed: reconnect.
+    Lost(String),
+}
+
+/// The connection task: opens sessions and reopens them when they fail.
+struct Supervisor {
+    config: RabbitMqConfig,
+    inbound: mpsc::Sender<Inbound>,
+    settle: async_mpsc::UnboundedReceiver<Vec<(DeliveryTag, Settlement)>>,
+    status: Arc<SessionStatus>,
+    next_tag: u64,
+}
+
+impl Supervisor {
+    async fn run(mut self, ready: oneshot::Sender<Result<()>>) {
+        let mut ready = Some(ready);
+        let mut attempt = 0u32;
+        loop {
+            let opened = tokio::time::timeout(
+                Duration::from_millis(self.config.connect_timeout_ms),
+                self.open(),
+            )
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+            match opened {
+                Ok((connection, channel, consumer)) => {
+                    attempt = 0;
+                    self.status.sessions.fetch_add(1, Ordering::Relaxed);
+                    self.status.connected.store(true, Ordering::Relaxed);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Ok(()));
+                    } else {
+                        tracing::info!("reconnected to RabbitMQ");
+                    }
+                    let end = self.consume(consumer).await;
+                    self.status.connected.store(false, Ordering::Relaxed);
+                    match end {
+                        SessionEnd::SourceGone => {
+                            let _ = channel.close(200, "worker stopping".into()).await;
+                            let _ = connection.close(200, "worker stopping".into()).await;
+                            return;
+                        }
+                        SessionEnd::Lost(reason) => {
+                            tracing::warn!(%reason, "RabbitMQ connection lost; unacknowledged messages will be redelivered");
+                        }
+                    }
+                }
+                Err(reason) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(ConnectorError::Amqp {
+                            what: "connecting",
+                            reason,
+                        }));
+                        return;
+                    }
+                    tracing::warn!(%reason, attempt, "reconnecting to RabbitMQ failed");
+                }
+            }
+            let delay = self.config.reconnect_delay(attempt);
+            attempt = attempt.saturating_add(1);
+            // Settlements of the lost session are meaningless now (the broker
+            // redelivers those messages); drop them while waiting.
+            let deadline = tokio::time::sleep(delay);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    batch = self.settle.recv() => if batch.is_none() { return },
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> std::result::Result<(Connection, Channel, lapin::Consumer), String> {
+        let (connection, channel) = open_channel(&self.config, "consumer")
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.config.declare_topology {
+            declare_topology(&self.config, &channel)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                format!("{}-consumer", self.config.connection_name).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((connection, channel, consumer))
+    }
+
+    /// Forwards deliveries and applies settlements until the session fails.
+    async fn consume(&mut self, mut consumer: lapin::Consumer) -> SessionEnd {
+        let mut ackers: HashMap<DeliveryTag, Acker> = HashMap::new();
+        loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let tag = DeliveryTag(self.next_tag);
+                        self.next_tag += 1;
+                        ackers.insert(tag, delivery.acker.clone());
+                        let message = Inbound {
+                            tag,
+                            message_id: delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
+                            redelivered: delivery.redelivered,
+                            trace_parent: trace_parent(&delivery.properties),
+                            body: delivery.data,
+                        };
+                        if self.inbound.send(message).is_err() {
+                            return SessionEnd::SourceGone;
+                        }
+                    }
+                    Some(Err(err)) => return SessionEnd::Lost(err.to_string()),
+                    None => return SessionEnd::Lost("the broker cancelled the consumer".into()),
+                },
+                batch = self.settle.recv() => match batch {
+                    None => return SessionEnd::SourceGone,
+                    Some(batch) => {
+                        if let Err(reason) = apply(&mut ackers, batch).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Acks committed messages and rejects dead-lettered ones to the dead-letter
+/// exchange. Tags of an earlier session are unknown here and skipped: the
+/// broker has already put those messages back.
+async fn apply(
+    ackers: &mut HashMap<DeliveryTag, Acker>,
+    batch: Vec<(DeliveryTag, Settlement)>,
+) -> std::result::Result<(), String> {
+    for (tag, settlement) in batch {
+        let Some(acker) = ackers.remove(&tag) else {
+            continue;
+        };
+        let done = match settlement {
+            Settlement::Committed => acker.ack(BasicAckOptions::default()).await,
+            Settlement::DeadLettered => acker.reject(BasicRejectOptions { requeue: false }).await,
+        };
+        done.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The W3C `traceparent` header, if the message has one.
+fn trace_parent(properties: &lapin::BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get("traceparent")? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}

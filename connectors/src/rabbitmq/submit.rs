@@ -1,0 +1,162 @@
+//! Submitting jobs to the queue: what a clinical system's integration does
+//! (and `mmt submit`): publish job envelopes with publisher confirms.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::runtime::Runtime;
+
+use super::config::RabbitMqConfig;
+use super::source::{amqp_runtime, declare_topology, job_queue_arguments, open_channel};
+use crate::envelope::JobEnvelope;
+use crate::error::{ConnectorError, Result};
+
+/// Publishes job envelopes to the job queue and reads its depth.
+pub struct JobSubmitter {
+    config: RabbitMqConfig,
+    connection: Connection,
+    channel: Channel,
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for JobSubmitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSubmitter")
+            .field("queue", &self.config.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobSubmitter {
+    /// Connects, enables publisher confirms and declares the topology.
+    pub fn connect(config: &RabbitMqConfig) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|problems| ConnectorError::Config {
+                component: "RabbitMQ submitter",
+                problems,
+            })?;
+        let runtime = amqp_runtime()?;
+        let timeout = Duration::from_millis(config.connect_timeout_ms);
+        let (connection, channel) = runtime
+            .block_on(async {
+                tokio::time::timeout(timeout, async {
+                    let (connection, channel) = open_channel(config, "submitter").await?;
+                    channel
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await?;
+                    if config.declare_topology {
+                        declare_topology(config, &channel).await?;
+                    }
+                    Ok::<_, lapin::Error>((connection, channel))
+                })
+                .await
+                .map_err(|_| "timed out".to_owned())?
+                .map_err(|e| e.to_string())
+            })
+            .map_err(|reason| ConnectorError::Amqp {
+                what: "connecting the submitter",
+                reason,
+            })?;
+        Ok(Self {
+            config: config.clone(),
+            connection,
+            channel,
+            runtime,
+        })
+    }
+
+    /// Publishes one job (persistent, with its priority) and waits for the
+    /// broker's confirm. `message_id` names the message in logs and dead letters.
+    pub fn submit(
+        &self,
+        envelope: &JobEnvelope,
+        message_id: &str,
+        trace_parent: Option<&str>,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(envelope).map_err(|source| ConnectorError::Serialize {
+            what: "job envelope",
+            source,
+        })?;
+        let mut headers = FieldTable::default();
+        if let Some(trace_parent) = trace_parent {
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(trace_parent.into()),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_priority(envelope.priority.min(9))
+            .with_message_id(message_id.into())
+            .with_headers(headers);
+        let queue = self.config.queue.clone();
+        let timeout = Duration::from_millis(self.config.publish_timeout_ms);
+        self.runtime
+            .block_on(async {
+                let confirm = tokio::time::timeout(timeout, async {
+                    self.channel
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            properties,
+                        )
+                        .await?
+                        .await
+                })
+                .await
+                .map_err(|_| "no confirm in time".to_owned())?
+                .map_err(|e| e.to_string())?;
+                if confirm.is_nack() {
+                    return Err("the broker refused the job (nack)".to_owned());
+                }
+                Ok(())
+            })
+            .map_err(|reason| ConnectorError::Amqp {
+                what: "submitting a job",
+                reason,
+            })
+    }
+
+    /// Messages ready in the job queue (not counting those delivered and not
+    /// yet acknowledged).
+    pub fn queue_depth(&self) -> Result<u32> {
+        self.passive_count(&self.config.queue, job_queue_arguments(&self.config))
+    }
+
+    /// Messages waiting in the dead-letter queue.
+    pub fn dead_letter_depth(&self) -> Result<u32> {
+        self.passive_count(&self.config.dead_letter_queue, FieldTable::default())
+    }
+
+    fn passive_count(&self, queue: &str, arguments: FieldTable) -> Result<u32> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.runtime
+            .block_on(self.channel.queue_declare(queue.into(), options, arguments))
+            .map(|queue| queue.message_count())
+            .map_err(|err| ConnectorError::Amqp {
+                what: "reading a queue's depth",
+                reason: err.to_string(),
+            })
+    }
+}
+
+impl Drop for JobSubmitter {
+    fn drop(&mut self) {
+        let closing = async {
+            let _ = self.channel.close(200, "done".into()).await;
+            let _ = self.connection.close(200, "done".into()).await;
+        };
+        self.runtime.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+        });
+    }
+}
