@@ -21,6 +21,8 @@ pub enum Command {
     Transcribe(TranscribeArgs),
     /// Run the transcription dataflow over a folder: FHIR documents, audit log, dead letters.
     Run(RunArgs),
+    /// Publish audio files as jobs to the RabbitMQ job queue (for `mmt run --source rabbitmq`).
+    Submit(SubmitArgs),
     /// Purge jobs, transcripts and documents older than RETENTION_DAYS.
     #[command(subcommand)]
     Retention(RetentionCommand),
@@ -59,12 +61,27 @@ pub struct TranscribeArgs {
     pub no_fallback: bool,
 }
 
+/// Where `mmt run` takes its jobs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// Audio files in the `--input` folder.
+    Dir,
+    /// Job envelopes from RabbitMQ (EXTERNAL_RABBITMQ_*, MMT_RABBITMQ_*).
+    Rabbitmq,
+    /// Job envelopes from Kafka (MMT_KAFKA_BROKERS, MMT_KAFKA_TOPIC, MMT_KAFKA_GROUP).
+    Kafka,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Folder of audio files; `<file>.json` beside a file may name its tenant,
-    /// patient and encounter.
-    #[arg(long)]
-    pub input: PathBuf,
+    /// Where jobs come from: a folder, or a broker queue of job envelopes
+    /// (schemas/job-envelope.schema.json).
+    #[arg(long, value_enum, default_value = "dir")]
+    pub source: SourceKind,
+    /// Folder of audio files (`--source dir`); `<file>.json` beside a file may
+    /// name its tenant, patient and encounter.
+    #[arg(long, required_if_eq("source", "dir"))]
+    pub input: Option<PathBuf>,
     /// Folder for the results: fhir/DocumentReference.ndjson, audit.jsonl,
     /// dlq.jsonl and the SQLite job store (unless DATABASE_URL/AUDIT_LOG_FILE are set).
     #[arg(long)]
@@ -72,6 +89,10 @@ pub struct RunArgs {
     /// Keep watching the folder for new files (stop with Ctrl-C/SIGTERM).
     #[arg(long)]
     pub follow: bool,
+    /// With a broker source: exit once no message has arrived for this many
+    /// seconds and everything received is committed (default: run until stopped).
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_exit: Option<f64>,
     /// Timely workers (default: the worker plan from the environment).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -87,6 +108,29 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Write the run's Prometheus metrics to this file when it ends (the text
+    /// format, as node_exporter's textfile collector reads it).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Audio files, each one job (inline base64 in the envelope).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Tenant owning the recordings.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// FHIR reference of the patient, e.g. Patient/123.
+    #[arg(long)]
+    pub patient: Option<String>,
+    /// FHIR reference of the encounter, e.g. Encounter/456.
+    #[arg(long)]
+    pub encounter: Option<String>,
+    /// 0 (lowest) to 9.
+    #[arg(long, default_value_t = 0)]
+    pub priority: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,7 +180,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) => "warn",
-            Self::Run(_) | Self::Retention(_) => "warn",
+            Self::Run(_) | Self::Retention(_) | Self::Submit(_) => "warn",
         }
     }
 
@@ -144,6 +188,7 @@ impl Command {
         match self {
             Self::Transcribe(args) => crate::transcribe::run(args),
             Self::Run(args) => crate::run::run_pipeline(args),
+            Self::Submit(args) => crate::run::submit(args),
             Self::Retention(RetentionCommand::Purge(args)) => crate::run::retention(args),
             Self::Check(args) => check(args),
             Self::Model(ModelCommand::Export(args)) => export(args),

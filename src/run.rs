@@ -1,14 +1,16 @@
 //! `mmt run` and `mmt retention`: the dataflow on the embedded default.
 
-use crate::cli::{RetentionArgs, RunArgs};
+use crate::cli::{RetentionArgs, RunArgs, SourceKind, SubmitArgs};
 use crate::transcribe::{load_config, model_options};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use mmt_connectors::envelope::JobEnvelope;
 use mmt_connectors::files::{DeadLetterFileConfig, FhirNdjsonConfig};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::chunk::ChunkConfig;
 use mmt_operators::commit::Retention;
 use mmt_pipeline::retention::purge_once;
+use mmt_pipeline::run::plan::{open_resources, SourceChoice};
 use mmt_pipeline::run::{run, OutputPaths, Progress, RunOptions, RunSummary};
 use mmt_whisper::TranscribeOptions;
 use std::process::ExitCode;
@@ -43,17 +45,27 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
          (worker plan: {} limited by {:?})",
         plan.workers, plan.limited_by
     );
+    let choice = match args.source {
+        SourceKind::Dir => SourceChoice::Directory {
+            input: args.input.clone().unwrap_or_default(),
+            follow: args.follow.then_some(Duration::from_secs(1)),
+            tenant: args.tenant.clone(),
+        },
+        SourceKind::Rabbitmq => SourceChoice::RabbitMq,
+        SourceKind::Kafka => SourceChoice::Kafka,
+    };
+    let idle_exit = args
+        .idle_exit
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(Duration::from_secs_f64);
     let options = RunOptions {
-        input: args.input.clone(),
         out: args.out.clone(),
-        follow: args.follow,
-        tenant: args.tenant.clone(),
         workers,
         intra_op_threads: threads,
         batch_size: args.batch_size,
         files_per_epoch: 64,
         max_epochs_in_flight: 2,
-        poll_interval: Duration::from_secs(1),
+        idle_exit,
         transcribe: TranscribeOptions {
             batch_size: args.batch_size,
             ..TranscribeOptions::default()
@@ -82,16 +94,23 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     }
     let progress = Arc::new(Bar(bar.clone()));
     let metrics = Metrics::new()?;
+    std::fs::create_dir_all(&args.out)?;
+    let paths = OutputPaths::resolve(&config, &args.out);
+    let resources = open_resources(&config, &choice, &paths, workers, &metrics)?;
     let summary = run(
-        &config,
         &model_options(&config, Some(threads)),
         &options,
+        resources,
         Arc::clone(&stop),
         progress,
-        metrics,
+        metrics.clone(),
     )?;
     bar.finish_and_clear();
-    print_summary(&summary, &OutputPaths::resolve(&config, &args.out));
+    if let Some(path) = &args.metrics_file {
+        std::fs::write(path, metrics.encode_text())
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?;
+    }
+    print_summary(&summary, &paths);
     Ok(if summary.dead_lettered == 0 {
         ExitCode::SUCCESS
     } else {
@@ -129,7 +148,10 @@ fn print_summary(summary: &RunSummary, paths: &OutputPaths) {
             .join(DeadLetterFileConfig::FILE_NAME)
             .display()
     );
-    println!("job store:     {}", paths.database_url);
+    println!(
+        "job store:     {}",
+        mmt_connectors::sql::SqlJobStoreConfig::new(&paths.database_url).redacted_url()
+    );
 }
 
 pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
@@ -138,6 +160,7 @@ pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
     let now = mmt_core::job::unix_now();
     let metrics = Metrics::new()?;
     let (cutoff, purged) = purge_once(
+        &config,
         &paths,
         config.retention.retention_days,
         now,
@@ -155,4 +178,49 @@ pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
         purged.jobs, purged.documents, config.retention.retention_days
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mmt submit`: each file becomes one job envelope on the RabbitMQ job queue.
+pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let config = load_config()?;
+    let submitter = mmt_connectors::rabbitmq::JobSubmitter::connect(
+        &mmt_pipeline::run::plan::amqp_config(&config),
+    )?;
+    let mut failed = 0;
+    for file in &args.files {
+        let name = file.display();
+        let bytes = match std::fs::read(file) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                eprintln!("mmt: {name}: {err}");
+                failed += 1;
+                continue;
+            }
+        };
+        let format = file
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let mut envelope = JobEnvelope::inline(&args.tenant, &bytes, format.as_deref());
+        envelope.patient_reference.clone_from(&args.patient);
+        envelope.encounter_reference.clone_from(&args.encounter);
+        envelope.priority = args.priority;
+        let problems = envelope.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("invalid job: {}", problems.join("; "));
+        }
+        let message_id = mmt_connectors::envelope::message_id_for(&bytes);
+        submitter.submit(&envelope, &message_id, None)?;
+        println!("{message_id}  {name}");
+    }
+    println!(
+        "{} job(s) queued on {}; {} waiting",
+        args.files.len() - failed,
+        config.rabbitmq.queue,
+        submitter.queue_depth()?
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -14,6 +14,7 @@ use mmt_core::job::{
     DocumentSink, JobId, JobStore, Stage,
 };
 use mmt_core::phi::mask_reference;
+use mmt_core::source::Settlement;
 use mmt_core::telemetry::Metrics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +81,9 @@ pub struct Retention {
     pub interval: Duration,
 }
 
-/// Commits outcomes; the output carries the id of every committed job.
+/// Commits outcomes; the output carries the id of every committed job and how
+/// its message settles (dead-lettered jobs are rejected to the broker's
+/// dead-letter route, the rest acknowledged).
 ///
 /// `sinks` is `Some` on worker 0 only: every outcome is routed there.
 pub trait Commit<'scope> {
@@ -91,7 +94,7 @@ pub trait Commit<'scope> {
         retention: Retention,
         counters: Arc<CommitCounters>,
         metrics: Metrics,
-    ) -> Stream<'scope, u64, Vec<JobId>>;
+    ) -> Stream<'scope, u64, Vec<(JobId, Settlement)>>;
 }
 
 struct Pending {
@@ -109,7 +112,7 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
         retention: Retention,
         counters: Arc<CommitCounters>,
         metrics: Metrics,
-    ) -> Stream<'scope, u64, Vec<JobId>> {
+    ) -> Stream<'scope, u64, Vec<(JobId, Settlement)>> {
         let scope = self.scope();
         self.unary_frontier(Exchange::new(|_: &Outcome| 0), "Commit", move |_capability, info| {
             let activator = scope.activator_for(info.address);
@@ -145,7 +148,13 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
                     match commit_outcome(sinks, &item.outcome, &metrics) {
                         Ok(()) => {
                             count(&counters, &item.outcome);
-                            output.session(&item.capability).give(item.outcome.job_id().clone());
+                            let settlement = match item.outcome {
+                                Outcome::DeadLettered(_) => Settlement::DeadLettered,
+                                _ => Settlement::Committed,
+                            };
+                            output
+                                .session(&item.capability)
+                                .give((item.outcome.job_id().clone(), settlement));
                         }
                         Err(err) => {
                             tracing::warn!(job = %item.outcome.job_id(), attempt = item.attempts, error = %err, "commit failed");

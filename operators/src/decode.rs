@@ -50,7 +50,7 @@ pub fn job_meta(record: &SourceRecord) -> JobMeta {
     }
 }
 
-fn decode_record(record: SourceRecord) -> Result<DecodedJob, Outcome> {
+fn decode_record(mut record: SourceRecord) -> Result<DecodedJob, Outcome> {
     let meta = job_meta(&record);
     let _span =
         tracing::info_span!("decode", job = %meta.id, correlation_id = %meta.correlation_id)
@@ -63,8 +63,14 @@ fn decode_record(record: SourceRecord) -> Result<DecodedJob, Outcome> {
             reason,
         ));
     }
-    match mmt_whisper::audio::decode_bytes(record.bytes, record.extension.as_deref()) {
-        Ok(samples) => Ok(DecodedJob { meta, samples }),
+    let extension = record.extension.clone();
+    match mmt_whisper::audio::decode_bytes(std::mem::take(&mut record.bytes), extension.as_deref())
+    {
+        Ok(samples) => Ok(DecodedJob {
+            meta,
+            samples,
+            redelivered: record.redelivered,
+        }),
         Err(err) => Err(rejected(meta, err.class(), err.to_string())),
     }
 }

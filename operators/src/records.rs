@@ -7,29 +7,15 @@ use mmt_core::job::{CompletedJob, DeadLetter, JobId, JobMeta};
 use mmt_core::Segment;
 use serde::{Deserialize, Serialize};
 
-/// Audio as it arrives from a source, before anything is checked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourceRecord {
-    pub tenant: String,
-    /// File name or message id (may hold PHI: never logged).
-    pub source: String,
-    /// The encoded audio.
-    pub bytes: Vec<u8>,
-    /// File extension, a hint for the container probe.
-    pub extension: Option<String>,
-    pub patient_reference: Option<String>,
-    pub encounter_reference: Option<String>,
-    /// Unix seconds.
-    pub received_at: i64,
-    /// Set when the source could not read the audio (then `bytes` is empty).
-    pub read_error: Option<String>,
-}
+pub use mmt_core::source::SourceRecord;
 
 /// A job whose audio decoded: 16 kHz mono samples.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodedJob {
     pub meta: JobMeta,
     pub samples: Vec<f32>,
+    /// The broker delivered this message before: a repeat is not a new submission.
+    pub redelivered: bool,
 }
 
 impl DecodedJob {

@@ -4,7 +4,9 @@ use mmt_core::job::{CompletedJob, JobId, JobMeta};
 use mmt_core::telemetry::Metrics;
 use mmt_core::Transcript;
 use mmt_pipeline::retention::purge_once;
-use mmt_pipeline::run::{open_sinks, OutputPaths};
+use mmt_pipeline::run::plan::open_sinks;
+use mmt_pipeline::run::OutputPaths;
+use mmt_pipeline::Config;
 
 fn job(id: &str, received_at: i64) -> CompletedJob {
     CompletedJob {
@@ -35,7 +37,7 @@ fn purges_only_what_is_older_than_the_window_and_audits_it() {
     let now = 1_800_000_000;
     let day = 86_400;
     {
-        let mut sinks = open_sinks(&paths).expect("sinks");
+        let mut sinks = open_sinks(&Config::default(), &paths).expect("sinks");
         for (id, age_days) in [
             ("0123456789abcdef0123456789abcdef", 40),
             ("fedcba9876543210fedcba9876543210", 5),
@@ -47,7 +49,8 @@ fn purges_only_what_is_older_than_the_window_and_audits_it() {
     }
     let metrics = Metrics::new().expect("metrics");
 
-    let (_, dry) = purge_once(&paths, 30, now, true, &metrics).expect("dry run");
+    let (_, dry) =
+        purge_once(&Config::default(), &paths, 30, now, true, &metrics).expect("dry run");
     assert_eq!((dry.jobs, dry.documents), (1, 0));
     let documents = || {
         std::fs::read_to_string(out.path().join("fhir/DocumentReference.ndjson"))
@@ -57,7 +60,8 @@ fn purges_only_what_is_older_than_the_window_and_audits_it() {
     };
     assert_eq!(documents(), 2, "a dry run removes nothing");
 
-    let (cutoff, purged) = purge_once(&paths, 30, now, false, &metrics).expect("purge");
+    let (cutoff, purged) =
+        purge_once(&Config::default(), &paths, 30, now, false, &metrics).expect("purge");
     assert_eq!(cutoff, now - 30 * day);
     assert_eq!((purged.jobs, purged.documents), (1, 1));
     assert_eq!(documents(), 1);
@@ -67,6 +71,7 @@ fn purges_only_what_is_older_than_the_window_and_audits_it() {
         .encode_text()
         .contains("retention_purged_total{kind=\"job\"} 1"));
 
-    let (_, again) = purge_once(&paths, 30, now, false, &metrics).expect("purge again");
+    let (_, again) =
+        purge_once(&Config::default(), &paths, 30, now, false, &metrics).expect("purge again");
     assert_eq!(again.jobs, 0, "purging is idempotent");
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -108,4 +110,51 @@ pub fn mmt_with_env(
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A 16 kHz mono 16-bit WAV of `samples`.
+pub fn wav_bytes(samples: &[i16]) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&16_000u32.to_le_bytes());
+    bytes.extend_from_slice(&32_000u32.to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        bytes.extend_from_slice(&sample.to_le_bytes());
+    }
+    bytes
+}
+
+/// The 16-bit samples of a canonical 44-byte-header WAV (the shipped samples).
+pub fn wav_samples(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).expect("read wav");
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
+        .collect()
+}
+
+/// Distinct recordings made from the shipped samples: each sample, then each
+/// again with some silence appended (different bytes, same speech).
+pub fn distinct_recordings(count: usize) -> Vec<(String, Vec<u8>)> {
+    let samples: Vec<PathBuf> = read_manifest(&root().join("samples"))
+        .iter()
+        .map(|e| root().join("samples").join(&e.audio))
+        .collect();
+    (0..count)
+        .map(|i| {
+            let mut pcm = wav_samples(&samples[i % samples.len()]);
+            pcm.extend(std::iter::repeat_n(0i16, 1600 * (i / samples.len())));
+            (format!("rec_{i:02}.wav"), wav_bytes(&pcm))
+        })
+        .collect()
 }

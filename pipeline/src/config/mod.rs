@@ -58,6 +58,7 @@ mod reprocess;
 mod retention;
 mod secret;
 mod security;
+mod sources;
 mod telemetry;
 mod vars;
 mod workers;
@@ -82,6 +83,7 @@ pub use reprocess::ReprocessConfig;
 pub use retention::RetentionConfig;
 pub use secret::{redact_url, Secret, REDACTED};
 pub use security::SecurityConfig;
+pub use sources::{KafkaConfig, SinksAndIngestConfig};
 pub use telemetry::{Exporter, OtlpProtocol, Propagator, Sampler, TelemetryConfig};
 pub use vars::parse_bool;
 pub use workers::{WorkerLimit, WorkerPlan, WorkersConfig};
@@ -140,6 +142,10 @@ pub struct Config {
     pub rabbitmq: RabbitMqConfig,
     /// Redis and the idempotency filter.
     pub redis: RedisConfig,
+    /// Kafka as the job source.
+    pub kafka: KafkaConfig,
+    /// Audio references in job messages, and the FHIR server sink.
+    pub sinks: SinksAndIngestConfig,
     /// Retention of jobs and task records.
     pub retention: RetentionConfig,
     /// Retries before dead-lettering.
@@ -263,6 +269,8 @@ impl Config {
             workers: WorkersConfig::from_vars(vars),
             rabbitmq: RabbitMqConfig::from_vars(vars),
             redis: RedisConfig::from_vars(vars),
+            kafka: KafkaConfig::from_vars(vars),
+            sinks: SinksAndIngestConfig::from_vars(vars),
             retention: RetentionConfig::from_vars(vars),
             reprocess: ReprocessConfig::from_vars(vars),
             telemetry: TelemetryConfig::from_vars(vars),
@@ -281,6 +289,8 @@ impl Config {
         self.workers.validate(env, &mut out);
         self.rabbitmq.validate(env, &mut out);
         self.redis.validate(env, &mut out);
+        self.kafka.validate(&mut out);
+        self.sinks.validate(env, &mut out);
         self.retention.validate(env, &mut out);
         self.reprocess.validate(env, &mut out);
         self.telemetry.validate(env, &mut out);
@@ -333,6 +343,8 @@ fn known_variable(name: &str) -> Option<&'static str> {
     VARIABLES
         .iter()
         .chain(telemetry::VARIABLES)
+        .chain(rabbitmq::VARIABLES)
+        .chain(sources::VARIABLES)
         .find(|known| **known == name)
         .copied()
 }

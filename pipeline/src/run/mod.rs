@@ -13,29 +13,33 @@
 //! epoch; at most `max_epochs_in_flight` epochs are open at once, which is the
 //! back-pressure timely does not provide by itself.
 
+pub mod plan;
 pub mod source;
 
 use crate::config::Config;
 use mmt_connectors::files::{AuditLogConfig, DeadLetterFileConfig, FhirNdjsonConfig};
-use mmt_connectors::sql::SqlJobStoreConfig;
-use mmt_core::job::JobStore;
+use mmt_core::idempotency::IdempotencyFilter;
+use mmt_core::job::{JobId, JobStore};
+use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
 use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Retention, Sinks};
-use mmt_operators::decode::DecodeAudio;
+use mmt_operators::decode::{job_meta, DecodeAudio};
 use mmt_operators::dedupe::Dedupe;
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::SourceRecord;
 use mmt_operators::split::ChunkSpeech;
 use mmt_whisper::{Engine, ModelOptions, TranscribeOptions};
-use source::DirectorySource;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::core::{Concatenate, Probe};
+use timely::dataflow::operators::core::{Concatenate, Inspect, Probe};
 use timely::dataflow::operators::Input;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
@@ -57,26 +61,21 @@ pub enum RunError {
 /// How one run is set up.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Folder of audio files (and optional `<file>.json` sidecars).
-    pub input: PathBuf,
     /// Folder for the FHIR documents, dead letters and (by default) the job store and audit log.
     pub out: PathBuf,
-    /// Keep watching the folder for new files until stopped.
-    pub follow: bool,
-    /// Tenant of files without a sidecar naming one.
-    pub tenant: String,
     /// Timely workers (each with its own ONNX Runtime session).
     pub workers: usize,
     /// ONNX Runtime intra-op threads per worker.
     pub intra_op_threads: usize,
     /// Chunks transcribed together in one model call.
     pub batch_size: usize,
-    /// Files per epoch (ingest batch).
+    /// Messages (files) per epoch (ingest batch).
     pub files_per_epoch: usize,
-    /// Epochs allowed in flight before the source waits.
+    /// Epochs allowed in flight (fed, not yet settled) before the source waits.
     pub max_epochs_in_flight: u64,
-    /// How often `--follow` rescans the folder.
-    pub poll_interval: Duration,
+    /// End the run once the source has been idle this long and everything is
+    /// settled (brokers never run dry by themselves); `None` runs until stopped.
+    pub idle_exit: Option<Duration>,
     /// Transcription options.
     pub transcribe: TranscribeOptions,
     /// Voice activity detection and chunking.
@@ -166,31 +165,55 @@ pub trait Progress: Send + Sync {
     fn update(&self, discovered: u64, done: u64);
 }
 
-/// Runs the dataflow until the folder is processed (or, with `follow`, until `stop`).
+/// What a run reads from and writes to, opened before the workers start.
+pub struct Resources {
+    /// Where jobs come from (driven by worker 0).
+    pub source: Box<dyn JobSource>,
+    /// The sinks of the commit stage (worker 0).
+    pub sinks: Sinks,
+    /// One job-store handle per worker, for dedupe.
+    pub stores: Vec<Box<dyn JobStore>>,
+    /// One idempotency filter per worker, if one is configured.
+    pub filters: Vec<Option<Box<dyn IdempotencyFilter>>>,
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources")
+            .field("source", &self.source.kind())
+            .field("workers", &self.stores.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the dataflow until the source runs dry (or idles past `idle_exit`), or
+/// until `stop`; everything fed is committed and settled before it returns.
 pub fn run(
-    config: &Config,
     model: &ModelOptions,
     options: &RunOptions,
+    resources: Resources,
     stop: Arc<AtomicBool>,
     progress: Arc<dyn Progress>,
     metrics: Metrics,
 ) -> Result<RunSummary, RunError> {
-    if !options.input.is_dir() {
-        return Err(RunError::Input {
-            path: options.input.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
-        });
-    }
-    std::fs::create_dir_all(&options.out).map_err(|source| RunError::Input {
-        path: options.out.clone(),
+    let Resources {
         source,
-    })?;
-    let paths = OutputPaths::resolve(config, &options.out);
+        sinks,
+        stores,
+        filters,
+    } = resources;
     let workers = options.workers.max(1);
+    if stores.len() != workers || filters.len() != workers {
+        return Err(setup(
+            "resources",
+            format!("{workers} workers need {workers} stores and filters"),
+        ));
+    }
     tracing::info!(
         workers,
         intra_op_threads = options.intra_op_threads,
         batch_size = options.batch_size,
+        source = source.kind(),
         "starting the dataflow"
     );
 
@@ -204,19 +227,16 @@ pub fn run(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| setup("model", err))?;
-    let stores = (0..workers)
-        .map(|_| open_store(&paths.database_url))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sinks = open_sinks(&paths)?;
 
     let per_worker = Arc::new(Mutex::new(
         engines
             .into_iter()
             .zip(stores)
-            .map(|(engine, store)| Some((engine, store)))
+            .zip(filters)
+            .map(|((engine, store), filter)| Some((engine, store, filter)))
             .collect::<Vec<_>>(),
     ));
-    let sinks = Arc::new(Mutex::new(Some(sinks)));
+    let worker_zero = Arc::new(Mutex::new(Some((sinks, source))));
     let counters = Arc::new(CommitCounters::default());
     let started = Instant::now();
     let discovered = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -232,22 +252,28 @@ pub fn run(
                     .lock()
                     .ok()
                     .and_then(|mut all| all.get_mut(index).and_then(Option::take));
-                let Some((engine, store)) = taken else {
+                let Some((engine, store, filter)) = taken else {
                     return Err("worker resources missing".to_owned());
                 };
-                let sinks = if index == 0 {
-                    sinks.lock().ok().and_then(|mut s| s.take())
+                let (sinks, source) = if index == 0 {
+                    match worker_zero.lock().ok().and_then(|mut s| s.take()) {
+                        Some((sinks, source)) => (Some(sinks), Some(source)),
+                        None => return Err("the source and sinks are missing".to_owned()),
+                    }
                 } else {
-                    None
+                    (None, None)
                 };
                 let mut input = InputHandle::new();
                 let probe = ProbeHandle::new();
                 let options_in = options.clone();
                 let counters_in = Arc::clone(&counters);
                 let metrics_in = metrics.clone();
+                // Jobs dead-lettered by the commit stage (worker 0), for settling.
+                let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
+                let dead_lettered_in = Rc::clone(&dead_lettered);
                 worker.dataflow::<u64, _, _>(|scope| {
                     let (decoded, rejected) = scope.input_from(&mut input).decode_audio();
-                    let (fresh, repeats) = decoded.dedupe(store);
+                    let (fresh, repeats) = decoded.dedupe(store, filter, metrics_in.clone());
                     let (results, failed) = fresh
                         .chunk_speech(options_in.chunking.clone())
                         .transcribe(engine, options_in.transcribe.clone(), metrics_in.clone());
@@ -261,29 +287,40 @@ pub fn run(
                             counters_in,
                             metrics_in,
                         )
+                        .inspect(move |(job, settlement)| {
+                            if *settlement == Settlement::DeadLettered {
+                                dead_lettered_in.borrow_mut().insert(job.clone());
+                            }
+                        })
                         .probe_with(&probe);
                 });
-                if index == 0 {
-                    let progress = QueueProgress {
-                        inner: progress.as_ref(),
-                        metrics: &metrics,
-                    };
-                    drive_source(
-                        worker,
-                        input,
-                        &probe,
-                        &options,
-                        &stop,
-                        &discovered,
-                        &counters,
-                        &progress,
-                    )
-                } else {
-                    drop(input);
-                    while !probe.done() {
-                        worker.step_or_park(Some(Duration::from_millis(100)));
+                match source {
+                    Some(mut source) => {
+                        let progress = QueueProgress {
+                            inner: progress.as_ref(),
+                            metrics: &metrics,
+                        };
+                        let mut driver = Driver {
+                            worker,
+                            input,
+                            probe: &probe,
+                            options: &options,
+                            source: source.as_mut(),
+                            dead_lettered: &dead_lettered,
+                            open_epochs: BTreeMap::new(),
+                            discovered: &discovered,
+                            counters: &counters,
+                            progress: &progress,
+                        };
+                        driver.run(&stop)
                     }
-                    Ok(())
+                    None => {
+                        drop(input);
+                        while !probe.done() {
+                            worker.step_or_park(Some(Duration::from_millis(100)));
+                        }
+                        Ok(())
+                    }
                 }
             })
             .map_err(RunError::Dataflow)?
@@ -305,7 +342,7 @@ pub fn run(
     })
 }
 
-/// Forwards progress and keeps `async_task_queue_size` (files fed, not yet committed).
+/// Forwards progress and keeps `async_task_queue_size` (messages fed, not yet committed).
 struct QueueProgress<'a> {
     inner: &'a dyn Progress,
     metrics: &'a Metrics,
@@ -323,108 +360,149 @@ impl Progress for QueueProgress<'_> {
 /// The dataflow's input: source records, one epoch per ingest batch.
 type SourceInput = InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>;
 
-/// Worker 0's loop: scan, feed one epoch, keep at most N epochs open, repeat.
-#[allow(clippy::too_many_arguments)]
-fn drive_source(
-    worker: &mut timely::worker::Worker,
-    mut input: SourceInput,
-    probe: &ProbeHandle<u64>,
-    options: &RunOptions,
-    stop: &AtomicBool,
-    discovered: &std::sync::atomic::AtomicU64,
-    counters: &CommitCounters,
-    progress: &dyn Progress,
-) -> Result<(), String> {
-    let mut source = DirectorySource::new(&options.input, &options.tenant);
-    let report = || {
+/// Worker 0's loop: poll the source, feed one epoch per batch, keep at most N
+/// epochs open, and settle each epoch's messages once the probe has passed it.
+struct Driver<'a> {
+    worker: &'a mut timely::worker::Worker,
+    input: SourceInput,
+    probe: &'a ProbeHandle<u64>,
+    options: &'a RunOptions,
+    source: &'a mut dyn JobSource,
+    dead_lettered: &'a RefCell<HashSet<JobId>>,
+    /// The messages of every epoch fed and not yet settled, with their jobs.
+    open_epochs: BTreeMap<u64, Vec<(DeliveryTag, JobId)>>,
+    discovered: &'a std::sync::atomic::AtomicU64,
+    counters: &'a CommitCounters,
+    progress: &'a dyn Progress,
+}
+
+impl Driver<'_> {
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        let mut last_activity = Instant::now();
+        let mut source_failing = false;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                tracing::info!("stopping: draining what was fed");
+                break;
+            }
+            let mut fed = 0;
+            if (self.open_epochs.len() as u64) < self.options.max_epochs_in_flight.max(1) {
+                match self
+                    .source
+                    .poll(self.options.files_per_epoch, Duration::ZERO)
+                {
+                    Ok(deliveries) => {
+                        if source_failing {
+                            tracing::info!(source = self.source.kind(), "the source recovered");
+                            source_failing = false;
+                        }
+                        fed = self.feed(deliveries);
+                    }
+                    Err(err) if err.class.is_retryable() => {
+                        if !source_failing {
+                            tracing::warn!(source = self.source.kind(), error = %err, "the source failed; retrying");
+                            source_failing = true;
+                        }
+                    }
+                    Err(err) => {
+                        return Err(format!("the {} source failed: {err}", self.source.kind()))
+                    }
+                }
+            }
+            // Idle means nothing arrived while nothing was in flight: a broker
+            // holds messages back while the prefetch window is full.
+            if fed > 0 || !self.open_epochs.is_empty() {
+                last_activity = Instant::now();
+            }
+            let park = if fed > 0 { 0 } else { 50 };
+            self.worker.step_or_park(Some(Duration::from_millis(park)));
+            self.settle_passed();
+            self.report();
+            let idle = self
+                .options
+                .idle_exit
+                .is_some_and(|limit| last_activity.elapsed() >= limit);
+            if fed == 0 && (self.source.exhausted() || idle) && self.open_epochs.is_empty() {
+                break;
+            }
+        }
+        // Closing the input lets the frontier run to completion.
+        std::mem::replace(&mut self.input, InputHandle::new()).close();
+        while !self.probe.done() {
+            self.worker.step_or_park(Some(Duration::from_millis(50)));
+            self.settle_passed();
+            self.report();
+        }
+        self.settle_passed();
+        self.report();
+        Ok(())
+    }
+
+    /// Sends one batch of messages as a new epoch; returns how many.
+    fn feed(&mut self, deliveries: Vec<Delivery>) -> u64 {
+        if deliveries.is_empty() {
+            return 0;
+        }
+        let epoch = *self.input.time();
+        let mut messages = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            messages.push((delivery.tag, job_meta(&delivery.record).id));
+            self.input.send(delivery.record);
+        }
+        let fed = messages.len() as u64;
+        self.open_epochs.insert(epoch, messages);
+        self.input.advance_to(epoch + 1);
+        self.discovered.fetch_add(fed, Ordering::Relaxed);
+        fed
+    }
+
+    /// Settles the messages of every epoch the probe has passed: all their
+    /// outcomes are durable in every sink.
+    fn settle_passed(&mut self) {
+        let passed: Vec<u64> = self
+            .open_epochs
+            .keys()
+            .copied()
+            .take_while(|epoch| !self.probe.less_equal(epoch))
+            .collect();
+        if passed.is_empty() {
+            return;
+        }
+        let mut dead_lettered = self.dead_lettered.borrow_mut();
+        let mut settled = Vec::new();
+        for epoch in passed {
+            for (tag, job) in self.open_epochs.remove(&epoch).unwrap_or_default() {
+                let settlement = if dead_lettered.contains(&job) {
+                    Settlement::DeadLettered
+                } else {
+                    Settlement::Committed
+                };
+                settled.push((tag, settlement));
+            }
+        }
+        if self.open_epochs.is_empty() {
+            dead_lettered.clear();
+        }
+        if let Err(err) = self.source.settle(&settled) {
+            // The broker redelivers what was not acknowledged; the sinks are idempotent.
+            tracing::warn!(source = self.source.kind(), error = %err, messages = settled.len(), "settling failed; the messages will be redelivered");
+        }
+    }
+
+    fn report(&self) {
+        let counters = self.counters;
         let done = counters.completed.load(Ordering::Relaxed)
             + counters.dead_lettered.load(Ordering::Relaxed)
             + counters.duplicates.load(Ordering::Relaxed)
             + counters.already_finished.load(Ordering::Relaxed);
-        progress.update(discovered.load(Ordering::Relaxed), done);
-    };
-    let mut last_scan = Instant::now() - options.poll_interval;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut fed = 0;
-        if last_scan.elapsed() >= options.poll_interval {
-            last_scan = Instant::now();
-            let files = source
-                .scan(options.files_per_epoch)
-                .map_err(|e| format!("scanning the input folder: {e}"))?;
-            let received_at = mmt_core::job::unix_now();
-            for path in files {
-                let record = source
-                    .read(&path, received_at)
-                    .unwrap_or_else(|unreadable| source.unreadable_record(unreadable, received_at));
-                input.send(record);
-                fed += 1;
-            }
-            discovered.fetch_add(fed, Ordering::Relaxed);
-            if fed > 0 {
-                input.advance_to(input.time() + 1);
-            }
-            if fed as usize == options.files_per_epoch {
-                // More files are waiting: scan again without waiting for the poll interval.
-                last_scan = Instant::now() - options.poll_interval;
-            }
-        }
-        // Back-pressure: wait while too many epochs are open.
-        let horizon = input.time().saturating_sub(options.max_epochs_in_flight);
-        while probe.less_than(&horizon) {
-            worker.step_or_park(Some(Duration::from_millis(50)));
-            report();
-        }
-        worker.step_or_park(Some(Duration::from_millis(if fed > 0 { 0 } else { 50 })));
-        report();
-        // A batch run ends when a scan finds nothing new and everything fed is committed.
-        if !options.follow && fed == 0 && !probe.less_than(input.time()) {
-            break;
-        }
+        self.progress
+            .update(self.discovered.load(Ordering::Relaxed), done);
     }
-    input.close();
-    while !probe.done() {
-        worker.step_or_park(Some(Duration::from_millis(50)));
-        report();
-    }
-    report();
-    Ok(())
 }
 
-fn setup(what: &'static str, err: impl std::fmt::Display) -> RunError {
+pub(crate) fn setup(what: &'static str, err: impl std::fmt::Display) -> RunError {
     RunError::Setup {
         what,
         reason: err.to_string(),
     }
-}
-
-fn open_store(url: &str) -> Result<Box<dyn JobStore>, RunError> {
-    // The embedded run refuses production earlier (in the CLI); here the
-    // store only has to open.
-    let store = SqlJobStoreConfig::new(url)
-        .build(false)
-        .map_err(|err| setup("job store", err))?;
-    Ok(Box::new(store))
-}
-
-/// Opens the embedded sinks (one writer each: the commit stage or a purge).
-pub fn open_sinks(paths: &OutputPaths) -> Result<Sinks, RunError> {
-    Ok(Sinks {
-        documents: Box::new(
-            paths
-                .documents()
-                .build()
-                .map_err(|e| setup("FHIR sink", e))?,
-        ),
-        audit: Box::new(paths.audit().build().map_err(|e| setup("audit log", e))?),
-        dead_letters: Box::new(
-            paths
-                .dead_letters()
-                .build()
-                .map_err(|e| setup("dead-letter queue", e))?,
-        ),
-        store: open_store(&paths.database_url)?,
-    })
 }

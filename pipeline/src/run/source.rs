@@ -4,10 +4,14 @@
 //! sidecar `<name>.json` beside it gives the tenant and FHIR references:
 //! `{"tenant": "clinic-a", "patient": "Patient/123", "encounter": "Encounter/9"}`.
 
+use mmt_core::job::{unix_now, ComponentError};
+use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
+use mmt_core::ErrorClass;
 use mmt_operators::records::SourceRecord;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Extensions the source picks up (case-insensitive).
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "mp3", "ogg", "opus", "oga"];
@@ -28,11 +32,22 @@ struct Sidecar {
 }
 
 /// Watches one folder and remembers what it has already handed out.
+///
+/// Files are not moved or deleted once processed: the job store remembers them
+/// (a rerun over the same folder finds every job finished), so settling is a
+/// no-op here.
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
     tenant: String,
     handed_out: HashSet<PathBuf>,
+    /// Keep watching after the folder is read (`--follow`), rescanning this often.
+    follow: Option<Duration>,
+    last_scan: Option<Instant>,
+    /// The last scan stopped at its limit: scan again without waiting.
+    more_waiting: bool,
+    exhausted: bool,
+    next_tag: u64,
 }
 
 /// A file that could not be read; it still becomes a record, which decode dead-letters.
@@ -54,6 +69,7 @@ impl DirectorySource {
             encounter_reference: None,
             received_at,
             read_error: Some(unreadable.reason),
+            ..SourceRecord::default()
         }
     }
 }
@@ -64,7 +80,18 @@ impl DirectorySource {
             dir: dir.into(),
             tenant: tenant.into(),
             handed_out: HashSet::new(),
+            follow: None,
+            last_scan: None,
+            more_waiting: false,
+            exhausted: false,
+            next_tag: 0,
         }
+    }
+
+    /// Keeps watching the folder, rescanning every `interval`, until stopped.
+    pub fn following(mut self, interval: Duration) -> Self {
+        self.follow = Some(interval);
+        self
     }
 
     /// Audio files not handed out yet, sorted by name, at most `limit`.
@@ -104,8 +131,58 @@ impl DirectorySource {
             patient_reference: sidecar.patient,
             encounter_reference: sidecar.encounter,
             received_at,
-            read_error: None,
+            ..SourceRecord::default()
         })
+    }
+}
+
+impl JobSource for DirectorySource {
+    fn poll(&mut self, max: usize, _wait: Duration) -> Result<Vec<Delivery>, ComponentError> {
+        if self.exhausted {
+            return Ok(Vec::new());
+        }
+        let interval = self.follow.unwrap_or_default();
+        let due = self.more_waiting || self.last_scan.is_none_or(|at| at.elapsed() >= interval);
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.last_scan = Some(Instant::now());
+        let files = self.scan(max).map_err(|err| {
+            ComponentError::new(
+                ErrorClass::External { retryable: true },
+                format!("scanning the input folder: {err}"),
+            )
+        })?;
+        self.more_waiting = files.len() == max;
+        if files.is_empty() && self.follow.is_none() {
+            self.exhausted = true;
+        }
+        let received_at = unix_now();
+        Ok(files
+            .into_iter()
+            .map(|path| {
+                let record = self
+                    .read(&path, received_at)
+                    .unwrap_or_else(|unreadable| self.unreadable_record(unreadable, received_at));
+                self.next_tag += 1;
+                Delivery {
+                    tag: DeliveryTag(self.next_tag),
+                    record,
+                }
+            })
+            .collect())
+    }
+
+    fn settle(&mut self, _settled: &[(DeliveryTag, Settlement)]) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
+    fn exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    fn kind(&self) -> &'static str {
+        "directory"
     }
 }
 
@@ -164,6 +241,32 @@ mod tests {
         assert_eq!(record.extension.as_deref(), Some("wav"));
         let plain = source.read(&dir.path().join("c.flac"), 5).expect("read");
         assert_eq!(plain.tenant, "default");
+    }
+
+    #[test]
+    fn as_a_job_source_it_runs_dry_unless_following() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["a.wav", "b.wav", "c.wav"] {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        let mut source = DirectorySource::new(dir.path(), "default");
+        let first = source.poll(2, Duration::ZERO).expect("poll");
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0].tag, first[1].tag);
+        assert_eq!(source.poll(2, Duration::ZERO).expect("poll").len(), 1);
+        assert!(!source.exhausted());
+        assert!(source.poll(2, Duration::ZERO).expect("poll").is_empty());
+        assert!(source.exhausted());
+
+        let mut following =
+            DirectorySource::new(dir.path(), "default").following(Duration::from_millis(1));
+        assert_eq!(following.poll(10, Duration::ZERO).expect("poll").len(), 3);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(following.poll(10, Duration::ZERO).expect("poll").is_empty());
+        assert!(!following.exhausted());
+        std::fs::write(dir.path().join("d.wav"), b"x").expect("write");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(following.poll(10, Duration::ZERO).expect("poll").len(), 1);
     }
 
     #[test]
