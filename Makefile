@@ -4,7 +4,7 @@ SHELL := /bin/bash
 MMT := target/release/mmt
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null && echo "cargo nextest run --no-fail-fast" || echo "cargo test")
 
-.PHONY: setup setup-dev demo test lint fmt rust-test python-test bench clean-model
+.PHONY: setup setup-dev services demo test lint fmt rust-test python-test bench clean-model
 
 setup:
 	scripts/setup.sh
@@ -21,8 +21,13 @@ demo: setup
 	@echo; echo "== audit trail (demo-out/audit.jsonl) =="
 	@cat demo-out/audit.jsonl
 
-## Everything CI checks: formatting, lints, Rust and Python tests.
-test: setup-dev lint rust-test python-test
+## Everything CI checks: formatting, lints, Rust and Python tests (the
+## integration tests use PostgreSQL, MariaDB, Redis and RabbitMQ on 127.0.0.1,
+## started here if down; Kafka is tansu from the dev virtualenv).
+test: setup-dev services lint rust-test python-test
+
+services:
+	scripts/services.sh
 
 lint:
 	cargo fmt --all --check
