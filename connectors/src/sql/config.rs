@@ -1,5 +1,6 @@
 //! Typed configuration of the SQL job store.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -9,16 +10,16 @@ use super::SqlJobStore;
 use crate::config::{into_result, ConfigProblem};
 use crate::error::{ConnectorError, Result};
 
-/// The SQL engines the job store knows. Only SQLite is implemented; the store
-/// keeps its SQL portable so Postgres and MySQL are additions, not rewrites.
+/// The SQL engines the job store runs on, named by the URL's scheme. One set of
+/// statements serves all three (see the store's module notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
     /// A file on this machine (or `:memory:`): development and tests only.
     Sqlite,
-    /// PostgreSQL (not implemented yet).
+    /// PostgreSQL (`postgres://` or `postgresql://`).
     Postgres,
-    /// MySQL or MariaDB (not implemented yet).
+    /// MySQL 8 or MariaDB 10.5+ (`mysql://` or `mariadb://`).
     Mysql,
 }
 
@@ -39,17 +40,23 @@ impl Dialect {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlJobStoreConfig {
-    /// `DATABASE_URL`: `sqlite://path/to/mmt.db` (the file is created if missing,
-    /// and runs in WAL mode) or `sqlite::memory:` (tests). SQLite is refused in
-    /// production. Its password, if any, is never printed.
+    /// `DATABASE_URL`: `postgres://user:password@host:5432/mmt`,
+    /// `mysql://user:password@host:3306/mmt` (or `mariadb://…`), or, for
+    /// development, `sqlite://path/to/mmt.db` (the file is created if missing, and
+    /// runs in WAL mode) or `sqlite::memory:` (tests); SQLite is refused in
+    /// production. The URL must name a database. Its password is never printed.
     #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
-    /// Most pooled connections. SQLite runs one writer at a time (WAL lets
-    /// readers run beside it), so a few are enough. Default 4.
+    /// Most pooled connections, per process. The store makes one call at a time
+    /// (its callers block on it), and SQLite runs one writer at a time anyway, so
+    /// a few are enough; on Postgres and MySQL each replica holds at most this
+    /// many server connections, idle ones closing after ten minutes. Default 4.
     #[serde(default = "SqlJobStoreConfig::default_max_connections")]
     pub max_connections: u32,
-    /// How long a statement waits for a locked SQLite database before failing
-    /// (retryably), in milliseconds. Default 5000.
+    /// How long a statement waits for a lock another writer holds before failing
+    /// (retryably), in milliseconds: SQLite's busy timeout, Postgres's
+    /// `lock_timeout`, MySQL's `innodb_lock_wait_timeout` (whole seconds, rounded
+    /// up). Default 5000.
     #[serde(default = "SqlJobStoreConfig::default_busy_timeout_ms")]
     pub busy_timeout_ms: u64,
     /// How long a call waits for a free pooled connection, in milliseconds.
@@ -87,7 +94,7 @@ impl SqlJobStoreConfig {
         self
     }
 
-    /// Sets the SQLite busy timeout.
+    /// Sets how long a statement waits for another writer's lock.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         self
@@ -129,17 +136,14 @@ impl SqlJobStoreConfig {
                     ));
                 }
             }
-            Some(dialect @ (Dialect::Postgres | Dialect::Mysql)) => {
-                problems.push(ConfigProblem::new(
-                    "url",
-                    format!(
-                        "the {} job store is not implemented in this build yet; use sqlite:// for now",
-                        serde_json::to_value(dialect)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default()
-                    ),
-                ));
+            Some(Dialect::Postgres | Dialect::Mysql) => {
+                if !names_server_database(&self.url) {
+                    problems.push(ConfigProblem::new(
+                        "url",
+                        "names no database (e.g. postgres://mmt@db:5432/mmt or \
+                         mysql://mmt@db:3306/mmt)",
+                    ));
+                }
             }
         }
         if self.max_connections == 0 {
@@ -171,6 +175,17 @@ impl SqlJobStoreConfig {
     pub fn redacted_url(&self) -> String {
         redact(&self.url)
     }
+
+    /// The URL as the driver takes it: sqlx's MySQL driver knows only `mysql://`,
+    /// so a `mariadb://` scheme is rewritten.
+    pub(crate) fn driver_url(&self) -> Cow<'_, str> {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
+                Cow::Owned(format!("mysql://{rest}"))
+            }
+            _ => Cow::Borrowed(&self.url),
+        }
+    }
 }
 
 impl fmt::Debug for SqlJobStoreConfig {
@@ -188,25 +203,66 @@ fn serialize_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, 
     serializer.serialize_str(&redact(url))
 }
 
-/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+/// `scheme://user:secret@host/db?password=x` → `scheme://user:***@host/db?password=***`.
+///
+/// Errs towards masking too much: the user info ends at the *last* `@`, so a
+/// password holding an unescaped `/`, `?` or `@` is still masked whole.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{path}")
+    let mut out = format!("{scheme}://");
+    let after_userinfo = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            after
         }
-        None => url.to_owned(),
+        None => rest,
+    };
+    match after_userinfo.split_once('?') {
+        Some((base, query)) => {
+            out.push_str(base);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(after_userinfo),
     }
+    out
+}
+
+/// Whether a server URL names its database: a path after the host, or
+/// Postgres's `dbname=` parameter. Pure text inspection (no parsing by the
+/// driver, which reads `~/.pgpass`).
+fn names_server_database(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    let (base, query) = after_userinfo
+        .split_once('?')
+        .unwrap_or((after_userinfo, ""));
+    let database = base.split_once('/').map_or("", |(_, path)| path);
+    !database.trim_matches('/').is_empty()
+        || query.split('&').any(|pair| {
+            pair.strip_prefix("dbname=")
+                .is_some_and(|db| !db.is_empty())
+        })
 }
 
 #[cfg(test)]
@@ -263,9 +319,52 @@ mod tests {
             ]
         );
         assert!(SqlJobStoreConfig::new("sqlite://").validate(false).is_err());
-        assert!(SqlJobStoreConfig::new("postgres://h/db")
-            .validate(true)
-            .is_err());
+    }
+
+    #[test]
+    fn server_databases_are_fine_in_prod() {
+        for url in [
+            "postgres://mmt:pw@db:5432/mmt",
+            "postgresql://db/mmt?sslmode=require",
+            "postgres:///mmt?host=/var/run/postgresql",
+            "postgres://db?dbname=mmt",
+            "mysql://mmt:pw@db:3306/mmt",
+            "mariadb://mmt@db/mmt",
+        ] {
+            assert_eq!(SqlJobStoreConfig::new(url).validate(true), Ok(()), "{url}");
+        }
+        assert_eq!(
+            SqlJobStoreConfig::new("postgresql://db/mmt").dialect(),
+            Some(Dialect::Postgres)
+        );
+        assert_eq!(
+            SqlJobStoreConfig::new("MariaDB://db/mmt").dialect(),
+            Some(Dialect::Mysql)
+        );
+    }
+
+    #[test]
+    fn server_urls_must_name_a_database() {
+        for url in [
+            "postgres://db:5432",
+            "postgres://mmt:pw@db:5432/",
+            "mysql://root@db:3306",
+            "mariadb://db/?ssl-mode=required",
+        ] {
+            let problems = SqlJobStoreConfig::new(url)
+                .validate(true)
+                .expect_err("no database");
+            assert_eq!(problems.len(), 1, "{url}");
+            assert!(problems[0].message.contains("names no database"), "{url}");
+        }
+    }
+
+    #[test]
+    fn mariadb_urls_reach_the_mysql_driver_as_mysql() {
+        let config = SqlJobStoreConfig::new("mariadb://root@127.0.0.1:3306/test");
+        assert_eq!(config.driver_url(), "mysql://root@127.0.0.1:3306/test");
+        let config = SqlJobStoreConfig::new("postgres://db/mmt");
+        assert_eq!(config.driver_url(), "postgres://db/mmt");
     }
 
     #[test]
@@ -286,5 +385,42 @@ mod tests {
         let json = serde_json::to_string(&config).expect("json");
         assert!(!json.contains("s3cret"));
         assert_eq!(redact("sqlite://mmt.db"), "sqlite://mmt.db");
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn server_passwords_are_never_printed() {
+        for (url, redacted) in [
+            (
+                "postgresql://mmt:s3cret@db.internal:5432/mmt?sslmode=require",
+                "postgresql://mmt:***@db.internal:5432/mmt?sslmode=require",
+            ),
+            (
+                "mysql://root:s3cret@127.0.0.1:3306/test",
+                "mysql://root:***@127.0.0.1:3306/test",
+            ),
+            ("mariadb://mmt:s3cret@db/mmt", "mariadb://mmt:***@db/mmt"),
+            (
+                "postgres://db/mmt?user=mmt&password=s3cret&sslmode=verify-full",
+                "postgres://db/mmt?user=mmt&password=***&sslmode=verify-full",
+            ),
+            // Unescaped `@`, `/` and `?` in the password: masked whole all the same.
+            (
+                "postgres://mmt:s3c@r/e?t@db/mmt",
+                "postgres://mmt:***@db/mmt",
+            ),
+            (
+                "mysql://root@127.0.0.1:3306/test",
+                "mysql://root@127.0.0.1:3306/test",
+            ),
+        ] {
+            let config = SqlJobStoreConfig::new(url);
+            assert_eq!(config.redacted_url(), redacted);
+            assert!(!format!("{config:?}").contains("s3c"), "{url}");
+            let json = serde_json::to_string(&config).expect("json");
+            assert!(!json.contains("s3c"), "{url}");
+            let problems = format!("{:?}", config.validate(true));
+            assert!(!problems.contains("s3c"), "{url}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The job store over SQL: SQLite now, Postgres and MySQL later.
+//! The job store over SQL: PostgreSQL and MySQL/MariaDB in production, SQLite
+//! for development (refused in production).
 //!
 //! Schema in `connectors/migrations/<dialect>/`, embedded at compile time and
 //! applied on connect.

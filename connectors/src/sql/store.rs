@@ -5,11 +5,29 @@
 //! on each call. Do not call it from inside another tokio runtime (an axum
 //! handler): use `spawn_blocking` there.
 //!
-//! Portability: statements use `?` placeholders (SQLite and MySQL; Postgres
-//! needs `$1…`, a mechanical rewrite), `INSERT … ON CONFLICT (id) DO NOTHING`
-//! (SQLite and Postgres; MySQL needs `INSERT IGNORE`), `CASE` rather than
-//! `MAX(a, b)`/`GREATEST`, no `RETURNING`, and write transactions that begin
-//! with `BEGIN IMMEDIATE` on SQLite only (see [`SqlJobStore::begin_write`]).
+//! Dialects: the store holds one pool of the engine its URL names (`Pool`),
+//! and each operation is written once and compiled for every driver by
+//! `on_pool!`. The statements are shared text too, written with `?`
+//! placeholders (SQLite and MySQL) and rewritten mechanically to `$1…` for
+//! Postgres; "insert if absent" is `INSERT … ON CONFLICT (id) DO NOTHING` on
+//! SQLite and Postgres and `INSERT IGNORE …` on MySQL (see `Statements`).
+//! Otherwise the SQL keeps to what all three accept: `CASE` rather than
+//! `MAX(a, b)`/`GREATEST`, no `RETURNING`, and every bound value a string, a
+//! 64-bit integer or a double (hence BIGINT columns on the servers).
+//!
+//! Concurrency, with any number of writers in any number of processes: every
+//! status change is a conditional `UPDATE … WHERE status IN (predecessors)`,
+//! and each engine evaluates that condition on the latest committed row under
+//! its write lock (Postgres re-checks it after waiting for the lock; InnoDB's
+//! updates read the latest version), so a status only moves forward. Complete
+//! and dead-letter are that update, and only if it moved nothing, an insert
+//! if absent and the update again (`update_or_insert!`): statements that
+//! each commit alone and lock one row, so writers of one job queue rather than
+//! deadlock. The purge reads, then deletes exactly the ids it read, in one
+//! transaction: `BEGIN IMMEDIATE` on SQLite (the write lock up front), plain
+//! `BEGIN` elsewhere. MySQL sessions run READ COMMITTED, as Postgres does by
+//! default (no gap locks). A write the server still rolls back for a deadlock
+//! or serialisation conflict runs again (`retry_conflicts`).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,28 +36,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mmt_core::job::{
     CompletedJob, ComponentError, DeadLetter, JobId, JobMeta, JobStatus, JobStore,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Row, SqlSafeStr, SqlStr, SqlitePool, Type};
 use tokio::runtime::Runtime;
 
-use super::config::SqlJobStoreConfig;
+use super::config::{Dialect, SqlJobStoreConfig};
 use super::row::{
     class_from_text, class_to_text, parse_stage, parse_status, predecessors, JobFailure, JobRow,
 };
-use crate::error::{ConnectorError, Result};
+use crate::config::ConfigProblem;
+use crate::error::{is_transaction_conflict, ConnectorError, Result};
 
-/// The schema, embedded in the binary: nothing to ship beside it.
+/// The schemas, embedded in the binary: nothing to ship beside it.
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
 const COLUMNS: &str = "id, tenant, content_hash, source, patient_reference, encounter_reference, \
      correlation_id, status, attempts, error_stage, error_class, error_reason, transcript_json, \
      audio_seconds, received_at, updated_at, completed_at";
 
-const INSERT_QUEUED: &str = "INSERT INTO jobs (id, tenant, content_hash, source, \
+/// A queued job, less its dialect's "if absent" (see [`Statements::for_dialect`]).
+const INSERT_QUEUED: &str = "INTO jobs (id, tenant, content_hash, source, \
      patient_reference, encounter_reference, correlation_id, status, attempts, received_at, \
-     updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT (id) DO NOTHING";
+     updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)";
+
+/// Slots of the `status IN (…)` lists: a status never precedes itself, so at
+/// most four precede any other.
+const STATUS_SLOTS: usize = 4;
 
 /// A forward transition: `status IN (…)` holds the statuses that may become the
 /// new one (from [`JobStatus::can_become`]), padded by repetition to four slots.
@@ -57,14 +83,184 @@ const DEAD_LETTER: &str = "UPDATE jobs SET status = ?, error_stage = ?, error_cl
 const STATUS: &str = "SELECT status FROM jobs WHERE id = ?";
 
 const PURGE_SELECT: &str = "SELECT id FROM jobs WHERE received_at < ? ORDER BY received_at, id";
-const PURGE_DELETE: &str = "DELETE FROM jobs WHERE received_at < ?";
 
-/// The job store on SQLite (Postgres and MySQL to come: see the module notes).
+/// Ids a purge deletes per statement (the list padded by repetition, so one
+/// statement text serves every chunk).
+const PURGE_CHUNK: usize = 100;
+
+/// How often a write runs in all when the server keeps rolling it back to
+/// resolve deadlocks or serialisation conflicts.
+const TRANSACTION_TRIES: u32 = 3;
+
+/// The connection pool, of the engine the URL names.
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    Mysql(MySqlPool),
+}
+
+/// Evaluates `$body` with `$pool` bound to the store's concrete pool: the body
+/// is written once and compiled once per driver, so its queries, binds and
+/// transactions are typed for that driver.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+            Pool::Mysql($p) => $body,
+        }
+    };
+}
+
+/// The statements of one dialect, built once at connect.
+struct Statements {
+    /// Opens a write transaction.
+    begin_write: &'static str,
+    get: SqlStr,
+    list_all: SqlStr,
+    list_by_status: SqlStr,
+    insert_queued: SqlStr,
+    transition: SqlStr,
+    complete: SqlStr,
+    dead_letter: SqlStr,
+    status: SqlStr,
+    purge_select: SqlStr,
+    /// `DELETE … WHERE id IN (…)` with [`PURGE_CHUNK`] slots.
+    purge_delete: SqlStr,
+}
+
+impl Statements {
+    fn for_dialect(dialect: Dialect) -> Self {
+        let text = |sql: &str| {
+            let sql = match dialect {
+                Dialect::Postgres => numbered_placeholders(sql),
+                Dialect::Sqlite | Dialect::Mysql => sql.to_owned(),
+            };
+            AssertSqlSafe(sql).into_sql_str()
+        };
+        let insert_queued = match dialect {
+            Dialect::Sqlite | Dialect::Postgres => {
+                format!("INSERT {INSERT_QUEUED} ON CONFLICT (id) DO NOTHING")
+            }
+            // IGNORE also turns other errors of this one row into warnings; the
+            // only values it could hit are ids and names the pipeline bounds.
+            Dialect::Mysql => format!("INSERT IGNORE {INSERT_QUEUED}"),
+        };
+        let slots = vec!["?"; PURGE_CHUNK].join(", ");
+        Self {
+            // SQLite: take the write lock up front, so a read-then-write
+            // transaction waits on the busy timeout instead of failing when
+            // another writer got there first. The servers lock rows as they go.
+            begin_write: match dialect {
+                Dialect::Sqlite => "BEGIN IMMEDIATE",
+                Dialect::Postgres | Dialect::Mysql => "BEGIN",
+            },
+            get: text(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?")),
+            list_all: text(&format!(
+                "SELECT {COLUMNS} FROM jobs ORDER BY received_at DESC, id LIMIT ?"
+            )),
+            list_by_status: text(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE status = ? ORDER BY received_at DESC, id LIMIT ?"
+            )),
+            insert_queued: text(&insert_queued),
+            transition: text(TRANSITION),
+            complete: text(COMPLETE),
+            dead_letter: text(DEAD_LETTER),
+            status: text(STATUS),
+            purge_select: text(PURGE_SELECT),
+            purge_delete: text(&format!("DELETE FROM jobs WHERE id IN ({slots})")),
+        }
+    }
+}
+
+/// `?` placeholders as Postgres's `$1, $2, …`, leaving quoted literals alone.
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut number = 0;
+    let mut quoted = false;
+    for c in sql.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => {
+                number += 1;
+                out.push('$');
+                out.push_str(&number.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `INSERT_QUEUED` statement bound to a job's metadata.
+macro_rules! insert_queued {
+    ($sql:expr, $meta:expr, $now:expr) => {{
+        let meta: &JobMeta = $meta;
+        sqlx::query($sql.insert_queued.clone())
+            .bind(meta.id.0.as_str())
+            .bind(meta.tenant.as_str())
+            .bind(meta.content_hash.as_str())
+            .bind(meta.source.as_str())
+            .bind(meta.patient_reference.as_deref())
+            .bind(meta.encounter_reference.as_deref())
+            .bind(meta.correlation_id.as_str())
+            .bind(meta.received_at)
+            .bind($now)
+    }};
+}
+
+/// Binds the four `status IN (?, ?, ?, ?)` slots of `$query`.
+macro_rules! bind_statuses {
+    ($query:expr, $statuses:expr) => {{
+        let mut query = $query;
+        for status in status_slots($statuses) {
+            query = query.bind(status);
+        }
+        query
+    }};
+}
+
+/// Completes or dead-letters a job with `$update`, a conditional `UPDATE`;
+/// if no row moved, records the job (if absent) from `$meta` and runs the update
+/// again, against whatever a concurrent writer left. Each statement commits on
+/// its own and locks one row while it runs, so writers on the same job queue
+/// rather than deadlock (holding a lock from the insert while waiting for the
+/// update's is how two InnoDB transactions deadlock); a crash between them
+/// leaves the job queued, as received, for its redelivery to finish.
+/// Evaluates to a future of whether the update moved the job.
+macro_rules! update_or_insert {
+    ($pool:expr, $sql:expr, $update:expr, $meta:expr, $now:expr) => {
+        async {
+            let pool = $pool;
+            let update = &$update;
+            let moved = retry_conflicts(|| update().execute(pool)).await?;
+            if moved.rows_affected() == 1 {
+                return Ok::<_, ConnectorError>(true);
+            }
+            retry_conflicts(|| insert_queued!($sql, $meta, $now).execute(pool)).await?;
+            let moved = retry_conflicts(|| update().execute(pool)).await?;
+            Ok(moved.rows_affected() == 1)
+        }
+    };
+}
+
+/// The texts of `statuses` for the four slots, the last one repeated.
+fn status_slots(statuses: &[JobStatus]) -> [&'static str; STATUS_SLOTS] {
+    let last = statuses.last().copied().unwrap_or(JobStatus::Queued);
+    std::array::from_fn(|slot| statuses.get(slot).copied().unwrap_or(last).as_str())
+}
+
+/// The job store on PostgreSQL, MySQL/MariaDB or SQLite (see the module notes).
 ///
-/// Every write is one atomic statement or transaction; status changes are
+/// Every statement is atomic and the purge one transaction; status changes are
 /// conditional updates, so they only move forward even with concurrent writers.
 pub struct SqlJobStore {
-    pool: SqlitePool,
+    pool: Pool,
+    sql: Statements,
+    dialect: Dialect,
     runtime: Runtime,
     url: String,
 }
@@ -72,6 +268,7 @@ pub struct SqlJobStore {
 impl std::fmt::Debug for SqlJobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlJobStore")
+            .field("dialect", &self.dialect)
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
@@ -81,92 +278,83 @@ impl SqlJobStore {
     /// Connects with `config` (already validated: see [`SqlJobStoreConfig::build`])
     /// and migrates the schema.
     pub fn connect(config: &SqlJobStoreConfig) -> Result<Self> {
+        let dialect = config.dialect().ok_or_else(|| ConnectorError::Config {
+            component: "SQL job store",
+            problems: vec![ConfigProblem::new(
+                "url",
+                "must start with sqlite:, postgres:// or mysql://",
+            )],
+        })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ConnectorError::Runtime)?;
-        let options = SqliteConnectOptions::from_str(&config.url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed job survives power loss, not only a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_millis(config.busy_timeout_ms));
-        let in_memory = config.url.contains(":memory:") || config.url.contains("mode=memory");
-        if !in_memory {
-            create_parent_dir(options.get_filename())?;
-        }
-        let mut pool_options = SqlitePoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms));
-        if in_memory {
-            // An in-memory database lives as long as one connection holds it.
-            pool_options = pool_options
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        }
-        let pool = runtime.block_on(async {
-            let pool = pool_options.connect_with(options).await?;
-            SQLITE_MIGRATIONS.run(&pool).await?;
-            Ok::<_, ConnectorError>(pool)
-        })?;
+        let pool = match dialect {
+            Dialect::Sqlite => Pool::Sqlite(runtime.block_on(connect_sqlite(config))?),
+            Dialect::Postgres => Pool::Postgres(runtime.block_on(connect_postgres(config))?),
+            Dialect::Mysql => Pool::Mysql(runtime.block_on(connect_mysql(config))?),
+        };
         Ok(Self {
             pool,
+            sql: Statements::for_dialect(dialect),
+            dialect,
             runtime,
             url: config.redacted_url(),
         })
     }
 
-    /// Checks that the database answers (`SELECT 1`).
-    pub fn health_check(&mut self) -> Result<()> {
-        self.runtime
-            .block_on(sqlx::query("SELECT 1").execute(&self.pool))?;
-        Ok(())
+    /// The engine this store runs on.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
-    /// A write transaction. SQLite: `BEGIN IMMEDIATE` takes the write lock up
-    /// front, so a read-then-write transaction waits on `busy_timeout` instead of
-    /// failing when another writer got there first. Postgres/MySQL: plain `BEGIN`.
-    async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
-        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Checks that the database answers (`SELECT 1`).
+    pub fn health_check(&mut self) -> Result<()> {
+        on_pool!(&self.pool, |pool| {
+            self.runtime
+                .block_on(sqlx::query("SELECT 1").execute(pool))?;
+        });
+        Ok(())
     }
 
     /// The stored job, transcript included.
     pub fn get(&mut self, id: &JobId) -> Result<Option<JobRow>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM jobs WHERE id = ?"));
-        let row = self
-            .runtime
-            .block_on(sqlx::query(sql).bind(&id.0).fetch_optional(&self.pool))?;
-        row.map(|row| decode_row(&row)).transpose()
+        let query = self.sql.get.clone();
+        on_pool!(&self.pool, |pool| {
+            let row = self
+                .runtime
+                .block_on(sqlx::query(query).bind(id.0.as_str()).fetch_optional(pool))?;
+            row.as_ref().map(decode_row).transpose()
+        })
     }
 
     /// Up to `limit` jobs, newest received first, optionally only those in `status`.
     pub fn list(&mut self, status: Option<JobStatus>, limit: u32) -> Result<Vec<JobRow>> {
-        let filter = if status.is_some() {
-            "WHERE status = ?"
-        } else {
-            ""
-        };
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM jobs {filter} ORDER BY received_at DESC, id LIMIT ?"
-        ));
-        let mut query = sqlx::query(sql);
-        if let Some(status) = status {
-            query = query.bind(status.as_str());
-        }
-        let rows = self
-            .runtime
-            .block_on(query.bind(i64::from(limit)).fetch_all(&self.pool))?;
-        rows.iter().map(decode_row).collect()
+        let sql = &self.sql;
+        on_pool!(&self.pool, |pool| {
+            let query = match status {
+                Some(status) => sqlx::query(sql.list_by_status.clone()).bind(status.as_str()),
+                None => sqlx::query(sql.list_all.clone()),
+            };
+            let rows = self
+                .runtime
+                .block_on(query.bind(i64::from(limit)).fetch_all(pool))?;
+            rows.iter().map(decode_row).collect()
+        })
     }
 
     /// Records a newly received job as queued; `false` if it already existed.
     pub fn insert(&mut self, meta: &JobMeta) -> Result<bool> {
         let now = now();
-        let inserted = self
-            .runtime
-            .block_on(insert_queued(meta, now).execute(&self.pool))?;
-        Ok(inserted.rows_affected() == 1)
+        let sql = &self.sql;
+        let inserted = on_pool!(&self.pool, |pool| {
+            self.runtime
+                .block_on(retry_conflicts(|| {
+                    insert_queued!(sql, meta, now).execute(pool)
+                }))?
+                .rows_affected()
+        });
+        Ok(inserted == 1)
     }
 
     /// Moves the job to `next` if that is a forward transition from where it
@@ -177,30 +365,39 @@ impl SqlJobStore {
             return Ok(false);
         }
         let now = now();
-        let query = sqlx::query(TRANSITION)
-            .bind(next.as_str())
-            .bind(i64::from(next == JobStatus::Processing))
-            .bind(now)
-            .bind((next == JobStatus::Completed).then_some(now))
-            .bind(&id.0);
-        let query = bind_statuses(query, &from);
-        let result = self.runtime.block_on(query.execute(&self.pool))?;
-        Ok(result.rows_affected() == 1)
+        let sql = &self.sql;
+        let from = from.as_slice();
+        let moved = on_pool!(&self.pool, |pool| {
+            let query = || {
+                let query = sqlx::query(sql.transition.clone())
+                    .bind(next.as_str())
+                    .bind(i64::from(next == JobStatus::Processing))
+                    .bind(now)
+                    .bind((next == JobStatus::Completed).then_some(now))
+                    .bind(id.0.as_str());
+                bind_statuses!(query, from)
+            };
+            self.runtime
+                .block_on(retry_conflicts(|| query().execute(pool)))?
+                .rows_affected()
+        });
+        Ok(moved == 1)
     }
 
     /// The job's status, if stored.
     pub fn current_status(&mut self, id: &JobId) -> Result<Option<JobStatus>> {
-        let row = self
-            .runtime
-            .block_on(sqlx::query(STATUS).bind(&id.0).fetch_optional(&self.pool))?;
-        row.map(|row| {
-            let text: String = row.try_get("status")?;
-            parse_status(&text).ok_or_else(|| unreadable(id, "status", &text))
-        })
-        .transpose()
+        let query = self.sql.status.clone();
+        let text: Option<String> = on_pool!(&self.pool, |pool| {
+            let row = self
+                .runtime
+                .block_on(sqlx::query(query).bind(id.0.as_str()).fetch_optional(pool))?;
+            row.map(|row| row.try_get("status")).transpose()?
+        });
+        text.map(|text| parse_status(&text).ok_or_else(|| unreadable(id, "status", &text)))
+            .transpose()
     }
 
-    /// Stores the transcript and marks the job completed; inserts the job first
+    /// Stores the transcript and marks the job completed; records the job first
     /// if it was never recorded. Idempotent: a job already completed (or
     /// dead-lettered, which is final) is left as it is. Returns whether it changed.
     pub fn complete_job(&mut self, job: &CompletedJob) -> Result<bool> {
@@ -209,23 +406,25 @@ impl SqlJobStore {
                 what: "transcript",
                 source,
             })?;
+        let transcript = transcript.as_str();
         let now = now();
         let from = predecessors(JobStatus::Completed);
-        let pool = &self.pool;
-        let changed = self.runtime.block_on(async {
-            let mut tx = Self::begin_write(pool).await?;
-            insert_queued(&job.meta, now).execute(&mut *tx).await?;
-            let query = sqlx::query(COMPLETE)
-                .bind(JobStatus::Completed.as_str())
-                .bind(transcript)
-                .bind(job.transcript.duration_seconds)
-                .bind(job.completed_at)
-                .bind(now)
-                .bind(&job.meta.id.0);
-            let result = bind_statuses(query, &from).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok::<_, ConnectorError>(result.rows_affected() == 1)
-        })?;
+        let from = from.as_slice();
+        let sql = &self.sql;
+        let changed = on_pool!(&self.pool, |pool| {
+            let update = || {
+                let query = sqlx::query(sql.complete.clone())
+                    .bind(JobStatus::Completed.as_str())
+                    .bind(transcript)
+                    .bind(job.transcript.duration_seconds)
+                    .bind(job.completed_at)
+                    .bind(now)
+                    .bind(job.meta.id.0.as_str());
+                bind_statuses!(query, from)
+            };
+            self.runtime
+                .block_on(update_or_insert!(pool, sql, update, &job.meta, now))?
+        });
         if !changed {
             tracing::debug!(job_id = %job.meta.id, "job already final; completion ignored");
         }
@@ -238,9 +437,10 @@ impl SqlJobStore {
     pub fn dead_letter_job(&mut self, letter: &DeadLetter) -> Result<bool> {
         let now = now();
         let from = predecessors(JobStatus::DeadLettered);
+        let from = from.as_slice();
         let attempts = i64::from(letter.attempts);
         // What a dead letter knows of a job it never saw received.
-        let meta = JobMeta {
+        let meta = &JobMeta {
             id: letter.job_id.clone(),
             tenant: letter.tenant.clone(),
             content_hash: String::new(),
@@ -250,60 +450,72 @@ impl SqlJobStore {
             correlation_id: letter.correlation_id.clone(),
             received_at: letter.at,
         };
-        let pool = &self.pool;
-        let changed = self.runtime.block_on(async {
-            let mut tx = Self::begin_write(pool).await?;
-            insert_queued(&meta, now).execute(&mut *tx).await?;
-            let query = sqlx::query(DEAD_LETTER)
-                .bind(JobStatus::DeadLettered.as_str())
-                .bind(letter.stage.as_str())
-                .bind(class_to_text(letter.class))
-                .bind(&letter.reason)
-                .bind(attempts)
-                .bind(attempts)
-                .bind(now)
-                .bind(&letter.job_id.0);
-            let result = bind_statuses(query, &from).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok::<_, ConnectorError>(result.rows_affected() == 1)
-        })?;
+        let sql = &self.sql;
+        let changed = on_pool!(&self.pool, |pool| {
+            let update = || {
+                let query = sqlx::query(sql.dead_letter.clone())
+                    .bind(JobStatus::DeadLettered.as_str())
+                    .bind(letter.stage.as_str())
+                    .bind(class_to_text(letter.class))
+                    .bind(letter.reason.as_str())
+                    .bind(attempts)
+                    .bind(attempts)
+                    .bind(now)
+                    .bind(letter.job_id.0.as_str());
+                bind_statuses!(query, from)
+            };
+            self.runtime
+                .block_on(update_or_insert!(pool, sql, update, meta, now))?
+        });
         Ok(changed)
     }
 
     /// Ids of the jobs received before `cutoff` (unix seconds), oldest first;
-    /// unless `dry_run`, deletes them (rows and transcripts) in the same transaction.
+    /// unless `dry_run`, deletes them (rows and transcripts) in the same
+    /// transaction. Deletes by id, so exactly the ids returned are removed even
+    /// if a late job with an old `received_at` arrives meanwhile.
     pub fn purge(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<JobId>> {
-        let pool = &self.pool;
-        self.runtime.block_on(async {
-            let mut tx = Self::begin_write(pool).await?;
-            let rows = sqlx::query(PURGE_SELECT)
-                .bind(cutoff)
-                .fetch_all(&mut *tx)
-                .await?;
-            let ids = rows
-                .iter()
-                .map(|row| row.try_get::<String, _>("id").map(JobId))
-                .collect::<Result<Vec<_>, _>>()?;
-            if dry_run || ids.is_empty() {
-                tx.rollback().await?;
-            } else {
-                sqlx::query(PURGE_DELETE)
-                    .bind(cutoff)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-            Ok(ids)
+        let sql = &self.sql;
+        on_pool!(&self.pool, |pool| {
+            self.runtime
+                .block_on(retry_conflicts(|| async move {
+                    let mut tx = pool.begin_with(sql.begin_write).await?;
+                    let rows = sqlx::query(sql.purge_select.clone())
+                        .bind(cutoff)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let ids = rows
+                        .iter()
+                        .map(|row| row.try_get::<String, _>("id"))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if dry_run || ids.is_empty() {
+                        tx.rollback().await?;
+                    } else {
+                        for chunk in ids.chunks(PURGE_CHUNK) {
+                            let mut query = sqlx::query(sql.purge_delete.clone());
+                            for slot in 0..PURGE_CHUNK {
+                                // Padded with the chunk's last id (chunks are never empty).
+                                let id = chunk.get(slot).or(chunk.last()).map(String::as_str);
+                                query = query.bind(id);
+                            }
+                            query.execute(&mut *tx).await?;
+                        }
+                        tx.commit().await?;
+                    }
+                    Ok(ids.into_iter().map(JobId).collect())
+                }))
+                .map_err(ConnectorError::from)
         })
     }
 }
 
 impl Drop for SqlJobStore {
     fn drop(&mut self) {
-        // Close the pool cleanly (SQLite checkpoints its WAL) unless dropped inside
-        // another runtime, where blocking would panic; the connections close anyway.
+        // Close the pool cleanly (SQLite checkpoints its WAL; the servers see a
+        // goodbye, not a dropped socket) unless dropped inside another runtime,
+        // where blocking would panic; the connections close anyway.
         if tokio::runtime::Handle::try_current().is_err() {
-            self.runtime.block_on(self.pool.close());
+            on_pool!(&self.pool, |pool| self.runtime.block_on(pool.close()));
         }
     }
 }
@@ -334,32 +546,101 @@ impl JobStore for SqlJobStore {
     }
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
-
-fn insert_queued(meta: &JobMeta, now: i64) -> SqliteQuery<'static> {
-    sqlx::query(INSERT_QUEUED)
-        .bind(meta.id.0.clone())
-        .bind(meta.tenant.clone())
-        .bind(meta.content_hash.clone())
-        .bind(meta.source.clone())
-        .bind(meta.patient_reference.clone())
-        .bind(meta.encounter_reference.clone())
-        .bind(meta.correlation_id.clone())
-        .bind(meta.received_at)
-        .bind(now)
-}
-
-/// Binds the four `status IN (?, ?, ?, ?)` slots, repeating the last status.
-fn bind_statuses<'q>(mut query: SqliteQuery<'q>, statuses: &[JobStatus]) -> SqliteQuery<'q> {
-    let last = statuses.last().copied().unwrap_or(JobStatus::Queued);
-    for slot in 0..4 {
-        let status = statuses.get(slot).copied().unwrap_or(last);
-        query = query.bind(status.as_str());
+/// Runs a write (a statement or a transaction), again (up to
+/// [`TRANSACTION_TRIES`] times in all) while the server rolls it back to
+/// resolve a deadlock or serialisation conflict: the rollback undid all of it,
+/// so running it again is safe.
+async fn retry_conflicts<T, F, Fut>(mut transaction: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 1;
+    loop {
+        match transaction().await {
+            Err(error) if tries < TRANSACTION_TRIES && is_transaction_conflict(&error) => {
+                tries += 1;
+                tracing::debug!(tries, "transaction conflict; running it again");
+            }
+            result => return result,
+        }
     }
-    query
 }
 
-fn decode_row(row: &SqliteRow) -> Result<JobRow> {
+/// SQLite: a file in WAL mode with full sync, or a shared in-memory database.
+async fn connect_sqlite(config: &SqlJobStoreConfig) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(&config.url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a committed job survives power loss, not only a process crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_millis(config.busy_timeout_ms));
+    let in_memory = config.url.contains(":memory:") || config.url.contains("mode=memory");
+    if !in_memory {
+        create_parent_dir(options.get_filename())?;
+    }
+    let mut pool_options = SqlitePoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms));
+    if in_memory {
+        // An in-memory database lives as long as one connection holds it.
+        pool_options = pool_options
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    let pool = pool_options.connect_with(options).await?;
+    SQLITE_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+/// PostgreSQL, with `lock_timeout` from the config's busy timeout.
+async fn connect_postgres(config: &SqlJobStoreConfig) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(&config.driver_url())?
+        .options([("lock_timeout", format!("{}ms", config.busy_timeout_ms))]);
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .connect_with(options)
+        .await?;
+    POSTGRES_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+/// MySQL or MariaDB (utf8mb4, the driver's default), each session READ
+/// COMMITTED with `innodb_lock_wait_timeout` from the config's busy timeout.
+async fn connect_mysql(config: &SqlJobStoreConfig) -> Result<MySqlPool> {
+    let options = MySqlConnectOptions::from_str(&config.driver_url())?;
+    let lock_wait_seconds = config.busy_timeout_ms.div_ceil(1000).max(1);
+    let session = format!(
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+         SET SESSION innodb_lock_wait_timeout = {lock_wait_seconds}"
+    );
+    let pool = MySqlPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .after_connect(move |connection, _| {
+            let session = AssertSqlSafe(session.clone());
+            Box::pin(async move {
+                sqlx::raw_sql(session).execute(connection).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    MYSQL_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A stored job from a row of `SELECT {COLUMNS}`, on any driver.
+fn decode_row<R>(row: &R) -> Result<JobRow>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
     let id = JobId(row.try_get("id")?);
     let status_text: String = row.try_get("status")?;
     let status =

@@ -1,5 +1,12 @@
-//! Test data shared by the integration tests.
+//! Test data shared by the integration tests, and the check that a service they
+//! need is up ([`require_service`], in `service.rs`).
 #![allow(dead_code)]
+
+mod service;
+
+// Not every test binary checks a service.
+#[allow(unused_imports)]
+pub use service::require_service;
 
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{AuditAction, AuditEvent, CompletedJob, DeadLetter, JobId, JobMeta, Stage};
