@@ -86,6 +86,9 @@ pub struct JobMeta {
     pub correlation_id: String,
     /// Unix seconds when the job was received.
     pub received_at: i64,
+    /// W3C `traceparent` of the submitter's trace, carried to the job's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A transcribed job, ready for the sinks.

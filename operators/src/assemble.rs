@@ -85,6 +85,7 @@ mod tests {
             encounter_reference: None,
             correlation_id: "c".into(),
             received_at: 0,
+            trace_parent: None,
         }
     }
 

@@ -25,6 +25,10 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+/// Audit detail key of the submitter's W3C `traceparent`, which job events
+/// continue (see `mmt_connectors::rabbitmq`).
+pub const TRACE_PARENT: &str = "traceparent";
+
 /// The sinks one commit stage writes to.
 pub struct Sinks {
     pub documents: Box<dyn DocumentSink>,
@@ -258,6 +262,9 @@ fn commit_outcome(
             if let Some(patient) = &job.meta.patient_reference {
                 detail.insert("patient".into(), mask_reference(patient));
             }
+            if let Some(trace_parent) = &job.meta.trace_parent {
+                detail.insert(TRACE_PARENT.into(), trace_parent.clone());
+            }
             sinks.audit.record(&audit(
                 &job.meta.id,
                 &job.meta.tenant,
@@ -289,12 +296,17 @@ fn commit_outcome(
             tracing::warn!(stage = letter.stage.as_str(), "job dead-lettered");
         }
         Outcome::Duplicate(meta) => {
+            let detail = meta
+                .trace_parent
+                .iter()
+                .map(|trace_parent| (TRACE_PARENT.to_owned(), trace_parent.clone()))
+                .collect();
             sinks.audit.record(&audit(
                 &meta.id,
                 &meta.tenant,
                 &meta.correlation_id,
                 AuditAction::JobDuplicate,
-                BTreeMap::new(),
+                detail,
             ))?;
         }
         Outcome::AlreadyFinished(_) => {}

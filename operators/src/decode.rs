@@ -47,6 +47,7 @@ pub fn job_meta(record: &SourceRecord) -> JobMeta {
         encounter_reference: record.encounter_reference.clone(),
         correlation_id,
         received_at: record.received_at,
+        trace_parent: record.trace_parent.clone(),
     }
 }
 

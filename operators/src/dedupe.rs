@@ -166,7 +166,14 @@ fn judge(
     prefilter: &mut Prefilter,
 ) -> Result<DecodedJob, Outcome> {
     if !seen.insert(job.meta.id.clone()) {
-        return Err(Outcome::Duplicate(job.meta));
+        // A broker redelivers a message whose delivery it lost track of (a
+        // dropped connection): that is the same submission again, not a second
+        // one, so it is not audited as a duplicate.
+        return Err(if job.redelivered {
+            Outcome::AlreadyFinished(job.meta.id)
+        } else {
+            Outcome::Duplicate(job.meta)
+        });
     }
     let answer = prefilter.check(&job.meta.id);
     let recorded = if answer == Some(FilterAnswer::CertainlyNew) {
@@ -346,6 +353,7 @@ mod tests {
                 encounter_reference: None,
                 correlation_id: format!("corr-{id}"),
                 received_at: 1_700_000_000,
+                trace_parent: None,
             },
             samples: Vec::new(),
             redelivered: false,
@@ -377,6 +385,20 @@ mod tests {
         assert!(matches!(
             judge(job("a1"), &mut seen, &mut store, &mut prefilter),
             Err(Outcome::Duplicate(_))
+        ));
+    }
+
+    #[test]
+    fn a_redelivered_repeat_is_not_a_duplicate_submission() {
+        let (mut prefilter, _handle, _metrics) = setup();
+        let mut store = MemoryStore::default();
+        let mut seen = HashSet::new();
+        assert!(judge(job("r1"), &mut seen, &mut store, &mut prefilter).is_ok());
+        let mut again = job("r1");
+        again.redelivered = true;
+        assert!(matches!(
+            judge(again, &mut seen, &mut store, &mut prefilter),
+            Err(Outcome::AlreadyFinished(_))
         ));
     }
 

@@ -19,6 +19,7 @@ fn job(id: &str, received_at: i64) -> CompletedJob {
             encounter_reference: None,
             correlation_id: "c".into(),
             received_at,
+            trace_parent: None,
         },
         transcript: Transcript::from_segments(vec![], 1.0, "en"),
         completed_at: received_at,

@@ -262,6 +262,7 @@ mod tests {
                 encounter_reference: encounter.map(Into::into),
                 correlation_id: "corr-1".into(),
                 received_at: 1_700_000_000,
+                trace_parent: None,
             },
             transcript: Transcript::from_segments(Vec::new(), 3.0, "en"),
             completed_at: 1_700_000_000,

@@ -26,6 +26,7 @@ use tokio::runtime::Runtime;
 use super::config::RabbitMqConfig;
 use super::source::{amqp_runtime, open_channel};
 use crate::breaker::{CircuitBreaker, Permit, Tripped};
+use crate::envelope::is_trace_parent;
 use crate::error::{ConnectorError, Result};
 
 /// Publishes audit events as job events. See the module docs.
@@ -191,9 +192,20 @@ impl RabbitMqEventPublisher {
     }
 }
 
-/// Headers of an event: its tenant and correlation id, for routing and tracing.
+/// Headers of an event: its tenant and correlation id, and a `traceparent`
+/// continuing the submitter's trace when the job came with one.
 fn event_headers(event: &AuditEvent) -> FieldTable {
     let mut headers = FieldTable::default();
+    let child = event
+        .detail
+        .get("traceparent")
+        .and_then(|parent| child_trace_parent(parent, &event.correlation_id));
+    if let Some(child) = child {
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(child.as_str().into()),
+        );
+    }
     headers.insert(
         "tenant".into(),
         AMQPValue::LongString(event.tenant.as_str().into()),
@@ -203,6 +215,22 @@ fn event_headers(event: &AuditEvent) -> FieldTable {
         AMQPValue::LongString(event.correlation_id.as_str().into()),
     );
     headers
+}
+
+/// The `traceparent` of the span that publishes the event: the submitter's
+/// trace id, with this job attempt's correlation id (16 hex digits) as the
+/// parent span id.
+fn child_trace_parent(parent: &str, correlation_id: &str) -> Option<String> {
+    let span_id = correlation_id.len() == 16
+        && correlation_id.bytes().all(|b| b.is_ascii_hexdigit())
+        && correlation_id.bytes().any(|b| b != b'0');
+    if !span_id || !is_trace_parent(parent) {
+        return None;
+    }
+    let mut parts = parent.split('-');
+    let trace_id = parts.nth(1)?;
+    let flags = parts.nth(1)?;
+    Some(format!("00-{trace_id}-{correlation_id}-{flags}"))
 }
 
 impl AuditSink for RabbitMqEventPublisher {
@@ -222,5 +250,21 @@ impl Drop for RabbitMqEventPublisher {
                 let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_continue_the_submitters_trace() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            child_trace_parent(parent, "d8cdbb3302f0211c").as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-d8cdbb3302f0211c-01")
+        );
+        assert_eq!(child_trace_parent("bogus", "d8cdbb3302f0211c"), None);
+        assert_eq!(child_trace_parent(parent, "not hex at all!!"), None);
     }
 }

@@ -449,6 +449,7 @@ impl SqlJobStore {
             encounter_reference: None,
             correlation_id: letter.correlation_id.clone(),
             received_at: letter.at,
+            trace_parent: None,
         };
         let sql = &self.sql;
         let changed = on_pool!(&self.pool, |pool| {
@@ -681,6 +682,7 @@ where
             encounter_reference: row.try_get("encounter_reference")?,
             correlation_id: row.try_get("correlation_id")?,
             received_at: row.try_get("received_at")?,
+            trace_parent: None,
             id,
         },
         status,

@@ -24,6 +24,7 @@ pub fn meta(id: &str, received_at: i64) -> JobMeta {
         encounter_reference: Some("Encounter/456".into()),
         correlation_id: format!("corr-{id}"),
         received_at,
+        trace_parent: None,
     }
 }
 

@@ -477,6 +477,7 @@ pub mod jobs {
             encounter_reference: Some("Encounter/456".into()),
             correlation_id: format!("corr-{id}"),
             received_at,
+            trace_parent: None,
         }
     }
 
