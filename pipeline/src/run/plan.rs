@@ -99,7 +99,10 @@ fn open_source(config: &Config, choice: &SourceChoice) -> Result<Box<dyn JobSour
         }
         SourceChoice::Kafka => {
             let kafka = &config.kafka;
+            // A short session timeout: a worker that dies hands its partitions
+            // over within seconds, and a new one joins the group quickly.
             let mut source = KafkaSourceConfig::new(&kafka.brokers, &kafka.topic, &kafka.group)
+                .session_timeout(Duration::from_secs(10))
                 .fallback_tenant(UNKNOWN_TENANT);
             if let Some(root) = &config.sinks.audio_reference_root {
                 source = source.reference_root(root);
