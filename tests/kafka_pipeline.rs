@@ -7,12 +7,12 @@ mod common;
 #[path = "common/tansu.rs"]
 mod tansu;
 
-use common::{distinct_recordings, model_ready, root};
+use common::{
+    completed_events, distinct_recordings, documents_per_id, model_ready, read_lines, root,
+};
 use mmt_connectors::envelope::JobEnvelope;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use serde_json::Value;
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,31 +24,6 @@ const GROUP: &str = "mmt-e2e";
 /// seconds on tansu with the worker's 10 s session timeout) before the idle
 /// clock can run out.
 const IDLE_EXIT: &str = "12";
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("complete JSON lines only"))
-        .collect()
-}
-
-fn documents_per_id(out: &Path) -> HashMap<String, usize> {
-    let mut per_id = HashMap::new();
-    for doc in read_lines(&out.join("fhir/DocumentReference.ndjson")) {
-        *per_id
-            .entry(doc["id"].as_str().expect("id").to_owned())
-            .or_default() += 1;
-    }
-    per_id
-}
-
-fn completed(out: &Path) -> usize {
-    read_lines(&out.join("audit.jsonl"))
-        .iter()
-        .filter(|event| event["action"] == "job_completed")
-        .count()
-}
 
 /// Publishes `bodies` in order and waits until the broker has them all.
 fn produce(bootstrap: &str, bodies: &[Vec<u8>]) {
@@ -147,7 +122,11 @@ fn kafka_jobs_become_one_document_each_and_offsets_are_committed() {
         per_id.values().all(|&n| n == 1),
         "no duplicate documents: {per_id:?}"
     );
-    assert_eq!(completed(out.path()), 20, "one completion event per job");
+    assert_eq!(
+        completed_events(out.path()),
+        20,
+        "one completion event per job"
+    );
     let audit_before = read_lines(&out.path().join("audit.jsonl")).len();
 
     // The same topic, group and output again: the offsets were committed, so
@@ -160,7 +139,7 @@ fn kafka_jobs_become_one_document_each_and_offsets_are_committed() {
         per_id,
         "the second run wrote no document\n{stderr}"
     );
-    assert_eq!(completed(out.path()), 20, "no new completion event");
+    assert_eq!(completed_events(out.path()), 20, "no new completion event");
     assert_eq!(
         read_lines(&out.path().join("audit.jsonl")).len(),
         audit_before,

@@ -6,10 +6,9 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::{distinct_recordings, model_ready, root};
+use common::{distinct_recordings, documents, model_ready, root};
 use mmt_connectors::envelope::JobEnvelope;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqConfig};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -89,14 +88,6 @@ fn unique(name: &str) -> String {
         .expect("clock")
         .subsec_nanos();
     format!("{name}_{}_{nanos}", std::process::id())
-}
-
-fn documents(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("fhir/DocumentReference.ndjson"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("complete JSON lines only"))
-        .collect()
 }
 
 fn worker(broker: &str, queue: &str, database_url: &str, out: &Path, log: &Path) -> Child {

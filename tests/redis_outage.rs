@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::{distinct_recordings, model_ready, root};
-use serde_json::Value;
+use common::{completed_events, distinct_recordings, documents, model_ready, read_lines, root};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -84,25 +83,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("complete JSON lines only"))
-        .collect()
-}
-
-fn documents(out: &Path) -> Vec<Value> {
-    read_lines(&out.join("fhir/DocumentReference.ndjson"))
-}
-
-fn completed(out: &Path) -> usize {
-    read_lines(&out.join("audit.jsonl"))
-        .iter()
-        .filter(|event| event["action"] == "job_completed")
-        .count()
 }
 
 /// `mmt run` over `input` with the filter on the Redis at `redis`, stderr to `log`.
@@ -244,7 +224,11 @@ fn a_redis_outage_mid_run_falls_back_to_the_job_store() {
         per_id.values().all(|&n| n == 1),
         "duplicates made no second document: {per_id:?}"
     );
-    assert_eq!(completed(out.path()), 24, "one completion event per job");
+    assert_eq!(
+        completed_events(out.path()),
+        24,
+        "one completion event per job"
+    );
     assert!(
         log.contains(OUTAGE_WARNING),
         "the log reports the filter outage:\n{log}"
@@ -281,7 +265,7 @@ fn a_redis_outage_mid_run_falls_back_to_the_job_store() {
     let log = std::fs::read_to_string(&second_log).unwrap_or_default();
     assert!(status.success(), "second run: {status}\n{log}");
     assert_eq!(documents(out.path()).len(), 24, "no new document\n{log}");
-    assert_eq!(completed(out.path()), 24, "no new completion event");
+    assert_eq!(completed_events(out.path()), 24, "no new completion event");
     let letters = read_lines(&out.path().join("dlq.jsonl"));
     assert!(letters.is_empty(), "no dead letters: {letters:?}");
 }

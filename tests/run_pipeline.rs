@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{distinct_recordings, model_ready, read_manifest, root, wav_bytes};
-use serde_json::Value;
+use common::{
+    distinct_recordings, documents, model_ready, read_lines, read_manifest, root, wav_bytes,
+};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,18 +21,6 @@ fn mmt_run(input: &Path, out: &Path) -> Command {
         .env_remove("DATABASE_URL")
         .env_remove("AUDIT_LOG_FILE");
     command
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("complete JSON lines only"))
-        .collect()
-}
-
-fn documents(out: &Path) -> Vec<Value> {
-    read_lines(&out.join("fhir/DocumentReference.ndjson"))
 }
 
 fn corrupt_files(dir: &Path) -> usize {

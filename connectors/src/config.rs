@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// One problem with one field of a connector's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,4 +66,58 @@ pub(crate) fn check_dir_path(field: &'static str, path: &Path, out: &mut Vec<Con
             "must name a directory (e.g. /var/lib/mmt/fhir)",
         ));
     }
+}
+
+pub(crate) fn serialize_redacted_url<S: Serializer>(
+    url: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
+}
+
+/// `scheme://user:secret@host/db?password=x` → `scheme://user:***@host/db?password=***`.
+///
+/// Errs towards masking too much: the user info ends at the *last* `@`, so a
+/// password holding an unescaped `/`, `?` or `@` is still masked whole.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL: whatever precedes an `@` may be credentials.
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        };
+    };
+    let mut out = format!("{scheme}://");
+    let after_userinfo = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            after
+        }
+        None => rest,
+    };
+    match after_userinfo.split_once('?') {
+        Some((base, query)) => {
+            out.push_str(base);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(after_userinfo),
+    }
+    out
 }

@@ -158,3 +158,36 @@ pub fn distinct_recordings(count: usize) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// The JSON lines of `path` (none if it does not exist); every line must be complete.
+pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("complete JSON lines only"))
+        .collect()
+}
+
+/// The FHIR documents `mmt run` wrote under `out`.
+pub fn documents(out: &Path) -> Vec<serde_json::Value> {
+    read_lines(&out.join("fhir/DocumentReference.ndjson"))
+}
+
+/// How many documents each job id has under `out`.
+pub fn documents_per_id(out: &Path) -> std::collections::HashMap<String, usize> {
+    let mut per_id = std::collections::HashMap::new();
+    for doc in documents(out) {
+        *per_id
+            .entry(doc["id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+    }
+    per_id
+}
+
+/// `job_completed` events in the audit log under `out`.
+pub fn completed_events(out: &Path) -> usize {
+    read_lines(&out.join("audit.jsonl"))
+        .iter()
+        .filter(|event| event["action"] == "job_completed")
+        .count()
+}

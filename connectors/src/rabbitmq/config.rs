@@ -3,10 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerPolicy;
-use crate::config::{into_result, ConfigProblem};
+use crate::config::{into_result, redact_url, ConfigProblem};
 
 /// Where jobs are consumed from, where rejected ones go, where events are published.
 ///
@@ -19,7 +19,7 @@ use crate::config::{into_result, ConfigProblem};
 pub struct RabbitMqConfig {
     /// `amqp://user:password@host:port/vhost` (`amqps://` for TLS; `%2f` is the
     /// default vhost `/`). The password is never printed.
-    #[serde(serialize_with = "serialize_redacted")]
+    #[serde(serialize_with = "crate::config::serialize_redacted_url")]
     pub url: String,
     /// Durable queue the jobs are consumed from. Default `mmt.jobs`.
     #[serde(default = "defaults::queue")]
@@ -221,7 +221,7 @@ impl RabbitMqConfig {
 
     /// The URL with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        redact_url(&self.url)
     }
 
     pub(crate) fn breaker_policy(&self) -> BreakerPolicy {
@@ -252,26 +252,6 @@ impl fmt::Debug for RabbitMqConfig {
             .field("events_exchange", &self.events_exchange)
             .field("prefetch", &self.prefetch)
             .finish_non_exhaustive()
-    }
-}
-
-fn serialize_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&redact(url))
-}
-
-/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
     }
 }
 

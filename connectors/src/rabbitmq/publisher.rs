@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use mmt_core::error::ErrorClass;
@@ -24,7 +24,7 @@ use mmt_core::telemetry::Metrics;
 use tokio::runtime::Runtime;
 
 use super::config::RabbitMqConfig;
-use super::source::{amqp_runtime, open_channel};
+use super::source::{amqp_runtime, open_channel, publish_confirmed, Outgoing};
 use crate::breaker::{CircuitBreaker, Permit, Tripped};
 use crate::envelope::is_trace_parent;
 use crate::error::{ConnectorError, Result};
@@ -127,30 +127,15 @@ impl RabbitMqEventPublisher {
             .with_timestamp(u64::try_from(event.at).unwrap_or_default())
             .with_app_id("mmt".into())
             .with_headers(event_headers(event));
-        let exchange = self.config.events_exchange.clone();
+        let message = Outgoing {
+            exchange: &self.config.events_exchange,
+            routing_key: &routing_key,
+            body: &body,
+            properties,
+        };
         let timeout = Duration::from_millis(self.config.publish_timeout_ms);
-        let channel = channel.clone();
-        self.runtime.block_on(async move {
-            let confirmed = tokio::time::timeout(timeout, async {
-                channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?
-                    .await
-            })
-            .await
-            .map_err(|_| format!("no confirm within {} ms", timeout.as_millis()))?
-            .map_err(|e| e.to_string())?;
-            if confirmed.is_nack() {
-                return Err("the broker refused the event (nack)".to_owned());
-            }
-            Ok(())
-        })
+        self.runtime
+            .block_on(publish_confirmed(channel, message, timeout))
     }
 
     fn ensure_session(&mut self) -> std::result::Result<(), String> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -225,6 +225,42 @@ pub(crate) async fn open_channel(
     let connection = Connection::connect(&config.connection_url(), properties).await?;
     let channel = connection.create_channel().await?;
     Ok((connection, channel))
+}
+
+/// One message to publish.
+pub(crate) struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: lapin::BasicProperties,
+}
+
+/// Publishes on a channel in confirm mode and waits for the broker's confirm:
+/// only then is the message durable on the broker.
+pub(crate) async fn publish_confirmed(
+    channel: &Channel,
+    message: Outgoing<'_>,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let confirm = tokio::time::timeout(timeout, async {
+        channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions::default(),
+                message.body,
+                message.properties,
+            )
+            .await?
+            .await
+    })
+    .await
+    .map_err(|_| format!("no confirm within {} ms", timeout.as_millis()))?
+    .map_err(|e| e.to_string())?;
+    if confirm.is_nack() {
+        return Err("the broker refused the message (nack)".to_owned());
+    }
+    Ok(())
 }
 
 /// Declares the job queue, its dead-letter route and the events exchange.

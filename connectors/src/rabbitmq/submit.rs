@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::runtime::Runtime;
 
 use super::config::RabbitMqConfig;
-use super::source::{amqp_runtime, declare_topology, job_queue_arguments, open_channel};
+use super::source::{
+    amqp_runtime, declare_topology, job_queue_arguments, open_channel, publish_confirmed, Outgoing,
+};
 use crate::envelope::JobEnvelope;
 use crate::error::{ConnectorError, Result};
 
@@ -93,30 +95,16 @@ impl JobSubmitter {
             .with_priority(envelope.priority.min(9))
             .with_message_id(message_id.into())
             .with_headers(headers);
-        let queue = self.config.queue.clone();
+        // The default exchange routes by queue name.
+        let message = Outgoing {
+            exchange: "",
+            routing_key: &self.config.queue,
+            body: &body,
+            properties,
+        };
         let timeout = Duration::from_millis(self.config.publish_timeout_ms);
         self.runtime
-            .block_on(async {
-                let confirm = tokio::time::timeout(timeout, async {
-                    self.channel
-                        .basic_publish(
-                            "".into(),
-                            queue.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &body,
-                            properties,
-                        )
-                        .await?
-                        .await
-                })
-                .await
-                .map_err(|_| "no confirm in time".to_owned())?
-                .map_err(|e| e.to_string())?;
-                if confirm.is_nack() {
-                    return Err("the broker refused the job (nack)".to_owned());
-                }
-                Ok(())
-            })
+            .block_on(publish_confirmed(&self.channel, message, timeout))
             .map_err(|reason| ConnectorError::Amqp {
                 what: "submitting a job",
                 reason,

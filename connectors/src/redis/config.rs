@@ -4,10 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::filter::{Backend, BitmapLayout, RedisIdempotencyFilter};
-use crate::config::{into_result, ConfigProblem};
+use crate::config::{into_result, redact_url, ConfigProblem};
 use crate::error::{ConnectorError, Result};
 
 /// Which filter implementation to use in Redis.
@@ -37,7 +37,7 @@ pub struct RedisFilterConfig {
     /// `EXTERNAL_REDIS_HOST`: `host:port`, or a URL
     /// `redis://[user][:password@]host[:port][/db]`. TLS (`rediss://`) is not
     /// compiled into this build. A password is never printed.
-    #[serde(serialize_with = "serialize_redacted")]
+    #[serde(serialize_with = "crate::config::serialize_redacted_url")]
     pub url: String,
     /// `REDIS_BLOOM_KEY_PREFIX`: prefix of every key the filter writes; no
     /// whitespace. Default `mmt:idem`.
@@ -181,7 +181,7 @@ impl RedisFilterConfig {
 
     /// The URL with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        redact_url(&self.url)
     }
 
     /// The bitmap backend's size and number of hash functions for this sizing.
@@ -323,29 +323,6 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn serialize_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&redact(url))
-}
-
-/// `redis://user:secret@host/0` → `redis://user:***@host/0`; `redis://:secret@h` → `redis://:***@h`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let masked = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => userinfo.to_owned(),
-            };
-            format!("{scheme}://{masked}@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,7 +421,7 @@ mod tests {
         assert!(!serde_json::to_string(&config)
             .expect("json")
             .contains("s3cret"));
-        assert_eq!(redact("redis://:s3cret@redis"), "redis://:***@redis");
-        assert_eq!(redact("redis:6379"), "redis:6379");
+        assert_eq!(redact_url("redis://:s3cret@redis"), "redis://:***@redis");
+        assert_eq!(redact_url("redis:6379"), "redis:6379");
     }
 }

@@ -4,10 +4,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::SqlJobStore;
-use crate::config::{into_result, ConfigProblem};
+use crate::config::{into_result, redact_url, ConfigProblem};
 use crate::error::{ConnectorError, Result};
 
 /// The SQL engines the job store runs on, named by the URL's scheme. One set of
@@ -45,7 +45,7 @@ pub struct SqlJobStoreConfig {
     /// development, `sqlite://path/to/mmt.db` (the file is created if missing, and
     /// runs in WAL mode) or `sqlite::memory:` (tests); SQLite is refused in
     /// production. The URL must name a database. Its password is never printed.
-    #[serde(serialize_with = "serialize_redacted")]
+    #[serde(serialize_with = "crate::config::serialize_redacted_url")]
     pub url: String,
     /// Most pooled connections, per process. The store makes one call at a time
     /// (its callers block on it), and SQLite runs one writer at a time anyway, so
@@ -173,7 +173,7 @@ impl SqlJobStoreConfig {
 
     /// The URL with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        redact_url(&self.url)
     }
 
     /// The URL as the driver takes it: sqlx's MySQL driver knows only `mysql://`,
@@ -197,53 +197,6 @@ impl fmt::Debug for SqlJobStoreConfig {
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .finish()
     }
-}
-
-fn serialize_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&redact(url))
-}
-
-/// `scheme://user:secret@host/db?password=x` → `scheme://user:***@host/db?password=***`.
-///
-/// Errs towards masking too much: the user info ends at the *last* `@`, so a
-/// password holding an unescaped `/`, `?` or `@` is still masked whole.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let mut out = format!("{scheme}://");
-    let after_userinfo = match rest.rsplit_once('@') {
-        Some((userinfo, after)) => {
-            match userinfo.split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push('@');
-            after
-        }
-        None => rest,
-    };
-    match after_userinfo.split_once('?') {
-        Some((base, query)) => {
-            out.push_str(base);
-            out.push('?');
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
-                        format!("{key}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            out.push_str(&pairs.join("&"));
-        }
-        None => out.push_str(after_userinfo),
-    }
-    out
 }
 
 /// Whether a server URL names its database: a path after the host, or
@@ -384,8 +337,8 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
         let json = serde_json::to_string(&config).expect("json");
         assert!(!json.contains("s3cret"));
-        assert_eq!(redact("sqlite://mmt.db"), "sqlite://mmt.db");
-        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(redact_url("sqlite://mmt.db"), "sqlite://mmt.db");
+        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
     }
 
     #[test]
