@@ -221,4 +221,5 @@ fn two_hundred_jobs_survive_a_dropped_connection_and_a_killed_worker() {
         .filter(|line| line.contains("\"job_completed\""))
         .count();
     assert_eq!(completed, 180, "one completion event per job");
+    submitter.delete_queues().expect("clean up");
 }

@@ -40,7 +40,6 @@ fn broker_up() -> bool {
 fn config(address: &str, queue: &str) -> RabbitMqConfig {
     let mut config =
         RabbitMqConfig::new(format!("amqp://guest:guest@{address}/%2f")).with_queue(queue);
-    config.events_exchange = format!("{queue}.events");
     config.reconnect_base_ms = 100;
     config.reconnect_max_ms = 500;
     config.heartbeat_seconds = 2;
@@ -154,6 +153,7 @@ fn messages_are_acked_rejected_or_returned_as_settled() {
     wait_for("an empty queue", || {
         submitter.queue_depth().expect("depth") == 0
     });
+    submitter.delete_queues().expect("clean up");
 }
 
 #[test]
@@ -200,6 +200,7 @@ fn a_dropped_connection_is_reopened_and_nothing_is_lost() {
     wait_for("an empty queue", || {
         submitter.queue_depth().expect("depth") == 0
     });
+    submitter.delete_queues().expect("clean up");
 }
 
 fn event(job: &str, action: AuditAction) -> AuditEvent {

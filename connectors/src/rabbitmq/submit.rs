@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::runtime::Runtime;
@@ -120,6 +122,33 @@ impl JobSubmitter {
     /// Messages waiting in the dead-letter queue.
     pub fn dead_letter_depth(&self) -> Result<u32> {
         self.passive_count(&self.config.dead_letter_queue, FieldTable::default())
+    }
+
+    /// Deletes the job queue, its dead-letter queue and exchange (messages
+    /// included): for decommissioning a queue, and for tests on a shared broker.
+    /// The events exchange is shared by every queue and stays.
+    pub fn delete_queues(self) -> Result<()> {
+        let config = &self.config;
+        self.runtime
+            .block_on(async {
+                let options = QueueDeleteOptions::default();
+                self.channel
+                    .queue_delete(config.queue.as_str().into(), options)
+                    .await?;
+                self.channel
+                    .queue_delete(config.dead_letter_queue.as_str().into(), options)
+                    .await?;
+                self.channel
+                    .exchange_delete(
+                        config.dead_letter_exchange.as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await
+            })
+            .map_err(|err| ConnectorError::Amqp {
+                what: "deleting queues",
+                reason: err.to_string(),
+            })
     }
 
     fn passive_count(&self, queue: &str, arguments: FieldTable) -> Result<u32> {
