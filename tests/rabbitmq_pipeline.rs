@@ -6,7 +6,7 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::{distinct_recordings, documents, model_ready, root};
+use common::{distinct_recordings, documents, model_ready, require_service, root};
 use mmt_connectors::envelope::JobEnvelope;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqConfig};
 use std::collections::HashMap;
@@ -16,23 +16,6 @@ use std::time::{Duration, Instant};
 
 const BROKER: &str = "127.0.0.1:5672";
 const POSTGRES: &str = "127.0.0.1:5432";
-
-/// Whether `address` accepts connections; under CI=true a missing service fails.
-fn service_up(name: &str, address: &str) -> bool {
-    let up = std::net::TcpStream::connect_timeout(
-        &address.parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    if !up {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not reachable at {address} under CI=true"
-        );
-        eprintln!("skipping: {name} not reachable at {address}");
-    }
-    up
-}
 
 fn psql(sql: &str) -> String {
     let output = Command::new("psql")
@@ -134,7 +117,10 @@ fn wait_until(child: &mut Child, out: &Path, documents_at_least: usize, log: &Pa
 
 #[test]
 fn two_hundred_jobs_survive_a_dropped_connection_and_a_killed_worker() {
-    if !model_ready() || !service_up("RabbitMQ", BROKER) || !service_up("PostgreSQL", POSTGRES) {
+    if !model_ready()
+        || !require_service("RabbitMQ", BROKER)
+        || !require_service("PostgreSQL", POSTGRES)
+    {
         return;
     }
     let queue = unique("mmt.test.e2e");

@@ -5,12 +5,12 @@
 //! set (the Python test validates them with `fhir.resources`); otherwise it
 //! returns at once.
 
+mod common;
 mod fhir_fake;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use fhir_fake::jobs as common;
 use fhir_fake::{outcome, FakeFhir, Scripted};
 use mmt_connectors::fhir::{FhirServerConfig, FhirServerSink, WriteOutcome};
 use mmt_connectors::ConnectorError;

@@ -3,6 +3,7 @@
 //! proxy between client and broker cuts or refuses connections, so the broker
 //! itself never has to stop.
 
+mod common;
 #[path = "../../tests/common/proxy.rs"]
 mod proxy;
 
@@ -19,23 +20,6 @@ use mmt_core::telemetry::Metrics;
 use proxy::Proxy;
 
 const BROKER: &str = "127.0.0.1:5672";
-
-/// Whether the broker answers; under CI=true a missing broker fails the test.
-fn broker_up() -> bool {
-    let up = std::net::TcpStream::connect_timeout(
-        &BROKER.parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    if !up {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "RabbitMQ is not reachable at {BROKER} under CI=true (start it: rabbitmq-server -detached)"
-        );
-        eprintln!("skipping: RabbitMQ not reachable at {BROKER}");
-    }
-    up
-}
 
 fn config(address: &str, queue: &str) -> RabbitMqConfig {
     let mut config =
@@ -98,7 +82,7 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn messages_are_acked_rejected_or_returned_as_settled() {
-    if !broker_up() {
+    if !common::require_service("RabbitMQ", BROKER) {
         return;
     }
     let config = config(BROKER, &unique_queue("settle"));
@@ -158,7 +142,7 @@ fn messages_are_acked_rejected_or_returned_as_settled() {
 
 #[test]
 fn a_dropped_connection_is_reopened_and_nothing_is_lost() {
-    if !broker_up() {
+    if !common::require_service("RabbitMQ", BROKER) {
         return;
     }
     let proxy = Proxy::start(BROKER);
@@ -217,7 +201,7 @@ fn event(job: &str, action: AuditAction) -> AuditEvent {
 
 #[test]
 fn events_are_confirmed_and_a_dead_broker_opens_the_breaker() {
-    if !broker_up() {
+    if !common::require_service("RabbitMQ", BROKER) {
         return;
     }
     let proxy = Proxy::start(BROKER);

@@ -3,6 +3,11 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod service;
+
+// Not every test binary checks a service.
+#[allow(unused_imports)]
+pub use service::require_service;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

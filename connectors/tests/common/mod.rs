@@ -2,6 +2,7 @@
 //! need is up ([`require_service`], in `service.rs`).
 #![allow(dead_code)]
 
+#[path = "../../../tests/common/service.rs"]
 mod service;
 
 // Not every test binary checks a service.
