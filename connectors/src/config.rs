@@ -47,6 +47,17 @@ pub(crate) fn into_result(problems: Vec<ConfigProblem>) -> Result<(), Vec<Config
     }
 }
 
+/// A config's `validate()` result as the crate's error, naming the component.
+pub(crate) fn validated(
+    component: &'static str,
+    result: Result<(), Vec<ConfigProblem>>,
+) -> crate::error::Result<()> {
+    result.map_err(|problems| crate::error::ConnectorError::Config {
+        component,
+        problems,
+    })
+}
+
 /// Pushes a problem unless `path` names a file (not empty, not ending in `/`).
 pub(crate) fn check_file_path(field: &'static str, path: &Path, out: &mut Vec<ConfigProblem>) {
     let text = path.as_os_str().to_string_lossy();

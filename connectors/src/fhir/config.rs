@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::client::FhirServerSink;
 use super::document::JOB_ID_SYSTEM;
-use crate::config::{check_file_path, into_result, ConfigProblem};
-use crate::error::{ConnectorError, Result};
+use crate::config::{check_file_path, into_result, validated, ConfigProblem};
+use crate::error::Result;
 
 /// The environment variables [`FhirServerConfig::from_env`] reads, by field.
 pub mod env {
@@ -255,11 +255,7 @@ impl FhirServerConfig {
     /// Validates and builds the sink (reading `ca_file` if set). Touches no
     /// network: call [`FhirServerSink::health_check`] for that.
     pub fn build(&self, is_prod: bool) -> Result<FhirServerSink> {
-        self.validate(is_prod)
-            .map_err(|problems| ConnectorError::Config {
-                component: "FHIR server",
-                problems,
-            })?;
+        validated("FHIR server", self.validate(is_prod))?;
         FhirServerSink::new(self)
     }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{AuditLogSink, DeadLetterFileSink, FhirNdjsonSink};
-use crate::config::{check_dir_path, check_file_path, into_result, ConfigProblem};
-use crate::error::{ConnectorError, Result};
+use crate::config::{check_dir_path, check_file_path, into_result, validated, ConfigProblem};
+use crate::error::Result;
 
 /// FHIR `DocumentReference` resources as bulk-data NDJSON files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,10 +30,7 @@ impl FhirNdjsonConfig {
 
     /// Validates, then opens (or creates) the file.
     pub fn build(&self) -> Result<FhirNdjsonSink> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "FHIR NDJSON sink",
-            problems,
-        })?;
+        validated("FHIR NDJSON sink", self.validate())?;
         FhirNdjsonSink::open(&self.dir.join(Self::FILE_NAME))
     }
 }
@@ -58,10 +55,7 @@ impl AuditLogConfig {
 
     /// Validates, then opens (or creates) the file.
     pub fn build(&self) -> Result<AuditLogSink> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "audit log",
-            problems,
-        })?;
+        validated("audit log", self.validate())?;
         AuditLogSink::open(&self.path)
     }
 }
@@ -87,10 +81,7 @@ impl DeadLetterFileConfig {
 
     /// Validates, then opens (or creates) the file.
     pub fn build(&self) -> Result<DeadLetterFileSink> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "dead-letter file",
-            problems,
-        })?;
+        validated("dead-letter file", self.validate())?;
         DeadLetterFileSink::open(&self.dir.join(Self::FILE_NAME))
     }
 }
@@ -133,7 +124,7 @@ mod tests {
         let error = AuditLogConfig { path: "".into() }
             .build()
             .expect_err("invalid");
-        assert!(matches!(error, ConnectorError::Config { .. }));
+        assert!(matches!(error, crate::error::ConnectorError::Config { .. }));
         assert_eq!(error.class(), mmt_core::ErrorClass::Internal);
     }
 }

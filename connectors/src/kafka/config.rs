@@ -8,7 +8,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
 
 use super::source::{KafkaSource, SourceContext};
-use crate::config::{into_result, ConfigProblem};
+use crate::config::{into_result, validated, ConfigProblem};
 use crate::envelope::EnvelopeReader;
 use crate::error::{ConnectorError, Result};
 
@@ -292,10 +292,7 @@ impl KafkaSourceConfig {
     /// brokers are contacted in the background: a broker that is down shows as
     /// empty polls, and in [`Self::health_check`], not as an error here.
     pub fn connect(&self) -> Result<KafkaSource> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "Kafka source",
-            problems,
-        })?;
+        validated("Kafka source", self.validate())?;
         let consumer: BaseConsumer<SourceContext> = self
             .client_config()
             .create_with_context(SourceContext::default())?;
@@ -308,10 +305,7 @@ impl KafkaSourceConfig {
     /// `request_timeout_ms`: fails when no broker answers, or the topic does not
     /// exist or has no partitions. Touches the network; `validate` does not.
     pub fn health_check(&self) -> Result<HealthReport> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "Kafka source",
-            problems,
-        })?;
+        validated("Kafka source", self.validate())?;
         let mut config = self.client_config();
         // A throwaway client: it must not join the group and cause a rebalance.
         config.remove("group.id");

@@ -26,6 +26,7 @@ use tokio::runtime::Runtime;
 use super::config::RabbitMqConfig;
 use super::source::{amqp_runtime, open_channel, publish_confirmed, Outgoing};
 use crate::breaker::{CircuitBreaker, Permit, Tripped};
+use crate::config::validated;
 use crate::envelope::is_trace_parent;
 use crate::error::{ConnectorError, Result};
 
@@ -50,12 +51,7 @@ impl std::fmt::Debug for RabbitMqEventPublisher {
 impl RabbitMqEventPublisher {
     /// Validates `config` and connects (the first connection must succeed).
     pub fn connect(config: &RabbitMqConfig, metrics: Option<Metrics>) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|problems| ConnectorError::Config {
-                component: "RabbitMQ event publisher",
-                problems,
-            })?;
+        validated("RabbitMQ event publisher", config.validate())?;
         let mut publisher = Self {
             config: config.clone(),
             session: None,

@@ -30,6 +30,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::config::RabbitMqConfig;
+use crate::config::validated;
 use crate::envelope::{EnvelopeReader, MessageContext};
 use crate::error::{ConnectorError, Result};
 
@@ -83,12 +84,7 @@ impl RabbitMqSource {
     /// Validates `config`, connects (failing if the first connection cannot be
     /// made within `connect_timeout_ms`), declares the topology and starts consuming.
     pub fn connect(config: &RabbitMqConfig, reader: EnvelopeReader) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|problems| ConnectorError::Config {
-                component: "RabbitMQ source",
-                problems,
-            })?;
+        validated("RabbitMQ source", config.validate())?;
         let runtime = amqp_runtime()?;
         let (inbound_tx, inbound) = mpsc::channel();
         let (settle, settle_rx) = async_mpsc::unbounded_channel();

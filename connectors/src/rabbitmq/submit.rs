@@ -14,6 +14,7 @@ use super::config::RabbitMqConfig;
 use super::source::{
     amqp_runtime, declare_topology, job_queue_arguments, open_channel, publish_confirmed, Outgoing,
 };
+use crate::config::validated;
 use crate::envelope::JobEnvelope;
 use crate::error::{ConnectorError, Result};
 
@@ -36,12 +37,7 @@ impl std::fmt::Debug for JobSubmitter {
 impl JobSubmitter {
     /// Connects, enables publisher confirms and declares the topology.
     pub fn connect(config: &RabbitMqConfig) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|problems| ConnectorError::Config {
-                component: "RabbitMQ submitter",
-                problems,
-            })?;
+        validated("RabbitMQ submitter", config.validate())?;
         let runtime = amqp_runtime()?;
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         let (connection, channel) = runtime

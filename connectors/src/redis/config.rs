@@ -7,8 +7,8 @@ use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 
 use super::filter::{Backend, BitmapLayout, RedisIdempotencyFilter};
-use crate::config::{into_result, redact_url, ConfigProblem};
-use crate::error::{ConnectorError, Result};
+use crate::config::{into_result, redact_url, validated, ConfigProblem};
+use crate::error::Result;
 
 /// Which filter implementation to use in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -265,10 +265,7 @@ impl RedisFilterConfig {
 
     /// Validates, connects, and picks the backend (see [`BackendChoice`]).
     pub fn build(&self) -> Result<RedisIdempotencyFilter> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "Redis idempotency filter",
-            problems,
-        })?;
+        validated("Redis idempotency filter", self.validate())?;
         RedisIdempotencyFilter::connect(self)
     }
 
@@ -276,20 +273,14 @@ impl RedisFilterConfig {
     /// [`RedisIdempotencyFilter::connect_lazily`]): for a process that must start
     /// while Redis is down.
     pub fn build_lazy(&self) -> Result<RedisIdempotencyFilter> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "Redis idempotency filter",
-            problems,
-        })?;
+        validated("Redis idempotency filter", self.validate())?;
         RedisIdempotencyFilter::connect_lazily(self)
     }
 
     /// Connects once, pings, and reports the backend the filter would use.
     /// Touches the network; writes nothing.
     pub fn health_check(&self) -> Result<Backend> {
-        self.validate().map_err(|problems| ConnectorError::Config {
-            component: "Redis idempotency filter",
-            problems,
-        })?;
+        validated("Redis idempotency filter", self.validate())?;
         RedisIdempotencyFilter::probe(self)
     }
 

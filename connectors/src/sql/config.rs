@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::SqlJobStore;
-use crate::config::{into_result, redact_url, ConfigProblem};
-use crate::error::{ConnectorError, Result};
+use crate::config::{into_result, redact_url, validated, ConfigProblem};
+use crate::error::Result;
 
 /// The SQL engines the job store runs on, named by the URL's scheme. One set of
 /// statements serves all three (see the store's module notes).
@@ -163,11 +163,7 @@ impl SqlJobStoreConfig {
 
     /// Validates, connects, and brings the schema up to date.
     pub fn build(&self, is_prod: bool) -> Result<SqlJobStore> {
-        self.validate(is_prod)
-            .map_err(|problems| ConnectorError::Config {
-                component: "SQL job store",
-                problems,
-            })?;
+        validated("SQL job store", self.validate(is_prod))?;
         SqlJobStore::connect(self)
     }
 
