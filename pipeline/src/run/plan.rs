@@ -59,7 +59,7 @@ pub fn open_resources(
         .map(|_| open_store(config, &paths.database_url))
         .collect::<Result<Vec<_>, _>>()?;
     let filters = (0..workers.max(1))
-        .map(|_| open_filter(config, metrics))
+        .map(|_| open_filter(config))
         .collect::<Result<Vec<_>, _>>()?;
     let mut sinks = open_sinks(config, paths)?;
     if matches!(choice, SourceChoice::RabbitMq) {
@@ -139,10 +139,7 @@ fn open_store(config: &Config, url: &str) -> Result<Box<dyn JobStore>, RunError>
 /// The Redis idempotency filter, when ENABLE_REDIS_BLOOM_IDEMPOTENCY is on. It
 /// connects lazily: a worker starts (deduping through the job store alone)
 /// while Redis is down, and uses the filter once Redis answers.
-fn open_filter(
-    config: &Config,
-    _metrics: &Metrics,
-) -> Result<Option<Box<dyn IdempotencyFilter>>, RunError> {
+fn open_filter(config: &Config) -> Result<Option<Box<dyn IdempotencyFilter>>, RunError> {
     let redis = &config.redis;
     if !redis.bloom_idempotency {
         return Ok(None);
