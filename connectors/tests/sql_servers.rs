@@ -17,10 +17,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{completed, letter, meta, require_service};
-use mmt_connectors::sql::Dialect;
+use mmt_connectors::sql::{
+    Dialect, IdempotencyRecord, NewSubmission, PageQuery, SubmissionOutcome,
+};
 use mmt_connectors::{SqlJobStore, SqlJobStoreConfig};
 use mmt_core::error::ErrorClass;
-use mmt_core::job::{CompletedJob, JobId, JobStatus, JobStore, Stage};
+use mmt_core::job::{unix_now, CompletedJob, JobId, JobMeta, JobStatus, JobStore, Stage};
 use mmt_core::{Segment, Transcript};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
@@ -98,6 +100,29 @@ impl Scratch {
                 }
             }
         })
+    }
+
+    /// Rows of `table` in the scratch space, read beside the store.
+    fn rows_in(&self, table: &str) -> i64 {
+        let sql = AssertSqlSafe(format!("SELECT COUNT(*) FROM {}.{table}", self.name));
+        runtime()
+            .block_on(async {
+                match self.dialect {
+                    Dialect::Postgres => {
+                        let mut conn = sqlx::PgConnection::connect(POSTGRES_URL).await?;
+                        let count = sqlx::query_scalar(sql).fetch_one(&mut conn).await;
+                        conn.close().await?;
+                        count
+                    }
+                    _ => {
+                        let mut conn = sqlx::MySqlConnection::connect(MYSQL_URL).await?;
+                        let count = sqlx::query_scalar(sql).fetch_one(&mut conn).await;
+                        conn.close().await?;
+                        count
+                    }
+                }
+            })
+            .expect("count")
     }
 
     /// The names of the indexes on `jobs`, sorted.
@@ -228,6 +253,8 @@ on_both_servers!(
     list_filters_by_status_newest_first,
     racing_stores_agree_on_one_terminal_state,
     lock_contention_fails_retryably,
+    api_submit_page_delete_and_callbacks,
+    racing_submissions_agree_on_one_job,
 );
 
 fn migrations_run_twice_are_a_no_op(scratch: &Scratch) {
@@ -250,7 +277,7 @@ fn migrations_run_twice_are_a_no_op(scratch: &Scratch) {
     let mut third = scratch.store();
     assert!(!third.insert_queued(&meta(&hex_id(1), 100)).expect("insert"));
     let indexes = scratch.job_indexes();
-    for index in ["jobs_received_at", "jobs_status"] {
+    for index in ["jobs_received_at", "jobs_status", "jobs_tenant_received"] {
         assert!(
             indexes.iter().any(|name| name == index),
             "{index} in {indexes:?}"
@@ -703,4 +730,260 @@ fn a_missing_service_is_skipped_outside_ci() {
     }
     assert!(!require_service("Nothing", "127.0.0.1:1"));
     assert!(!require_service("Nothing", "no-such-host.invalid:1"));
+}
+
+fn submission<'a>(
+    meta: &'a JobMeta,
+    key: Option<(&'a str, &'a str)>,
+    callback_url: Option<&'a str>,
+) -> NewSubmission<'a> {
+    NewSubmission {
+        meta,
+        priority: 0,
+        idempotency: key.map(|(key, request_hash)| IdempotencyRecord { key, request_hash }),
+        callback_url,
+    }
+}
+
+fn existing(job: &str) -> SubmissionOutcome {
+    SubmissionOutcome::Existing { job_id: id(job) }
+}
+
+fn api_submit_page_delete_and_callbacks(scratch: &Scratch) {
+    use SubmissionOutcome::{Created, KeyConflict};
+    let mut store = scratch.store();
+    // Submissions: created once, then existing; keys replay or conflict.
+    let first = meta(&hex_id(1), 100);
+    let mut submit = submission(&first, Some(("key-1", "hash-1")), Some("https://cb/1?t=x"));
+    submit.priority = 5;
+    assert_eq!(store.submit(&submit).expect("submit"), Created);
+    assert_eq!(store.submit(&submit).expect("submit"), existing(&hex_id(1)));
+    let second = meta(&hex_id(2), 100);
+    assert_eq!(
+        store
+            .submit(&submission(&second, Some(("key-1", "hash-1")), None))
+            .expect("submit"),
+        existing(&hex_id(1))
+    );
+    assert_eq!(
+        store
+            .submit(&submission(
+                &second,
+                Some(("key-1", "hash-2")),
+                Some("https://cb/2")
+            ))
+            .expect("submit"),
+        KeyConflict
+    );
+    assert!(store.get(&id(&hex_id(2))).expect("get").is_none());
+    assert_eq!(
+        store
+            .submit(&submission(&first, Some(("key-2", "hash-3")), None))
+            .expect("submit"),
+        existing(&hex_id(1))
+    );
+    let row = store.get(&id(&hex_id(1))).expect("get").expect("row");
+    assert_eq!(row.priority, 5);
+    assert_eq!(row.meta, first);
+    assert_eq!(scratch.rows_in("idempotency_keys"), 2);
+    assert_eq!(scratch.rows_in("job_callbacks"), 1);
+
+    // Pages: runs of equal received_at across pages, no row skipped or repeated.
+    let mut expected = vec![(100, hex_id(1))];
+    for n in 10..27 {
+        let at = 200 + (n as i64 % 4);
+        store
+            .submit(&submission(&meta(&hex_id(n), at), None, None))
+            .expect("submit");
+        expected.push((at, hex_id(n)));
+    }
+    let mut other = meta(&hex_id(99), 201);
+    other.tenant = "clinic-b".into();
+    store
+        .submit(&submission(&other, None, None))
+        .expect("submit");
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = expected.into_iter().map(|(_, job)| job).collect();
+    for limit in [1, 4, 5, 18, 100] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<(i64, JobId)> = None;
+        loop {
+            let page = store
+                .page(&PageQuery {
+                    tenant: "clinic-a",
+                    statuses: &[],
+                    received_from: None,
+                    received_before: None,
+                    after: cursor.as_ref().map(|(at, job)| (*at, job)),
+                    limit,
+                })
+                .expect("page");
+            seen.extend(page.iter().map(|row| row.meta.id.0.clone()));
+            match page.last() {
+                Some(last) if page.len() == limit as usize => {
+                    cursor = Some((last.meta.received_at, last.meta.id.clone()));
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(seen, expected, "limit {limit}");
+    }
+    store
+        .transition(&id(&hex_id(10)), JobStatus::Processing)
+        .expect("t");
+    let filtered = store
+        .page(&PageQuery {
+            tenant: "clinic-a",
+            statuses: &[JobStatus::Processing, JobStatus::Completed],
+            received_from: Some(200),
+            received_before: Some(203),
+            after: None,
+            limit: 10,
+        })
+        .expect("page");
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].meta.id, id(&hex_id(10)));
+    let theirs = store
+        .page(&PageQuery {
+            tenant: "clinic-b",
+            statuses: &[],
+            received_from: None,
+            received_before: None,
+            after: None,
+            limit: 10,
+        })
+        .expect("page");
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].meta.id, id(&hex_id(99)));
+
+    // Counts.
+    let counts = store.status_counts(Some("clinic-a")).expect("counts");
+    assert_eq!(counts.get("queued"), Some(&17));
+    assert_eq!(counts.get("processing"), Some(&1));
+    assert_eq!(
+        store
+            .status_counts(None)
+            .expect("counts")
+            .values()
+            .sum::<u64>(),
+        19
+    );
+
+    // Callbacks: due once the job is final; retried, then delivered.
+    let now = unix_now();
+    assert!(store.due_callbacks(now + 60, 10).expect("due").is_empty());
+    let mut done = completed(&hex_id(1), 100);
+    done.completed_at = now;
+    store.complete(&done).expect("complete");
+    assert_eq!(
+        store.completed_since(now, Some("clinic-a")).expect("since"),
+        (1, 4.5)
+    );
+    assert_eq!(
+        store.completed_since(now + 1, None).expect("since"),
+        (0, 0.0)
+    );
+    let due = store.due_callbacks(now + 60, 10).expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].url, "https://cb/1?t=x");
+    assert_eq!(due[0].attempts, 0);
+    assert_eq!(due[0].job.status, JobStatus::Completed);
+    assert!(due[0].job.transcript.is_some());
+    store
+        .callback_failed(&id(&hex_id(1)), "HTTP 502", Some(now + 120))
+        .expect("failed");
+    assert!(store.due_callbacks(now + 60, 10).expect("due").is_empty());
+    let due = store.due_callbacks(now + 120, 10).expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    store
+        .callback_delivered(&id(&hex_id(1)), now + 121)
+        .expect("delivered");
+    assert!(store.due_callbacks(i64::MAX, 10).expect("due").is_empty());
+    // A dead letter's callback is due too; giving up ends it.
+    let dead = meta(&hex_id(3), 100);
+    store
+        .submit(&submission(&dead, None, Some("https://cb/3")))
+        .expect("submit");
+    store
+        .dead_letter(&letter(&hex_id(3), Stage::Decode, 1))
+        .expect("dead letter");
+    let due = store.due_callbacks(now + 60, 10).expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].job.status, JobStatus::DeadLettered);
+    store
+        .callback_failed(&id(&hex_id(3)), "HTTP 410", None)
+        .expect("give up");
+    assert!(store.due_callbacks(i64::MAX, 10).expect("due").is_empty());
+
+    // Delete: the row, its keys and its callback, in one go.
+    assert!(store.delete(&id(&hex_id(1))).expect("delete"));
+    assert!(!store.delete(&id(&hex_id(1))).expect("delete again"));
+    assert!(store.get(&id(&hex_id(1))).expect("get").is_none());
+    assert_eq!(scratch.rows_in("idempotency_keys"), 0);
+    assert_eq!(scratch.rows_in("job_callbacks"), 1, "the dead letter's");
+    assert_eq!(
+        store
+            .submit(&submission(&second, Some(("key-1", "hash-2")), None))
+            .expect("submit"),
+        Created,
+        "the key is free again"
+    );
+    // Purge: keys and callbacks go with their jobs.
+    let purged = store.purge_before(150, false).expect("purge");
+    assert_eq!(purged, [id(&hex_id(2)), id(&hex_id(3))]);
+    assert_eq!(scratch.rows_in("idempotency_keys"), 0);
+    assert_eq!(scratch.rows_in("job_callbacks"), 0);
+}
+
+fn racing_submissions_agree_on_one_job(scratch: &Scratch) {
+    const JOBS: usize = 20;
+    const WORKERS: usize = 4;
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            // Its own store: its own pool and connections, as another replica has.
+            let mut store = scratch.store();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..JOBS)
+                    .map(|n| {
+                        let job = meta(&hex_id(n), 100);
+                        // Two workers share a key; the other two use their own.
+                        let key = if worker < 2 {
+                            format!("shared-{n}")
+                        } else {
+                            format!("own-{n}-{worker}")
+                        };
+                        let url = format!("https://cb/{worker}");
+                        store
+                            .submit(&submission(&job, Some((&key, "hash")), Some(&url)))
+                            .expect("submit")
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<Vec<SubmissionOutcome>> = workers
+        .into_iter()
+        .map(|worker| worker.join().expect("worker"))
+        .collect();
+    for n in 0..JOBS {
+        let created = outcomes
+            .iter()
+            .filter(|of| of[n] == SubmissionOutcome::Created)
+            .count();
+        assert_eq!(created, 1, "job {n} created once");
+        for of in &outcomes {
+            assert!(
+                of[n] == SubmissionOutcome::Created || of[n] == existing(&hex_id(n)),
+                "job {n}: {:?}",
+                of[n]
+            );
+        }
+    }
+    assert_eq!(scratch.rows_in("jobs"), JOBS as i64);
+    assert_eq!(scratch.rows_in("idempotency_keys"), (JOBS * 3) as i64);
+    assert_eq!(scratch.rows_in("job_callbacks"), JOBS as i64);
 }

@@ -4,10 +4,12 @@
 //! Schema in `connectors/migrations/<dialect>/`, embedded at compile time and
 //! applied on connect.
 
+mod api;
 mod config;
 mod row;
 mod store;
 
+pub use api::{DueCallback, IdempotencyRecord, NewSubmission, PageQuery, SubmissionOutcome};
 pub use config::{Dialect, SqlJobStoreConfig};
 pub use row::{JobFailure, JobRow};
 pub use store::SqlJobStore;

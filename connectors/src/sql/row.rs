@@ -21,6 +21,9 @@ pub(crate) const ALL_STATUSES: [JobStatus; 5] = [
 pub struct JobRow {
     pub meta: JobMeta,
     pub status: JobStatus,
+    /// 0..9, higher is sooner (the job envelope's priority); 0 for jobs the
+    /// pipeline recorded itself.
+    pub priority: u8,
     /// Times the job entered `processing`, or the dead letter's count if higher.
     pub attempts: u32,
     /// Why the job was dead-lettered.
@@ -42,6 +45,9 @@ pub struct JobFailure {
     pub class: ErrorClass,
     pub reason: String,
 }
+
+/// The highest priority (the job envelope's, and the schema's CHECK).
+pub(crate) const MAX_PRIORITY: u8 = 9;
 
 /// The stored text of a status (its `as_str`).
 pub(crate) fn parse_status(text: &str) -> Option<JobStatus> {

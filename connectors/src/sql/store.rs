@@ -28,7 +28,20 @@
 //! `BEGIN` elsewhere. MySQL sessions run READ COMMITTED, as Postgres does by
 //! default (no gap locks). A write the server still rolls back for a deadlock
 //! or serialisation conflict runs again (`retry_conflicts`).
+//!
+//! The REST API's writes are transactions too, opened the same way: a
+//! submission records its idempotency key, its job and its callback together
+//! (each an insert if absent; a key another caller inserted first is read back
+//! in the same transaction, which on the servers sees every committed row), and
+//! a delete removes a job with its keys and callback. Every transaction that
+//! touches several of these tables locks them in one order (idempotency keys,
+//! then jobs, then callbacks), so two of them wait for each other rather than
+//! deadlock. Statements that filter or page on optional values keep one text
+//! too: absent bounds are bound as `i64::MIN`/`i64::MAX` and status lists are
+//! padded by repetition, so no statement binds a NULL of unknown type.
+//! Callback URLs may hold tokens and are never logged.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,9 +55,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Row, SqlSafeStr, SqlStr, SqlitePool, Type};
 use tokio::runtime::Runtime;
 
+use super::api::{DueCallback, NewSubmission, PageQuery, SubmissionOutcome};
 use super::config::{Dialect, SqlJobStoreConfig};
 use super::row::{
     class_from_text, class_to_text, parse_stage, parse_status, predecessors, JobFailure, JobRow,
+    ALL_STATUSES, MAX_PRIORITY,
 };
 use crate::config::ConfigProblem;
 use crate::error::{is_transaction_conflict, ConnectorError, Result};
@@ -56,12 +71,63 @@ static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/
 
 const COLUMNS: &str = "id, tenant, content_hash, source, patient_reference, encounter_reference, \
      correlation_id, status, attempts, error_stage, error_class, error_reason, transcript_json, \
-     audio_seconds, received_at, updated_at, completed_at";
+     audio_seconds, received_at, updated_at, completed_at, priority";
 
 /// A queued job, less its dialect's "if absent" (see [`Statements::for_dialect`]).
 const INSERT_QUEUED: &str = "INTO jobs (id, tenant, content_hash, source, \
-     patient_reference, encounter_reference, correlation_id, status, attempts, received_at, \
-     updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)";
+     patient_reference, encounter_reference, correlation_id, status, attempts, priority, \
+     received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)";
+
+/// An idempotency key, less its dialect's "if absent".
+const INSERT_KEY: &str = "INTO idempotency_keys (tenant, idem_key, request_hash, job_id, \
+     created_at) VALUES (?, ?, ?, ?, ?)";
+
+const GET_KEY: &str =
+    "SELECT request_hash, job_id FROM idempotency_keys WHERE tenant = ? AND idem_key = ?";
+
+/// A job's callback, less its dialect's "if absent".
+const INSERT_CALLBACK: &str =
+    "INTO job_callbacks (job_id, url, attempts, next_attempt_at) VALUES (?, ?, 0, ?)";
+
+/// Slots of the page's `status IN (…)` list: every status.
+const PAGE_STATUS_SLOTS: usize = ALL_STATUSES.len();
+
+/// A page of one tenant's jobs: statuses padded by repetition to five slots,
+/// absent bounds and cursor bound as `i64::MIN`/`i64::MAX`.
+const PAGE_WHERE: &str = "WHERE tenant = ? AND status IN (?, ?, ?, ?, ?) \
+     AND received_at >= ? AND received_at < ? \
+     AND (received_at < ? OR (received_at = ? AND id < ?)) \
+     ORDER BY received_at DESC, id DESC LIMIT ?";
+
+const COUNTS: &str = "SELECT status, COUNT(*) AS n FROM jobs";
+
+const COMPLETED: &str = "SELECT COUNT(*) AS n, SUM(audio_seconds) AS seconds FROM jobs \
+     WHERE status = ? AND completed_at >= ?";
+
+/// Callbacks not yet delivered nor given up whose job is final (the two
+/// terminal statuses bound), soonest due first.
+const DUE_CALLBACKS_FROM: &str = "FROM job_callbacks c JOIN jobs j ON j.id = c.job_id \
+     WHERE c.delivered_at IS NULL AND c.gave_up_at IS NULL AND c.next_attempt_at <= ? \
+     AND j.status IN (?, ?) ORDER BY c.next_attempt_at, c.job_id LIMIT ?";
+
+const CALLBACK_DELIVERED: &str =
+    "UPDATE job_callbacks SET delivered_at = ? WHERE job_id = ? AND delivered_at IS NULL";
+
+/// A failed delivery of a callback still pending; `{field}` is `next_attempt_at`
+/// (another try) or `gave_up_at`.
+const CALLBACK_FAILED: &str = "UPDATE job_callbacks SET attempts = attempts + 1, \
+     last_error = ?, {field} = ? WHERE job_id = ? AND delivered_at IS NULL AND gave_up_at IS NULL";
+
+/// Longest idempotency key and request hash, in characters (their columns').
+const IDEM_KEY_MAX: usize = 255;
+const REQUEST_HASH_MAX: usize = 128;
+
+/// Longest `last_error` stored, in bytes.
+const LAST_ERROR_MAX: usize = 1_000;
+
+/// How often a submission tries to insert or read its idempotency key when the
+/// row keeps vanishing between the two (its job deleted meanwhile).
+const KEY_TRIES: u32 = 3;
 
 /// Slots of the `status IN (…)` lists: a status never precedes itself, so at
 /// most four precede any other.
@@ -125,8 +191,26 @@ struct Statements {
     dead_letter: SqlStr,
     status: SqlStr,
     purge_select: SqlStr,
-    /// `DELETE … WHERE id IN (…)` with [`PURGE_CHUNK`] slots.
+    /// `DELETE … WHERE id IN (…)` with [`PURGE_CHUNK`] slots, of the purged
+    /// jobs' idempotency keys, rows and callbacks.
+    purge_delete_keys: SqlStr,
     purge_delete: SqlStr,
+    purge_delete_callbacks: SqlStr,
+    insert_key: SqlStr,
+    get_key: SqlStr,
+    insert_callback: SqlStr,
+    page: SqlStr,
+    delete_keys: SqlStr,
+    delete_job: SqlStr,
+    delete_callback: SqlStr,
+    counts_all: SqlStr,
+    counts_by_tenant: SqlStr,
+    completed_all: SqlStr,
+    completed_by_tenant: SqlStr,
+    due_callbacks: SqlStr,
+    callback_delivered: SqlStr,
+    callback_retry: SqlStr,
+    callback_give_up: SqlStr,
 }
 
 impl Statements {
@@ -138,15 +222,22 @@ impl Statements {
             };
             AssertSqlSafe(sql).into_sql_str()
         };
-        let insert_queued = match dialect {
+        // Insert if absent, on the conflict of `key`.
+        let if_absent = |insert: &str, key: &str| match dialect {
             Dialect::Sqlite | Dialect::Postgres => {
-                format!("INSERT {INSERT_QUEUED} ON CONFLICT (id) DO NOTHING")
+                text(&format!("INSERT {insert} ON CONFLICT ({key}) DO NOTHING"))
             }
             // IGNORE also turns other errors of this one row into warnings; the
-            // only values it could hit are ids and names the pipeline bounds.
-            Dialect::Mysql => format!("INSERT IGNORE {INSERT_QUEUED}"),
+            // only values it could hit are ids, keys and names the callers bound.
+            Dialect::Mysql => text(&format!("INSERT IGNORE {insert}")),
         };
         let slots = vec!["?"; PURGE_CHUNK].join(", ");
+        // The job's columns under their own names, from `jobs j` joined to another table.
+        let joined_columns = COLUMNS
+            .split(", ")
+            .map(|column| format!("j.{column} AS {column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         Self {
             // SQLite: take the write lock up front, so a read-then-write
             // transaction waits on the busy timeout instead of failing when
@@ -162,13 +253,37 @@ impl Statements {
             list_by_status: text(&format!(
                 "SELECT {COLUMNS} FROM jobs WHERE status = ? ORDER BY received_at DESC, id LIMIT ?"
             )),
-            insert_queued: text(&insert_queued),
+            insert_queued: if_absent(INSERT_QUEUED, "id"),
             transition: text(TRANSITION),
             complete: text(COMPLETE),
             dead_letter: text(DEAD_LETTER),
             status: text(STATUS),
             purge_select: text(PURGE_SELECT),
+            purge_delete_keys: text(&format!(
+                "DELETE FROM idempotency_keys WHERE job_id IN ({slots})"
+            )),
             purge_delete: text(&format!("DELETE FROM jobs WHERE id IN ({slots})")),
+            purge_delete_callbacks: text(&format!(
+                "DELETE FROM job_callbacks WHERE job_id IN ({slots})"
+            )),
+            insert_key: if_absent(INSERT_KEY, "tenant, idem_key"),
+            get_key: text(GET_KEY),
+            insert_callback: if_absent(INSERT_CALLBACK, "job_id"),
+            page: text(&format!("SELECT {COLUMNS} FROM jobs {PAGE_WHERE}")),
+            delete_keys: text("DELETE FROM idempotency_keys WHERE job_id = ?"),
+            delete_job: text("DELETE FROM jobs WHERE id = ?"),
+            delete_callback: text("DELETE FROM job_callbacks WHERE job_id = ?"),
+            counts_all: text(&format!("{COUNTS} GROUP BY status")),
+            counts_by_tenant: text(&format!("{COUNTS} WHERE tenant = ? GROUP BY status")),
+            completed_all: text(COMPLETED),
+            completed_by_tenant: text(&format!("{COMPLETED} AND tenant = ?")),
+            due_callbacks: text(&format!(
+                "SELECT {joined_columns}, c.url AS callback_url, \
+                 c.attempts AS callback_attempts {DUE_CALLBACKS_FROM}"
+            )),
+            callback_delivered: text(CALLBACK_DELIVERED),
+            callback_retry: text(&CALLBACK_FAILED.replace("{field}", "next_attempt_at")),
+            callback_give_up: text(&CALLBACK_FAILED.replace("{field}", "gave_up_at")),
         }
     }
 }
@@ -195,10 +310,11 @@ fn numbered_placeholders(sql: &str) -> String {
     out
 }
 
-/// The `INSERT_QUEUED` statement bound to a job's metadata.
+/// The `INSERT_QUEUED` statement bound to a job's metadata and priority (an `i64`).
 macro_rules! insert_queued {
-    ($sql:expr, $meta:expr, $now:expr) => {{
+    ($sql:expr, $meta:expr, $priority:expr, $now:expr) => {{
         let meta: &JobMeta = $meta;
+        let priority: i64 = $priority;
         sqlx::query($sql.insert_queued.clone())
             .bind(meta.id.0.as_str())
             .bind(meta.tenant.as_str())
@@ -207,6 +323,7 @@ macro_rules! insert_queued {
             .bind(meta.patient_reference.as_deref())
             .bind(meta.encounter_reference.as_deref())
             .bind(meta.correlation_id.as_str())
+            .bind(priority)
             .bind(meta.received_at)
             .bind($now)
     }};
@@ -216,7 +333,7 @@ macro_rules! insert_queued {
 macro_rules! bind_statuses {
     ($query:expr, $statuses:expr) => {{
         let mut query = $query;
-        for status in status_slots($statuses) {
+        for status in status_slots::<STATUS_SLOTS>($statuses) {
             query = query.bind(status);
         }
         query
@@ -240,15 +357,15 @@ macro_rules! update_or_insert {
             if moved.rows_affected() == 1 {
                 return Ok::<_, ConnectorError>(true);
             }
-            retry_conflicts(|| insert_queued!($sql, $meta, $now).execute(pool)).await?;
+            retry_conflicts(|| insert_queued!($sql, $meta, 0, $now).execute(pool)).await?;
             let moved = retry_conflicts(|| update().execute(pool)).await?;
             Ok(moved.rows_affected() == 1)
         }
     };
 }
 
-/// The texts of `statuses` for the four slots, the last one repeated.
-fn status_slots(statuses: &[JobStatus]) -> [&'static str; STATUS_SLOTS] {
+/// The texts of `statuses` for `N` slots, the last one repeated.
+fn status_slots<const N: usize>(statuses: &[JobStatus]) -> [&'static str; N] {
     let last = statuses.last().copied().unwrap_or(JobStatus::Queued);
     std::array::from_fn(|slot| statuses.get(slot).copied().unwrap_or(last).as_str())
 }
@@ -350,7 +467,7 @@ impl SqlJobStore {
         let inserted = on_pool!(&self.pool, |pool| {
             self.runtime
                 .block_on(retry_conflicts(|| {
-                    insert_queued!(sql, meta, now).execute(pool)
+                    insert_queued!(sql, meta, 0, now).execute(pool)
                 }))?
                 .rows_affected()
         });
@@ -472,8 +589,8 @@ impl SqlJobStore {
     }
 
     /// Ids of the jobs received before `cutoff` (unix seconds), oldest first;
-    /// unless `dry_run`, deletes them (rows and transcripts) in the same
-    /// transaction. Deletes by id, so exactly the ids returned are removed even
+    /// unless `dry_run`, deletes them (rows and transcripts, with their
+    /// idempotency keys and callbacks) in the same transaction. Deletes by id, so exactly the ids returned are removed even
     /// if a late job with an old `received_at` arrives meanwhile.
     pub fn purge(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<JobId>> {
         let sql = &self.sql;
@@ -493,13 +610,20 @@ impl SqlJobStore {
                         tx.rollback().await?;
                     } else {
                         for chunk in ids.chunks(PURGE_CHUNK) {
-                            let mut query = sqlx::query(sql.purge_delete.clone());
-                            for slot in 0..PURGE_CHUNK {
-                                // Padded with the chunk's last id (chunks are never empty).
-                                let id = chunk.get(slot).or(chunk.last()).map(String::as_str);
-                                query = query.bind(id);
+                            // Keys, rows, callbacks: the order every transaction locks them in.
+                            for delete in [
+                                &sql.purge_delete_keys,
+                                &sql.purge_delete,
+                                &sql.purge_delete_callbacks,
+                            ] {
+                                let mut query = sqlx::query(delete.clone());
+                                for slot in 0..PURGE_CHUNK {
+                                    // Padded with the chunk's last id (chunks are never empty).
+                                    let id = chunk.get(slot).or(chunk.last()).map(String::as_str);
+                                    query = query.bind(id);
+                                }
+                                query.execute(&mut *tx).await?;
                             }
-                            query.execute(&mut *tx).await?;
                         }
                         tx.commit().await?;
                     }
@@ -507,6 +631,296 @@ impl SqlJobStore {
                 }))
                 .map_err(ConnectorError::from)
         })
+    }
+
+    /// Records an API submission, in one transaction: the idempotency key
+    /// first, if given (used before by this tenant with the same request hash:
+    /// `Existing` with the job the key names; with another hash: `KeyConflict`;
+    /// nothing is written either way), then the job as queued with its
+    /// priority (`Existing` if it was already recorded), then its callback, if
+    /// a URL is given, due at once (kept as it is if the job has one already).
+    /// Each is an insert if absent, and a key another caller inserted
+    /// concurrently is read back, so any number of callers in any number of
+    /// processes agree on one outcome per key.
+    ///
+    /// Refuses (as a caller's bug) a key over 255 or a request hash over 128
+    /// characters, which MySQL's `INSERT IGNORE` would silently cut.
+    pub fn submit(&mut self, submission: &NewSubmission<'_>) -> Result<SubmissionOutcome> {
+        if let Some(record) = submission.idempotency {
+            for (what, value, max) in [
+                ("idempotency key", record.key, IDEM_KEY_MAX),
+                ("request hash", record.request_hash, REQUEST_HASH_MAX),
+            ] {
+                if value.chars().count() > max {
+                    return Err(ConnectorError::Database(sqlx::Error::InvalidArgument(
+                        format!("{what} longer than {max} characters"),
+                    )));
+                }
+            }
+        }
+        let now = now();
+        let meta = submission.meta;
+        let priority = i64::from(submission.priority.min(MAX_PRIORITY));
+        let sql = &self.sql;
+        on_pool!(&self.pool, |pool| {
+            self.runtime
+                .block_on(retry_conflicts(|| async move {
+                    let mut tx = pool.begin_with(sql.begin_write).await?;
+                    if let Some(record) = submission.idempotency {
+                        let mut tries = 0;
+                        loop {
+                            let claimed = sqlx::query(sql.insert_key.clone())
+                                .bind(meta.tenant.as_str())
+                                .bind(record.key)
+                                .bind(record.request_hash)
+                                .bind(meta.id.0.as_str())
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                                == 1;
+                            if claimed {
+                                break;
+                            }
+                            // Used before, or by a concurrent caller that
+                            // committed first: its row decides.
+                            let used = sqlx::query(sql.get_key.clone())
+                                .bind(meta.tenant.as_str())
+                                .bind(record.key)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            if let Some(used) = used {
+                                let hash: String = used.try_get("request_hash")?;
+                                let outcome = if hash == record.request_hash {
+                                    SubmissionOutcome::Existing {
+                                        job_id: JobId(used.try_get("job_id")?),
+                                    }
+                                } else {
+                                    SubmissionOutcome::KeyConflict
+                                };
+                                tx.rollback().await?;
+                                return Ok(outcome);
+                            }
+                            // Deleted (with its job) between the insert and the read.
+                            tries += 1;
+                            if tries == KEY_TRIES {
+                                return Err(sqlx::Error::Protocol(
+                                    "idempotency key kept changing under a concurrent delete"
+                                        .into(),
+                                ));
+                            }
+                        }
+                    }
+                    let created = insert_queued!(sql, meta, priority, now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                    if let Some(url) = submission.callback_url {
+                        sqlx::query(sql.insert_callback.clone())
+                            .bind(meta.id.0.as_str())
+                            .bind(url)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(if created {
+                        SubmissionOutcome::Created
+                    } else {
+                        SubmissionOutcome::Existing {
+                            job_id: meta.id.clone(),
+                        }
+                    })
+                }))
+                .map_err(ConnectorError::from)
+        })
+    }
+
+    /// One page of a tenant's jobs, newest received first (`received_at`, then
+    /// `id`, both descending), transcripts included. Pass the last row's
+    /// `(received_at, id)` as `after` for the next page: keyset paging, so rows
+    /// received meanwhile neither shift nor repeat the pages.
+    pub fn page(&mut self, query: &PageQuery<'_>) -> Result<Vec<JobRow>> {
+        let statuses = if query.statuses.is_empty() {
+            &ALL_STATUSES[..]
+        } else {
+            query.statuses
+        };
+        let statuses = status_slots::<PAGE_STATUS_SLOTS>(statuses);
+        let from = query.received_from.unwrap_or(i64::MIN);
+        let before = query.received_before.unwrap_or(i64::MAX);
+        // No cursor: before every row (a row received at i64::MAX is past any
+        // `received_before` anyway).
+        let (after_at, after_id) = query
+            .after
+            .map_or((i64::MAX, ""), |(at, id)| (at, id.0.as_str()));
+        let sql = &self.sql;
+        on_pool!(&self.pool, |pool| {
+            let mut statement = sqlx::query(sql.page.clone()).bind(query.tenant);
+            for status in statuses {
+                statement = statement.bind(status);
+            }
+            let rows = self.runtime.block_on(
+                statement
+                    .bind(from)
+                    .bind(before)
+                    .bind(after_at)
+                    .bind(after_at)
+                    .bind(after_id)
+                    .bind(i64::from(query.limit))
+                    .fetch_all(pool),
+            )?;
+            rows.iter().map(decode_row).collect()
+        })
+    }
+
+    /// Deletes the job with its idempotency keys and callback, in one
+    /// transaction; returns whether the job existed.
+    pub fn delete(&mut self, id: &JobId) -> Result<bool> {
+        let sql = &self.sql;
+        let id = id.0.as_str();
+        on_pool!(&self.pool, |pool| {
+            self.runtime
+                .block_on(retry_conflicts(|| async move {
+                    let mut tx = pool.begin_with(sql.begin_write).await?;
+                    // Keys, row, callback: the order every transaction locks them in.
+                    sqlx::query(sql.delete_keys.clone())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let deleted = sqlx::query(sql.delete_job.clone())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    sqlx::query(sql.delete_callback.clone())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(deleted == 1)
+                }))
+                .map_err(ConnectorError::from)
+        })
+    }
+
+    /// Number of jobs per status (keyed by [`JobStatus::as_str`]), of one
+    /// tenant or of all (`None`). Statuses without jobs are absent.
+    pub fn status_counts(&mut self, tenant: Option<&str>) -> Result<BTreeMap<&'static str, u64>> {
+        let sql = &self.sql;
+        let counts: Vec<(String, i64)> = on_pool!(&self.pool, |pool| {
+            let query = match tenant {
+                Some(tenant) => sqlx::query(sql.counts_by_tenant.clone()).bind(tenant),
+                None => sqlx::query(sql.counts_all.clone()),
+            };
+            let rows = self.runtime.block_on(query.fetch_all(pool))?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
+                .collect::<Result<_, sqlx::Error>>()?
+        });
+        counts
+            .into_iter()
+            .map(|(text, count)| {
+                let status = parse_status(&text).ok_or_else(|| ConnectorError::StoredValue {
+                    job_id: "(any)".into(),
+                    column: "status",
+                    reason: format!("unknown value {text:?}"),
+                })?;
+                Ok((status.as_str(), u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// How many jobs completed at or after `since` (unix seconds), and their
+    /// audio's total duration in seconds, of one tenant or of all (`None`).
+    pub fn completed_since(&mut self, since: i64, tenant: Option<&str>) -> Result<(u64, f64)> {
+        let sql = &self.sql;
+        let completed = JobStatus::Completed.as_str();
+        let (count, seconds): (i64, Option<f64>) = on_pool!(&self.pool, |pool| {
+            let query = match tenant {
+                Some(tenant) => sqlx::query(sql.completed_by_tenant.clone())
+                    .bind(completed)
+                    .bind(since)
+                    .bind(tenant),
+                None => sqlx::query(sql.completed_all.clone())
+                    .bind(completed)
+                    .bind(since),
+            };
+            let row = self.runtime.block_on(query.fetch_one(pool))?;
+            (row.try_get("n")?, row.try_get("seconds")?)
+        });
+        Ok((u64::try_from(count).unwrap_or(0), seconds.unwrap_or(0.0)))
+    }
+
+    /// Callbacks to deliver now: of jobs final (completed or dead-lettered),
+    /// neither delivered nor given up, due at or before `now`; the longest due
+    /// first, at most `limit`. Several deliverers polling at once may each get
+    /// the same callback: delivery is at least once.
+    pub fn due_callbacks(&mut self, now: i64, limit: u32) -> Result<Vec<DueCallback>> {
+        let sql = &self.sql;
+        on_pool!(&self.pool, |pool| {
+            let rows = self.runtime.block_on(
+                sqlx::query(sql.due_callbacks.clone())
+                    .bind(now)
+                    .bind(JobStatus::Completed.as_str())
+                    .bind(JobStatus::DeadLettered.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(pool),
+            )?;
+            rows.iter()
+                .map(|row| {
+                    let attempts: i64 = row.try_get("callback_attempts")?;
+                    Ok(DueCallback {
+                        job: decode_row(row)?,
+                        url: row.try_get("callback_url")?,
+                        attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Marks the job's callback delivered at `at` (unix seconds); a callback
+    /// already delivered keeps its first time.
+    pub fn callback_delivered(&mut self, id: &JobId, at: i64) -> Result<()> {
+        let query = self.sql.callback_delivered.clone();
+        on_pool!(&self.pool, |pool| {
+            self.runtime.block_on(retry_conflicts(|| {
+                sqlx::query(query.clone())
+                    .bind(at)
+                    .bind(id.0.as_str())
+                    .execute(pool)
+            }))?;
+        });
+        Ok(())
+    }
+
+    /// Records a failed delivery of the job's callback: one more attempt and
+    /// `error` (PHI-free text, cut to 1000 bytes); tried again at `retry_at`,
+    /// or given up now if `None`. A callback already delivered or given up is
+    /// left as it is.
+    pub fn callback_failed(
+        &mut self,
+        id: &JobId,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
+        let error = truncate(error, LAST_ERROR_MAX);
+        let (query, at) = match retry_at {
+            Some(at) => (self.sql.callback_retry.clone(), at),
+            None => (self.sql.callback_give_up.clone(), now()),
+        };
+        on_pool!(&self.pool, |pool| {
+            self.runtime.block_on(retry_conflicts(|| {
+                sqlx::query(query.clone())
+                    .bind(error)
+                    .bind(at)
+                    .bind(id.0.as_str())
+                    .execute(pool)
+            }))?;
+        });
+        Ok(())
     }
 }
 
@@ -647,6 +1061,7 @@ where
     let status =
         parse_status(&status_text).ok_or_else(|| unreadable(&id, "status", &status_text))?;
     let attempts: i64 = row.try_get("attempts")?;
+    let priority: i64 = row.try_get("priority")?;
     let failure = match (
         row.try_get::<Option<String>, _>("error_stage")?,
         row.try_get::<Option<String>, _>("error_class")?,
@@ -686,6 +1101,7 @@ where
             id,
         },
         status,
+        priority: u8::try_from(priority.clamp(0, i64::from(MAX_PRIORITY))).unwrap_or(0),
         attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
         failure,
         transcript,
@@ -712,6 +1128,18 @@ fn create_parent_dir(file: &Path) -> Result<()> {
             .map_err(|source| ConnectorError::io("creating directory", dir, source)),
         _ => Ok(()),
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn now() -> i64 {
