@@ -23,6 +23,10 @@ pub enum Command {
     Run(RunArgs),
     /// Publish audio files as jobs to the RabbitMQ job queue (for `mmt run --source rabbitmq`).
     Submit(SubmitArgs),
+    /// Serve the REST job API, transcribing accepted jobs in this process.
+    Serve(ServeArgs),
+    /// Print a signed API token (HS256 with INTERNAL_JWT_SECRET).
+    Token(TokenArgs),
     /// Purge jobs, transcripts and documents older than RETENTION_DAYS.
     #[command(subcommand)]
     Retention(RetentionCommand),
@@ -133,6 +137,75 @@ pub struct SubmitArgs {
     pub priority: u8,
 }
 
+/// Where `mmt serve` queues accepted jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IntakeKind {
+    /// In this process (embedded default; uploads on disk survive a restart).
+    Embedded,
+    /// The RabbitMQ job queue, shared with every `mmt run --source rabbitmq`.
+    Rabbitmq,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (TLS when SSL_CERT_FILE and SSL_KEY_FILE are set).
+    #[arg(long, env = "MMT_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Folder for uploads, documents, the audit log and the embedded job store.
+    #[arg(long, default_value = "mmt-data")]
+    pub out: PathBuf,
+    /// Where accepted jobs wait for transcription.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub intake: IntakeKind,
+    /// Largest accepted upload, in MiB.
+    #[arg(long, env = "MMT_API_MAX_UPLOAD_MB", default_value_t = 100)]
+    pub max_upload_mb: usize,
+    /// Longest a request may take, in seconds (uploads included).
+    #[arg(long, env = "MMT_API_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub request_timeout: u64,
+    /// Sustained requests per second per tenant.
+    #[arg(long, env = "MMT_API_TENANT_RATE", default_value_t = 50)]
+    pub tenant_rate: u32,
+    /// Requests per tenant allowed at once above the sustained rate.
+    #[arg(long, env = "MMT_API_TENANT_BURST", default_value_t = 100)]
+    pub tenant_burst: u32,
+    /// Folder of RS256 public keys, `<kid>.pem`; re-read every minute, so
+    /// keys rotate without a restart.
+    #[arg(long, env = "MMT_JWT_PUBLIC_KEYS_DIR")]
+    pub jwt_keys_dir: Option<PathBuf>,
+    /// Required `aud` claim, if any.
+    #[arg(long, env = "MMT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// HMAC key signing completion webhooks; without it, callback URLs are refused.
+    #[arg(long, env = "MMT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Timely workers (default: the worker plan from the environment).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// ONNX Runtime intra-op threads per worker (default: cores / workers).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Speech chunks (from any jobs) transcribed together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Tenant the token is scoped to.
+    #[arg(long)]
+    pub tenant: String,
+    /// Roles: submitter, reader, admin (repeat for several).
+    #[arg(long = "role", required = true, value_parser = ["submitter", "reader", "admin"])]
+    pub roles: Vec<String>,
+    /// The acting user or service (recorded in the audit trail).
+    #[arg(long, default_value = "mmt-cli")]
+    pub subject: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RetentionCommand {
     /// Purge once (for a CronJob).
@@ -180,7 +253,8 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) => "warn",
-            Self::Run(_) | Self::Retention(_) | Self::Submit(_) => "warn",
+            Self::Run(_) | Self::Retention(_) | Self::Submit(_) | Self::Token(_) => "warn",
+            Self::Serve(_) => "info",
         }
     }
 
@@ -189,6 +263,8 @@ impl Command {
             Self::Transcribe(args) => crate::transcribe::run(args),
             Self::Run(args) => crate::run::run_pipeline(args),
             Self::Submit(args) => crate::run::submit(args),
+            Self::Serve(args) => crate::serve::serve(args),
+            Self::Token(args) => crate::serve::token(args),
             Self::Retention(RetentionCommand::Purge(args)) => crate::run::retention(args),
             Self::Check(args) => check(args),
             Self::Model(ModelCommand::Export(args)) => export(args),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod run;
+mod serve;
 mod transcribe;
 
 use clap::Parser;

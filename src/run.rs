@@ -28,23 +28,33 @@ impl Progress for Bar {
     }
 }
 
-pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
-    let config = load_config()?;
+/// Workers and intra-op threads: explicit flags win, else the worker plan.
+pub fn worker_split(
+    config: &mmt_pipeline::Config,
+    workers: Option<usize>,
+    threads: Option<usize>,
+) -> (usize, usize) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plan = config.worker_plan(cores);
-    let workers = args.workers.unwrap_or(plan.workers).max(1);
-    let threads = match (args.threads, args.workers) {
+    let chosen_workers = workers.unwrap_or(plan.workers).max(1);
+    let threads = match (threads, workers) {
         (Some(threads), _) => threads,
         (None, None) => plan.intra_op_threads,
-        (None, Some(_)) => cores / workers,
+        (None, Some(_)) => cores / chosen_workers,
     }
     .max(1);
-    tracing::info!(?plan, workers, threads, "worker plan");
+    tracing::info!(?plan, workers = chosen_workers, threads, "worker plan");
     eprintln!(
-        "mmt: {workers} worker(s) x {threads} ONNX Runtime thread(s) on {cores} core(s) \
+        "mmt: {chosen_workers} worker(s) x {threads} ONNX Runtime thread(s) on {cores} core(s) \
          (worker plan: {} limited by {:?})",
         plan.workers, plan.limited_by
     );
+    (chosen_workers, threads)
+}
+
+pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
+    let config = load_config()?;
+    let (workers, threads) = worker_split(&config, args.workers, args.threads);
     let choice = match args.source {
         SourceKind::Dir => SourceChoice::Directory {
             input: args.input.clone().unwrap_or_default(),

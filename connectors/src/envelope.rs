@@ -236,6 +236,15 @@ impl EnvelopeReader {
         record
     }
 
+    /// The audio a reference names (a `file://` URL or absolute path under the
+    /// reference root), with its format from the extension. Reasons name no path.
+    pub fn read_reference(&self, url: &str) -> Result<(Vec<u8>, Option<String>), String> {
+        self.audio(&AudioPayload::Reference {
+            url: url.to_owned(),
+            format: None,
+        })
+    }
+
     fn audio(&self, payload: &AudioPayload) -> Result<(Vec<u8>, Option<String>), String> {
         match payload {
             AudioPayload::Inline { data, format } => {

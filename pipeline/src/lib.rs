@@ -7,5 +7,6 @@
 pub mod config;
 pub mod retention;
 pub mod run;
+pub mod serve;
 
 pub use config::Config;

@@ -55,14 +55,38 @@ pub fn open_resources(
     metrics: &Metrics,
 ) -> Result<Resources, RunError> {
     let source = open_source(config, choice)?;
+    let sinks = open_sinks(config, paths)?;
+    let publish_events = matches!(choice, SourceChoice::RabbitMq);
+    open_resources_for(
+        config,
+        source,
+        sinks,
+        publish_events,
+        paths,
+        workers,
+        metrics,
+    )
+}
+
+/// Like [`open_resources`], for a source and sinks opened by the caller (the
+/// API's intake, sinks it shares); `publish_events` adds RabbitMQ job events
+/// to the audit trail.
+pub fn open_resources_for(
+    config: &Config,
+    source: Box<dyn JobSource>,
+    mut sinks: Sinks,
+    publish_events: bool,
+    paths: &OutputPaths,
+    workers: usize,
+    metrics: &Metrics,
+) -> Result<Resources, RunError> {
     let stores = (0..workers.max(1))
         .map(|_| open_store(config, &paths.database_url))
         .collect::<Result<Vec<_>, _>>()?;
     let filters = (0..workers.max(1))
         .map(|_| open_filter(config))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut sinks = open_sinks(config, paths)?;
-    if matches!(choice, SourceChoice::RabbitMq) {
+    if publish_events {
         let events = RabbitMqEventPublisher::connect(&amqp_config(config), Some(metrics.clone()))
             .map_err(|err| setup("RabbitMQ event publisher", err))?;
         sinks.audit = Box::new(AuditWithEvents {
@@ -118,7 +142,8 @@ fn open_source(config: &Config, choice: &SourceChoice) -> Result<Box<dyn JobSour
     }
 }
 
-fn envelope_reader(config: &Config) -> EnvelopeReader {
+/// Reads job envelopes, resolving audio references under the configured root.
+pub fn envelope_reader(config: &Config) -> EnvelopeReader {
     EnvelopeReader::new(config.sinks.audio_reference_root.clone(), UNKNOWN_TENANT)
 }
 
@@ -158,22 +183,36 @@ fn open_filter(config: &Config) -> Result<Option<Box<dyn IdempotencyFilter>>, Ru
 
 /// Opens the sinks of the commit stage (one writer each: the commit stage or a purge).
 pub fn open_sinks(config: &Config, paths: &OutputPaths) -> Result<Sinks, RunError> {
-    let documents: Box<dyn DocumentSink> = match &config.sinks.fhir {
-        Some(server) => Box::new(
-            server
-                .build(config.environment.is_prod())
-                .map_err(|e| setup("FHIR server", e))?,
-        ),
-        None => Box::new(
-            paths
-                .documents()
-                .build()
-                .map_err(|e| setup("FHIR NDJSON sink", e))?,
-        ),
-    };
-    Ok(Sinks {
+    Ok(open_shared_sinks(config, paths)?.sinks)
+}
+
+/// The commit stage's sinks, plus a second handle on its document sink and
+/// audit trail for another writer in the process (the API's deletions). File
+/// sinks are one shared log per file, never two (each would miss the other's
+/// records); a FHIR server sink is a stateless client, so it is opened twice.
+pub fn open_shared_sinks(config: &Config, paths: &OutputPaths) -> Result<SharedSinks, RunError> {
+    let (documents, shared_documents): (Box<dyn DocumentSink>, Box<dyn DocumentSink>) =
+        match &config.sinks.fhir {
+            Some(server) => {
+                let open = || {
+                    server
+                        .build(config.environment.is_prod())
+                        .map_err(|e| setup("FHIR server", e))
+                };
+                (Box::new(open()?), Box::new(open()?))
+            }
+            None => {
+                let sink = paths
+                    .documents()
+                    .build()
+                    .map_err(|e| setup("FHIR NDJSON sink", e))?;
+                (Box::new(sink.clone()), Box::new(sink))
+            }
+        };
+    let audit = paths.audit().build().map_err(|e| setup("audit log", e))?;
+    let sinks = Sinks {
         documents,
-        audit: Box::new(paths.audit().build().map_err(|e| setup("audit log", e))?),
+        audit: Box::new(audit.clone()),
         dead_letters: Box::new(
             paths
                 .dead_letters()
@@ -181,7 +220,25 @@ pub fn open_sinks(config: &Config, paths: &OutputPaths) -> Result<Sinks, RunErro
                 .map_err(|e| setup("dead-letter queue", e))?,
         ),
         store: open_store(config, &paths.database_url)?,
+    };
+    Ok(SharedSinks {
+        sinks,
+        documents: shared_documents,
+        audit: Box::new(audit),
     })
+}
+
+/// The commit stage's sinks and a second handle on two of them.
+pub struct SharedSinks {
+    pub sinks: Sinks,
+    pub documents: Box<dyn DocumentSink>,
+    pub audit: Box<dyn AuditSink>,
+}
+
+impl std::fmt::Debug for SharedSinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSinks { .. }")
+    }
 }
 
 /// The audit trail first, then the same event published as a job event: the

@@ -1,0 +1,376 @@
+//! Bearer-token authentication: JWTs signed with HS256 (`INTERNAL_JWT_SECRET`)
+//! or RS256 (public keys by key id, so keys rotate without a restart).
+//!
+//! A token must carry `sub`, `tenant`, `roles` and `exp`. Every failure (no
+//! token, malformed, `alg: none`, unknown key id, bad signature, expired, no
+//! tenant) answers the same 401: which check failed is logged at debug level
+//! and never sent, so the API is no oracle for forging tokens.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a caller may do. A token may carry several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Submits jobs and reads them.
+    Submitter,
+    /// Reads jobs, transcripts and the status page.
+    Reader,
+    /// Everything, including deleting jobs.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "submitter" => Some(Self::Submitter),
+            "reader" => Some(Self::Reader),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The claims MMT reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user or service acting (recorded in the audit trail).
+    pub sub: String,
+    /// The tenant every read and write is scoped to.
+    pub tenant: String,
+    /// Role names; unknown names are ignored.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub tenant: String,
+    pub roles: Vec<Role>,
+}
+
+impl Caller {
+    /// Whether the caller holds any of `roles`.
+    pub fn has_any(&self, roles: &[Role]) -> bool {
+        self.roles.iter().any(|held| roles.contains(held))
+    }
+}
+
+/// Why a token was refused (for debug logs only: the client sees one 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("malformed token or unsupported algorithm")]
+    Malformed,
+    #[error("no key for this token (algorithm not configured or unknown key id)")]
+    UnknownKey,
+    #[error("token rejected: {0}")]
+    Rejected(String),
+    #[error("the tenant claim is missing or not a valid tenant name")]
+    BadTenant,
+}
+
+/// Problems with the authentication settings.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("INTERNAL_JWT_SECRET must be at least {min} characters")]
+    ShortSecret { min: usize },
+    #[error("no signing key configured: set INTERNAL_JWT_SECRET or MMT_JWT_PUBLIC_KEYS_DIR")]
+    NoKeys,
+    #[error("reading the public keys in {dir}: {reason}")]
+    KeyDir { dir: PathBuf, reason: String },
+    #[error("signing a token: {0}")]
+    Sign(String),
+}
+
+/// The shortest accepted HS256 secret (256 bits of ASCII).
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// Clock skew tolerated on `exp`, in seconds.
+const LEEWAY_SECONDS: u64 = 5;
+
+/// The verification keys: one HS256 secret and any number of RS256 public
+/// keys by `kid`. The RS256 set is replaced whole on rotation
+/// ([`KeyRing::replace_rs256`]), while requests keep verifying.
+pub struct KeyRing {
+    hs256: Option<DecodingKey>,
+    rs256: RwLock<HashMap<String, DecodingKey>>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("hs256", &self.hs256.is_some())
+            .field("rs256_kids", &self.rs256_kids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// A ring with the HS256 secret (if any) and no RS256 keys yet.
+    pub fn new(secret: Option<&str>, audience: Option<String>) -> Result<Self, KeyError> {
+        let hs256 = match secret {
+            Some(secret) if secret.chars().count() < MIN_SECRET_CHARS => {
+                return Err(KeyError::ShortSecret {
+                    min: MIN_SECRET_CHARS,
+                })
+            }
+            Some(secret) => Some(DecodingKey::from_secret(secret.as_bytes())),
+            None => None,
+        };
+        Ok(Self {
+            hs256,
+            rs256: RwLock::new(HashMap::new()),
+            audience,
+        })
+    }
+
+    /// Replaces the RS256 keys (rotation: the new set is live for the next request).
+    pub fn replace_rs256(&self, keys: HashMap<String, DecodingKey>) {
+        if let Ok(mut held) = self.rs256.write() {
+            *held = keys;
+        }
+    }
+
+    /// The key ids of the RS256 keys held now, sorted.
+    pub fn rs256_kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self
+            .rs256
+            .read()
+            .map(|keys| keys.keys().cloned().collect())
+            .unwrap_or_default();
+        kids.sort();
+        kids
+    }
+
+    /// Whether any key can verify a token.
+    pub fn is_empty(&self) -> bool {
+        self.hs256.is_none() && self.rs256.read().map_or(true, |keys| keys.is_empty())
+    }
+
+    /// Verifies `token` and returns its caller.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        // `alg: none` and every algorithm jsonwebtoken does not know fail here.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let claims = match header.alg {
+            Algorithm::HS256 => {
+                let key = self.hs256.as_ref().ok_or(AuthError::UnknownKey)?;
+                self.decode(token, key, Algorithm::HS256)?
+            }
+            Algorithm::RS256 => {
+                let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+                let keys = self.rs256.read().map_err(|_| AuthError::UnknownKey)?;
+                let key = keys.get(&kid).ok_or(AuthError::UnknownKey)?;
+                self.decode(token, key, Algorithm::RS256)?
+            }
+            _ => return Err(AuthError::Malformed),
+        };
+        if !is_valid_tenant(&claims.tenant) {
+            return Err(AuthError::BadTenant);
+        }
+        Ok(Caller {
+            subject: claims.sub,
+            tenant: claims.tenant,
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        })
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        algorithm: Algorithm,
+    ) -> Result<Claims, AuthError> {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|err| AuthError::Rejected(err.kind_name()))
+    }
+}
+
+/// A short name of a jsonwebtoken error kind, for debug logs.
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for jsonwebtoken::errors::Error {
+    fn kind_name(&self) -> String {
+        use jsonwebtoken::errors::ErrorKind;
+        match self.kind() {
+            ErrorKind::ExpiredSignature => "expired".to_owned(),
+            ErrorKind::InvalidSignature => "bad signature".to_owned(),
+            ErrorKind::InvalidAudience => "wrong audience".to_owned(),
+            ErrorKind::InvalidAlgorithm => "algorithm mismatch".to_owned(),
+            ErrorKind::MissingRequiredClaim(claim) => format!("missing claim {claim}"),
+            _ => "malformed".to_owned(),
+        }
+    }
+}
+
+/// Tenants name database rows and metrics scopes: 1–128 of `[A-Za-z0-9._-]`.
+pub fn is_valid_tenant(tenant: &str) -> bool {
+    (1..=128).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Reads every `<kid>.pem` RSA public key in `dir`.
+pub fn load_rs256_dir(dir: &Path) -> Result<HashMap<String, DecodingKey>, KeyError> {
+    let problem = |reason: String| KeyError::KeyDir {
+        dir: dir.to_owned(),
+        reason,
+    };
+    let mut keys = HashMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| problem(e.to_string()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| problem(e.to_string()))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let Some(kid) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let pem = std::fs::read(&path).map_err(|e| problem(format!("{kid}.pem: {e}")))?;
+        let key = DecodingKey::from_rsa_pem(&pem)
+            .map_err(|e| problem(format!("{kid}.pem is not an RSA public key: {e}")))?;
+        keys.insert(kid.to_owned(), key);
+    }
+    Ok(keys)
+}
+
+/// Signs an HS256 token (for `mmt token`, tests and service-to-service calls).
+pub fn sign_hs256(secret: &str, claims: &Claims) -> Result<String, KeyError> {
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return Err(KeyError::ShortSecret {
+            min: MIN_SECRET_CHARS,
+        });
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| KeyError::Sign(e.to_string()))
+}
+
+/// Signs an RS256 token with a PEM private key and key id.
+pub fn sign_rs256(private_pem: &[u8], kid: &str, claims: &Claims) -> Result<String, KeyError> {
+    let key = EncodingKey::from_rsa_pem(private_pem).map_err(|e| KeyError::Sign(e.to_string()))?;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).map_err(|e| KeyError::Sign(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn claims(exp_offset: i64) -> Claims {
+        let now = mmt_core::job::unix_now();
+        Claims {
+            sub: "svc-dictation".into(),
+            tenant: "clinic-a".into(),
+            roles: vec!["submitter".into(), "auditor".into()],
+            exp: (now + exp_offset) as u64,
+            iat: Some(now as u64),
+            aud: None,
+        }
+    }
+
+    fn ring() -> KeyRing {
+        KeyRing::new(Some(SECRET), None).unwrap()
+    }
+
+    #[test]
+    fn a_valid_hs256_token_names_its_caller() {
+        let token = sign_hs256(SECRET, &claims(60)).unwrap();
+        let caller = ring().verify(&token).unwrap();
+        assert_eq!(caller.tenant, "clinic-a");
+        assert_eq!(caller.subject, "svc-dictation");
+        assert_eq!(caller.roles, [Role::Submitter], "unknown roles are ignored");
+    }
+
+    #[test]
+    fn expired_wrongly_signed_and_malformed_tokens_fail() {
+        let ring = ring();
+        let expired = sign_hs256(SECRET, &claims(-60)).unwrap();
+        assert_eq!(
+            ring.verify(&expired),
+            Err(AuthError::Rejected("expired".into()))
+        );
+        let other = sign_hs256("another-secret-of-at-least-32-chars!", &claims(60)).unwrap();
+        assert_eq!(
+            ring.verify(&other),
+            Err(AuthError::Rejected("bad signature".into()))
+        );
+        assert_eq!(ring.verify("not.a.jwt"), Err(AuthError::Malformed));
+        assert_eq!(ring.verify(""), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let payload = serde_json::to_string(&claims(60)).unwrap();
+        let token = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&payload)
+        );
+        assert!(ring().verify(&token).is_err());
+    }
+
+    #[test]
+    fn an_rs256_token_without_a_known_key_id_fails() {
+        let ring = ring();
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let payload = serde_json::to_string(&claims(60)).unwrap();
+        let token = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"RS256","typ":"JWT","kid":"k9"}"#),
+            b64(&payload)
+        );
+        assert_eq!(ring.verify(&token), Err(AuthError::UnknownKey));
+    }
+
+    #[test]
+    fn a_bad_tenant_claim_fails() {
+        let mut bad = claims(60);
+        bad.tenant = "../etc".into();
+        let token = sign_hs256(SECRET, &bad).unwrap();
+        assert_eq!(ring().verify(&token), Err(AuthError::BadTenant));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(matches!(
+            KeyRing::new(Some("short"), None),
+            Err(KeyError::ShortSecret { .. })
+        ));
+        assert!(KeyRing::new(None, None).unwrap().is_empty());
+    }
+}

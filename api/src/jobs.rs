@@ -1,0 +1,683 @@
+//! `/v1/jobs`: submit, read, list, fetch transcripts, delete.
+
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mmt_core::control::{IdempotencyKey, ListQuery, Submission, MAX_PRIORITY};
+use mmt_core::job::{JobId, JobStatus};
+use mmt_core::transcript::TranscriptFormat;
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, Problem};
+use crate::state::{require, AppState, ADMINS, READERS, SUBMITTERS};
+use crate::views::{
+    decode_cursor, encode_cursor, parse_rfc3339, JobList, JobRequest, JobView, ListParams,
+    TranscriptFormatParam, TranscriptParams,
+};
+
+/// The header a client retries a submission with.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Declared part types accepted for audio (besides a generic octet stream).
+const AUDIO_CONTENT_TYPES: &[&str] = &[
+    "audio/wav",
+    "audio/x-wav",
+    "audio/wave",
+    "audio/vnd.wave",
+    "audio/flac",
+    "audio/x-flac",
+    "audio/mpeg",
+    "audio/mp3",
+    "audio/ogg",
+    "audio/opus",
+    "application/ogg",
+    "application/octet-stream",
+];
+
+/// Jobs per page when the client does not say.
+const DEFAULT_PAGE_SIZE: u32 = 20;
+
+/// Longest accepted callback URL.
+const MAX_CALLBACK_URL: usize = 2048;
+
+/// Submit a transcription job.
+///
+/// Either upload the audio (`multipart/form-data`, field `audio`) or name it
+/// (`application/json`, `audio_reference`). The same audio from the same
+/// tenant is the same job; a retry with the same `Idempotency-Key` returns
+/// the job of the first request, and the key reused for a different request
+/// answers 409.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1-255 visible ASCII characters")),
+    request_body(content(
+        (crate::views::UploadForm = "multipart/form-data"),
+        (JobRequest = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Accepted: the job is queued", body = JobView),
+        (status = 200, description = "The job already existed (same audio, or a retried Idempotency-Key)", body = JobView),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's roles do not allow submitting", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Upload too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not multipart or JSON, or not supported audio", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The job store or intake is down", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    require(&caller, SUBMITTERS)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let trace_parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let fields = if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|_| ApiError::BadRequest("malformed multipart body".into()))?;
+        read_upload(multipart, state.config.max_upload_bytes).await?
+    } else if content_type.starts_with("application/json") {
+        let Json(job) = Json::<JobRequest>::from_request(request, &state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(json_rejection(&rejection)))?;
+        let reference = job.audio_reference.clone();
+        check_reference_syntax(&reference)?;
+        let audio = state
+            .blocking(move |control| control.read_reference(&reference).map_err(ApiError::from))
+            .await?;
+        SubmissionFields {
+            source: job.audio_reference,
+            audio,
+            declared_type: None,
+            patient_reference: job.patient_reference,
+            encounter_reference: job.encounter_reference,
+            priority: job.priority,
+            callback_url: job.callback_url,
+        }
+    } else {
+        return Err(ApiError::UnsupportedMediaType(
+            "send multipart/form-data (an upload) or application/json (an audio reference)".into(),
+        ));
+    };
+    if fields.callback_url.is_some() && !state.config.callbacks_enabled {
+        return Err(ApiError::Unprocessable(
+            "this server does not deliver callbacks (no MMT_WEBHOOK_SECRET)".into(),
+        ));
+    }
+    let submission = fields.into_submission(&caller.tenant, idempotency_key, trace_parent)?;
+    let tenant = caller.tenant.clone();
+    let (submitted, job) = state
+        .blocking(move |control| {
+            let submitted = control.submit(submission)?;
+            let job = control.job(&tenant, &submitted.job_id)?;
+            Ok((submitted, job))
+        })
+        .await?;
+    let job = job.ok_or_else(|| ApiError::internal("a submitted job is not in the store"))?;
+    let status = if submitted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let view = JobView::from(&job);
+    let mut response = (status, Json(&view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&view.links.this) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The fields of a submission, before they are checked.
+struct SubmissionFields {
+    source: String,
+    audio: Vec<u8>,
+    declared_type: Option<String>,
+    patient_reference: Option<String>,
+    encounter_reference: Option<String>,
+    priority: Option<u8>,
+    callback_url: Option<String>,
+}
+
+impl SubmissionFields {
+    /// Checks every field and fingerprints the request for its idempotency key.
+    fn into_submission(
+        self,
+        tenant: &str,
+        key: Option<String>,
+        trace_parent: Option<String>,
+    ) -> Result<Submission, ApiError> {
+        if let Some(declared) = &self.declared_type {
+            let essence = declared.split(';').next().unwrap_or("").trim();
+            if !AUDIO_CONTENT_TYPES.contains(&essence) {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the audio part is {essence:?}; expected WAV, FLAC, MP3 or Ogg audio"
+                )));
+            }
+        }
+        if self.audio.is_empty() {
+            return Err(ApiError::Unprocessable("the audio is empty".into()));
+        }
+        let format = sniff_audio(&self.audio).ok_or_else(|| {
+            ApiError::UnsupportedMediaType(
+                "the audio is not WAV, FLAC, MP3, Ogg/Vorbis or Ogg/Opus".into(),
+            )
+        })?;
+        check_fhir_reference(self.patient_reference.as_deref(), "Patient")?;
+        check_fhir_reference(self.encounter_reference.as_deref(), "Encounter")?;
+        let priority = self.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(ApiError::Unprocessable(format!(
+                "priority must be 0-{MAX_PRIORITY}"
+            )));
+        }
+        if let Some(url) = &self.callback_url {
+            check_callback_url(url)?;
+        }
+        let idempotency = key.map(|key| IdempotencyKey {
+            request_hash: self.fingerprint(priority),
+            key,
+        });
+        Ok(Submission {
+            tenant: tenant.to_owned(),
+            audio: self.audio,
+            format: Some(format.to_owned()),
+            source: self.source,
+            patient_reference: self.patient_reference,
+            encounter_reference: self.encounter_reference,
+            priority,
+            callback_url: self.callback_url,
+            idempotency,
+            trace_parent,
+        })
+    }
+
+    /// Hex SHA-256 over everything that makes two requests the same request.
+    fn fingerprint(&self, priority: u8) -> String {
+        let mut hash = Sha256::new();
+        hash.update(Sha256::digest(&self.audio));
+        for field in [
+            self.patient_reference.as_deref(),
+            self.encounter_reference.as_deref(),
+            self.callback_url.as_deref(),
+        ] {
+            // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+            let field = field.unwrap_or("\u{0}");
+            hash.update((field.len() as u64).to_le_bytes());
+            hash.update(field.as_bytes());
+        }
+        hash.update([priority]);
+        hex::encode(hash.finalize())
+    }
+}
+
+async fn read_upload(mut multipart: Multipart, limit: usize) -> Result<SubmissionFields, ApiError> {
+    let mut fields = SubmissionFields {
+        source: String::new(),
+        audio: Vec::new(),
+        declared_type: None,
+        patient_reference: None,
+        encounter_reference: None,
+        priority: None,
+        callback_url: None,
+    };
+    let mut saw_audio = false;
+    let too_large = |err: axum::extract::multipart::MultipartError| {
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit_bytes: limit }
+        } else {
+            ApiError::BadRequest("malformed multipart body".into())
+        }
+    };
+    while let Some(field) = multipart.next_field().await.map_err(too_large)? {
+        let name = field.name().unwrap_or("").to_owned();
+        match name.as_str() {
+            "audio" => {
+                saw_audio = true;
+                fields.source = field.file_name().unwrap_or("upload").to_owned();
+                fields.declared_type = field.content_type().map(str::to_ascii_lowercase);
+                fields.audio = read_limited(field, limit).await?;
+            }
+            "patient_reference" | "encounter_reference" | "priority" | "callback_url" => {
+                let value = field.text().await.map_err(too_large)?;
+                let value = value.trim().to_owned();
+                match name.as_str() {
+                    "patient_reference" => fields.patient_reference = non_empty(value),
+                    "encounter_reference" => fields.encounter_reference = non_empty(value),
+                    "callback_url" => fields.callback_url = non_empty(value),
+                    _ => {
+                        fields.priority = match non_empty(value) {
+                            None => None,
+                            Some(text) => Some(text.parse().map_err(|_| {
+                                ApiError::Unprocessable(format!(
+                                    "priority must be an integer 0-{MAX_PRIORITY}"
+                                ))
+                            })?),
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "unknown form field (expected audio, patient_reference, encounter_reference, \
+                     priority, callback_url)"
+                        .into(),
+                ))
+            }
+        }
+    }
+    if !saw_audio {
+        return Err(ApiError::BadRequest(
+            "the form has no audio field (a file)".into(),
+        ));
+    }
+    Ok(fields)
+}
+
+/// The field's bytes, refused with 413 as soon as they pass `limit` (rather
+/// than buffering an oversized upload whole).
+async fn read_limited(
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let mut audio = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|err| {
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit_bytes: limit }
+        } else {
+            ApiError::BadRequest("malformed multipart body".into())
+        }
+    })? {
+        if audio.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
+        }
+        audio.extend_from_slice(&chunk);
+    }
+    Ok(audio)
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// Names the problem of a JSON body without quoting it (it may hold PHI).
+fn json_rejection(rejection: &axum::extract::rejection::JsonRejection) -> String {
+    use axum::extract::rejection::JsonRejection::*;
+    match rejection {
+        JsonDataError(_) => "the JSON body does not match JobRequest".into(),
+        JsonSyntaxError(_) => "the body is not valid JSON".into(),
+        MissingJsonContentType(_) => "expected Content-Type: application/json".into(),
+        _ => "unreadable JSON body".into(),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The container of `audio` by its magic bytes.
+pub fn sniff_audio(audio: &[u8]) -> Option<&'static str> {
+    let starts = |magic: &[u8]| audio.starts_with(magic);
+    if starts(b"RIFF") && audio.get(8..12) == Some(b"WAVE") {
+        Some("wav")
+    } else if starts(b"fLaC") {
+        Some("flac")
+    } else if starts(b"OggS") {
+        // An Opus stream names itself in its first packet.
+        let head = &audio[..audio.len().min(64)];
+        if head.windows(8).any(|w| w == b"OpusHead") {
+            Some("opus")
+        } else {
+            Some("ogg")
+        }
+    } else if starts(b"ID3") || (audio.len() >= 2 && audio[0] == 0xff && audio[1] & 0xe0 == 0xe0) {
+        Some("mp3")
+    } else {
+        None
+    }
+}
+
+/// `Patient/<id>` or `Encounter/<id>` with a FHIR id (1–64 of `[A-Za-z0-9.-]`).
+fn check_fhir_reference(reference: Option<&str>, kind: &str) -> Result<(), ApiError> {
+    let Some(reference) = reference else {
+        return Ok(());
+    };
+    let valid = reference
+        .strip_prefix(kind)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "{} must be a FHIR reference {kind}/<id>",
+            kind.to_ascii_lowercase() + "_reference"
+        )))
+    }
+}
+
+fn check_callback_url(url: &str) -> Result<(), ApiError> {
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    let host_ok = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|host| !host.is_empty());
+    if scheme_ok && host_ok && url.len() <= MAX_CALLBACK_URL && !url.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "callback_url must be an http(s) URL of at most {MAX_CALLBACK_URL} characters"
+        )))
+    }
+}
+
+fn check_reference_syntax(reference: &str) -> Result<(), ApiError> {
+    if reference.is_empty() || reference.len() > 1024 {
+        return Err(ApiError::Unprocessable(
+            "audio_reference must be 1-1024 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A job id from the path: anything that cannot be one is simply not found.
+fn job_id(id: String) -> Result<JobId, ApiError> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ApiError::NotFound);
+    }
+    Ok(JobId(id))
+}
+
+/// A job's status, timestamps, attempts and failure.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's roles do not allow reading", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    require(&caller, READERS)?;
+    let id = job_id(id)?;
+    let tenant = caller.tenant;
+    let job = state
+        .blocking(move |control| control.job(&tenant, &id).map_err(ApiError::from))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(JobView::from(&job)))
+}
+
+/// The tenant's jobs, newest first, filtered by status and time, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of jobs", body = JobList),
+        (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's roles do not allow reading", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    require(&caller, READERS)?;
+    let Query(params) =
+        params.map_err(|_| ApiError::BadRequest("unreadable query parameters".into()))?;
+    let time = |value: &Option<String>, name: &str| {
+        value
+            .as_deref()
+            .map(|text| {
+                parse_rfc3339(text)
+                    .ok_or_else(|| ApiError::BadRequest(format!("{name} must be RFC 3339")))
+            })
+            .transpose()
+    };
+    let max = state.config.max_page_size;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE_SIZE.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::BadRequest(format!("limit must be 1-{max}")));
+    }
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|token| decode_cursor(token).ok_or_else(|| ApiError::BadRequest("bad cursor".into())))
+        .transpose()?;
+    let query = ListQuery {
+        status: params.status.map(JobStatus::from),
+        received_from: time(&params.received_after, "received_after")?,
+        received_before: time(&params.received_before, "received_before")?,
+        after,
+        limit,
+    };
+    let tenant = caller.tenant;
+    let page = state
+        .blocking(move |control| control.list(&tenant, &query).map_err(ApiError::from))
+        .await?;
+    Ok(Json(JobList {
+        jobs: page.jobs.iter().map(JobView::from).collect(),
+        next_cursor: page.next.as_ref().map(encode_cursor),
+    }))
+}
+
+/// The transcript of a completed job, as JSON, text, SRT, WebVTT or FHIR.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/transcript",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), TranscriptParams),
+    responses(
+        (status = 200, description = "The transcript", content(
+            (crate::views::TranscriptSchema = "application/json"),
+            (String = "text/plain"),
+            (String = "application/x-subrip"),
+            (String = "text/vtt"),
+            (serde_json::Value = "application/fhir+json"),
+        )),
+        (status = 400, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's roles do not allow reading", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job has not completed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_transcript(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    params: Result<Query<TranscriptParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require(&caller, READERS)?;
+    let Query(params) = params
+        .map_err(|_| ApiError::BadRequest("format must be json, text, srt, vtt or fhir".into()))?;
+    let id = job_id(id)?;
+    let format = params.format.unwrap_or_default();
+    let tenant = caller.tenant;
+    let (job, transcript) = state
+        .blocking({
+            let id = id.clone();
+            let tenant = tenant.clone();
+            move |control| control.transcript(&tenant, &id).map_err(ApiError::from)
+        })
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let transcript = match transcript {
+        Some(transcript) if job.status == JobStatus::Completed => transcript,
+        _ => {
+            return Err(ApiError::Conflict(format!(
+                "the job is {}; its transcript is not ready",
+                job.status.as_str()
+            )))
+        }
+    };
+    let (content_type, body) = match format {
+        TranscriptFormatParam::Json => (
+            "application/json",
+            transcript.render(TranscriptFormat::Json),
+        ),
+        TranscriptFormatParam::Text => (
+            "text/plain; charset=utf-8",
+            transcript.render(TranscriptFormat::Text),
+        ),
+        TranscriptFormatParam::Srt => (
+            "application/x-subrip",
+            transcript.render(TranscriptFormat::Srt),
+        ),
+        TranscriptFormatParam::Vtt => (
+            "text/vtt; charset=utf-8",
+            transcript.render(TranscriptFormat::Vtt),
+        ),
+        TranscriptFormatParam::Fhir => {
+            let document = state
+                .blocking(move |control| {
+                    control.fhir_document(&tenant, &id).map_err(ApiError::from)
+                })
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            ("application/fhir+json", document)
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Deletes a job: its audio, transcript and documents are purged, and the
+/// deletion is recorded in the audit trail.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only admins delete", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&caller, ADMINS)?;
+    let id = job_id(id)?;
+    let deleted = state
+        .blocking(move |control| {
+            control
+                .delete(&caller.tenant, &id, &caller.subject)
+                .map_err(ApiError::from)
+        })
+        .await?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_is_recognised_by_its_magic_bytes() {
+        assert_eq!(sniff_audio(b"RIFF\0\0\0\0WAVEfmt "), Some("wav"));
+        assert_eq!(sniff_audio(b"fLaC\0\0"), Some("flac"));
+        assert_eq!(sniff_audio(b"ID3\x04"), Some("mp3"));
+        assert_eq!(sniff_audio(b"OggS\0\x02"), Some("ogg"));
+        assert_eq!(sniff_audio(b"%PDF-1.7"), None);
+        assert_eq!(sniff_audio(b"RIFF\0\0\0\0AVI "), None);
+    }
+
+    #[test]
+    fn fhir_references_are_checked() {
+        assert!(check_fhir_reference(Some("Patient/p-17"), "Patient").is_ok());
+        assert!(check_fhir_reference(None, "Patient").is_ok());
+        assert!(check_fhir_reference(Some("Encounter/9"), "Patient").is_err());
+        assert!(check_fhir_reference(Some("Patient/"), "Patient").is_err());
+        assert!(check_fhir_reference(Some("Patient/a b"), "Patient").is_err());
+    }
+
+    #[test]
+    fn callback_urls_must_be_http() {
+        assert!(check_callback_url("https://ehr.example/hooks/mmt").is_ok());
+        assert!(check_callback_url("ftp://ehr.example").is_err());
+        assert!(check_callback_url("https://").is_err());
+        assert!(check_callback_url("https://a b").is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_tells_requests_apart() {
+        let fields = |patient: Option<&str>| SubmissionFields {
+            source: "a.wav".into(),
+            audio: vec![1, 2, 3],
+            declared_type: None,
+            patient_reference: patient.map(str::to_owned),
+            encounter_reference: None,
+            priority: None,
+            callback_url: None,
+        };
+        assert_eq!(fields(None).fingerprint(0), fields(None).fingerprint(0));
+        assert_ne!(
+            fields(None).fingerprint(0),
+            fields(Some("Patient/1")).fingerprint(0)
+        );
+        assert_ne!(fields(None).fingerprint(0), fields(None).fingerprint(1));
+    }
+}

@@ -1,0 +1,566 @@
+//! `mmt serve`: the REST API and the dataflow in one process.
+//!
+//! The API sees the runtime through [`JobControl`], implemented here by
+//! [`ServiceControl`] over the job store, the upload store, the sinks and the
+//! intake. The intake is where accepted jobs wait for the dataflow:
+//!
+//! | intake | where jobs wait | who transcribes |
+//! |---|---|---|
+//! | embedded (default) | [`intake::ApiQueue`] in this process | this process's dataflow |
+//! | RabbitMQ | the job queue (envelopes with inline audio) | every `mmt run --source rabbitmq` or `mmt serve --intake rabbitmq` |
+
+pub mod intake;
+pub mod uploads;
+
+use crate::config::Config;
+use crate::run::plan::{
+    amqp_config, envelope_reader, open_resources_for, open_shared_sinks, SharedSinks,
+};
+use crate::run::{setup, OutputPaths, Resources, RunError};
+use intake::{ApiQueue, ApiQueueSource};
+use mmt_connectors::envelope::{message_id_for, EnvelopeReader, JobEnvelope};
+use mmt_connectors::fhir::document_reference;
+use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqSource};
+use mmt_connectors::sql::{
+    DueCallback as StoredCallback, IdempotencyRecord, JobRow, NewSubmission, PageQuery,
+    SqlJobStore, SqlJobStoreConfig, SubmissionOutcome,
+};
+use mmt_core::control::{
+    ControlError, DueCallback, JobControl, JobFailureView, JobPage, JobRecord, ListCursor,
+    ListQuery, Overview, Readiness, Submission, Submitted,
+};
+use mmt_core::job::{
+    unix_now, AuditAction, AuditEvent, AuditSink, CompletedJob, DocumentSink, JobId, JobStatus,
+};
+use mmt_core::source::JobSource;
+use mmt_core::telemetry::Metrics;
+use mmt_core::Transcript;
+use mmt_operators::decode::job_meta;
+use mmt_operators::records::SourceRecord;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use uploads::UploadStore;
+
+/// Job-store connections the API spreads its calls over.
+const API_STORE_CONNECTIONS: usize = 4;
+
+/// The window of the status page's throughput figures.
+const THROUGHPUT_WINDOW_SECONDS: u64 = 300;
+
+/// The actor of audit events this module records, before the caller's subject.
+const ACTOR_PREFIX: &str = "api:";
+
+/// Where accepted jobs wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeChoice {
+    /// In this process (the embedded default).
+    Embedded,
+    /// The RabbitMQ job queue of the configuration.
+    RabbitMq,
+}
+
+enum Intake {
+    Embedded(Arc<ApiQueue>),
+    RabbitMq(Box<Mutex<JobSubmitter>>),
+}
+
+/// The runtime as the API sees it.
+pub struct ServiceControl {
+    stores: Vec<Mutex<SqlJobStore>>,
+    next_store: AtomicUsize,
+    intake: Intake,
+    uploads: UploadStore,
+    documents: Mutex<Box<dyn DocumentSink>>,
+    audit: Mutex<Box<dyn AuditSink>>,
+    references: EnvelopeReader,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for ServiceControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceControl")
+            .field("stores", &self.stores.len())
+            .field("uploads", &self.uploads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens what `mmt serve` needs: the dataflow's resources, fed by the intake,
+/// and the API's control over the same stores and sinks. Re-queues the
+/// uploads of jobs that had not finished when the process last stopped.
+pub fn open(
+    config: &Config,
+    paths: &OutputPaths,
+    uploads_dir: &std::path::Path,
+    workers: usize,
+    intake: IntakeChoice,
+    metrics: &Metrics,
+) -> Result<(Resources, Arc<ServiceControl>), RunError> {
+    let uploads = UploadStore::open(uploads_dir).map_err(|e| setup("upload store", e))?;
+    let SharedSinks {
+        sinks,
+        documents,
+        audit,
+    } = open_shared_sinks(config, paths)?;
+    let (source, intake): (Box<dyn JobSource>, Intake) = match intake {
+        IntakeChoice::Embedded => {
+            let queue = ApiQueue::new();
+            let source = ApiQueueSource::new(Arc::clone(&queue));
+            (Box::new(source), Intake::Embedded(queue))
+        }
+        IntakeChoice::RabbitMq => {
+            let amqp = amqp_config(config);
+            let source = RabbitMqSource::connect(&amqp, envelope_reader(config))
+                .map_err(|e| setup("RabbitMQ source", e))?;
+            let submitter =
+                JobSubmitter::connect(&amqp).map_err(|e| setup("RabbitMQ intake", e))?;
+            (
+                Box::new(source),
+                Intake::RabbitMq(Box::new(Mutex::new(submitter))),
+            )
+        }
+    };
+    let publish_events = matches!(intake, Intake::RabbitMq(_));
+    let resources = open_resources_for(
+        config,
+        source,
+        sinks,
+        publish_events,
+        paths,
+        workers,
+        metrics,
+    )?;
+    let stores = (0..API_STORE_CONNECTIONS)
+        .map(|_| {
+            SqlJobStoreConfig::new(&paths.database_url)
+                .build(config.environment.is_prod())
+                .map(Mutex::new)
+                .map_err(|e| setup("job store", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let control = Arc::new(ServiceControl {
+        stores,
+        next_store: AtomicUsize::new(0),
+        intake,
+        uploads,
+        documents: Mutex::new(documents),
+        audit: Mutex::new(audit),
+        references: envelope_reader(config),
+        metrics: metrics.clone(),
+    });
+    control
+        .requeue_unfinished()
+        .map_err(|e| setup("upload store", e))?;
+    Ok((resources, control))
+}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values stay consistent across a panic (each call is one
+    // statement or one file append), so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unavailable(what: &str, err: impl std::fmt::Display) -> ControlError {
+    ControlError::Unavailable(format!("{what}: {err}"))
+}
+
+impl ServiceControl {
+    /// One of the API's store connections, in turn.
+    fn store(&self) -> MutexGuard<'_, SqlJobStore> {
+        let index = self.next_store.fetch_add(1, Ordering::Relaxed) % self.stores.len();
+        lock(&self.stores[index])
+    }
+
+    /// Queues again every stored upload whose job has not finished (the
+    /// embedded queue lives in memory); drops uploads of deleted jobs.
+    fn requeue_unfinished(&self) -> Result<usize, String> {
+        let Intake::Embedded(queue) = &self.intake else {
+            return Ok(0);
+        };
+        let mut requeued = 0;
+        for id in self.uploads.ids().map_err(|e| e.to_string())? {
+            let status = self
+                .store()
+                .current_status(&id)
+                .map_err(|e| e.to_string())?;
+            match status {
+                None => {
+                    self.uploads.delete(&id).map_err(|e| e.to_string())?;
+                }
+                Some(status) if status.is_terminal() => {}
+                Some(_) => {
+                    if let Some(upload) = self.uploads.load(&id).map_err(|e| e.to_string())? {
+                        queue.push(id, upload.priority, upload.record);
+                        requeued += 1;
+                    }
+                }
+            }
+        }
+        if requeued > 0 {
+            tracing::info!(jobs = requeued, "re-queued unfinished uploads");
+        }
+        self.report_depth();
+        Ok(requeued)
+    }
+
+    fn report_depth(&self) {
+        if let Intake::Embedded(queue) = &self.intake {
+            self.metrics
+                .transcription_queue_depth
+                .set(queue.depth() as i64);
+        }
+    }
+
+    fn enqueue(&self, id: &JobId, record: SourceRecord, priority: u8) -> Result<(), ControlError> {
+        match &self.intake {
+            Intake::Embedded(queue) => {
+                queue.push(id.clone(), priority, record);
+                self.report_depth();
+                Ok(())
+            }
+            Intake::RabbitMq(submitter) => {
+                let mut envelope =
+                    JobEnvelope::inline(&record.tenant, &record.bytes, record.extension.as_deref());
+                envelope.patient_reference = record.patient_reference;
+                envelope.encounter_reference = record.encounter_reference;
+                envelope.priority = priority;
+                let message_id = message_id_for(&record.bytes);
+                lock(submitter)
+                    .submit(&envelope, &message_id, record.trace_parent.as_deref())
+                    .map_err(|e| unavailable("the job queue", e))
+            }
+        }
+    }
+
+    fn queue_depth(&self) -> Result<u64, ControlError> {
+        match &self.intake {
+            Intake::Embedded(queue) => Ok(queue.depth() as u64),
+            Intake::RabbitMq(submitter) => lock(submitter)
+                .queue_depth()
+                .map(u64::from)
+                .map_err(|e| unavailable("the job queue", e)),
+        }
+    }
+
+    /// The tenant's stored job.
+    fn row(&self, tenant: &str, id: &JobId) -> Result<Option<JobRow>, ControlError> {
+        let row = self
+            .store()
+            .get(id)
+            .map_err(|e| unavailable("the job store", e))?;
+        // Another tenant's job is, to this caller, no job at all.
+        Ok(row.filter(|row| row.meta.tenant == tenant))
+    }
+
+    fn audit_deletion(&self, row: &JobRow, actor: &str, audio_removed: bool, documents: u64) {
+        let detail = BTreeMap::from([
+            (
+                "audio".to_owned(),
+                if audio_removed { "purged" } else { "none" }.to_owned(),
+            ),
+            ("transcript".to_owned(), "purged".to_owned()),
+            ("documents".to_owned(), documents.to_string()),
+        ]);
+        let event = AuditEvent {
+            at: unix_now(),
+            action: AuditAction::JobDeleted,
+            job_id: row.meta.id.clone(),
+            tenant: row.meta.tenant.clone(),
+            correlation_id: row.meta.correlation_id.clone(),
+            actor: format!("{ACTOR_PREFIX}{actor}"),
+            detail,
+        };
+        if let Err(err) = lock(&self.audit).record(&event) {
+            tracing::error!(job = %row.meta.id, error = %err, "the deletion could not be audited");
+        }
+    }
+}
+
+/// A stored job as the API shows it.
+fn record_of(row: &JobRow) -> JobRecord {
+    JobRecord {
+        id: row.meta.id.clone(),
+        tenant: row.meta.tenant.clone(),
+        status: row.status,
+        priority: row.priority,
+        received_at: row.meta.received_at,
+        updated_at: row.updated_at,
+        completed_at: row.completed_at,
+        attempts: row.attempts,
+        failure: row.failure.as_ref().map(|f| JobFailureView {
+            stage: f.stage,
+            class: f.class,
+            reason: f.reason.clone(),
+        }),
+        audio_seconds: row.audio_seconds,
+        patient_reference: row.meta.patient_reference.clone(),
+        encounter_reference: row.meta.encounter_reference.clone(),
+    }
+}
+
+impl JobControl for ServiceControl {
+    fn submit(&self, submission: Submission) -> Result<Submitted, ControlError> {
+        let record = SourceRecord {
+            tenant: submission.tenant,
+            source: submission.source,
+            bytes: submission.audio,
+            extension: submission.format,
+            patient_reference: submission.patient_reference,
+            encounter_reference: submission.encounter_reference,
+            received_at: unix_now(),
+            trace_parent: submission.trace_parent,
+            ..SourceRecord::default()
+        };
+        let meta = job_meta(&record);
+        let outcome = self
+            .store()
+            .submit(&NewSubmission {
+                meta: &meta,
+                priority: submission.priority,
+                idempotency: submission
+                    .idempotency
+                    .as_ref()
+                    .map(|key| IdempotencyRecord {
+                        key: &key.key,
+                        request_hash: &key.request_hash,
+                    }),
+                callback_url: submission.callback_url.as_deref(),
+            })
+            .map_err(|e| unavailable("the job store", e))?;
+        match outcome {
+            SubmissionOutcome::KeyConflict => Err(ControlError::IdempotencyConflict),
+            SubmissionOutcome::Existing { job_id } => Ok(Submitted {
+                job_id,
+                created: false,
+            }),
+            SubmissionOutcome::Created => {
+                let id = meta.id;
+                let queued = self
+                    .uploads
+                    .save(&id, &record, submission.priority)
+                    .map_err(|e| {
+                        ControlError::Internal(format!("storing the upload: {}", e.kind()))
+                    })
+                    .and_then(|()| self.enqueue(&id, record, submission.priority));
+                if let Err(err) = queued {
+                    // Undo, so that a retry of this request is a new submission
+                    // rather than a job that exists and never runs.
+                    let _ = self.uploads.delete(&id);
+                    if let Err(undo) = self.store().delete(&id) {
+                        tracing::error!(job = %id, error = %undo, "could not undo a failed submission");
+                    }
+                    return Err(err);
+                }
+                tracing::info!(job = %id, priority = submission.priority, "job accepted");
+                Ok(Submitted {
+                    job_id: id,
+                    created: true,
+                })
+            }
+        }
+    }
+
+    fn read_reference(&self, reference: &str) -> Result<Vec<u8>, ControlError> {
+        self.references
+            .read_reference(reference)
+            .map(|(bytes, _)| bytes)
+            .map_err(ControlError::Invalid)
+    }
+
+    fn job(&self, tenant: &str, id: &JobId) -> Result<Option<JobRecord>, ControlError> {
+        Ok(self.row(tenant, id)?.as_ref().map(record_of))
+    }
+
+    fn transcript(
+        &self,
+        tenant: &str,
+        id: &JobId,
+    ) -> Result<Option<(JobRecord, Option<Transcript>)>, ControlError> {
+        Ok(self
+            .row(tenant, id)?
+            .map(|row| (record_of(&row), row.transcript)))
+    }
+
+    fn fhir_document(&self, tenant: &str, id: &JobId) -> Result<Option<String>, ControlError> {
+        let Some(row) = self.row(tenant, id)? else {
+            return Ok(None);
+        };
+        let (Some(transcript), Some(completed_at)) = (row.transcript, row.completed_at) else {
+            return Ok(None);
+        };
+        let job = CompletedJob {
+            meta: row.meta,
+            transcript,
+            completed_at,
+        };
+        let document =
+            document_reference(&job).map_err(|e| ControlError::Internal(e.to_string()))?;
+        serde_json::to_string(&document)
+            .map(Some)
+            .map_err(|e| ControlError::Internal(e.to_string()))
+    }
+
+    fn list(&self, tenant: &str, query: &ListQuery) -> Result<JobPage, ControlError> {
+        let statuses: Vec<JobStatus> = query.status.into_iter().collect();
+        let limit = query.limit.max(1);
+        // One more than asked tells whether there is a next page.
+        let mut rows = self
+            .store()
+            .page(&PageQuery {
+                tenant,
+                statuses: &statuses,
+                received_from: query.received_from,
+                received_before: query.received_before,
+                after: query.after.as_ref().map(|c| (c.received_at, &c.id)),
+                limit: limit + 1,
+            })
+            .map_err(|e| unavailable("the job store", e))?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = more.then(|| rows.last()).flatten().map(|row| ListCursor {
+            received_at: row.meta.received_at,
+            id: row.meta.id.clone(),
+        });
+        Ok(JobPage {
+            jobs: rows.iter().map(record_of).collect(),
+            next,
+        })
+    }
+
+    fn delete(&self, tenant: &str, id: &JobId, actor: &str) -> Result<bool, ControlError> {
+        let Some(row) = self.row(tenant, id)? else {
+            return Ok(false);
+        };
+        if !row.status.is_terminal() {
+            // A waiting job can be taken out of the embedded queue; one being
+            // transcribed (or waiting on a broker) would be written back by
+            // the dataflow after the deletion.
+            let taken = match &self.intake {
+                Intake::Embedded(queue) => queue.remove(id),
+                Intake::RabbitMq(_) => false,
+            };
+            if !taken {
+                return Err(ControlError::Invalid(format!(
+                    "the job is {}; delete it once it has finished",
+                    row.status.as_str()
+                )));
+            }
+            self.report_depth();
+        }
+        let audio_removed = self
+            .uploads
+            .delete(id)
+            .map_err(|e| ControlError::Internal(format!("removing the upload: {}", e.kind())))?;
+        let documents = lock(&self.documents)
+            .purge(std::slice::from_ref(id))
+            .map_err(|e| unavailable("the document sink", e))?;
+        self.store()
+            .delete(id)
+            .map_err(|e| unavailable("the job store", e))?;
+        self.audit_deletion(&row, actor, audio_removed, documents);
+        tracing::info!(job = %id, "job deleted");
+        Ok(true)
+    }
+
+    fn readiness(&self) -> Vec<Readiness> {
+        let store = self.store().health_check();
+        let intake = self.queue_depth().map(drop);
+        let component = |name: &str, result: Result<(), String>| Readiness {
+            component: name.to_owned(),
+            ready: result.is_ok(),
+            detail: result.err(),
+        };
+        vec![
+            component(
+                "job_store",
+                store.map_err(|_| "the job store does not answer".to_owned()),
+            ),
+            component(
+                match self.intake {
+                    Intake::Embedded(_) => "intake",
+                    Intake::RabbitMq(_) => "rabbitmq",
+                },
+                intake.map_err(|_| "the job queue does not answer".to_owned()),
+            ),
+        ]
+    }
+
+    fn overview(&self, tenant: &str, recent: u32) -> Result<Overview, ControlError> {
+        let queue_depth = self.queue_depth()?;
+        let mut store = self.store();
+        let counts = store
+            .status_counts(Some(tenant))
+            .map_err(|e| unavailable("the job store", e))?;
+        let since = unix_now() - THROUGHPUT_WINDOW_SECONDS as i64;
+        let (completed_recently, audio_seconds_recently) = store
+            .completed_since(since, Some(tenant))
+            .map_err(|e| unavailable("the job store", e))?;
+        let rows = store
+            .page(&PageQuery {
+                tenant,
+                statuses: &[],
+                received_from: None,
+                received_before: None,
+                after: None,
+                limit: recent,
+            })
+            .map_err(|e| unavailable("the job store", e))?;
+        let status_counts = [
+            JobStatus::Queued,
+            JobStatus::Processing,
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::DeadLettered,
+        ]
+        .into_iter()
+        .map(|status| (status, counts.get(status.as_str()).copied().unwrap_or(0)))
+        .collect();
+        Ok(Overview {
+            queue_depth,
+            status_counts,
+            completed_recently,
+            audio_seconds_recently,
+            window_seconds: THROUGHPUT_WINDOW_SECONDS,
+            recent: rows.iter().map(record_of).collect(),
+        })
+    }
+
+    fn due_callbacks(&self, limit: u32) -> Result<Vec<DueCallback>, ControlError> {
+        let due = self
+            .store()
+            .due_callbacks(unix_now(), limit)
+            .map_err(|e| unavailable("the job store", e))?;
+        Ok(due
+            .into_iter()
+            .map(|StoredCallback { job, url, attempts }| DueCallback {
+                job: record_of(&job),
+                url,
+                attempts,
+            })
+            .collect())
+    }
+
+    fn callback_outcome(
+        &self,
+        id: &JobId,
+        outcome: Result<(), String>,
+        retry_at: Option<i64>,
+    ) -> Result<(), ControlError> {
+        let mut store = self.store();
+        match outcome {
+            Ok(()) => store.callback_delivered(id, unix_now()),
+            Err(reason) => store.callback_failed(id, &reason, retry_at),
+        }
+        .map_err(|e| unavailable("the job store", e))
+    }
+}
+
+impl ServiceControl {
+    /// Removes uploads older than `cutoff` (retention); how many.
+    pub fn purge_uploads_before(&self, cutoff: i64) -> std::io::Result<u64> {
+        self.uploads.purge_before(cutoff)
+    }
+}

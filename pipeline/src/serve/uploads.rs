@@ -1,0 +1,218 @@
+//! The upload store: audio received through the API, kept on disk (owner-only
+//! files: it is PHI) until the job is deleted or retention removes it.
+//!
+//! Each job is two files, `<job id>.audio` and `<job id>.json` (tenant,
+//! references, priority). The metadata file is written last, by rename, so
+//! its presence marks a complete upload; start-up re-queues every complete
+//! upload whose job has not finished.
+
+use mmt_core::job::JobId;
+use mmt_operators::records::SourceRecord;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// What an upload's metadata file holds (PHI: references and file name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    tenant: String,
+    source: String,
+    format: Option<String>,
+    patient_reference: Option<String>,
+    encounter_reference: Option<String>,
+    priority: u8,
+    received_at: i64,
+    trace_parent: Option<String>,
+}
+
+/// A stored upload: the record to feed the dataflow, and its priority.
+#[derive(Debug, Clone)]
+pub struct StoredUpload {
+    pub record: SourceRecord,
+    pub priority: u8,
+}
+
+/// Uploads in one folder.
+#[derive(Debug, Clone)]
+pub struct UploadStore {
+    dir: PathBuf,
+}
+
+impl UploadStore {
+    /// Opens (creating, owner-only) the folder.
+    pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn audio_path(&self, id: &JobId) -> PathBuf {
+        self.dir.join(format!("{id}.audio"))
+    }
+
+    fn metadata_path(&self, id: &JobId) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Stores the upload of job `id` (replacing an earlier one).
+    pub fn save(&self, id: &JobId, record: &SourceRecord, priority: u8) -> std::io::Result<()> {
+        write_owner_only(&self.audio_path(id), &record.bytes)?;
+        let metadata = Metadata {
+            tenant: record.tenant.clone(),
+            source: record.source.clone(),
+            format: record.extension.clone(),
+            patient_reference: record.patient_reference.clone(),
+            encounter_reference: record.encounter_reference.clone(),
+            priority,
+            received_at: record.received_at,
+            trace_parent: record.trace_parent.clone(),
+        };
+        let json = serde_json::to_vec(&metadata).map_err(std::io::Error::other)?;
+        write_owner_only(&self.metadata_path(id), &json)
+    }
+
+    /// The upload of job `id`, if it is complete.
+    pub fn load(&self, id: &JobId) -> std::io::Result<Option<StoredUpload>> {
+        let json = match fs::read(self.metadata_path(id)) {
+            Ok(json) => json,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let metadata: Metadata = serde_json::from_slice(&json)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        let bytes = fs::read(self.audio_path(id))?;
+        Ok(Some(StoredUpload {
+            priority: metadata.priority,
+            record: SourceRecord {
+                tenant: metadata.tenant,
+                source: metadata.source,
+                bytes,
+                extension: metadata.format,
+                patient_reference: metadata.patient_reference,
+                encounter_reference: metadata.encounter_reference,
+                received_at: metadata.received_at,
+                trace_parent: metadata.trace_parent,
+                ..SourceRecord::default()
+            },
+        }))
+    }
+
+    /// Removes job `id`'s upload; whether there was one.
+    pub fn delete(&self, id: &JobId) -> std::io::Result<bool> {
+        // Metadata first: a half-deleted upload is then incomplete, not re-queued.
+        let had_metadata = remove_if_present(&self.metadata_path(id))?;
+        let had_audio = remove_if_present(&self.audio_path(id))?;
+        Ok(had_metadata || had_audio)
+    }
+
+    /// The jobs with a complete upload.
+    pub fn ids(&self) -> std::io::Result<Vec<JobId>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) == Some("json") {
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    ids.push(JobId(stem.to_owned()));
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes the uploads received before `cutoff` (unix seconds); how many.
+    pub fn purge_before(&self, cutoff: i64) -> std::io::Result<u64> {
+        let mut purged = 0;
+        for id in self.ids()? {
+            let received_at = match self.load(&id) {
+                Ok(Some(upload)) => upload.record.received_at,
+                // Unreadable metadata cannot say its age: leave it for a person.
+                Ok(None) | Err(_) => continue,
+            };
+            if received_at < cutoff && self.delete(&id)? {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600.
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("partial");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    fs::rename(&temporary, path)
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn record(received_at: i64) -> SourceRecord {
+        SourceRecord {
+            tenant: "clinic-a".into(),
+            source: "Smith_John.wav".into(),
+            bytes: b"RIFF....WAVE".to_vec(),
+            extension: Some("wav".into()),
+            patient_reference: Some("Patient/7".into()),
+            received_at,
+            ..SourceRecord::default()
+        }
+    }
+
+    #[test]
+    fn an_upload_round_trips_and_is_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UploadStore::open(dir.path().join("uploads")).unwrap();
+        let id = JobId("abc".into());
+        store.save(&id, &record(100), 7).unwrap();
+        let loaded = store.load(&id).unwrap().unwrap();
+        assert_eq!(loaded.priority, 7);
+        assert_eq!(loaded.record.bytes, b"RIFF....WAVE");
+        assert_eq!(
+            loaded.record.patient_reference.as_deref(),
+            Some("Patient/7")
+        );
+        let mode = fs::metadata(store.audio_path(&id))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(store.ids().unwrap(), [id.clone()]);
+        assert!(store.delete(&id).unwrap());
+        assert!(!store.delete(&id).unwrap());
+        assert!(store.load(&id).unwrap().is_none());
+    }
+
+    #[test]
+    fn retention_removes_only_old_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UploadStore::open(dir.path()).unwrap();
+        store.save(&JobId("old".into()), &record(100), 0).unwrap();
+        store.save(&JobId("new".into()), &record(900), 0).unwrap();
+        assert_eq!(store.purge_before(500).unwrap(), 1);
+        assert_eq!(store.ids().unwrap(), [JobId("new".into())]);
+    }
+}

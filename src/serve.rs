@@ -1,0 +1,257 @@
+//! `mmt serve` and `mmt token`: the REST API with the dataflow behind it.
+
+use crate::cli::{IntakeKind, ServeArgs, TokenArgs};
+use crate::run::worker_split;
+use crate::transcribe::{load_config, model_options};
+use anyhow::{Context, Result};
+use mmt_api::auth::{load_rs256_dir, sign_hs256, Claims, KeyRing};
+use mmt_api::webhook::WebhookConfig;
+use mmt_api::{ApiConfig, AppState, TlsFiles};
+use mmt_core::control::JobControl;
+use mmt_core::telemetry::Metrics;
+use mmt_operators::chunk::ChunkConfig;
+use mmt_operators::commit::Retention;
+use mmt_pipeline::run::{run, OutputPaths, Progress, RunOptions};
+use mmt_pipeline::serve::IntakeChoice;
+use mmt_pipeline::Config;
+use mmt_whisper::TranscribeOptions;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the RS256 key folder is re-read.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often old uploads are purged.
+const UPLOAD_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The dataflow reports progress to the metrics only.
+struct Quiet;
+
+impl Progress for Quiet {
+    fn update(&self, _discovered: u64, _done: u64) {}
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let config = load_config()?;
+    let keys = Arc::new(key_ring(&config, &args)?);
+    let api_config = api_config(&config, &args);
+    let listener = mmt_api::server::bind(&api_config)?;
+    let address = listener.local_addr()?;
+
+    let (workers, threads) = worker_split(&config, args.workers, args.threads);
+    std::fs::create_dir_all(&args.out)?;
+    let paths = OutputPaths::resolve(&config, &args.out);
+    let metrics = Metrics::new()?;
+    let intake = match args.intake {
+        IntakeKind::Embedded => IntakeChoice::Embedded,
+        IntakeKind::Rabbitmq => IntakeChoice::RabbitMq,
+    };
+    let (resources, control) = mmt_pipeline::serve::open(
+        &config,
+        &paths,
+        &args.out.join("uploads"),
+        workers,
+        intake,
+        &metrics,
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let options = RunOptions {
+        out: args.out.clone(),
+        workers,
+        intra_op_threads: threads,
+        batch_size: args.batch_size,
+        files_per_epoch: 64,
+        max_epochs_in_flight: 2,
+        idle_exit: None,
+        transcribe: TranscribeOptions {
+            batch_size: args.batch_size,
+            ..TranscribeOptions::default()
+        },
+        chunking: ChunkConfig::default(),
+        retention: Retention {
+            days: config.retention.retention_days,
+            interval: UPLOAD_RETENTION_INTERVAL,
+        },
+    };
+    let model = model_options(&config, Some(threads));
+    let dataflow = {
+        let stop = Arc::clone(&stop);
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("dataflow".into())
+            .spawn(move || run(&model, &options, resources, stop, Arc::new(Quiet), metrics))?
+    };
+
+    let scheme = if api_config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("mmt: serving the job API on {scheme}://{address} (OpenAPI at /openapi.json)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let served = runtime.block_on(serve_api(
+        Arc::clone(&control),
+        keys,
+        api_config,
+        metrics,
+        listener,
+        &args,
+        config.retention.retention_days,
+        Arc::clone(&stop),
+    ));
+    // The job store owns a runtime of its own, which must not be dropped on an
+    // async thread: the runtime goes first (with its tasks' handles on the
+    // control), and the last handle is dropped here.
+    drop(runtime);
+    drop(control);
+    // However the API ended, the dataflow drains what it was fed and stops.
+    stop.store(true, Ordering::Relaxed);
+    let summary = dataflow
+        .join()
+        .map_err(|_| anyhow::anyhow!("the dataflow thread panicked"))??;
+    eprintln!(
+        "mmt: stopped; {} job(s) transcribed, {} dead-lettered",
+        summary.completed, summary.dead_lettered
+    );
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_api(
+    control: Arc<mmt_pipeline::serve::ServiceControl>,
+    keys: Arc<KeyRing>,
+    api_config: ApiConfig,
+    metrics: Metrics,
+    listener: std::net::TcpListener,
+    args: &ServeArgs,
+    retention_days: u32,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(secret) = &args.webhook_secret {
+        let control: Arc<dyn JobControl> = control.clone();
+        tokio::spawn(mmt_api::webhook::run(
+            control,
+            WebhookConfig::new(secret.clone()),
+            stopped.clone(),
+        ));
+    }
+    if let Some(dir) = args.jwt_keys_dir.clone() {
+        tokio::spawn(reload_keys(Arc::clone(&keys), dir));
+    }
+    tokio::spawn(purge_old_uploads(Arc::clone(&control), retention_days));
+    let state = AppState::new(control, keys, api_config.clone(), metrics);
+    let shutdown = async move {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stopping.send(true);
+    };
+    mmt_api::serve(listener, mmt_api::router(state), &api_config, shutdown).await?;
+    Ok(())
+}
+
+/// Re-reads the RS256 key folder, so a rotated key is live within a minute.
+async fn reload_keys(keys: Arc<KeyRing>, dir: PathBuf) {
+    loop {
+        tokio::time::sleep(KEY_RELOAD_INTERVAL).await;
+        let read = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || load_rs256_dir(&dir)
+        })
+        .await;
+        match read {
+            Ok(Ok(loaded)) => keys.replace_rs256(loaded),
+            // Keep the keys held: a half-written folder must not lock everyone out.
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not reload the RS256 keys"),
+            Err(err) => tracing::warn!(error = %err, "the key reload task failed"),
+        }
+    }
+}
+
+/// Removes uploads older than RETENTION_DAYS (the dataflow purges the rest).
+async fn purge_old_uploads(control: Arc<mmt_pipeline::serve::ServiceControl>, days: u32) {
+    loop {
+        let cutoff = mmt_core::job::unix_now() - i64::from(days) * 86_400;
+        let control = Arc::clone(&control);
+        match tokio::task::spawn_blocking(move || control.purge_uploads_before(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(purged)) => tracing::info!(purged, "old uploads removed"),
+            Ok(Err(err)) => tracing::warn!(error = %err.kind(), "could not purge old uploads"),
+            Err(err) => tracing::warn!(error = %err, "the upload purge task failed"),
+        }
+        tokio::time::sleep(UPLOAD_RETENTION_INTERVAL).await;
+    }
+}
+
+fn key_ring(config: &Config, args: &ServeArgs) -> Result<KeyRing> {
+    let secret = config
+        .security
+        .internal_jwt_secret
+        .as_ref()
+        .map(|s| s.expose().to_owned());
+    let keys = KeyRing::new(secret.as_deref(), args.jwt_audience.clone())?;
+    if let Some(dir) = &args.jwt_keys_dir {
+        keys.replace_rs256(load_rs256_dir(dir)?);
+    }
+    if keys.is_empty() {
+        anyhow::bail!(
+            "no token key: set INTERNAL_JWT_SECRET (at least 32 characters) or MMT_JWT_PUBLIC_KEYS_DIR"
+        );
+    }
+    Ok(keys)
+}
+
+fn api_config(config: &Config, args: &ServeArgs) -> ApiConfig {
+    let security = &config.security;
+    let tls = match (&security.ssl_cert_file, &security.ssl_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    ApiConfig {
+        listen: args.listen,
+        tls,
+        require_tls: security.tls_required(config.environment),
+        max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+        request_timeout: Duration::from_secs(args.request_timeout),
+        tenant_requests_per_second: args.tenant_rate,
+        tenant_burst: args.tenant_burst,
+        callbacks_enabled: args.webhook_secret.is_some(),
+        ..ApiConfig::default()
+    }
+}
+
+pub fn token(args: TokenArgs) -> Result<ExitCode> {
+    let config = load_config()?;
+    let secret = config
+        .security
+        .internal_jwt_secret
+        .as_ref()
+        .context("INTERNAL_JWT_SECRET is not set")?;
+    let now = mmt_core::job::unix_now().max(0) as u64;
+    let claims = Claims {
+        sub: args.subject,
+        tenant: args.tenant,
+        roles: args.roles,
+        exp: now + args.ttl,
+        iat: Some(now),
+        aud: None,
+    };
+    println!("{}", sign_hs256(secret.expose(), &claims)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,676 @@
+//! The REST API's contract, request by request, over the real job control
+//! (SQLite job store, upload store, file sinks in a temporary folder) with
+//! the dataflow not running: accepted jobs stay queued, which is what these
+//! tests need. Transcription through the API is in `api_serve.rs`.
+
+// The helpers below are test code too: a failed set-up step should panic.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use base64::Engine as _;
+use common::{distinct_recordings, read_lines};
+use mmt_api::auth::{sign_hs256, sign_rs256, Claims, KeyRing};
+use mmt_api::{ApiConfig, AppState};
+use mmt_core::telemetry::Metrics;
+use mmt_pipeline::run::OutputPaths;
+use mmt_pipeline::serve::{IntakeChoice, ServiceControl};
+use mmt_pipeline::Config;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+const BOUNDARY: &str = "mmt-test-boundary-7f3a";
+
+/// A router over a real job control in a temporary folder.
+struct Api {
+    router: Router,
+    keys: Arc<KeyRing>,
+    dir: tempfile::TempDir,
+    // Dropped last, outside any runtime (the store owns one).
+    _control: Arc<ServiceControl>,
+}
+
+impl Api {
+    fn new() -> Self {
+        Self::with(ApiConfig {
+            max_upload_bytes: 512 * 1024,
+            ..ApiConfig::default()
+        })
+    }
+
+    fn with(config: ApiConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+        let paths = OutputPaths::resolve(&settings, dir.path());
+        let metrics = Metrics::new().unwrap();
+        let (_resources, control) = mmt_pipeline::serve::open(
+            &settings,
+            &paths,
+            &dir.path().join("uploads"),
+            1,
+            IntakeChoice::Embedded,
+            &metrics,
+        )
+        .unwrap();
+        let keys = Arc::new(KeyRing::new(Some(SECRET), None).unwrap());
+        let state = AppState::new(control.clone(), Arc::clone(&keys), config, metrics);
+        Self {
+            router: mmt_api::router(state),
+            keys,
+            dir,
+            _control: control,
+        }
+    }
+
+    /// Sends one request; returns status, content type and body.
+    fn send(&self, request: Request<Body>) -> (StatusCode, String, Vec<u8>) {
+        let router = self.router.clone();
+        runtime().block_on(async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, content_type, body.to_vec())
+        })
+    }
+
+    fn json(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(request);
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    fn uploads(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path().join("uploads"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn claims(tenant: &str, roles: &[&str], expires_in: i64) -> Claims {
+    let now = mmt_core::job::unix_now();
+    Claims {
+        sub: "svc-test".into(),
+        tenant: tenant.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: (now + expires_in) as u64,
+        iat: Some(now as u64),
+        aud: None,
+    }
+}
+
+fn token(tenant: &str, roles: &[&str]) -> String {
+    sign_hs256(SECRET, &claims(tenant, roles, 600)).unwrap()
+}
+
+const ALL: &[&str] = &["submitter", "reader", "admin"];
+
+fn get(path: &str, token: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn delete(path: &str, token: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::DELETE)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// A multipart body with `audio` (as `part_type`) and text fields.
+fn multipart(audio: &[u8], part_type: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"Doe_Jane.wav\"\r\nContent-Type: {part_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(audio);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn upload(token: &str, body: Vec<u8>, key: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        );
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.body(Body::from(body)).unwrap()
+}
+
+fn clip(index: usize) -> Vec<u8> {
+    distinct_recordings(index + 1).pop().unwrap().1
+}
+
+fn submit(api: &Api, token: &str, audio: &[u8]) -> String {
+    let (status, job) = api.json(upload(token, multipart(audio, "audio/wav", &[]), None));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// Every refused token gets the same answer: 401, a problem document, a
+/// Bearer challenge, and no hint of which check failed.
+fn assert_refused(api: &Api, request: Request<Body>, case: &str) {
+    let (status, content_type, body) = api.send(request);
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}");
+    assert_eq!(content_type, "application/problem+json", "{case}");
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        problem["detail"], "a valid bearer token is required",
+        "{case}: the detail must not say why"
+    );
+}
+
+#[test]
+fn every_kind_of_bad_token_is_refused_alike() {
+    let api = Api::new();
+    let payload = serde_json::to_string(&claims("clinic-a", ALL, 600)).unwrap();
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&payload)
+    );
+    let unknown_kid = format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(r#"{"alg":"RS256","typ":"JWT","kid":"retired"}"#),
+        b64(&payload)
+    );
+    let expired = sign_hs256(SECRET, &claims("clinic-a", ALL, -120)).unwrap();
+    let wrong_key = sign_hs256(
+        "another-secret-0123456789abcdef-0123456",
+        &claims("clinic-a", ALL, 600),
+    )
+    .unwrap();
+    let no_tenant = sign_hs256(SECRET, &claims("", ALL, 600)).unwrap();
+    let mut tampered = token("clinic-a", &["reader"]);
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    let cases = [
+        ("expired", expired),
+        ("wrongly signed", wrong_key),
+        ("alg none", alg_none),
+        ("unknown key id", unknown_kid),
+        ("malformed", "not-a-jwt".to_owned()),
+        ("tampered signature", tampered),
+        ("no tenant", no_tenant),
+    ];
+    for (case, bad) in cases {
+        assert_refused(&api, get("/v1/jobs", &bad), case);
+    }
+    assert_refused(
+        &api,
+        Request::get("/v1/jobs").body(Body::empty()).unwrap(),
+        "no token",
+    );
+    assert_refused(
+        &api,
+        Request::get("/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Basic {}", b64("a:b")))
+            .body(Body::empty())
+            .unwrap(),
+        "not a bearer token",
+    );
+}
+
+fn rsa_key_pair(dir: &Path, name: &str) -> (Vec<u8>, jsonwebtoken::DecodingKey) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pem"));
+    for args in [
+        vec!["genrsa", "-out", private.to_str().unwrap(), "2048"],
+        vec![
+            "rsa",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let status = std::process::Command::new("openssl")
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success());
+    }
+    let decoding =
+        jsonwebtoken::DecodingKey::from_rsa_pem(&std::fs::read(&public).unwrap()).unwrap();
+    (std::fs::read(&private).unwrap(), decoding)
+}
+
+#[test]
+fn rs256_tokens_verify_by_key_id_and_keys_rotate() {
+    let api = Api::new();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (old_private, old_public) = rsa_key_pair(keys_dir.path(), "2026-10");
+    let (new_private, new_public) = rsa_key_pair(keys_dir.path(), "2026-11");
+    let by_old = sign_rs256(&old_private, "2026-10", &claims("clinic-a", ALL, 600)).unwrap();
+    let by_new = sign_rs256(&new_private, "2026-11", &claims("clinic-a", ALL, 600)).unwrap();
+    let mislabelled = sign_rs256(&new_private, "2026-10", &claims("clinic-a", ALL, 600)).unwrap();
+
+    api.keys
+        .replace_rs256([("2026-10".to_owned(), old_public.clone())].into());
+    assert_eq!(api.send(get("/v1/jobs", &by_old)).0, StatusCode::OK);
+    assert_refused(&api, get("/v1/jobs", &by_new), "key not yet published");
+    assert_refused(&api, get("/v1/jobs", &mislabelled), "signed by another key");
+
+    // Rotation: both keys during the overlap, then only the new one.
+    api.keys.replace_rs256(
+        [
+            ("2026-10".to_owned(), old_public),
+            ("2026-11".to_owned(), new_public.clone()),
+        ]
+        .into(),
+    );
+    assert_eq!(api.send(get("/v1/jobs", &by_new)).0, StatusCode::OK);
+    api.keys
+        .replace_rs256([("2026-11".to_owned(), new_public)].into());
+    assert_refused(&api, get("/v1/jobs", &by_old), "retired key");
+    assert_eq!(api.send(get("/v1/jobs", &by_new)).0, StatusCode::OK);
+    // The HS256 secret keeps working beside the RS256 keys.
+    assert_eq!(
+        api.send(get("/v1/jobs", &token("clinic-a", &["reader"]))).0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn roles_limit_what_a_caller_may_do() {
+    let api = Api::new();
+    let reader = token("clinic-a", &["reader"]);
+    let submitter = token("clinic-a", &["submitter"]);
+    let nobody = token("clinic-a", &[]);
+    let body = || multipart(&clip(0), "audio/wav", &[]);
+    assert_eq!(
+        api.send(upload(&reader, body(), None)).0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.send(upload(&nobody, body(), None)).0,
+        StatusCode::FORBIDDEN
+    );
+    let id = submit(&api, &submitter, &clip(0));
+    assert_eq!(
+        api.send(get(&format!("/v1/jobs/{id}"), &reader)).0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.send(get(&format!("/v1/jobs/{id}"), &nobody)).0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.send(delete(&format!("/v1/jobs/{id}"), &submitter)).0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.send(get("/v1/status", &submitter)).0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(api.send(get("/v1/status", &reader)).0, StatusCode::OK);
+}
+
+#[test]
+fn another_tenants_job_is_not_found() {
+    let api = Api::new();
+    let a = token("clinic-a", ALL);
+    let b = token("clinic-b", ALL);
+    let id = submit(&api, &a, &clip(0));
+    for path in [
+        format!("/v1/jobs/{id}"),
+        format!("/v1/jobs/{id}/transcript"),
+    ] {
+        let (status, content_type, body) = api.send(get(&path, &b));
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(content_type, "application/problem+json");
+        assert!(!String::from_utf8_lossy(&body).contains("Patient"));
+    }
+    assert_eq!(
+        api.send(delete(&format!("/v1/jobs/{id}"), &b)).0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, listed) = api.json(get("/v1/jobs", &b));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 0);
+    // The same audio from tenant B is B's own job, not A's.
+    let own = submit(&api, &b, &clip(0));
+    assert_ne!(own, id);
+    assert_eq!(
+        api.send(get(&format!("/v1/jobs/{id}"), &a)).0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn uploads_are_checked_for_size_and_type() {
+    let api = Api::with(ApiConfig {
+        max_upload_bytes: 64 * 1024,
+        ..ApiConfig::default()
+    });
+    let submitter = token("clinic-a", ALL);
+    let problem = |request| {
+        let (status, content_type, body) = api.send(request);
+        assert_eq!(content_type, "application/problem+json", "{status}");
+        (status, String::from_utf8(body).unwrap())
+    };
+    // Over the limit: refused before the body is read to its end.
+    let big = common::wav_bytes(&vec![1000i16; 80 * 1024]);
+    let (status, detail) = problem(upload(&submitter, multipart(&big, "audio/wav", &[]), None));
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{detail}");
+
+    let small = clip(0)[..32 * 1024].to_vec();
+    let (status, detail) = problem(upload(
+        &submitter,
+        multipart(&small, "text/plain", &[]),
+        None,
+    ));
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{detail}");
+    let pdf = b"%PDF-1.7 not audio at all".to_vec();
+    let (status, _) = problem(upload(&submitter, multipart(&pdf, "audio/wav", &[]), None));
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "audio is sniffed, not trusted"
+    );
+    let (status, _) = problem(upload(&submitter, multipart(b"", "audio/wav", &[]), None));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = problem(
+        Request::post("/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {submitter}"))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from("hello"))
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, _) = problem(upload(
+        &submitter,
+        multipart(&small, "audio/wav", &[("patient_reference", "Smith, John")]),
+        None,
+    ));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = problem(upload(
+        &submitter,
+        multipart(&small, "audio/wav", &[("priority", "12")]),
+        None,
+    ));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = problem(upload(
+        &submitter,
+        multipart(
+            &small,
+            "audio/wav",
+            &[("callback_url", "https://ehr.example/hook")],
+        ),
+        None,
+    ));
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no webhook secret configured"
+    );
+    assert!(api.uploads().is_empty(), "nothing refused was stored");
+
+    let (status, job) = api.json(upload(
+        &submitter,
+        multipart(
+            &small,
+            "audio/x-wav",
+            &[("patient_reference", "Patient/p-17"), ("priority", "7")],
+        ),
+        None,
+    ));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["priority"], 7);
+    assert_eq!(job["patient_reference"], "Patient/p-17");
+    assert_eq!(job["status"], "queued");
+}
+
+#[test]
+fn a_retried_submission_is_the_same_job() {
+    let api = Api::new();
+    let submitter = token("clinic-a", ALL);
+    let body = |index| multipart(&clip(index), "audio/wav", &[("priority", "3")]);
+    let (status, first) = api.json(upload(&submitter, body(0), Some("order-4711")));
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, again) = api.json(upload(&submitter, body(0), Some("order-4711")));
+    assert_eq!(status, StatusCode::OK, "a retry creates nothing");
+    assert_eq!(again["id"], first["id"]);
+    let (status, _) = api.json(upload(&submitter, body(1), Some("order-4711")));
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the key names another request"
+    );
+    let (status, same_audio) = api.json(upload(&submitter, body(0), None));
+    assert_eq!(status, StatusCode::OK, "the same audio is the same job");
+    assert_eq!(same_audio["id"], first["id"]);
+    // The key is the tenant's: another tenant may use the same one.
+    let other = token("clinic-b", ALL);
+    let (status, _) = api.json(upload(&other, body(1), Some("order-4711")));
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = api.json(upload(&submitter, body(1), Some("bad key with spaces")));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, listed) = api.json(get("/v1/jobs", &submitter));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn listing_pages_through_every_job_once() {
+    let api = Api::new();
+    let submitter = token("clinic-a", ALL);
+    let submitted: HashSet<String> = (0..5).map(|i| submit(&api, &submitter, &clip(i))).collect();
+    assert_eq!(submitted.len(), 5);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/v1/jobs?limit=2&cursor={cursor}"),
+            None => "/v1/jobs?limit=2".to_owned(),
+        };
+        let (status, page) = api.json(get(&path, &submitter));
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        let jobs = page["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= 2);
+        seen.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 5, "no job twice");
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), submitted);
+
+    let (_, queued) = api.json(get("/v1/jobs?status=queued&limit=100", &submitter));
+    assert_eq!(queued["jobs"].as_array().unwrap().len(), 5);
+    let (_, completed) = api.json(get("/v1/jobs?status=completed", &submitter));
+    assert_eq!(completed["jobs"].as_array().unwrap().len(), 0);
+    let (_, future) = api.json(get(
+        "/v1/jobs?received_after=2999-01-01T00:00:00Z",
+        &submitter,
+    ));
+    assert_eq!(future["jobs"].as_array().unwrap().len(), 0);
+    let (_, past) = api.json(get(
+        "/v1/jobs?received_before=2999-01-01T00:00:00Z",
+        &submitter,
+    ));
+    assert_eq!(past["jobs"].as_array().unwrap().len(), 5);
+    for bad in [
+        "/v1/jobs?cursor=garbage!",
+        "/v1/jobs?limit=0",
+        "/v1/jobs?limit=1000",
+        "/v1/jobs?status=lost",
+        "/v1/jobs?received_after=yesterday",
+    ] {
+        let (status, content_type, _) = api.send(get(bad, &submitter));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(content_type, "application/problem+json", "{bad}");
+    }
+}
+
+#[test]
+fn a_transcript_is_not_served_before_the_job_completes() {
+    let api = Api::new();
+    let submitter = token("clinic-a", ALL);
+    let id = submit(&api, &submitter, &clip(0));
+    let (status, problem) = api.json(get(&format!("/v1/jobs/{id}/transcript"), &submitter));
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(problem["detail"].as_str().unwrap().contains("queued"));
+    let (status, _, _) = api.send(get(
+        &format!("/v1/jobs/{id}/transcript?format=docx"),
+        &submitter,
+    ));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = api.send(get("/v1/jobs/0000/transcript", &submitter));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn deleting_a_job_purges_it_and_is_audited() {
+    let api = Api::new();
+    let admin = token("clinic-a", ALL);
+    let (status, job) = api.json(upload(
+        &admin,
+        multipart(
+            &clip(0),
+            "audio/wav",
+            &[("patient_reference", "Patient/p-17")],
+        ),
+        None,
+    ));
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.uploads().len(), 2, "audio and metadata stored");
+    assert_eq!(
+        api.send(delete(&format!("/v1/jobs/{id}"), &admin)).0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(api.uploads().is_empty(), "the audio is purged");
+    assert_eq!(
+        api.send(get(&format!("/v1/jobs/{id}"), &admin)).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.send(delete(&format!("/v1/jobs/{id}"), &admin)).0,
+        StatusCode::NOT_FOUND
+    );
+    let audit = read_lines(&api.dir.path().join("audit.jsonl"));
+    let deleted: Vec<&Value> = audit
+        .iter()
+        .filter(|event| event["action"] == "job_deleted")
+        .collect();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["job_id"], id.as_str());
+    assert_eq!(deleted[0]["actor"], "api:svc-test");
+    let line = serde_json::to_string(deleted[0]).unwrap();
+    assert!(
+        !line.contains("p-17") && !line.contains("Doe_Jane"),
+        "no PHI: {line}"
+    );
+    // Deleted means gone: the same audio is a new job again.
+    assert_eq!(
+        api.send(upload(&admin, multipart(&clip(0), "audio/wav", &[]), None))
+            .0,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[test]
+fn each_tenant_has_its_own_rate_limit() {
+    let api = Api::with(ApiConfig {
+        tenant_requests_per_second: 1,
+        tenant_burst: 3,
+        ..ApiConfig::default()
+    });
+    let a = token("clinic-a", ALL);
+    let statuses: Vec<StatusCode> = (0..5).map(|_| api.send(get("/v1/jobs", &a)).0).collect();
+    assert_eq!(&statuses[..3], [StatusCode::OK; 3]);
+    let (status, _, _) = api.send(get("/v1/jobs", &a));
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let response = runtime()
+        .block_on(api.router.clone().oneshot(get("/v1/jobs", &a)))
+        .unwrap();
+    assert!(response.headers().contains_key(header::RETRY_AFTER));
+    let b = token("clinic-b", ALL);
+    assert_eq!(api.send(get("/v1/jobs", &b)).0, StatusCode::OK);
+}
+
+#[test]
+fn operations_endpoints_answer_without_a_token() {
+    let api = Api::new();
+    let (status, health) = api.json(Request::get("/healthz").body(Body::empty()).unwrap());
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, ready) = api.json(Request::get("/readyz").body(Body::empty()).unwrap());
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["components"].as_array().unwrap().len(), 2);
+    let (status, spec) = api.json(Request::get("/openapi.json").body(Body::empty()).unwrap());
+    assert_eq!(status, StatusCode::OK);
+    assert!(spec["paths"]["/v1/jobs/{id}/transcript"]["get"].is_object());
+    let (status, content_type, page) = api.send(Request::get("/").body(Body::empty()).unwrap());
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/html"));
+    assert!(String::from_utf8(page).unwrap().contains("/status.js"));
+    let (status, content_type, _) =
+        api.send(Request::get("/no/such/route").body(Body::empty()).unwrap());
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(content_type, "application/problem+json");
+
+    let admin = token("clinic-a", ALL);
+    api.send(get("/v1/jobs/abc", &admin));
+    let (_, _, metrics) = api.send(Request::get("/metrics").body(Body::empty()).unwrap());
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains(
+            r#"api_request_duration_seconds_count{route="/v1/jobs/{id}",status="404"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("transcription_queue_depth"));
+}

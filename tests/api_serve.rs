@@ -1,0 +1,470 @@
+//! End-to-end tests of `mmt serve`: a real server process on loopback, the
+//! model transcribing uploads, a webhook receiver, and TLS.
+
+// The helpers below are test code too: a failed set-up step should panic.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{model_ready, read_lines, root};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "serve-test-secret-0123456789abcdef-01";
+const WEBHOOK_SECRET: &str = "webhook-test-secret";
+const BOUNDARY: &str = "mmt-serve-test-boundary";
+
+/// A running `mmt serve`, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(out: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mmt"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--out"])
+            .arg(out)
+            .current_dir(root())
+            .env("INTERNAL_JWT_SECRET", SECRET)
+            .env("MMT_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("AUDIT_LOG_FILE")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mmt serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving the job API on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = found.send(url);
+                }
+                eprintln!("server: {line}");
+            }
+        });
+        let base = address
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server announces its address");
+        Self { child, base }
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        let status = wait_for_exit(&mut self.child, Duration::from_secs(30));
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn token(roles: &[&str]) -> String {
+    let (status, stdout, stderr) = common::mmt_with_env(
+        &[
+            &["token", "--tenant", "clinic-a"][..],
+            &roles.iter().flat_map(|r| ["--role", r]).collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+        &[("INTERNAL_JWT_SECRET", SECRET)],
+    );
+    assert!(status.success(), "{stderr}");
+    stdout.trim().to_owned()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    )
+}
+
+fn multipart(audio: &[u8], fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"dict_001.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(audio);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn get_json(agent: &ureq::Agent, url: &str, token: &str) -> (u16, serde_json::Value) {
+    let mut response = agent
+        .get(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Accepts one HTTP request and answers `status`; sends back its head and body.
+fn webhook_receiver(status: u16) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hooks/mmt?token=abc",
+        listener.local_addr().unwrap()
+    );
+    let (sender, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            if sender.send((head, body)).is_err() {
+                return;
+            }
+        }
+    });
+    (url, received)
+}
+
+#[test]
+fn an_upload_is_transcribed_and_its_transcript_served() {
+    if !model_ready() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(out.path(), &[]);
+    let agent = agent();
+    let submitter = token(&["submitter", "reader"]);
+    let (hook_url, hooks) = webhook_receiver(200);
+    let audio = std::fs::read(root().join("samples/dict_001.wav")).unwrap();
+    let mut response = agent
+        .post(&format!("{}/v1/jobs", server.base))
+        .header("Authorization", &format!("Bearer {submitter}"))
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .send(
+            &multipart(
+                &audio,
+                &[
+                    ("patient_reference", "Patient/p-17"),
+                    ("encounter_reference", "Encounter/e-9"),
+                    ("callback_url", &hook_url),
+                ],
+            )[..],
+        )
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let job: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job_url = format!("{}/v1/jobs/{id}", server.base);
+
+    let started = Instant::now();
+    let job = loop {
+        let (status, job) = get_json(&agent, &job_url, &submitter);
+        assert_eq!(status, 200);
+        if job["status"] == "completed" || job["status"] == "dead_lettered" {
+            break job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "still {job}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["audio_seconds"].as_f64().unwrap() > 5.0);
+
+    let (status, transcript) = get_json(&agent, &format!("{job_url}/transcript"), &submitter);
+    assert_eq!(status, 200);
+    let text = transcript["text"].as_str().unwrap().to_lowercase();
+    assert!(text.contains("medication"), "{text}");
+    assert!(!transcript["segments"].as_array().unwrap().is_empty());
+    let (status, document) = get_json(
+        &agent,
+        &format!("{job_url}/transcript?format=fhir"),
+        &submitter,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(document["resourceType"], "DocumentReference");
+    assert_eq!(document["subject"]["reference"], "Patient/p-17");
+    let mut vtt = agent
+        .get(&format!("{job_url}/transcript?format=vtt"))
+        .header("Authorization", &format!("Bearer {submitter}"))
+        .call()
+        .unwrap();
+    assert!(vtt
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .starts_with("WEBVTT"));
+
+    // The completion webhook: signed, names the job, carries no PHI.
+    let (head, body) = hooks
+        .recv_timeout(Duration::from_secs(30))
+        .expect("webhook");
+    let signature = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mmt-signature: ")
+                .or_else(|| l.strip_prefix("MMT-Signature: "))
+        })
+        .expect("signed")
+        .trim()
+        .to_owned();
+    let timestamp: i64 = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        signature,
+        mmt_api::webhook::sign(WEBHOOK_SECRET, timestamp, &body)
+    );
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["event"], "job.completed");
+    assert_eq!(event["job"]["id"], id.as_str());
+    let raw = String::from_utf8(body).unwrap();
+    assert!(
+        !raw.contains("p-17") && !raw.contains("medication"),
+        "{raw}"
+    );
+
+    // Deletion by an admin: gone from the API, the documents and the uploads; audited.
+    let admin = token(&["admin"]);
+    let deleted = agent
+        .delete(&job_url)
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(get_json(&agent, &job_url, &submitter).0, 404);
+    assert!(common::documents(out.path()).is_empty());
+    let status = server.stop();
+    assert!(status.success(), "a clean shutdown: {status}");
+    let actions: Vec<String> = read_lines(&out.path().join("audit.jsonl"))
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(actions.contains(&"job_completed".to_owned()), "{actions:?}");
+    assert!(actions.contains(&"job_deleted".to_owned()), "{actions:?}");
+    let uploads = std::fs::read_dir(out.path().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(uploads, 0);
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it
+/// (rustls refuses a CA certificate used as the server's own).
+fn test_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let path = |name: &str| dir.join(name);
+    let ext = path("server.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=mmt test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    ];
+    for args in steps {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    }
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+#[test]
+fn tls_is_served_from_the_certificate_files() {
+    if !model_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(dir.path());
+    let server = Server::start(
+        &dir.path().join("out"),
+        &[
+            ("SSL_CERT_FILE", cert.to_str().unwrap()),
+            ("SSL_KEY_FILE", key.to_str().unwrap()),
+        ],
+    );
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let pem = std::fs::read(&ca).unwrap();
+    let roots: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                    .build(),
+            )
+            .build(),
+    );
+    let reader = token(&["reader"]);
+    let (status, page) = get_json(&agent, &format!("{}/v1/jobs", server.base), &reader);
+    assert_eq!(status, 200, "{page}");
+    // Plain HTTP on the TLS port gets no answer a client could mistake for the API.
+    let plain = format!("{}/healthz", server.base.replacen("https://", "http://", 1));
+    assert!(agent
+        .get(&plain)
+        .call()
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true));
+    assert!(server.stop().success());
+}
+
+#[test]
+fn production_refuses_to_serve_without_tls() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--out"])
+        .arg(out.path())
+        .current_dir(root())
+        .env("ENV", "prod")
+        .env("ENFORCE_TLS_IN_PRODUCTION", "true")
+        .env("INTERNAL_JWT_SECRET", SECRET)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SSL_CERT_FILE"), "{stderr}");
+}
+
+#[test]
+fn serving_needs_a_token_key() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--out"])
+        .arg(out.path())
+        .current_dir(root())
+        .env_remove("INTERNAL_JWT_SECRET")
+        .env_remove("MMT_JWT_PUBLIC_KEYS_DIR")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("INTERNAL_JWT_SECRET"), "{stderr}");
+}
