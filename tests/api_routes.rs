@@ -611,6 +611,34 @@ fn deleting_a_job_purges_it_and_is_audited() {
         !line.contains("p-17") && !line.contains("Doe_Jane"),
         "no PHI: {line}"
     );
+    // A job the intake does not hold (being transcribed, or waiting on a
+    // broker) cannot be deleted yet: the dataflow would write it back.
+    let mut store = mmt_connectors::sql::SqlJobStoreConfig::new(format!(
+        "sqlite://{}",
+        api.dir.path().join("mmt.db").display()
+    ))
+    .build(false)
+    .unwrap();
+    let in_flight = mmt_core::job::JobMeta {
+        id: mmt_core::job::JobId("feedc0de".into()),
+        tenant: "clinic-a".into(),
+        content_hash: "feedc0de".into(),
+        source: "elsewhere.wav".into(),
+        patient_reference: None,
+        encounter_reference: None,
+        correlation_id: "c-1".into(),
+        received_at: mmt_core::job::unix_now(),
+        trace_parent: None,
+    };
+    assert!(store.insert(&in_flight).unwrap());
+    assert!(store
+        .advance(&in_flight.id, mmt_core::job::JobStatus::Processing)
+        .unwrap());
+    let (status, problem) = api.json(delete("/v1/jobs/feedc0de", &admin));
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("processing"));
+    assert_eq!(api.send(get("/v1/jobs/feedc0de", &admin)).0, StatusCode::OK);
+    drop(store);
     // Deleted means gone: the same audio is a new job again.
     assert_eq!(
         api.send(upload(&admin, multipart(&clip(0), "audio/wav", &[]), None))

@@ -69,6 +69,7 @@ impl From<ControlError> for ApiError {
     fn from(err: ControlError) -> Self {
         match err {
             ControlError::IdempotencyConflict => Self::Conflict(err.to_string()),
+            ControlError::Conflict(detail) => Self::Conflict(detail),
             ControlError::Invalid(detail) => Self::Unprocessable(detail),
             ControlError::Unavailable(detail) => Self::Unavailable(detail),
             ControlError::Internal(reason) => Self::Internal { reason },

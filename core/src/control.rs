@@ -151,6 +151,9 @@ pub enum ControlError {
     /// The idempotency key was used before for a different request.
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyConflict,
+    /// The job is in a state that does not allow this (deleting a job in transcription).
+    #[error("{0}")]
+    Conflict(String),
     /// The request itself is unacceptable (an audio reference outside the root, ...).
     #[error("{0}")]
     Invalid(String),

@@ -443,7 +443,7 @@ impl JobControl for ServiceControl {
                 Intake::RabbitMq(_) => false,
             };
             if !taken {
-                return Err(ControlError::Invalid(format!(
+                return Err(ControlError::Conflict(format!(
                     "the job is {}; delete it once it has finished",
                     row.status.as_str()
                 )));
