@@ -24,6 +24,9 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+/// Short dictations (about 7 s) a packed window holds, for sizing batches.
+const CHUNKS_PER_PACKED_WINDOW: usize = 3;
+
 /// Transcribes chunks in cross-job batches; model failures become dead letters.
 pub trait Transcribe<'scope> {
     fn transcribe(
@@ -48,7 +51,14 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
         Stream<'scope, u64, Vec<Outcome>>,
     ) {
         let scope = self.scope();
-        let batch_size = options.batch_size.max(1);
+        // With packing, several short chunks share a window: take more chunks
+        // per batch so the batch still fills `batch_size` windows.
+        let batch_size = options.batch_size.max(1)
+            * if options.packing {
+                CHUNKS_PER_PACKED_WINDOW
+            } else {
+                1
+            };
         let results: Stream<'scope, u64, Vec<Result<ChunkResult, Outcome>>> =
             self.unary_frontier(Pipeline, "Transcribe", move |_capability, info| {
                 let activator = scope.activator_for(info.address);

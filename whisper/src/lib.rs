@@ -6,13 +6,15 @@
 //! decoder, [`decoding`] applies Whisper's decoding rules (greedy or beam
 //! search, suppressed tokens, timestamps, no-speech detection), and
 //! [`transcribe`] drives long-form audio over 30 s windows, batching windows
-//! of several inputs into one model call. [`tokenizer`] maps token ids to text.
+//! of several inputs into one model call; [`packing`] lets short inputs share
+//! a window. [`tokenizer`] maps token ids to text.
 
 pub mod audio;
 pub mod decoding;
 pub mod error;
 pub mod mel;
 pub mod model;
+pub mod packing;
 pub mod tokenizer;
 pub mod transcribe;
 

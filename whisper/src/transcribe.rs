@@ -52,6 +52,10 @@ pub struct TranscribeOptions {
     pub max_initial_timestamp: f32,
     /// Windows (from different inputs) decoded together.
     pub batch_size: usize,
+    /// Pack short inputs that start a recording (no prompt) into shared 30 s
+    /// windows, separated by silence, and split the text back by timestamps
+    /// (see `packing`).
+    pub packing: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -71,6 +75,7 @@ impl Default for TranscribeOptions {
             without_timestamps: false,
             max_initial_timestamp: 1.0,
             batch_size: 8,
+            packing: false,
         }
     }
 }
@@ -168,6 +173,9 @@ impl Engine {
     /// [`Continued::context`]), given to the decoder as Whisper's
     /// previous-text prompt. Consecutive pieces of one recording keep the
     /// context that long-form decoding would have had.
+    ///
+    /// With [`TranscribeOptions::packing`], short inputs without a prompt
+    /// share windows (see [`crate::packing`]).
     pub fn transcribe_continuing(
         &mut self,
         inputs: &[&[f32]],
@@ -180,6 +188,24 @@ impl Engine {
                 reason: "one prompt per input is needed".into(),
             });
         }
+        if options.packing && !options.without_timestamps {
+            return crate::packing::transcribe_packed(self, inputs, prompts, options);
+        }
+        Ok(self
+            .decode_streams(inputs, prompts, options)?
+            .into_iter()
+            .map(|decoded| decoded.continued)
+            .collect())
+    }
+
+    /// Long-form decoding of every input, each with its prompt; every
+    /// segment comes with the tokens it was decoded from.
+    pub(crate) fn decode_streams(
+        &mut self,
+        inputs: &[&[f32]],
+        prompts: &[&[u32]],
+        options: &TranscribeOptions,
+    ) -> Result<Vec<Decoded>, WhisperError> {
         let mut streams: Vec<Stream> = inputs
             .iter()
             .zip(prompts)
@@ -204,13 +230,16 @@ impl Engine {
             .into_iter()
             .map(|stream| {
                 let context = stream.all_tokens[stream.prompt_reset_since..].to_vec();
-                Continued {
-                    transcript: Transcript::from_segments(
-                        stream.segments,
-                        stream.duration,
-                        language,
-                    ),
-                    context,
+                Decoded {
+                    continued: Continued {
+                        transcript: Transcript::from_segments(
+                            stream.segments,
+                            stream.duration,
+                            language,
+                        ),
+                        context,
+                    },
+                    segment_tokens: stream.segment_tokens,
                 }
             })
             .collect())
@@ -364,6 +393,7 @@ impl Engine {
                 continue;
             }
             stream.all_tokens.extend_from_slice(&piece.tokens);
+            stream.segment_tokens.push(piece.tokens.clone());
             let generated = &outcome.generated;
             // The model may place a timestamp in the window's padding, past the
             // audio; a segment never ends after the audio does.
@@ -397,6 +427,13 @@ pub struct Continued {
     pub context: Vec<u32>,
 }
 
+/// One input's decoding, with the tokens behind each of its segments.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoded {
+    pub continued: Continued,
+    pub segment_tokens: Vec<Vec<u32>>,
+}
+
 /// The next streams to decode, round-robin from `next`, at most `batch_size`.
 fn next_round(streams: &[Stream], next: &mut usize, batch_size: usize) -> Vec<usize> {
     let count = streams.len();
@@ -424,6 +461,8 @@ struct Stream {
     all_tokens: Vec<u32>,
     prompt_reset_since: usize,
     segments: Vec<Segment>,
+    /// The tokens of each segment (timestamps included).
+    segment_tokens: Vec<Vec<u32>>,
 }
 
 impl Stream {
@@ -438,6 +477,7 @@ impl Stream {
             all_tokens: initial_prompt.to_vec(),
             prompt_reset_since: 0,
             segments: Vec::new(),
+            segment_tokens: Vec::new(),
         }
     }
 
@@ -699,6 +739,7 @@ mod tests {
             all_tokens: vec![],
             prompt_reset_since: 0,
             segments: vec![],
+            segment_tokens: vec![],
         };
         let streams = vec![
             stream(0, 100),
