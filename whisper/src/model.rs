@@ -347,6 +347,16 @@ fn build_session(
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|err| unavailable(err.to_string()))?
         .with_intra_threads(options.intra_op_threads.max(1))
+        .map_err(|err| unavailable(err.to_string()))?
+        // Batches change shape from call to call (windows per batch, tokens
+        // so far), so a shape-keyed memory plan is rarely reused, and the
+        // arena only grows to the largest batch ever seen and keeps it:
+        // plain allocations keep peak memory to what a call needs.
+        .with_memory_pattern(false)
+        .map_err(|err| unavailable(err.to_string()))?;
+    #[cfg(not(feature = "cuda"))]
+    let builder = builder
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
         .map_err(|err| unavailable(err.to_string()))?;
     // On GPU hosts the CUDA provider takes the graph; operators it cannot run
     // fall back to the CPU provider (ONNX Runtime logs which).
