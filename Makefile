@@ -4,7 +4,7 @@ SHELL := /bin/bash
 MMT := target/release/mmt
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null && echo "cargo nextest run --no-fail-fast" || echo "cargo test")
 
-.PHONY: setup setup-dev services demo test lint fmt rust-test python-test bench clean-model
+.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract bench bench-api clean-model
 
 setup:
 	scripts/setup.sh
@@ -23,8 +23,9 @@ demo: setup
 
 ## Everything CI checks: formatting, lints, Rust and Python tests (the
 ## integration tests use PostgreSQL, MariaDB, Redis and RabbitMQ on 127.0.0.1,
-## started here if down; Kafka is tansu from the dev virtualenv).
-test: setup-dev services lint rust-test python-test
+## started here if down; Kafka is tansu from the dev virtualenv), and the
+## API contract check.
+test: setup-dev services lint rust-test python-test api-contract
 
 services:
 	scripts/services.sh
@@ -39,9 +40,17 @@ rust-test:
 python-test:
 	MMT_MODEL_DIR=$(CURDIR)/models/tiny.en .venv/bin/python -m pytest -q tests/python
 
+## schemathesis against `mmt serve`'s /openapi.json: no request may get a 5xx.
+api-contract:
+	scripts/api_contract.sh
+
 ## Side-by-side benchmark against faster-whisper (needs ../shared/eval).
 bench: setup-dev
 	.venv/bin/python benches/compare_peer.py
+
+## Load benchmark of the job API with wrk (GET a job, idempotent and new uploads).
+bench-api:
+	benches/api_load.sh
 
 fmt:
 	cargo fmt --all

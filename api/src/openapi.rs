@@ -23,7 +23,12 @@ use utoipa::{Modify, OpenApi};
         crate::ops::metrics,
         crate::ops::openapi_json,
     ),
-    components(schemas(crate::error::Problem, crate::views::TranscriptSchema)),
+    components(schemas(
+        crate::error::Problem,
+        crate::views::TranscriptSchema,
+        crate::views::TranscriptFormatParam,
+        crate::views::Status,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Transcription jobs"),
@@ -72,5 +77,14 @@ mod tests {
         }
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["components"]["securitySchemes"]["bearer"].is_object());
+        // Every schema a path refers to is defined.
+        let text = json.to_string();
+        for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(
+                json["components"]["schemas"][name].is_object(),
+                "{name} is referred to but not defined"
+            );
+        }
     }
 }
