@@ -14,11 +14,14 @@ MODEL_DIR=${MMT_MODEL_DIR:-models/tiny.en}
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages: libopus for Ogg/Opus decoding (linked by the build),
-# sox and espeak-ng for tests that synthesise audio.
+# sox and espeak-ng for tests that synthesise audio, chromium for the status
+# page test (headless) and wrk for the API load benchmark.
 need_debs=()
 dpkg -s libopus-dev >/dev/null 2>&1 || need_debs+=(libopus-dev)
 if [[ $DEV == 1 ]]; then
   command -v sox >/dev/null || need_debs+=(sox libsox-fmt-mp3)
+  command -v chromium >/dev/null || need_debs+=(chromium)
+  command -v wrk >/dev/null || need_debs+=(wrk)
 fi
 if ((${#need_debs[@]})); then
   say "installing Debian packages: ${need_debs[*]}"
@@ -44,6 +47,17 @@ if [[ ! -f $export_stamp ]]; then
   say "exporting the Whisper model to ONNX in $MODEL_DIR"
   "$VENV/bin/python" scripts/export_onnx.py --out "$MODEL_DIR"
   touch "$export_stamp"
+fi
+
+# int8 weights beside the fp32 export (dynamic quantization of MatMul/Gemm),
+# for MMT_MODEL_DIR=models/tiny.en-int8 and `mmt bench --precision int8`.
+INT8_DIR=${MODEL_DIR}-int8
+quant_stamp="$INT8_DIR/.quantized-$(cat "$export_stamp" scripts/quantize_onnx.py 2>/dev/null | sha256sum | cut -c1-12)-$(basename "$export_stamp")"
+if [[ ! -f $quant_stamp ]]; then
+  say "quantizing the model to int8 in $INT8_DIR"
+  rm -rf "$INT8_DIR"
+  "$VENV/bin/python" scripts/quantize_onnx.py --src "$MODEL_DIR" --out "$INT8_DIR" 2>&1 | grep -v 'pre-processing before quantization' >&2
+  touch "$quant_stamp"
 fi
 
 say "building mmt (release)"
