@@ -35,6 +35,9 @@ pub enum Command {
     /// Export or inspect the ONNX model.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Sweep `mmt run` over batch size, workers, threads, precision and packing
+    /// on an audio set: x-realtime, latency, peak memory, CPU and WER per point.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +66,9 @@ pub struct TranscribeArgs {
     /// Only greedy/beam decoding: never retry at higher temperatures.
     #[arg(long)]
     pub no_fallback: bool,
+    /// Pack short files into shared 30 s windows (fewer encoder passes).
+    #[arg(long)]
+    pub packing: bool,
 }
 
 /// Where `mmt run` takes its jobs from.
@@ -106,6 +112,9 @@ pub struct RunArgs {
     /// Speech chunks (from any jobs) transcribed together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Pack short recordings from different jobs into shared 30 s windows.
+    #[arg(long)]
+    pub packing: bool,
     /// Tenant of files without a sidecar naming one.
     #[arg(long, default_value = "default")]
     pub tenant: String,
@@ -254,6 +263,7 @@ impl Command {
         match self {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) => "warn",
             Self::Run(_) | Self::Retention(_) | Self::Submit(_) | Self::Token(_) => "warn",
+            Self::Bench(_) => "warn",
             Self::Serve(_) => "info",
         }
     }
@@ -269,6 +279,7 @@ impl Command {
             Self::Check(args) => check(args),
             Self::Model(ModelCommand::Export(args)) => export(args),
             Self::Model(ModelCommand::Info) => info(),
+            Self::Bench(args) => crate::bench::run(args),
         }
     }
 }

@@ -78,6 +78,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         idle_exit,
         transcribe: TranscribeOptions {
             batch_size: args.batch_size,
+            packing: args.packing,
             ..TranscribeOptions::default()
         },
         chunking: ChunkConfig::default(),

@@ -34,6 +34,7 @@ pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
         beam_size: args.beam,
         batch_size: args.batch_size,
         without_timestamps: args.without_timestamps,
+        packing: args.packing,
         initial_prompt: args.initial_prompt.clone(),
         temperatures: if args.no_fallback {
             vec![0.0]
