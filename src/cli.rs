@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// Pack short recordings from different jobs into shared 30 s windows.
     #[arg(long)]
     pub packing: bool,
+    /// Transcribe a recording's chunks independently (no previous-text
+    /// prompt), so one long recording fills whole batches on every worker.
+    #[arg(long)]
+    pub independent_chunks: bool,
     /// Tenant of files without a sidecar naming one.
     #[arg(long, default_value = "default")]
     pub tenant: String,

@@ -79,6 +79,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         transcribe: TranscribeOptions {
             batch_size: args.batch_size,
             packing: args.packing,
+            condition_on_previous_text: !args.independent_chunks,
             ..TranscribeOptions::default()
         },
         chunking: ChunkConfig::default(),

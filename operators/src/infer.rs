@@ -9,16 +9,19 @@
 //! The chunks of one job are transcribed in order, each prompted with the text
 //! before it (Whisper's previous-text conditioning, worth several WER points on
 //! long dictations); a batch therefore holds at most one chunk per job, and
-//! batching happens across jobs.
+//! batching happens across jobs. Without conditioning
+//! (`condition_on_previous_text: false`) a job's chunks are independent: they
+//! are spread over the workers and batched together, so one long recording
+//! fills whole batches (as faster-whisper's batched pipeline does).
 
-use crate::records::{ChunkResult, ChunkWork, Outcome};
+use crate::records::{route, ChunkResult, ChunkWork, Outcome};
 use mmt_core::job::{unix_now, DeadLetter, JobId, Stage};
 use mmt_core::telemetry::Metrics;
 use mmt_core::Segment;
 use mmt_whisper::{Engine, TranscribeOptions};
 use std::collections::HashMap;
 use std::time::Instant;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
@@ -59,8 +62,19 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
             } else {
                 1
             };
+        let independent = !options.condition_on_previous_text;
+        // Conditioned chunks stay with their job's worker (dedupe routed the
+        // job there), in order; independent ones go wherever there is room.
+        let pact = Exchange::new(move |work: &ChunkWork| {
+            let job = route(&work.meta.id);
+            if independent {
+                job.wrapping_add(u64::from(work.seq))
+            } else {
+                job
+            }
+        });
         let results: Stream<'scope, u64, Vec<Result<ChunkResult, Outcome>>> =
-            self.unary_frontier(Pipeline, "Transcribe", move |_capability, info| {
+            self.unary_frontier(pact, "Transcribe", move |_capability, info| {
                 let activator = scope.activator_for(info.address);
                 let mut pending: Vec<(Capability<u64>, ChunkWork)> = Vec::new();
                 let mut jobs: HashMap<JobId, JobProgress> = HashMap::new();
@@ -73,7 +87,7 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                     // Oldest epoch first, so a frontier-complete epoch flushes early.
                     pending.sort_by_key(|(capability, work)| (*capability.time(), work.seq));
                     let ready: Vec<usize> = (0..pending.len())
-                        .filter(|&i| is_next(&jobs, &pending[i].1))
+                        .filter(|&i| independent || is_next(&jobs, &pending[i].1))
                         .take(batch_size)
                         .collect();
                     let oldest_complete = ready
@@ -163,7 +177,9 @@ fn run_batch(
                 .sum();
             metrics.record_transcription(started.elapsed().as_secs_f64(), audio);
             for ((capability, work), continued) in speech.into_iter().zip(transcripts) {
-                advance(jobs, &work, continued.context);
+                if options.condition_on_previous_text {
+                    advance(jobs, &work, continued.context);
+                }
                 let segments = shift(
                     continued.transcript.segments,
                     work.offset_seconds,
@@ -175,7 +191,9 @@ fn run_batch(
         Err(err) => {
             tracing::error!(error = %err, chunks = speech.len(), "inference failed");
             for (capability, work) in speech {
-                advance(jobs, &work, Vec::new());
+                if options.condition_on_previous_text {
+                    advance(jobs, &work, Vec::new());
+                }
                 let letter = DeadLetter {
                     job_id: work.meta.id.clone(),
                     tenant: work.meta.tenant.clone(),

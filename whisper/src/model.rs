@@ -209,7 +209,27 @@ impl WhisperModel {
     }
 
     /// Encodes a batch of `[n_mels, 3000]` windows into cross-attention K/V.
+    ///
+    /// The encoder runs on at most [`ENCODER_ROWS`] windows at a time: its
+    /// self-attention holds `rows × heads × 1500 × 1500` scores (54 MB per
+    /// window for tiny), which would dominate peak memory at batch 8, while
+    /// one window's matrix products already keep the cores busy.
     pub fn encode(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
+        let rows = mel.len_of(Axis(0));
+        if rows <= ENCODER_ROWS {
+            return self.encode_rows(mel);
+        }
+        let parts = (0..rows)
+            .step_by(ENCODER_ROWS)
+            .map(|start| {
+                let end = (start + ENCODER_ROWS).min(rows);
+                self.encode_rows(mel.slice_axis(Axis(0), (start..end).into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        CrossAttention::concatenate(&parts)
+    }
+
+    fn encode_rows(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
         let rows = mel.len_of(Axis(0));
         let input = TensorRef::from_array_view(mel)?;
         let mut outputs = self.encoder.run(ort::inputs!["mel" => input])?;
@@ -309,7 +329,36 @@ impl SelfAttentionCache {
     }
 }
 
+/// Windows the encoder runs on at once (see [`WhisperModel::encode`]).
+pub const ENCODER_ROWS: usize = 2;
+
 impl CrossAttention {
+    /// The windows of several batches, in order, as one batch.
+    pub fn concatenate(parts: &[CrossAttention]) -> Result<Self, WhisperError> {
+        let layers = parts.first().map_or(0, |part| part.keys.len());
+        let join = |pick: fn(&CrossAttention) -> &Vec<DynValue>| {
+            (0..layers)
+                .map(|layer| {
+                    let arrays = parts
+                        .iter()
+                        .map(|part| pick(part)[layer].try_extract_array::<f32>())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let joined = ndarray::concatenate(Axis(0), &arrays).map_err(|err| {
+                        WhisperError::Inference {
+                            reason: format!("encoder outputs differ in shape: {err}"),
+                        }
+                    })?;
+                    Ok(Tensor::from_array(joined)?.into_dyn())
+                })
+                .collect::<Result<Vec<DynValue>, WhisperError>>()
+        };
+        Ok(Self {
+            keys: join(|part| &part.keys)?,
+            values: join(|part| &part.values)?,
+            rows: parts.iter().map(|part| part.rows).sum(),
+        })
+    }
+
     /// Keeps the windows `indices` (in that order, repeats allowed), e.g. one copy per beam.
     pub fn select_rows(&self, indices: &[usize]) -> Result<Self, WhisperError> {
         Ok(Self {

@@ -16,6 +16,9 @@ use std::io::Write as _;
 
 /// Seconds per mel frame (hop 160 at 16 kHz).
 const SECONDS_PER_FRAME: f64 = 0.01;
+/// Most decoder rows (windows × samples or beams) in one model call.
+const MAX_DECODER_ROWS: usize = 16;
+
 /// Seconds per timestamp token.
 const TIME_PRECISION: f64 = 0.02;
 /// Mel frames per timestamp token.
@@ -330,15 +333,27 @@ impl Engine {
             } else {
                 Strategy::Greedy
             };
-            let batch: Vec<Request> = pending.iter().map(|&i| requests[i].clone()).collect();
-            let results = generate(
-                &mut self.model,
-                cross,
-                &batch,
-                &rules,
-                &strategy,
-                max_new_tokens,
-            )?;
+            // Sampling and beams decode several rows per window, each with its
+            // own copy of the window's cross-attention K/V: bound the rows of
+            // one call, so a batch of hard windows does not multiply memory.
+            let rows_per_window = match strategy {
+                Strategy::Sample { count, .. } => count.max(1),
+                Strategy::Beam { size, .. } => size.max(1),
+                Strategy::Greedy => 1,
+            };
+            let windows_per_call = (MAX_DECODER_ROWS / rows_per_window).max(1);
+            let mut results = Vec::with_capacity(pending.len());
+            for group in pending.chunks(windows_per_call) {
+                let batch: Vec<Request> = group.iter().map(|&i| requests[i].clone()).collect();
+                results.extend(generate(
+                    &mut self.model,
+                    cross,
+                    &batch,
+                    &rules,
+                    &strategy,
+                    max_new_tokens,
+                )?);
+            }
             let mut still_pending = Vec::new();
             for (&index, generated) in pending.iter().zip(results) {
                 let outcome = self.judge(generated, temperature)?;
