@@ -4,7 +4,7 @@ SHELL := /bin/bash
 MMT := target/release/mmt
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null && echo "cargo nextest run --no-fail-fast" || echo "cargo test")
 
-.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract bench bench-api clean-model
+.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract bench bench-pipeline bench-api clean-model
 
 setup:
 	scripts/setup.sh
@@ -47,6 +47,10 @@ api-contract:
 ## Side-by-side benchmark against faster-whisper (needs ../shared/eval).
 bench: setup-dev
 	.venv/bin/python benches/compare_peer.py
+
+## The full pipeline (mmt run) against faster-whisper, sequential and batched, in one run.
+bench-pipeline: setup-dev
+	.venv/bin/python benches/peer_pipeline.py --repeats 2
 
 ## Load benchmark of the job API with wrk (GET a job, idempotent and new uploads).
 bench-api:

@@ -72,8 +72,12 @@ class Clip:
     reference: str
     seconds: float
 
+    @property
+    def name(self) -> str:
+        return self.path.name
 
-def audio_seconds(path: Path, fallback: Optional[float]) -> float:
+
+def audio_seconds(path: Path, fallback: Optional[float] = None) -> float:
     """Duration from the WAV header, else the manifest's ``seconds``."""
     try:
         with wave.open(str(path), "rb") as audio:
