@@ -39,10 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ct2_reader import Ct2Model, read_ct2_model  # noqa: E402
 
 OPSET = 17
+# ONNX Runtime's contrib operators (the encoder's fused attention).
+MS_DOMAIN = "com.microsoft"
 LN_EPSILON = 1e-5
 MASK_VALUE = -1e9
 # Written to mmt-model.json; the engine refuses other layouts.
-LAYOUT = "per-layer-heads-v2"
+LAYOUT = "per-layer-heads-v3"
 # Above this many initializer bytes a graph is saved with external data
 # (protobuf cannot hold more than 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -158,7 +160,8 @@ class GraphBuilder:
                  outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
         """Wrap the accumulated graph into an opset-17 model."""
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                        helper.make_opsetid(MS_DOMAIN, 1)],
                                   producer_name="mmt-export-onnx")
         model.ir_version = 8
         return model
@@ -214,24 +217,16 @@ class WhisperLayers:
         h = self.gelu(self.ct2_linear(h, f"{scope}/linear_0"))
         return self.g.op("Add", [x, self.ct2_linear(h, f"{scope}/linear_1")], hint="residual")
 
-    def split_heads(self, x: str, n_heads: int, perm: Sequence[int]) -> str:
-        """[B, T, D] -> [B, T, H, hd] -> transposed by ``perm``."""
-        g = self.g
-        shaped = g.op("Reshape", [x, g.const_i64([0, 0, n_heads, self.dims.d_model // n_heads])])
-        return g.op("Transpose", [shaped], perm=list(perm))
+    def attention(self, q: str, k: str, v: str, n_heads: int) -> str:
+        """Self-attention over [B, T, D] inputs (q pre-scaled), as one fused operator.
 
-    def attention(self, q: str, k: str, v: str, n_heads: int, mask: str | None) -> str:
-        """Scaled dot-product attention; q is pre-scaled, inputs are [B, T, D]."""
-        g = self.g
-        qh = self.split_heads(q, n_heads, (0, 2, 1, 3))   # [B, H, Tq, hd]
-        kh = self.split_heads(k, n_heads, (0, 2, 3, 1))   # [B, H, hd, Tk]
-        vh = self.split_heads(v, n_heads, (0, 2, 1, 3))   # [B, H, Tk, hd]
-        scores = g.op("MatMul", [qh, kh], hint="scores")
-        if mask is not None:
-            scores = g.op("Add", [scores, mask], hint="masked")
-        probs = g.op("Softmax", [scores], axis=-1)
-        context = g.op("Transpose", [g.op("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
-        return g.op("Reshape", [context, g.const_i64([0, 0, self.dims.d_model])], hint="context")
+        ONNX Runtime's ``com.microsoft.MultiHeadAttention`` runs it tiled (flash
+        attention on CPU), never holding the [B, H, T, T] score matrices: for the
+        encoder's 1500 frames those are 54 MB per window and layer, and the
+        fused operator is also faster than MatMul-Softmax-MatMul.
+        """
+        return self.g.op("MultiHeadAttention", [q, k, v], domain=MS_DOMAIN,
+                         num_heads=n_heads, scale=1.0, hint="attention")
 
     def qkv(self, x: str, scope: str, n_heads: int) -> tuple[str, str, str]:
         """Project a fused q,k,v ``linear_0``; q carries the 1/sqrt(head_dim) scale."""
@@ -250,9 +245,9 @@ def _tensor(name: str, elem: int, shape: Sequence[int | str]) -> onnx.ValueInfoP
     return helper.make_tensor_value_info(name, elem, list(shape))
 
 
-def _cross_shape(dims: WhisperDims) -> list[int | str]:
+def _cross_shape(dims: WhisperDims, batch: str = "batch") -> list[int | str]:
     """Shape of ``cross_k_{i}`` and ``cross_v_{i}``: [batch, n_heads, n_audio_ctx, head_dim]."""
-    return ["batch", dims.n_heads, dims.n_audio_ctx, dims.head_dim]
+    return [batch, dims.n_heads, dims.n_audio_ctx, dims.head_dim]
 
 
 def build_encoder(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
@@ -274,7 +269,7 @@ def build_encoder(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
         scope = f"encoder/layer_{i}"
         h = L.layer_norm(x, f"{scope}/self_attention/layer_norm")
         q, k, v = L.qkv(h, f"{scope}/self_attention", dims.n_encoder_heads)
-        attn = L.ct2_linear(L.attention(q, k, v, dims.n_encoder_heads, None),
+        attn = L.ct2_linear(L.attention(q, k, v, dims.n_encoder_heads),
                             f"{scope}/self_attention/linear_1")
         x = L.mlp(g.op("Add", [x, attn], hint="residual"), f"{scope}/ffn")
 
@@ -341,10 +336,18 @@ class DecoderLayers:
         self.L = WhisperLayers(g, model, dims)
         batch_new = g.op("Shape", ["tokens"], hint="batch_new")                # [B, new]
         h, hd = dims.n_heads, dims.head_dim
-        self.heads_shape = g.op("Concat", [batch_new, g.const_i64([h, hd])], axis=0)
         self.qkv_shape = g.op("Concat", [batch_new, g.const_i64([3 * h, hd])], axis=0)
         self.seq_shape = g.op("Concat", [batch_new, g.const_i64([dims.d_model])], axis=0)
         self.flat_shape = g.const_i64([-1, dims.d_model])
+        # Cross-attention groups: W windows in cross_k (its shape, not its data),
+        # G = rows / W rows each (left to Reshape's -1).
+        windows = g.op("Unsqueeze", [_dim(g, "cross_k_0", 0), g.const_i64([0])], hint="windows")
+        new = g.op("Unsqueeze", [_dim(g, "tokens", 1), g.const_i64([0])], hint="new")
+        self.grouped_shape = g.op("Concat", [windows, g.const_i64([-1]), new,
+                                             g.const_i64([h, hd])], axis=0)
+        self.stacked_shape = g.op("Concat", [windows, g.const_i64([h, -1, hd])], axis=0)
+        self.unstacked_shape = g.op("Concat", [windows, g.const_i64([h, -1]), new,
+                                               g.const_i64([hd])], axis=0)
 
     def gemm(self, x: str, scope: str, scale: float = 1.0, scaled_rows: int | None = None) -> str:
         """x @ W.T + b as one Gemm with a pre-transposed weight (zero bias if CT2 has none).
@@ -387,15 +390,26 @@ class DecoderLayers:
         return g.op("Add", [x, self.gemm(context, f"{scope}/linear_1")], hint="residual")
 
     def cross_attention(self, x: str, scope: str, layer: int) -> str:
-        """Attention over the encoder's per-head K/V; returns the residual."""
+        """Attention over the encoder's per-head K/V; returns the residual.
+
+        The rows come in equal groups, one group per window of ``cross_k``
+        (``rows = windows * group``; see docs/model-format.md): the queries of
+        a group are stacked so that one matrix product per window reads its
+        1500 keys and values once, however many samples or beams it has.
+        """
         g, dims = self.g, self.dims
         h = self.L.layer_norm(x, f"{scope}/layer_norm")
         q = self.gemm(h, f"{scope}/linear_0", scale=dims.head_dim ** -0.5)
-        q = g.op("Transpose", [g.op("Reshape", [q, self.heads_shape])], perm=[0, 2, 1, 3])
+        q = g.op("Reshape", [q, self.grouped_shape])                  # [W, G, new, H, hd]
+        q = g.op("Transpose", [q], perm=[0, 3, 1, 2, 4])               # [W, H, G, new, hd]
+        q = g.op("Reshape", [q, self.stacked_shape])                  # [W, H, G*new, hd]
         # ORT folds this Transpose into FusedMatMul(transB=1): no copy of the keys.
         keys = g.op("Transpose", [f"cross_k_{layer}"], perm=[0, 1, 3, 2])
         probs = g.op("Softmax", [g.op("MatMul", [q, keys], hint="scores")], axis=-1)
-        context = self.merge_heads(g.op("MatMul", [probs, f"cross_v_{layer}"]))
+        context = g.op("MatMul", [probs, f"cross_v_{layer}"])         # [W, H, G*new, hd]
+        context = g.op("Reshape", [context, self.unstacked_shape])    # [W, H, G, new, hd]
+        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 3, 1, 4]),
+                                   self.flat_shape], hint="context")  # [R*new, D]
         return g.op("Add", [x, self.gemm(context, f"{scope}/linear_2")], hint="residual")
 
     def mlp(self, x: str, scope: str) -> str:
@@ -437,8 +451,8 @@ def build_decoder(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
     for i in range(dims.n_decoder_layers):
         inputs += [_tensor(f"self_k_{i}", f32, ["batch", h, "past", hd]),
                    _tensor(f"self_v_{i}", f32, ["batch", h, "past", hd]),
-                   _tensor(f"cross_k_{i}", f32, _cross_shape(dims)),
-                   _tensor(f"cross_v_{i}", f32, _cross_shape(dims))]
+                   _tensor(f"cross_k_{i}", f32, _cross_shape(dims, "windows")),
+                   _tensor(f"cross_v_{i}", f32, _cross_shape(dims, "windows"))]
         outputs += [_tensor(f"new_self_k_{i}", f32, ["batch", h, "total", hd]),
                     _tensor(f"new_self_v_{i}", f32, ["batch", h, "total", hd])]
     return g.to_model("whisper_decoder", inputs, outputs)

@@ -123,6 +123,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
             .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?;
     }
     print_summary(&summary, &paths);
+    print_model_work(&metrics);
     Ok(if summary.dead_lettered == 0 {
         ExitCode::SUCCESS
     } else {
@@ -235,4 +236,18 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// What the model did, on stderr (the summary on stdout stays machine-readable).
+fn print_model_work(metrics: &Metrics) {
+    let count = |kind: &str| metrics.model_work_total.with_label_values(&[kind]).get();
+    eprintln!(
+        "mmt: model work: {} windows encoded, {} decoder calls, {} windows decoded again \
+         at a higher temperature, {} packs split, {} packs decoded again unpacked",
+        count("windows_encoded"),
+        count("decoder_calls"),
+        count("fallback_windows"),
+        count("packs_split"),
+        count("packs_redone"),
+    );
 }

@@ -51,6 +51,9 @@ pub struct Metrics {
     /// 1 while the configured idempotency filter answers, 0 while it fails (or
     /// when none is configured).
     pub idempotency_filter_available: IntGauge,
+    /// Model work by kind (`windows_encoded`, `decoder_calls`,
+    /// `fallback_windows`, `packs_split`, `packs_redone`): what the audio cost.
+    pub model_work_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -151,6 +154,11 @@ impl Metrics {
                 "idempotency_filter_fallback_total",
                 "Jobs deduplicated by the job store alone because the idempotency filter failed",
                 &["reason"],
+            )?,
+            model_work_total: counter_vec(
+                "model_work_total",
+                "Model work done: windows encoded, decoder calls, fallbacks, packs",
+                &["kind"],
             )?,
             idempotency_filter_available: gauge(
                 "idempotency_filter_available",

@@ -161,6 +161,7 @@ fn run_batch(
         return out;
     }
     let started = Instant::now();
+    let work_before = engine.work();
     let inputs: Vec<&[f32]> = speech.iter().map(|(_, w)| w.samples.as_slice()).collect();
     let prompts: Vec<&[u32]> = speech
         .iter()
@@ -169,7 +170,14 @@ fn run_batch(
                 .map_or(&[][..], |p| p.context.as_slice())
         })
         .collect();
-    match engine.transcribe_continuing(&inputs, &prompts, options) {
+    let transcribed = engine.transcribe_continuing(&inputs, &prompts, options);
+    for (kind, count) in engine.work().since(&work_before).labelled() {
+        metrics
+            .model_work_total
+            .with_label_values(&[kind])
+            .inc_by(count);
+    }
+    match transcribed {
         Ok(transcripts) => {
             let audio: f64 = speech
                 .iter()

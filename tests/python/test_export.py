@@ -219,7 +219,7 @@ def test_interface(model_dir: Path, mmt_config: dict) -> None:
         for kv in "kv":
             decoder_inputs[f"self_{kv}_{i}"] = (f32, ["batch", n_heads, "past", head_dim])
         for kv in "kv":
-            decoder_inputs[f"cross_{kv}_{i}"] = cross[f"cross_{kv}_{i}"]
+            decoder_inputs[f"cross_{kv}_{i}"] = (f32, ["windows", n_heads, n_ctx, head_dim])
         for kv in "kv":
             decoder_outputs[f"new_self_{kv}_{i}"] = (f32, ["batch", n_heads, "total", head_dim])
     expected = {
@@ -237,7 +237,7 @@ def test_interface(model_dir: Path, mmt_config: dict) -> None:
             "translate", "transcribe", "sot_prev", "no_speech", "no_timestamps",
             "timestamp_begin", "lang_ids", "suppress_ids", "suppress_ids_begin"}
     assert keys <= set(cfg)
-    assert cfg["layout"] == "per-layer-heads-v2"
+    assert cfg["layout"] == "per-layer-heads-v3"
     assert cfg["timestamp_begin"] == cfg["no_timestamps"] + 1
 
 
@@ -252,7 +252,9 @@ def test_decoder_graph_is_lean(model_dir: Path, mmt_config: dict, tmp_path: Path
     cross = {f"cross_{kv}_{i}" for i in range(mmt_config["n_decoder_layers"]) for kv in "kv"}
     for node in graph.node:
         if cross & set(node.input):
-            assert node.op_type in ("MatMul", "FusedMatMul"), (node.op_type, list(node.input))
+            # Shape reads the window count of the row groups, not the data.
+            assert node.op_type in ("MatMul", "FusedMatMul", "Shape"), (node.op_type,
+                                                                         list(node.input))
     assert [n.op_type for n in graph.node if "logits" in n.output] == ["MatMul"]
     # Attention scaling is folded into the weights and GELU is fused: no Mul/Div per step.
     assert not [n.op_type for n in graph.node if n.op_type in ("Mul", "Div")]
@@ -351,6 +353,37 @@ def test_batched_left_padded_prompts(onnx_whisper: OnnxWhisper, mels: dict,
               for n, p in zip(names, prompts)]
     assert batched == single
     assert all(batched), "every row should produce text"
+
+
+def test_row_groups_share_their_window(onnx_whisper: OnnxWhisper, mels: dict,
+                                       mmt_config: dict) -> None:
+    """Rows in equal groups per window (samples, beams) read their window's K/V once
+    and get the logits they get with a copy of it per row."""
+    if len(mels) < 2:
+        pytest.skip("needs 2 clips")
+    cfg = mmt_config
+    names = list(mels)[:2]
+    _, cross = onnx_whisper.encode(np.stack([mels[n] for n in names]))
+    group = 3
+    rows = 2 * group
+    # Different tokens per row, so that a row attending to the wrong window or
+    # the wrong query shows up in the logits.
+    prompt = [cfg["sot"], cfg["no_timestamps"]]
+    tokens = np.array([prompt[:1] + [prompt[1] if r % 2 else 220 + r] for r in range(rows)],
+                      dtype=np.int64)
+    positions = np.tile(np.arange(2, dtype=np.int64), (rows, 1))
+    mask = np.zeros((rows, 2), dtype=np.float32)
+    n_layers, n_heads = cfg["n_decoder_layers"], cfg["n_heads"]
+    empty = np.zeros((rows, n_heads, 0, cfg["d_model"] // n_heads), dtype=np.float32)
+    cache = {f"self_{kv}_{i}": empty for i in range(n_layers) for kv in "kv"}
+    feed = {"tokens": tokens, "positions": positions, "attention_mask": mask, **cache}
+    windows_of_rows = np.repeat(np.arange(2), group)
+    copied = {name: value[windows_of_rows] for name, value in cross.items()}
+    grouped_logits = onnx_whisper.decoder.run(["logits"], {**feed, **cross})[0]
+    copied_logits = onnx_whisper.decoder.run(["logits"], {**feed, **copied})[0]
+    np.testing.assert_allclose(grouped_logits, copied_logits, rtol=1e-4, atol=1e-4)
+    # The two windows differ, so rows of different groups must differ too.
+    assert not np.allclose(grouped_logits[0], grouped_logits[group], atol=1e-2)
 
 
 def test_timestamp_tokens_valid(onnx_whisper: OnnxWhisper, encoded: dict,

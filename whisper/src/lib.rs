@@ -7,7 +7,8 @@
 //! search, suppressed tokens, timestamps, no-speech detection), and
 //! [`transcribe`] drives long-form audio over 30 s windows, batching windows
 //! of several inputs into one model call; [`packing`] lets short inputs share
-//! a window. [`tokenizer`] maps token ids to text.
+//! a window. [`tokenizer`] maps token ids to text; [`work`] counts what the
+//! model did.
 
 pub mod audio;
 pub mod decoding;
@@ -17,7 +18,9 @@ pub mod model;
 pub mod packing;
 pub mod tokenizer;
 pub mod transcribe;
+pub mod work;
 
 pub use error::WhisperError;
 pub use model::ModelOptions;
 pub use transcribe::{Continued, Engine, TranscribeOptions};
+pub use work::WorkCounters;

@@ -175,10 +175,13 @@ pub struct WhisperModel {
     names: TensorNames,
     encoder: Session,
     decoder: Session,
+    /// Encoder windows and decoder calls run so far.
+    windows_encoded: u64,
+    decoder_calls: u64,
 }
 
 /// The export layout this engine runs (`layout` in `mmt-model.json`).
-pub const MODEL_LAYOUT: &str = "per-layer-heads-v2";
+pub const MODEL_LAYOUT: &str = "per-layer-heads-v3";
 
 impl WhisperModel {
     /// Loads ONNX Runtime and both graphs.
@@ -201,6 +204,8 @@ impl WhisperModel {
             spec,
             encoder,
             decoder,
+            windows_encoded: 0,
+            decoder_calls: 0,
         })
     }
 
@@ -208,12 +213,17 @@ impl WhisperModel {
         &self.spec
     }
 
+    /// Windows encoded and decoder calls run since the model was loaded.
+    pub fn calls(&self) -> (u64, u64) {
+        (self.windows_encoded, self.decoder_calls)
+    }
+
     /// Encodes a batch of `[n_mels, 3000]` windows into cross-attention K/V.
     ///
-    /// The encoder runs on at most [`ENCODER_ROWS`] windows at a time: its
-    /// self-attention holds `rows × heads × 1500 × 1500` scores (54 MB per
-    /// window for tiny), which would dominate peak memory at batch 8, while
-    /// one window's matrix products already keep the cores busy.
+    /// The encoder runs on at most [`ENCODER_ROWS`] windows at a time, which
+    /// bounds its activations (about 30 MB per window; the fused attention
+    /// holds no score matrices); larger batches are encoded in parts and
+    /// joined, which copies their K/V once.
     pub fn encode(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
         let rows = mel.len_of(Axis(0));
         if rows <= ENCODER_ROWS {
@@ -233,6 +243,7 @@ impl WhisperModel {
         let rows = mel.len_of(Axis(0));
         let input = TensorRef::from_array_view(mel)?;
         let mut outputs = self.encoder.run(ort::inputs!["mel" => input])?;
+        self.windows_encoded += rows as u64;
         let keys = take_outputs(&mut outputs, &self.names.cross_k)?;
         let values = take_outputs(&mut outputs, &self.names.cross_v)?;
         Ok(CrossAttention { keys, values, rows })
@@ -270,6 +281,7 @@ impl WhisperModel {
             }
         }
         let mut outputs = self.decoder.run(inputs)?;
+        self.decoder_calls += 1;
         let logits = outputs
             .get("logits")
             .ok_or_else(|| missing_output("logits"))?
@@ -330,7 +342,7 @@ impl SelfAttentionCache {
 }
 
 /// Windows the encoder runs on at once (see [`WhisperModel::encode`]).
-pub const ENCODER_ROWS: usize = 2;
+pub const ENCODER_ROWS: usize = 4;
 
 impl CrossAttention {
     /// The windows of several batches, in order, as one batch.

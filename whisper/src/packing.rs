@@ -188,6 +188,11 @@ pub(crate) fn transcribe_packed(
             None => unpack.extend(pack.iter().map(|member| member.input)),
         }
     }
+    let redone = packs
+        .iter()
+        .filter(|pack| pack.first().is_some_and(|m| unpack.contains(&m.input)))
+        .count();
+    engine.count_packs(packs.len() - redone, redone);
     if !unpack.is_empty() {
         tracing::debug!(
             inputs = unpack.len(),

@@ -9,6 +9,7 @@ use crate::decoding::{generate, Generated, Request, Strategy};
 use crate::mel::MelFrontEnd;
 use crate::model::{stack_windows, ModelOptions, WhisperModel};
 use crate::tokenizer::Tokenizer;
+use crate::work::WorkCounters;
 use crate::WhisperError;
 use mmt_core::{Segment, Transcript};
 use ndarray::Array2;
@@ -116,6 +117,8 @@ pub struct Engine {
     model: WhisperModel,
     tokenizer: Tokenizer,
     front_end: MelFrontEnd,
+    /// Fallback and packing counts; the model keeps its own call counts.
+    work: WorkCounters,
 }
 
 impl Engine {
@@ -129,7 +132,24 @@ impl Engine {
             model,
             tokenizer,
             front_end,
+            work: WorkCounters::default(),
         })
+    }
+
+    /// The model work done since the engine was loaded.
+    pub fn work(&self) -> WorkCounters {
+        let (windows_encoded, decoder_calls) = self.model.calls();
+        WorkCounters {
+            windows_encoded,
+            decoder_calls,
+            ..self.work
+        }
+    }
+
+    /// Records how a batch of packed windows split (see [`crate::packing`]).
+    pub(crate) fn count_packs(&mut self, split: usize, redone: usize) {
+        self.work.packs_split += split as u64;
+        self.work.packs_redone += redone as u64;
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -319,6 +339,9 @@ impl Engine {
             if pending.is_empty() {
                 break;
             }
+            if round > 0 {
+                self.work.fallback_windows += pending.len() as u64;
+            }
             let strategy = if temperature > 0.0 {
                 Strategy::Sample {
                     temperature,
@@ -333,9 +356,9 @@ impl Engine {
             } else {
                 Strategy::Greedy
             };
-            // Sampling and beams decode several rows per window, each with its
-            // own copy of the window's cross-attention K/V: bound the rows of
-            // one call, so a batch of hard windows does not multiply memory.
+            // Sampling and beams decode several rows per window (sharing the
+            // window's cross-attention K/V, but each with its own self-attention
+            // cache and logits): bound the rows of one call.
             let rows_per_window = match strategy {
                 Strategy::Sample { count, .. } => count.max(1),
                 Strategy::Beam { size, .. } => size.max(1),

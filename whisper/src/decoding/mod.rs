@@ -88,15 +88,24 @@ impl Hypothesis {
 }
 
 /// Decoder state for the rows currently in the batch.
+///
+/// The decoder reads each window's cross-attention K/V once for all of the
+/// window's rows (samples, beams), when the rows come in equal runs, one run
+/// per window, in the order of the cross-attention batch it is given (see
+/// `docs/model-format.md`). Rows keeps that layout whenever it can; rows that
+/// do not form such runs get a copy of their window's K/V each.
 #[derive(Debug)]
 struct Rows<'a> {
     cache: SelfAttentionCache,
+    /// The caller's encoded windows.
+    source: &'a CrossAttention,
+    /// The windows given to the decoder: `source` itself or a selection of it.
     cross: Cross<'a>,
     /// Left-padding slots at the start of each row's cache.
     padding: Vec<usize>,
     /// Cache length (equal for every row, padding included).
     past: usize,
-    /// Window row in the caller's `CrossAttention` of each current row.
+    /// Window row in `source` of each current row.
     windows: Vec<usize>,
 }
 
@@ -104,39 +113,79 @@ struct Rows<'a> {
 #[derive(Debug)]
 enum Cross<'a> {
     Borrowed(&'a CrossAttention),
-    Selected(CrossAttention),
+    Selected {
+        /// Row in the caller's batch of each selected window.
+        windows: Vec<usize>,
+        cross: CrossAttention,
+    },
 }
 
 impl Cross<'_> {
     fn get(&self) -> &CrossAttention {
         match self {
             Self::Borrowed(cross) => cross,
-            Self::Selected(cross) => cross,
+            Self::Selected { cross, .. } => cross,
         }
     }
+}
+
+/// The windows, in order, when `rows` (each row's window) are equal runs of
+/// distinct windows; `None` otherwise.
+fn window_groups(rows: &[usize]) -> Option<Vec<usize>> {
+    let first = *rows.first()?;
+    let group = rows.iter().take_while(|&&w| w == first).count();
+    if rows.len() % group != 0 {
+        return None;
+    }
+    let windows: Vec<usize> = rows.chunks(group).map(|run| run[0]).collect();
+    let uniform = rows
+        .chunks(group)
+        .all(|run| run.iter().all(|&w| w == run[0]));
+    let distinct = windows.iter().collect::<HashSet<_>>().len() == windows.len();
+    (uniform && distinct).then_some(windows)
 }
 
 impl<'a> Rows<'a> {
     fn new(
         model: &WhisperModel,
-        cross: &'a CrossAttention,
+        source: &'a CrossAttention,
         windows: Vec<usize>,
     ) -> Result<Self, WhisperError> {
         let spec = model.spec();
-        let identity =
-            windows.len() == cross.rows && windows.iter().enumerate().all(|(i, &w)| i == w);
-        let selected = if identity {
-            Cross::Borrowed(cross)
-        } else {
-            Cross::Selected(cross.select_rows(&windows)?)
-        };
-        Ok(Self {
+        let mut rows = Self {
             cache: SelfAttentionCache::empty(spec, windows.len())?,
-            cross: selected,
+            source,
+            cross: Cross::Borrowed(source),
             padding: vec![0; windows.len()],
             past: 0,
-            windows,
-        })
+            windows: Vec::new(),
+        };
+        rows.use_windows(windows)?;
+        Ok(rows)
+    }
+
+    /// Points the rows at `windows` (one per row) and selects their K/V.
+    fn use_windows(&mut self, windows: Vec<usize>) -> Result<(), WhisperError> {
+        // Shared K/V per window when the rows allow it, else one copy per row.
+        let needed = window_groups(&windows).unwrap_or_else(|| windows.clone());
+        let current: Vec<usize> = match &self.cross {
+            Cross::Borrowed(cross) => (0..cross.rows).collect(),
+            Cross::Selected { windows, .. } => windows.clone(),
+        };
+        if needed != current {
+            let identity =
+                needed.len() == self.source.rows && needed.iter().enumerate().all(|(i, &w)| i == w);
+            self.cross = if identity {
+                Cross::Borrowed(self.source)
+            } else {
+                Cross::Selected {
+                    cross: self.source.select_rows(&needed)?,
+                    windows: needed,
+                }
+            };
+        }
+        self.windows = windows;
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -201,13 +250,8 @@ impl<'a> Rows<'a> {
         }
         self.cache = self.cache.select_rows(indices)?;
         let windows: Vec<usize> = indices.iter().map(|&r| self.windows[r]).collect();
-        if windows != self.windows {
-            // Rows of the current cross selection that the kept rows use.
-            let cross = self.cross.get().select_rows(indices)?;
-            self.cross = Cross::Selected(cross);
-        }
+        self.use_windows(windows)?;
         self.padding = indices.iter().map(|&r| self.padding[r]).collect();
-        self.windows = windows;
         Ok(())
     }
 }
@@ -339,6 +383,9 @@ impl Search<'_> {
         let mut scratch = Vec::new();
         for _ in 0..self.max_new_tokens {
             for (row, hypothesis) in hypotheses.iter_mut().enumerate() {
+                if hypothesis.finished {
+                    continue;
+                }
                 let mut row_logits = logits.row(row).to_vec();
                 self.rules.apply(&mut row_logits, &hypothesis.tokens);
                 let token = match sampling.as_mut() {
@@ -355,17 +402,24 @@ impl Search<'_> {
                     hypothesis.tokens.push(token);
                 }
             }
-            // Finished rows leave the batch so no decoder work is spent on them.
+            // A request's rows leave the batch once all of them finished, so no
+            // decoder work is spent on finished requests, while the samples of
+            // one window stay together and share its cross-attention K/V (a
+            // finished sample waits, fed end-of-text, for its siblings).
+            let mut open_requests = HashSet::new();
+            for hypothesis in hypotheses.iter().filter(|h| !h.finished) {
+                open_requests.insert(hypothesis.request);
+            }
             let keep: Vec<usize> = (0..hypotheses.len())
-                .filter(|&row| !hypotheses[row].finished)
+                .filter(|&row| open_requests.contains(&hypotheses[row].request))
                 .collect();
             if keep.len() < hypotheses.len() {
                 let mut remaining = Vec::with_capacity(keep.len());
                 for hypothesis in hypotheses.drain(..) {
-                    if hypothesis.finished {
-                        done.push(hypothesis);
-                    } else {
+                    if open_requests.contains(&hypothesis.request) {
                         remaining.push(hypothesis);
+                    } else {
+                        done.push(hypothesis);
                     }
                 }
                 hypotheses = remaining;
@@ -376,7 +430,10 @@ impl Search<'_> {
             }
             let next: Vec<[u32; 1]> = hypotheses
                 .iter()
-                .map(|h| [h.tokens.last().copied().unwrap_or(self.eot)])
+                .map(|h| {
+                    let last = h.tokens.last().copied().unwrap_or(self.eot);
+                    [if h.finished { self.eot } else { last }]
+                })
                 .collect();
             let next: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
             logits = rows.feed(self.model, &next, self.eot)?;
@@ -541,6 +598,19 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_in_equal_runs_of_distinct_windows_share_them() {
+        assert_eq!(window_groups(&[4, 4, 4, 7, 7, 7]), Some(vec![4, 7]));
+        assert_eq!(window_groups(&[0, 1, 2]), Some(vec![0, 1, 2]));
+        assert_eq!(window_groups(&[3]), Some(vec![3]));
+        // Unequal runs, a window in two runs, or nothing: one copy per row.
+        assert_eq!(window_groups(&[4, 4, 7]), None);
+        assert_eq!(window_groups(&[4, 4, 7, 7, 7, 7]), None);
+        assert_eq!(window_groups(&[4, 7, 4]), None);
+        assert_eq!(window_groups(&[4, 4, 7, 7, 4, 4]), None);
+        assert_eq!(window_groups(&[]), None);
+    }
 
     #[test]
     fn top_k_orders_and_skips_masked() {
