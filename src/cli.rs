@@ -112,6 +112,10 @@ pub struct RunArgs {
     /// Speech chunks (from any jobs) transcribed together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Longest a speech chunk waits for its batch to fill before a partial
+    /// batch runs (default: until no more chunks can come for its ingest epoch).
+    #[arg(long, value_name = "MS", env = "MMT_MAX_BATCH_WAIT_MS")]
+    pub max_batch_wait_ms: Option<u64>,
     /// Pack short recordings from different jobs into shared 30 s windows.
     #[arg(long)]
     pub packing: bool,
@@ -201,6 +205,10 @@ pub struct ServeArgs {
     /// Speech chunks (from any jobs) transcribed together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Longest a speech chunk waits for its batch to fill before a partial
+    /// batch runs (default: until no more chunks can come for its ingest epoch).
+    #[arg(long, value_name = "MS", env = "MMT_MAX_BATCH_WAIT_MS")]
+    pub max_batch_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]

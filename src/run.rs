@@ -73,6 +73,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         workers,
         intra_op_threads: threads,
         batch_size: args.batch_size,
+        max_batch_wait: args.max_batch_wait_ms.map(Duration::from_millis),
         files_per_epoch: 64,
         max_epochs_in_flight: 2,
         idle_exit,

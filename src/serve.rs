@@ -67,6 +67,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         workers,
         intra_op_threads: threads,
         batch_size: args.batch_size,
+        max_batch_wait: args.max_batch_wait_ms.map(Duration::from_millis),
         // Small epochs: a shutdown drains what was fed (the rest waits on
         // disk for the next start) well within Kubernetes' 30 s grace period.
         files_per_epoch: 16,

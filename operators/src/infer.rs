@@ -2,7 +2,8 @@
 //!
 //! Chunks are stashed under their capability and run through the model in
 //! batches of up to `batch_size`: a full batch runs at once, a partial one when
-//! the input frontier shows no more chunks can arrive for its epoch. After each
+//! the input frontier shows no more chunks can arrive for its epoch, or (with a
+//! maximum batch wait) once its oldest chunk has waited that long. After each
 //! batch the operator yields (re-activating itself), so that results flow to the
 //! commit stage while later batches wait.
 //!
@@ -20,7 +21,7 @@ use mmt_core::telemetry::Metrics;
 use mmt_core::Segment;
 use mmt_whisper::{Engine, TranscribeOptions};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
@@ -32,10 +33,13 @@ const CHUNKS_PER_PACKED_WINDOW: usize = 3;
 
 /// Transcribes chunks in cross-job batches; model failures become dead letters.
 pub trait Transcribe<'scope> {
+    /// `max_wait`: the longest a chunk waits for its batch to fill before a
+    /// partial batch runs (`None`: until its epoch is complete).
     fn transcribe(
         self,
         engine: Engine,
         options: TranscribeOptions,
+        max_wait: Option<Duration>,
         metrics: Metrics,
     ) -> (
         Stream<'scope, u64, Vec<ChunkResult>>,
@@ -48,6 +52,7 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
         self,
         mut engine: Engine,
         options: TranscribeOptions,
+        max_wait: Option<Duration>,
         metrics: Metrics,
     ) -> (
         Stream<'scope, u64, Vec<ChunkResult>>,
@@ -77,11 +82,17 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
             self.unary_frontier(pact, "Transcribe", move |_capability, info| {
                 let activator = scope.activator_for(info.address);
                 let mut pending: Vec<(Capability<u64>, ChunkWork)> = Vec::new();
+                // When each pending chunk (by job and seq) arrived, for the batch wait.
+                let mut arrivals: HashMap<(JobId, u32), Instant> = HashMap::new();
                 let mut jobs: HashMap<JobId, JobProgress> = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
                         if let Some(capability) = capability.retain_least(0) {
-                            pending.extend(data.drain(..).map(|work| (capability.clone(), work)));
+                            let now = Instant::now();
+                            for work in data.drain(..) {
+                                arrivals.insert(chunk_key(&work), now);
+                                pending.push((capability.clone(), work));
+                            }
                         }
                     });
                     // Oldest epoch first, so a frontier-complete epoch flushes early.
@@ -93,7 +104,16 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                     let oldest_complete = ready
                         .first()
                         .is_some_and(|&i| !frontier.frontier().less_equal(pending[i].0.time()));
-                    if ready.len() >= batch_size || oldest_complete {
+                    let waited = ready
+                        .iter()
+                        .filter_map(|&i| arrivals.get(&chunk_key(&pending[i].1)))
+                        .map(Instant::elapsed)
+                        .max();
+                    let waited_enough = match (max_wait, waited) {
+                        (Some(limit), Some(waited)) => waited >= limit,
+                        _ => false,
+                    };
+                    if ready.len() >= batch_size || oldest_complete || waited_enough {
                         let batch: Vec<_> = ready
                             .iter()
                             .rev()
@@ -102,6 +122,9 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                             .into_iter()
                             .rev()
                             .collect();
+                        for (_, work) in &batch {
+                            arrivals.remove(&chunk_key(work));
+                        }
                         for (capability, result) in
                             run_batch(&mut engine, &options, &metrics, &mut jobs, batch)
                         {
@@ -110,6 +133,9 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                         if !pending.is_empty() {
                             activator.activate();
                         }
+                    } else if let (Some(limit), Some(waited)) = (max_wait, waited) {
+                        // Come back when the oldest ready chunk has waited long enough.
+                        activator.activate_after(limit.saturating_sub(waited));
                     }
                     metrics.transcription_queue_depth.set(pending.len() as i64);
                 }
@@ -119,6 +145,10 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
 }
 
 type Tagged = (Capability<u64>, Result<ChunkResult, Outcome>);
+
+fn chunk_key(work: &ChunkWork) -> (JobId, u32) {
+    (work.meta.id.clone(), work.seq)
+}
 
 /// How far a job's chunks have been transcribed, and the text context they leave.
 #[derive(Debug, Default)]

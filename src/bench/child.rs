@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The environment variable the max-wait knob is passed in (nothing reads it yet).
+/// The environment variable the max-wait knob is passed in (`mmt run --max-batch-wait-ms`).
 pub const MAX_WAIT_ENV: &str = "MMT_MAX_BATCH_WAIT_MS";
 /// The histogram the latency columns come from (core/src/telemetry.rs).
 pub const LATENCY_HISTOGRAM: &str = "transcription_duration_seconds";

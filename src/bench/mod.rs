@@ -33,9 +33,9 @@ THE SWEEP
             --batch-size B --workers W --threads T [--packing]
 
   with MMT_MODEL_DIR set to --int8-model for int8 points (skipped with a
-  message when that folder lacks a file of an exported model) and MMT_MAX_BATCH_WAIT_MS
-  for --max-wait-ms. `mmt run` does not read MMT_MAX_BATCH_WAIT_MS yet: that
-  knob is not wired, and the CSV says so. DATABASE_URL and AUDIT_LOG_FILE are
+  message when that folder lacks a file of an exported model) and
+  MMT_MAX_BATCH_WAIT_MS (`mmt run --max-batch-wait-ms`) for --max-wait-ms.
+  DATABASE_URL and AUDIT_LOG_FILE are
   removed from the child's environment (every run needs a fresh job store);
   everything else (MMT_MODEL_DIR, ORT_DYLIB_PATH, ...) is inherited.
   With --repeats N every point runs N times, the order reversing on each pass,
@@ -94,8 +94,8 @@ pub struct BenchArgs {
         value_name = "N,..."
     )]
     pub batch_size: Vec<usize>,
-    /// Longest wait for a batch to fill, in ms, passed as MMT_MAX_BATCH_WAIT_MS.
-    /// NOT WIRED: `mmt run` does not read it yet (default: not set, not swept).
+    /// Longest wait for a batch to fill, in ms: `mmt run --max-batch-wait-ms`,
+    /// passed as MMT_MAX_BATCH_WAIT_MS (default: not set, not swept).
     #[arg(long, value_delimiter = ',', value_name = "MS,...")]
     pub max_wait_ms: Vec<u64>,
     /// Timely workers, each with its own model session (`mmt run --workers`).
@@ -255,16 +255,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if points.is_empty() {
         bail!("nothing to run: every point of the sweep was skipped");
     }
-    if !args.max_wait_ms.is_empty() {
-        let note = format!(
-            "max_wait_ms is NOT WIRED: it is passed as {} but `mmt run` does not read it yet, \
-             so points that differ only in it differ by noise",
-            child::MAX_WAIT_ENV
-        );
-        eprintln!("mmt bench: {note}");
-        notes.push(note);
-    }
-
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let work = WorkDir::new(args.keep_runs.then(|| args.out.join("runs")))?;
@@ -461,13 +451,11 @@ fn csv_comments(
          the FHIR documents against manifest.jsonl; wer_missing: references without a document"
             .to_owned(),
     ];
-    if args.max_wait_ms.is_empty() {
-        lines.push(format!(
-            "max_wait_ms: not swept (empty); when given it is passed as {} and is NOT WIRED in \
-             `mmt run` yet",
-            child::MAX_WAIT_ENV
-        ));
-    }
+    lines.push(format!(
+        "max_wait_ms: `mmt run --max-batch-wait-ms`, passed as {}; empty when not swept \
+         (a partial batch then waits until its ingest epoch is complete)",
+        child::MAX_WAIT_ENV
+    ));
     lines.extend(notes.iter().cloned());
     lines
 }

@@ -77,7 +77,7 @@ pub struct Point {
     pub packing: bool,
     pub workers: usize,
     pub threads: usize,
-    /// Passed as MMT_MAX_BATCH_WAIT_MS (not read by `mmt run` yet).
+    /// `mmt run --max-batch-wait-ms`, passed as MMT_MAX_BATCH_WAIT_MS.
     pub max_wait_ms: Option<u64>,
     pub batch_size: usize,
 }
@@ -126,7 +126,7 @@ impl Point {
             title.push_str(", packing");
         }
         if let Some(ms) = self.max_wait_ms {
-            title.push_str(&format!(", wait {ms} ms (not wired)"));
+            title.push_str(&format!(", wait {ms} ms"));
         }
         title
     }
@@ -296,7 +296,7 @@ mod tests {
         );
         assert_eq!(
             point.series_title(),
-            "2 workers x 1 thread, packing, wait 5 ms (not wired)"
+            "2 workers x 1 thread, packing, wait 5 ms"
         );
     }
 

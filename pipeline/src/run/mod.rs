@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub intra_op_threads: usize,
     /// Chunks transcribed together in one model call.
     pub batch_size: usize,
+    /// Longest a chunk waits for its batch to fill before a partial batch
+    /// runs; `None` waits until no more chunks can come for its epoch.
+    pub max_batch_wait: Option<Duration>,
     /// Messages (files) per epoch (ingest batch).
     pub files_per_epoch: usize,
     /// Epochs allowed in flight (fed, not yet settled) before the source waits.
@@ -241,90 +244,92 @@ pub fn run(
     let started = Instant::now();
     let discovered = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
-    let guards =
-        {
-            let options = options.clone();
-            let counters = Arc::clone(&counters);
-            let discovered = Arc::clone(&discovered);
-            timely::execute(timely::Config::process(workers), move |worker| {
-                let index = worker.index();
-                let taken = per_worker
-                    .lock()
-                    .ok()
-                    .and_then(|mut all| all.get_mut(index).and_then(Option::take));
-                let Some((engine, store, filter)) = taken else {
-                    return Err("worker resources missing".to_owned());
-                };
-                let (sinks, source) = if index == 0 {
-                    match worker_zero.lock().ok().and_then(|mut s| s.take()) {
-                        Some((sinks, source)) => (Some(sinks), Some(source)),
-                        None => return Err("the source and sinks are missing".to_owned()),
-                    }
-                } else {
-                    (None, None)
-                };
-                let mut input = InputHandle::new();
-                let probe = ProbeHandle::new();
-                let options_in = options.clone();
-                let counters_in = Arc::clone(&counters);
-                let metrics_in = metrics.clone();
-                // Jobs dead-lettered by the commit stage (worker 0), for settling.
-                let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
-                let dead_lettered_in = Rc::clone(&dead_lettered);
-                worker.dataflow::<u64, _, _>(|scope| {
-                    let (decoded, rejected) = scope.input_from(&mut input).decode_audio();
-                    let (fresh, repeats) = decoded.dedupe(store, filter, metrics_in.clone());
-                    let (results, failed) = fresh
-                        .chunk_speech(options_in.chunking.clone())
-                        .transcribe(engine, options_in.transcribe.clone(), metrics_in.clone());
-                    let completed = results.assemble();
-                    scope
-                        .concatenate([rejected, repeats, failed, completed])
-                        .commit(
-                            sinks,
-                            CommitRetry::default(),
-                            options_in.retention,
-                            counters_in,
-                            metrics_in,
-                        )
-                        .inspect(move |(job, settlement)| {
-                            if *settlement == Settlement::DeadLettered {
-                                dead_lettered_in.borrow_mut().insert(job.clone());
-                            }
-                        })
-                        .probe_with(&probe);
-                });
-                match source {
-                    Some(mut source) => {
-                        let progress = QueueProgress {
-                            inner: progress.as_ref(),
-                            metrics: &metrics,
-                        };
-                        let mut driver = Driver {
-                            worker,
-                            input,
-                            probe: &probe,
-                            options: &options,
-                            source: source.as_mut(),
-                            dead_lettered: &dead_lettered,
-                            open_epochs: BTreeMap::new(),
-                            discovered: &discovered,
-                            counters: &counters,
-                            progress: &progress,
-                        };
-                        driver.run(&stop)
-                    }
-                    None => {
-                        drop(input);
-                        while !probe.done() {
-                            worker.step_or_park(Some(Duration::from_millis(100)));
-                        }
-                        Ok(())
-                    }
+    let guards = {
+        let options = options.clone();
+        let counters = Arc::clone(&counters);
+        let discovered = Arc::clone(&discovered);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let taken = per_worker
+                .lock()
+                .ok()
+                .and_then(|mut all| all.get_mut(index).and_then(Option::take));
+            let Some((engine, store, filter)) = taken else {
+                return Err("worker resources missing".to_owned());
+            };
+            let (sinks, source) = if index == 0 {
+                match worker_zero.lock().ok().and_then(|mut s| s.take()) {
+                    Some((sinks, source)) => (Some(sinks), Some(source)),
+                    None => return Err("the source and sinks are missing".to_owned()),
                 }
-            })
-            .map_err(RunError::Dataflow)?
-        };
+            } else {
+                (None, None)
+            };
+            let mut input = InputHandle::new();
+            let probe = ProbeHandle::new();
+            let options_in = options.clone();
+            let counters_in = Arc::clone(&counters);
+            let metrics_in = metrics.clone();
+            // Jobs dead-lettered by the commit stage (worker 0), for settling.
+            let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
+            let dead_lettered_in = Rc::clone(&dead_lettered);
+            worker.dataflow::<u64, _, _>(|scope| {
+                let (decoded, rejected) = scope.input_from(&mut input).decode_audio();
+                let (fresh, repeats) = decoded.dedupe(store, filter, metrics_in.clone());
+                let (results, failed) = fresh.chunk_speech(options_in.chunking.clone()).transcribe(
+                    engine,
+                    options_in.transcribe.clone(),
+                    options_in.max_batch_wait,
+                    metrics_in.clone(),
+                );
+                let completed = results.assemble();
+                scope
+                    .concatenate([rejected, repeats, failed, completed])
+                    .commit(
+                        sinks,
+                        CommitRetry::default(),
+                        options_in.retention,
+                        counters_in,
+                        metrics_in,
+                    )
+                    .inspect(move |(job, settlement)| {
+                        if *settlement == Settlement::DeadLettered {
+                            dead_lettered_in.borrow_mut().insert(job.clone());
+                        }
+                    })
+                    .probe_with(&probe);
+            });
+            match source {
+                Some(mut source) => {
+                    let progress = QueueProgress {
+                        inner: progress.as_ref(),
+                        metrics: &metrics,
+                    };
+                    let mut driver = Driver {
+                        worker,
+                        input,
+                        probe: &probe,
+                        options: &options,
+                        source: source.as_mut(),
+                        dead_lettered: &dead_lettered,
+                        open_epochs: BTreeMap::new(),
+                        discovered: &discovered,
+                        counters: &counters,
+                        progress: &progress,
+                    };
+                    driver.run(&stop)
+                }
+                None => {
+                    drop(input);
+                    while !probe.done() {
+                        worker.step_or_park(Some(Duration::from_millis(100)));
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .map_err(RunError::Dataflow)?
+    };
     for result in guards.join() {
         result
             .map_err(RunError::Dataflow)?
