@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{model_ready, root, wav_samples};
+use common::{model_options, model_ready, root, wav_samples};
 use mmt_core::job::{JobId, JobMeta};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::ChunkWork;
-use mmt_whisper::{Engine, ModelOptions, TranscribeOptions};
+use mmt_whisper::{Engine, TranscribeOptions};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -17,13 +17,7 @@ use timely::dataflow::operators::{Input, Inspect};
 use timely::dataflow::InputHandle;
 
 fn engine() -> Engine {
-    let config = mmt_pipeline::Config::from_env().expect("configuration");
-    Engine::load(&ModelOptions {
-        model_dir: config.model.model_dir,
-        ort_library: config.model.ort_library,
-        intra_op_threads: 2,
-    })
-    .expect("model loads")
+    Engine::load(&model_options(2)).expect("model loads")
 }
 
 fn chunk() -> ChunkWork {

@@ -31,6 +31,17 @@ pub fn model_ready() -> bool {
     ready
 }
 
+/// The model and ONNX Runtime as the configuration finds them (`make setup`'s,
+/// unless MMT_MODEL_DIR / ORT_DYLIB_PATH say otherwise).
+pub fn model_options(threads: usize) -> mmt_whisper::ModelOptions {
+    let config = mmt_pipeline::Config::from_env().expect("configuration");
+    mmt_whisper::ModelOptions {
+        model_dir: config.model.model_dir,
+        ort_library: config.model.ort_library,
+        intra_op_threads: threads,
+    }
+}
+
 /// The shared evaluation folder `../shared/eval/<set>`, when it exists.
 pub fn eval_set(set: &str) -> Option<PathBuf> {
     let dir = root().join("../shared/eval").join(set);

@@ -222,21 +222,28 @@ impl WhisperModel {
     ///
     /// The encoder runs on at most [`ENCODER_ROWS`] windows at a time, which
     /// bounds its activations (about 30 MB per window; the fused attention
-    /// holds no score matrices); larger batches are encoded in parts and
-    /// joined, which copies their K/V once.
+    /// holds no score matrices). A larger batch's K/V (18 MB per window for
+    /// tiny) is filled in part by part, so only one part's outputs exist
+    /// beside it.
     pub fn encode(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
         let rows = mel.len_of(Axis(0));
         if rows <= ENCODER_ROWS {
             return self.encode_rows(mel);
         }
-        let parts = (0..rows)
-            .step_by(ENCODER_ROWS)
-            .map(|start| {
-                let end = (start + ENCODER_ROWS).min(rows);
-                self.encode_rows(mel.slice_axis(Axis(0), (start..end).into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        CrossAttention::concatenate(&parts)
+        let mut batch: Option<BatchKv> = None;
+        for start in (0..rows).step_by(ENCODER_ROWS) {
+            let end = (start + ENCODER_ROWS).min(rows);
+            let part = self.encode_rows(mel.slice_axis(Axis(0), (start..end).into()))?;
+            let filling = match &mut batch {
+                Some(filling) => filling,
+                None => batch.insert(BatchKv::shaped_like(&part, rows)?),
+            };
+            filling.fill(start, &part)?;
+        }
+        match batch {
+            Some(batch) => batch.into_cross(rows),
+            None => self.encode_rows(mel),
+        }
     }
 
     fn encode_rows(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
@@ -345,38 +352,75 @@ impl SelfAttentionCache {
 pub const ENCODER_ROWS: usize = 4;
 
 impl CrossAttention {
-    /// The windows of several batches, in order, as one batch.
-    pub fn concatenate(parts: &[CrossAttention]) -> Result<Self, WhisperError> {
-        let layers = parts.first().map_or(0, |part| part.keys.len());
-        let join = |pick: fn(&CrossAttention) -> &Vec<DynValue>| {
-            (0..layers)
-                .map(|layer| {
-                    let arrays = parts
-                        .iter()
-                        .map(|part| pick(part)[layer].try_extract_array::<f32>())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let joined = ndarray::concatenate(Axis(0), &arrays).map_err(|err| {
-                        WhisperError::Inference {
-                            reason: format!("encoder outputs differ in shape: {err}"),
-                        }
-                    })?;
-                    Ok(Tensor::from_array(joined)?.into_dyn())
-                })
-                .collect::<Result<Vec<DynValue>, WhisperError>>()
-        };
-        Ok(Self {
-            keys: join(|part| &part.keys)?,
-            values: join(|part| &part.values)?,
-            rows: parts.iter().map(|part| part.rows).sum(),
-        })
-    }
-
     /// Keeps the windows `indices` (in that order, repeats allowed), e.g. one copy per beam.
     pub fn select_rows(&self, indices: &[usize]) -> Result<Self, WhisperError> {
         Ok(Self {
             keys: select_rows_all(&self.keys, indices)?,
             values: select_rows_all(&self.values, indices)?,
             rows: indices.len(),
+        })
+    }
+}
+
+/// A batch's cross-attention K/V, filled in by the parts it was encoded in.
+struct BatchKv {
+    keys: Vec<ndarray::ArrayD<f32>>,
+    values: Vec<ndarray::ArrayD<f32>>,
+}
+
+impl BatchKv {
+    /// Zeroed tensors of `part`'s shapes with `rows` windows.
+    fn shaped_like(part: &CrossAttention, rows: usize) -> Result<Self, WhisperError> {
+        let shaped = |tensors: &[DynValue]| {
+            tensors
+                .iter()
+                .map(|tensor| {
+                    let mut shape = tensor.try_extract_array::<f32>()?.shape().to_vec();
+                    if let Some(first) = shape.first_mut() {
+                        *first = rows;
+                    }
+                    Ok(ndarray::ArrayD::zeros(shape))
+                })
+                .collect::<Result<Vec<_>, WhisperError>>()
+        };
+        Ok(Self {
+            keys: shaped(&part.keys)?,
+            values: shaped(&part.values)?,
+        })
+    }
+
+    /// Copies `part`'s windows into rows `start..`.
+    fn fill(&mut self, start: usize, part: &CrossAttention) -> Result<(), WhisperError> {
+        let rows = (start..start + part.rows).into();
+        for (whole, piece) in self
+            .keys
+            .iter_mut()
+            .zip(&part.keys)
+            .chain(self.values.iter_mut().zip(&part.values))
+        {
+            let piece = piece.try_extract_array::<f32>()?;
+            let mut target = whole.slice_axis_mut(Axis(0), rows);
+            if target.shape() != piece.shape() {
+                return Err(WhisperError::Inference {
+                    reason: "encoder outputs differ in shape between parts of a batch".into(),
+                });
+            }
+            target.assign(&piece);
+        }
+        Ok(())
+    }
+
+    fn into_cross(self, rows: usize) -> Result<CrossAttention, WhisperError> {
+        let tensors = |arrays: Vec<ndarray::ArrayD<f32>>| {
+            arrays
+                .into_iter()
+                .map(|array| Ok(Tensor::from_array(array)?.into_dyn()))
+                .collect::<Result<Vec<DynValue>, WhisperError>>()
+        };
+        Ok(CrossAttention {
+            keys: tensors(self.keys)?,
+            values: tensors(self.values)?,
+            rows,
         })
     }
 }
