@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::{model_options, model_ready, root, wav_samples};
+use common::{model_options, model_ready, root};
 use mmt_core::job::{JobId, JobMeta};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::ChunkWork;
+use mmt_whisper::audio::decode_file;
 use mmt_whisper::{Engine, TranscribeOptions};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -21,10 +22,7 @@ fn engine() -> Engine {
 }
 
 fn chunk() -> ChunkWork {
-    let samples: Vec<f32> = wav_samples(&root().join("samples/dict_001.wav"))
-        .into_iter()
-        .map(|s| f32::from(s) / 32768.0)
-        .collect();
+    let samples = decode_file(&root().join("samples/dict_001.wav")).expect("sample decodes");
     let seconds = samples.len() as f64 / 16_000.0;
     ChunkWork {
         meta: JobMeta {

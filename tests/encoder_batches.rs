@@ -4,16 +4,15 @@
 
 mod common;
 
-use common::{model_options, model_ready, root, wav_samples};
+use common::{model_options, model_ready, root};
+use mmt_whisper::audio::decode_file;
 use mmt_whisper::mel::{window, MelFrontEnd};
 use mmt_whisper::model::{stack_windows, WhisperModel, ENCODER_ROWS};
 use ndarray::{Array2, Axis};
 
 fn windows(count: usize) -> Vec<Array2<f32>> {
-    let samples: Vec<f32> = wav_samples(&root().join("samples/jfk_inaugural_1961_excerpt.wav"))
-        .into_iter()
-        .map(|s| f32::from(s) / 32768.0)
-        .collect();
+    let samples = decode_file(&root().join("samples/jfk_inaugural_1961_excerpt.wav"))
+        .expect("sample decodes");
     let front_end = MelFrontEnd::new(80);
     // Different audio per window: a different stretch of the clip each.
     (0..count)

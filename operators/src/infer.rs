@@ -81,22 +81,19 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
         let results: Stream<'scope, u64, Vec<Result<ChunkResult, Outcome>>> =
             self.unary_frontier(pact, "Transcribe", move |_capability, info| {
                 let activator = scope.activator_for(info.address);
-                let mut pending: Vec<(Capability<u64>, ChunkWork)> = Vec::new();
-                // When each pending chunk (by job and seq) arrived, for the batch wait.
-                let mut arrivals: HashMap<(JobId, u32), Instant> = HashMap::new();
+                // Each chunk with its capability and when it arrived (for the batch wait).
+                let mut pending: Vec<(Capability<u64>, ChunkWork, Instant)> = Vec::new();
                 let mut jobs: HashMap<JobId, JobProgress> = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
                         if let Some(capability) = capability.retain_least(0) {
                             let now = Instant::now();
-                            for work in data.drain(..) {
-                                arrivals.insert(chunk_key(&work), now);
-                                pending.push((capability.clone(), work));
-                            }
+                            pending
+                                .extend(data.drain(..).map(|work| (capability.clone(), work, now)));
                         }
                     });
                     // Oldest epoch first, so a frontier-complete epoch flushes early.
-                    pending.sort_by_key(|(capability, work)| (*capability.time(), work.seq));
+                    pending.sort_by_key(|(capability, work, _)| (*capability.time(), work.seq));
                     let ready: Vec<usize> = (0..pending.len())
                         .filter(|&i| independent || is_next(&jobs, &pending[i].1))
                         .take(batch_size)
@@ -104,11 +101,7 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                     let oldest_complete = ready
                         .first()
                         .is_some_and(|&i| !frontier.frontier().less_equal(pending[i].0.time()));
-                    let waited = ready
-                        .iter()
-                        .filter_map(|&i| arrivals.get(&chunk_key(&pending[i].1)))
-                        .map(Instant::elapsed)
-                        .max();
+                    let waited = ready.iter().map(|&i| pending[i].2.elapsed()).max();
                     let waited_enough = match (max_wait, waited) {
                         (Some(limit), Some(waited)) => waited >= limit,
                         _ => false,
@@ -117,14 +110,14 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                         let batch: Vec<_> = ready
                             .iter()
                             .rev()
-                            .map(|&i| pending.swap_remove(i))
+                            .map(|&i| {
+                                let (capability, work, _) = pending.swap_remove(i);
+                                (capability, work)
+                            })
                             .collect::<Vec<_>>()
                             .into_iter()
                             .rev()
                             .collect();
-                        for (_, work) in &batch {
-                            arrivals.remove(&chunk_key(work));
-                        }
                         for (capability, result) in
                             run_batch(&mut engine, &options, &metrics, &mut jobs, batch)
                         {
@@ -145,10 +138,6 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
 }
 
 type Tagged = (Capability<u64>, Result<ChunkResult, Outcome>);
-
-fn chunk_key(work: &ChunkWork) -> (JobId, u32) {
-    (work.meta.id.clone(), work.seq)
-}
 
 /// How far a job's chunks have been transcribed, and the text context they leave.
 #[derive(Debug, Default)]
