@@ -123,6 +123,17 @@ pub struct RunArgs {
     /// prompt), so one long recording fills whole batches on every worker.
     #[arg(long)]
     pub independent_chunks: bool,
+    /// Decode every window once, never again at a higher temperature (as
+    /// faster-whisper's batched pipeline does): faster on hard audio, but a
+    /// window that repeats itself or is unlikely keeps that text.
+    #[arg(long)]
+    pub no_fallback: bool,
+    /// Decode without timestamp tokens: one segment per speech chunk (at
+    /// most 30 s, cut at pauses) instead of Whisper's timed segments, and no
+    /// second window for a chunk's last words. Faster; packing needs
+    /// timestamps, so the two do not go together.
+    #[arg(long, conflicts_with = "packing")]
+    pub without_timestamps: bool,
     /// Tenant of files without a sidecar naming one.
     #[arg(long, default_value = "default")]
     pub tenant: String,

@@ -77,12 +77,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         files_per_epoch: 64,
         max_epochs_in_flight: 2,
         idle_exit,
-        transcribe: TranscribeOptions {
-            batch_size: args.batch_size,
-            packing: args.packing,
-            condition_on_previous_text: !args.independent_chunks,
-            ..TranscribeOptions::default()
-        },
+        transcribe: transcribe_options(&args),
         chunking: ChunkConfig::default(),
         retention: Retention {
             days: config.retention.retention_days,
@@ -239,6 +234,22 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     })
 }
 
+/// How `mmt run` decodes, from its flags.
+fn transcribe_options(args: &RunArgs) -> TranscribeOptions {
+    let options = TranscribeOptions {
+        batch_size: args.batch_size,
+        packing: args.packing,
+        condition_on_previous_text: !args.independent_chunks,
+        without_timestamps: args.without_timestamps,
+        ..TranscribeOptions::default()
+    };
+    if args.no_fallback {
+        options.without_fallback()
+    } else {
+        options
+    }
+}
+
 /// What the model did, on stderr (the summary on stdout stays machine-readable).
 fn print_model_work(metrics: &Metrics) {
     let count = |kind: &str| metrics.model_work_total.with_label_values(&[kind]).get();
@@ -251,4 +262,57 @@ fn print_model_work(metrics: &Metrics) {
         count("packs_split"),
         count("packs_redone"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["mmt", "run", "--input", "in", "--out", "out"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Run(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decoding_flags_reach_the_transcribe_options() {
+        let defaults = transcribe_options(&run_args(&[]));
+        assert_eq!(
+            defaults.temperatures,
+            TranscribeOptions::default().temperatures
+        );
+        assert!(defaults.condition_on_previous_text && !defaults.without_timestamps);
+
+        let fast = transcribe_options(&run_args(&[
+            "--independent-chunks",
+            "--no-fallback",
+            "--without-timestamps",
+            "--batch-size",
+            "4",
+        ]));
+        assert_eq!(fast.temperatures, [0.0]);
+        assert!(!fast.condition_on_previous_text && fast.without_timestamps);
+        assert_eq!(fast.batch_size, 4);
+    }
+
+    #[test]
+    fn packing_needs_timestamps() {
+        let argv = [
+            "mmt",
+            "run",
+            "--input",
+            "in",
+            "--out",
+            "out",
+            "--packing",
+            "--without-timestamps",
+        ];
+        let error = Cli::try_parse_from(argv).expect_err("conflicting flags");
+        assert!(error.to_string().contains("cannot be used with"), "{error}");
+    }
 }

@@ -36,12 +36,12 @@ pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
         without_timestamps: args.without_timestamps,
         packing: args.packing,
         initial_prompt: args.initial_prompt.clone(),
-        temperatures: if args.no_fallback {
-            vec![0.0]
-        } else {
-            TranscribeOptions::default().temperatures
-        },
         ..TranscribeOptions::default()
+    };
+    let options = if args.no_fallback {
+        options.without_fallback()
+    } else {
+        options
     };
     options.validate()?;
     let mut engine = Engine::load(&model_options(&config, args.threads))?;

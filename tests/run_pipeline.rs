@@ -280,3 +280,45 @@ fn follow_mode_picks_up_new_files_and_stops_cleanly_on_sigterm() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("1 transcribed"));
 }
+
+#[test]
+fn fast_decoding_gives_one_segment_per_chunk_and_no_fallback() {
+    if !model_ready() {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = mmt_run(&root().join("samples"), out.path())
+        .args([
+            "--independent-chunks",
+            "--no-fallback",
+            "--without-timestamps",
+        ])
+        .output()
+        .expect("mmt run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(" 0 windows decoded again at a higher temperature"),
+        "{stderr}"
+    );
+    let completed: Vec<serde_json::Value> = read_lines(&out.path().join("audit.jsonl"))
+        .into_iter()
+        .filter(|event| event["action"] == "job_completed")
+        .collect();
+    assert_eq!(
+        completed.len(),
+        read_manifest(&root().join("samples")).len()
+    );
+    // Every sample is one chunk (under 30 s, no long pause): without
+    // timestamps it is one segment, where timed decoding splits the longer
+    // samples in two.
+    for event in &completed {
+        assert_eq!(event["detail"]["segments"], "1", "{event}");
+    }
+    for doc in documents(out.path()) {
+        let data = doc["content"][0]["attachment"]["data"]
+            .as_str()
+            .unwrap_or("");
+        assert!(!data.is_empty(), "a sample lost its text");
+    }
+}
