@@ -16,7 +16,9 @@ fn a_two_point_sweep_writes_a_csv_row_per_point_and_a_plot() {
         "--input",
         "samples",
         "--batch-size",
-        "1,4",
+        "4",
+        "--decoding",
+        "full,fast",
         "--workers",
         "1",
         "--threads",
@@ -54,10 +56,14 @@ fn a_two_point_sweep_writes_a_csv_row_per_point_and_a_plot() {
         let rss: f64 = row[column("peak_rss_mb")].parse().expect("peak_rss_mb");
         assert!(rss > 10.0, "{row:?}");
     }
-    let batch_sizes: Vec<&str> = rows.iter().map(|r| r[column("batch_size")]).collect();
-    assert_eq!(batch_sizes, ["1", "4"]);
+    let decodings: Vec<&str> = rows.iter().map(|r| r[column("decoding")]).collect();
+    assert_eq!(decodings, ["full", "fast"]);
 
     let svg = std::fs::read_to_string(out.path().join("sweep.svg")).expect("sweep.svg");
     assert!(svg.starts_with("<svg"), "not an SVG");
     assert!(svg.contains("batch 4"));
+    assert!(
+        svg.contains("fast decoding"),
+        "the fast series has its own legend entry"
+    );
 }

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use sweep::{Knobs, Precision, Switch, Threads};
+use sweep::{Decoding, Knobs, Precision, Switch, Threads};
 
 const AFTER_HELP: &str = "\
 THE SWEEP
@@ -31,6 +31,7 @@ THE SWEEP
 
     mmt run --no-progress --input DIR --out <fresh folder> --metrics-file <file>
             --batch-size B --workers W --threads T [--packing]
+            [--independent-chunks --no-fallback --without-timestamps]
 
   with MMT_MODEL_DIR set to --int8-model for int8 points (skipped with a
   message when that folder lacks a file of an exported model) and
@@ -121,6 +122,11 @@ pub struct BenchArgs {
     /// Cross-job packing of short recordings into shared windows (`mmt run --packing`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     pub packing: Vec<Switch>,
+    /// Decoding: `full` (Whisper's long-form decoding, `mmt run`'s default)
+    /// and/or `fast` (`--independent-chunks --no-fallback --without-timestamps`;
+    /// never with packing).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "full")]
+    pub decoding: Vec<Decoding>,
     /// Runs of every point; medians are reported, the order alternates.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: u32,
@@ -219,6 +225,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         threads: args.threads.clone(),
         precisions: args.precision.clone(),
         packing: args.packing.clone(),
+        decodings: args.decoding.clone(),
     };
     let mut points = sweep::expand(&knobs, cores).map_err(anyhow::Error::msg)?;
     let mut notes: Vec<String> = Vec::new();
@@ -426,7 +433,8 @@ fn csv_comments(
             input.references()
         ),
         "each point: `mmt run --no-progress --input DIR --out FRESH --metrics-file FILE \
-         --batch-size B --workers W --threads T [--packing]` as a child process"
+         --batch-size B --workers W --threads T [--packing] [fast decoding flags]` \
+         as a child process"
             .to_owned(),
         format!(
             "repeats: {repeats} run(s) per point, the order reversing on each pass; \

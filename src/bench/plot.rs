@@ -252,12 +252,13 @@ fn latency(area: &Area<'_>, rows: &[Row]) -> DrawResult {
 mod tests {
     use super::*;
     use crate::bench::child::Measurement;
-    use crate::bench::sweep::{Point, Precision};
+    use crate::bench::sweep::{Decoding, Point, Precision};
 
     fn row(workers: usize, batch_size: usize, x_realtime: f64) -> Row {
         let point = Point {
             precision: Precision::Fp32,
             packing: false,
+            decoding: Decoding::Full,
             workers,
             threads: 1,
             max_wait_ms: None,

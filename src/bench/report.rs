@@ -104,6 +104,7 @@ pub const COLUMNS: &[&str] = &[
     "point",
     "precision",
     "packing",
+    "decoding",
     "workers",
     "threads",
     "batch_size",
@@ -162,6 +163,7 @@ pub fn csv_row(index: usize, row: &Row) -> String {
         index.to_string(),
         p.precision.name().to_owned(),
         if p.packing { "on" } else { "off" }.to_owned(),
+        p.decoding.name().to_owned(),
         p.workers.to_string(),
         p.threads.to_string(),
         p.batch_size.to_string(),
@@ -307,13 +309,14 @@ pub fn best(rows: &[Row]) -> Option<&Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::sweep::Precision;
+    use crate::bench::sweep::{Decoding, Precision};
     use crate::bench::wer::ErrorCounts;
 
     fn point(batch_size: usize) -> Point {
         Point {
             precision: Precision::Fp32,
             packing: false,
+            decoding: Decoding::Full,
             workers: 2,
             threads: 1,
             max_wait_ms: None,
@@ -352,7 +355,7 @@ mod tests {
         let row = Row::new(point(8), vec![Ok(measurement(11.5, 300.04))]);
         assert_eq!(
             csv_row(3, &row),
-            "3,fp32,off,2,1,8,,1,5,5,0,39.6,3.5,4.25,11.5,9.32,1.875,,2.150,2,300.0,6.00,70.6,1.2,7.50,0,ok"
+            "3,fp32,off,full,2,1,8,,1,5,5,0,39.6,3.5,4.25,11.5,9.32,1.875,,2.150,2,300.0,6.00,70.6,1.2,7.50,0,ok"
         );
         assert_eq!(csv_row(3, &row).split(',').count(), COLUMNS.len());
     }
@@ -361,7 +364,7 @@ mod tests {
     fn failures_are_quoted_and_leave_the_numbers_empty() {
         let row = Row::new(point(1), vec![Err("mmt run failed: a, \"b\"".to_owned())]);
         let line = csv_row(1, &row);
-        assert!(line.starts_with("1,fp32,off,2,1,1,,0,,,,"), "{line}");
+        assert!(line.starts_with("1,fp32,off,full,2,1,1,,0,,,,"), "{line}");
         assert!(
             line.ends_with(",\"failed: mmt run failed: a, \"\"b\"\"\""),
             "{line}"

@@ -70,11 +70,46 @@ pub enum Switch {
     On,
 }
 
+/// How windows are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Decoding {
+    /// Whisper's long-form decoding, `mmt run`'s default: timed segments,
+    /// temperature fallback, each recording's chunks prompted with the text
+    /// before them.
+    Full,
+    /// `--independent-chunks --no-fallback --without-timestamps`: each window
+    /// decoded once, without timestamps, as faster-whisper's batched pipeline
+    /// decodes. Not combined with packing, which needs timestamps.
+    Fast,
+}
+
+impl Decoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Fast => "fast",
+        }
+    }
+
+    /// The `mmt run` flags that select this decoding.
+    pub fn run_flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Full => &[],
+            Self::Fast => &[
+                "--independent-chunks",
+                "--no-fallback",
+                "--without-timestamps",
+            ],
+        }
+    }
+}
+
 /// One configuration of `mmt run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Point {
     pub precision: Precision,
     pub packing: bool,
+    pub decoding: Decoding,
     pub workers: usize,
     pub threads: usize,
     /// `mmt run --max-batch-wait-ms`, passed as MMT_MAX_BATCH_WAIT_MS.
@@ -97,6 +132,9 @@ impl Point {
         }
         if self.packing {
             name.push_str(" packed");
+        }
+        if self.decoding == Decoding::Fast {
+            name.push_str(" fast");
         }
         if let Some(ms) = self.max_wait_ms {
             name.push_str(&format!(" wait{ms}ms"));
@@ -125,6 +163,9 @@ impl Point {
         if self.packing {
             title.push_str(", packing");
         }
+        if self.decoding == Decoding::Fast {
+            title.push_str(", fast decoding");
+        }
         if let Some(ms) = self.max_wait_ms {
             title.push_str(&format!(", wait {ms} ms"));
         }
@@ -144,6 +185,12 @@ impl Point {
         if self.packing {
             flags.push("--packing".to_owned());
         }
+        flags.extend(
+            self.decoding
+                .run_flags()
+                .iter()
+                .map(|&flag| flag.to_owned()),
+        );
         flags
     }
 }
@@ -157,6 +204,7 @@ pub struct Knobs {
     pub threads: Vec<Threads>,
     pub precisions: Vec<Precision>,
     pub packing: Vec<Switch>,
+    pub decodings: Vec<Decoding>,
 }
 
 /// The cartesian product of `knobs`, without repeats (after `auto` threads are
@@ -174,17 +222,38 @@ pub fn expand(knobs: &Knobs, cores: usize) -> Result<Vec<Point>, String> {
     };
     nonzero("batch-size", &knobs.batch_sizes)?;
     nonzero("workers", &knobs.workers)?;
-    if knobs.threads.is_empty() || knobs.precisions.is_empty() || knobs.packing.is_empty() {
-        return Err("--threads, --precision and --packing need at least one value".into());
+    if knobs.threads.is_empty()
+        || knobs.precisions.is_empty()
+        || knobs.packing.is_empty()
+        || knobs.decodings.is_empty()
+    {
+        return Err(
+            "--threads, --precision, --packing and --decoding need at least one value".into(),
+        );
     }
     let waits: Vec<Option<u64>> = if knobs.max_wait_ms.is_empty() {
         vec![None]
     } else {
         knobs.max_wait_ms.iter().copied().map(Some).collect()
     };
+    // Packing splits a window's text by timestamps, which fast decoding drops.
+    let combinations: Vec<(Switch, Decoding)> = knobs
+        .packing
+        .iter()
+        .flat_map(|&packing| {
+            knobs
+                .decodings
+                .iter()
+                .map(move |&decoding| (packing, decoding))
+        })
+        .filter(|&(packing, decoding)| !(packing == Switch::On && decoding == Decoding::Fast))
+        .collect();
+    if combinations.is_empty() {
+        return Err("--packing on needs --decoding full (packing splits by timestamps)".into());
+    }
     let mut points: Vec<Point> = Vec::new();
     for &precision in &knobs.precisions {
-        for &packing in &knobs.packing {
+        for &(packing, decoding) in &combinations {
             for &workers in &knobs.workers {
                 for &threads in &knobs.threads {
                     for &max_wait_ms in &waits {
@@ -192,6 +261,7 @@ pub fn expand(knobs: &Knobs, cores: usize) -> Result<Vec<Point>, String> {
                             let point = Point {
                                 precision,
                                 packing: packing == Switch::On,
+                                decoding,
                                 workers,
                                 threads: threads.resolve(workers, cores),
                                 max_wait_ms,
@@ -238,6 +308,7 @@ mod tests {
             threads: vec![Threads::Auto],
             precisions: vec![Precision::Fp32],
             packing: vec![Switch::Off],
+            decodings: vec![Decoding::Full],
         }
     }
 
@@ -267,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn fast_decoding_is_swept_but_never_packed() {
+        let mut k = knobs();
+        k.packing = vec![Switch::Off, Switch::On];
+        k.decodings = vec![Decoding::Full, Decoding::Fast];
+        let points = expand(&k, 2).unwrap();
+        // (off, full), (on, full), (off, fast): 3 of the 4 pairs, x 2 x 2.
+        assert_eq!(points.len(), 3 * 2 * 2);
+        assert!(!points
+            .iter()
+            .any(|p| p.packing && p.decoding == Decoding::Fast));
+        let fast = points
+            .iter()
+            .find(|p| p.decoding == Decoding::Fast)
+            .unwrap();
+        assert_eq!(fast.label(), "b1 w1x2 fast");
+        assert!(fast
+            .run_flags()
+            .join(" ")
+            .ends_with("--independent-chunks --no-fallback --without-timestamps"));
+        k.packing = vec![Switch::On];
+        k.decodings = vec![Decoding::Fast];
+        assert!(expand(&k, 2).unwrap_err().contains("--decoding full"));
+    }
+
+    #[test]
     fn zero_or_missing_values_are_refused() {
         let mut k = knobs();
         k.batch_sizes = vec![0];
@@ -285,6 +381,7 @@ mod tests {
         let point = Point {
             precision: Precision::Fp32,
             packing: true,
+            decoding: Decoding::Full,
             workers: 2,
             threads: 1,
             max_wait_ms: Some(5),
