@@ -116,6 +116,10 @@ class MmtConfig:
     targets: frozenset = frozenset({LONG, SET})
 
 
+# Decoded the way faster-whisper's batched pipeline decodes: each window once
+# (no temperature fallback), without timestamp tokens (`mmt bench --decoding fast`).
+FAST_DECODING = ("--independent-chunks", "--no-fallback", "--without-timestamps")
+
 MMT_CONFIGS: tuple[MmtConfig, ...] = (
     MmtConfig("fp32"),
     MmtConfig("int8", int8=True),
@@ -125,14 +129,11 @@ MMT_CONFIGS: tuple[MmtConfig, ...] = (
     MmtConfig("int8 independent b8",
               ("--independent-chunks", "--workers", "2", "--threads", "1", "--batch-size", "8"),
               int8=True, targets=frozenset({LONG})),
-    # Decoded the way faster-whisper's batched pipeline decodes: each window
-    # once (no temperature fallback), without timestamp tokens.
     MmtConfig("int8 fast",
-              ("--independent-chunks", "--no-fallback", "--without-timestamps",
-               "--workers", "2", "--threads", "1", "--batch-size", "4"), int8=True),
+              FAST_DECODING + ("--workers", "2", "--threads", "1", "--batch-size", "4"),
+              int8=True),
     MmtConfig("int8 fast b2",
-              ("--independent-chunks", "--no-fallback", "--without-timestamps",
-               "--workers", "2", "--threads", "1", "--batch-size", "2"),
+              FAST_DECODING + ("--workers", "2", "--threads", "1", "--batch-size", "2"),
               int8=True, targets=frozenset({LONG})),
     MmtConfig("int8 conditioned 1x2", ("--workers", "1", "--threads", "2"),
               int8=True, targets=frozenset({LONG})),

@@ -237,10 +237,6 @@ def test_select_mmt_configs() -> None:
         pp.select_mmt_configs(" , ")
 
 
-def by_label_args(label: str) -> tuple[str, ...]:
-    return next(c.args for c in pp.MMT_CONFIGS if c.label == label)
-
-
 def test_mmt_configs_per_target() -> None:
     long = [c.label for c in pp.MMT_CONFIGS if pp.LONG in c.targets]
     short = [c.label for c in pp.MMT_CONFIGS if pp.SET in c.targets]
@@ -248,9 +244,9 @@ def test_mmt_configs_per_target() -> None:
                     "int8 fast b2", "int8 conditioned 1x2"]
     assert short == ["fp32", "int8", "int8 fast", "int8 packing", "int8 packing b4",
                      "int8 packing b4 no-fallback", "int8 packing 1x2"]
-    assert by_label_args("int8 fast")[:3] == (
-        "--independent-chunks", "--no-fallback", "--without-timestamps")
     by_label = {c.label: c for c in pp.MMT_CONFIGS}
+    assert by_label["int8 fast"].args[:3] == (
+        "--independent-chunks", "--no-fallback", "--without-timestamps")
     assert not by_label["fp32"].int8 and by_label["int8"].args == ()
     assert by_label["int8 packing b4"].args == ("--packing", "--batch-size", "4")
     assert by_label["int8 packing 1x2"].args == (
