@@ -57,16 +57,15 @@ def _shared_clips() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def clips() -> list[Path]:
-    """Repo samples plus the shared evaluation clips (real + 10 dictation)."""
+    """Repo samples, plus the shared evaluation clips (real + 10 dictation) where
+    they exist: the suite needs only the repo, the shared set extends it."""
     repo_clips = sorted((REPO / "samples").glob("*.wav"))
+    if not repo_clips:
+        pytest.fail("no samples/*.wav in the repo: the export tests need them")
     shared = _shared_clips()
     if not shared:
-        message = f"shared evaluation clips not found under {SHARED_EVAL}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (required under CI=true)")
-        if not repo_clips:
-            pytest.skip(message + " and no samples/*.wav in the repo")
-        print(f"NOTE: {message}; testing repo samples only", file=sys.stderr)
+        print(f"NOTE: shared evaluation clips not found under {SHARED_EVAL}; "
+              "testing the repo samples only", file=sys.stderr)
     unique: dict[str, Path] = {}
     for clip in repo_clips + shared:          # samples/ repeats some shared clips
         unique.setdefault(clip.name, clip)
