@@ -3,15 +3,21 @@
 //! Each scan is one ingest batch (an epoch). A file is read whole; an optional
 //! sidecar `<name>.json` beside it gives the tenant and FHIR references:
 //! `{"tenant": "clinic-a", "patient": "Patient/123", "encounter": "Encounter/9"}`.
+//!
+//! When following a folder, files may still be being written when a scan sees
+//! them (a copy in progress, a recorder flushing). Such a file read early would
+//! be transcribed cut short, or dead-lettered as empty, and never read again.
+//! So a followed file is handed out only once two scans an interval apart saw
+//! the same size and modification time.
 
 use mmt_core::job::{unix_now, ComponentError};
 use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::ErrorClass;
 use mmt_operators::records::SourceRecord;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Extensions the source picks up (case-insensitive).
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "mp3", "ogg", "opus", "oga"];
@@ -41,6 +47,8 @@ pub struct DirectorySource {
     dir: PathBuf,
     tenant: String,
     handed_out: HashSet<PathBuf>,
+    /// Followed files the last scan saw but did not hand out, as they were then.
+    unsettled: HashMap<PathBuf, FileState>,
     /// Keep watching after the folder is read (`--follow`), rescanning this often.
     follow: Option<Duration>,
     last_scan: Option<Instant>,
@@ -48,6 +56,22 @@ pub struct DirectorySource {
     more_waiting: bool,
     exhausted: bool,
     next_tag: u64,
+}
+
+/// What a scan saw of a file: a change between scans means it is still written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileState {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        }
+    }
 }
 
 /// A file that could not be read; it still becomes a record, which decode dead-letters.
@@ -80,6 +104,7 @@ impl DirectorySource {
             dir: dir.into(),
             tenant: tenant.into(),
             handed_out: HashSet::new(),
+            unsettled: HashMap::new(),
             follow: None,
             last_scan: None,
             more_waiting: false,
@@ -94,17 +119,32 @@ impl DirectorySource {
         self
     }
 
-    /// Audio files not handed out yet, sorted by name, at most `limit`.
+    /// Audio files not handed out yet, sorted by name, at most `limit`. When
+    /// following, only those unchanged since the previous scan.
     pub fn scan(&mut self, limit: usize) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+        let mut seen: Vec<(PathBuf, FileState)> = std::fs::read_dir(&self.dir)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.is_file() && is_audio(path) && !self.handed_out.contains(path))
+            .filter(|path| is_audio(path) && !self.handed_out.contains(path))
+            .filter_map(|path| {
+                let metadata = std::fs::metadata(&path).ok()?;
+                metadata.is_file().then(|| (path, FileState::of(&metadata)))
+            })
             .collect();
-        files.sort();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let (mut files, unsettled): (Vec<_>, Vec<_>) = seen
+            .into_iter()
+            .partition(|(path, state)| self.is_settled(path, state));
+        self.unsettled = unsettled.into_iter().collect();
         files.truncate(limit);
+        let files: Vec<PathBuf> = files.into_iter().map(|(path, _)| path).collect();
         self.handed_out.extend(files.iter().cloned());
         Ok(files)
+    }
+
+    /// A one-pass folder is complete; a followed file must have stopped changing.
+    fn is_settled(&self, path: &Path, state: &FileState) -> bool {
+        self.follow.is_none() || self.unsettled.get(path) == Some(state)
     }
 
     /// Reads one file into a record.
@@ -260,13 +300,42 @@ mod tests {
 
         let mut following =
             DirectorySource::new(dir.path(), "default").following(Duration::from_millis(1));
-        assert_eq!(following.poll(10, Duration::ZERO).expect("poll").len(), 3);
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(following.poll(10, Duration::ZERO).expect("poll").is_empty());
-        assert!(!following.exhausted());
+        let mut next_scan = || {
+            std::thread::sleep(Duration::from_millis(2));
+            following.poll(10, Duration::ZERO).expect("poll").len()
+        };
+        assert_eq!(next_scan(), 0, "first seen: maybe still written");
+        assert_eq!(next_scan(), 3, "unchanged since: handed out");
+        assert_eq!(next_scan(), 0);
         std::fs::write(dir.path().join("d.wav"), b"x").expect("write");
-        std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(following.poll(10, Duration::ZERO).expect("poll").len(), 1);
+        assert_eq!(next_scan(), 0);
+        assert_eq!(next_scan(), 1);
+        assert!(!following.exhausted());
+    }
+
+    #[test]
+    fn a_followed_file_is_handed_out_only_once_it_stops_growing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("growing.wav");
+        let mut source =
+            DirectorySource::new(dir.path(), "default").following(Duration::from_millis(1));
+        let mut next_scan = || {
+            std::thread::sleep(Duration::from_millis(2));
+            source.scan(10).expect("scan").len()
+        };
+        std::fs::write(&path, b"").expect("write");
+        assert_eq!(next_scan(), 0);
+        for written in 1..=3 {
+            std::fs::write(&path, vec![0u8; written * 100]).expect("write");
+            assert_eq!(
+                next_scan(),
+                0,
+                "grew to {} bytes since the last scan",
+                written * 100
+            );
+        }
+        assert_eq!(next_scan(), 1, "unchanged for one interval");
+        assert_eq!(next_scan(), 0, "handed out once");
     }
 
     #[test]
