@@ -74,6 +74,7 @@ fn decoder(c: &mut Criterion) {
         window: 0,
         prompt: vec![spec.sot],
         sot_index: 0,
+        end_not_before: None,
     };
     let max_new_tokens = spec.n_text_ctx / 2;
     let generated = generate(

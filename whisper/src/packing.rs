@@ -8,10 +8,11 @@
 //!
 //! Only inputs that start a recording (no prompt: nothing conditions them on
 //! another input's text) and are at most [`MAX_PACKED_SECONDS`] long are
-//! packed. A pack is split only when every segment lies within one input's
-//! stretch (give or take [`TOLERANCE_SECONDS`]) and each input's segments span
-//! it (to within [`COVERAGE_SLACK_SECONDS`] at either end); otherwise its
-//! inputs are decoded again unpacked. So a
+//! packed. A pack is split only when every segment overlaps exactly one
+//! input's stretch (reaching at most [`TOLERANCE_SECONDS`] into another; the
+//! silence between stretches holds no words, so a segment may span it) and
+//! each input's segments span it (to within [`COVERAGE_SLACK_SECONDS`] at
+//! either end); otherwise its inputs are decoded again unpacked. So a
 //! segment, and with it a word, never moves from one input to another on the
 //! timestamps' evidence; what packing can change is the decoding of each
 //! stretch, which the benchmark compares against unpacked decoding.
@@ -28,9 +29,12 @@ pub const MAX_PACKED_SECONDS: f64 = 12.0;
 /// The longest packed window: below 30 s, so the last input's segment ends in
 /// the window rather than spilling into a second one.
 pub const MAX_PACK_SECONDS: f64 = 28.0;
-/// How far a segment's timestamps may stray outside its input's stretch (into
-/// the surrounding silence); under half the gap, so stretches never overlap.
-pub const TOLERANCE_SECONDS: f64 = 0.6;
+/// How far a segment may reach into a stretch other than its owner's: less
+/// than a spoken word, so a segment that holds words of two inputs is refused.
+/// Into the silence between stretches a segment may reach as far as it likes:
+/// Whisper often ends a segment where the next speech starts, or starts it
+/// where the last one ended, and silence holds no words to misplace.
+pub const TOLERANCE_SECONDS: f64 = 0.3;
 
 /// How much of an input's start or end its segments may leave uncovered
 /// before the split is distrusted: the model sometimes ends an input's text
@@ -48,45 +52,63 @@ pub struct Member {
     pub duration: f64,
 }
 
-/// Groups eligible inputs (by index, in order) into packs of two or more
-/// that fit [`MAX_PACK_SECONDS`]; inputs left alone are not in any pack.
+/// Groups eligible inputs into packs of two or more that fit
+/// [`MAX_PACK_SECONDS`]; inputs left alone are not in any pack.
+///
+/// First fit by decreasing length: each input, longest first, joins the first
+/// pack it fits in. That leaves fewer, fuller windows than filling packs in
+/// arrival order, and every window saved is an encoder pass saved. Within a
+/// pack the inputs keep their order.
 pub fn plan_packs(durations: &[f64], eligible: &[bool]) -> Vec<Vec<Member>> {
-    let mut packs = Vec::new();
-    let mut current: Vec<Member> = Vec::new();
-    let mut end = 0.0;
-    for (input, (&duration, &ok)) in durations.iter().zip(eligible).enumerate() {
-        if !ok || duration <= 0.0 || duration > MAX_PACKED_SECONDS {
-            continue;
-        }
-        let offset = if current.is_empty() {
-            0.0
-        } else {
-            end + GAP_SECONDS
-        };
-        if offset + duration > MAX_PACK_SECONDS {
-            if current.len() >= 2 {
-                packs.push(std::mem::take(&mut current));
+    let mut candidates: Vec<usize> = (0..durations.len())
+        .filter(|&input| {
+            let duration = durations[input];
+            eligible.get(input) == Some(&true) && duration > 0.0 && duration <= MAX_PACKED_SECONDS
+        })
+        .collect();
+    candidates.sort_by(|&a, &b| durations[b].total_cmp(&durations[a]).then(a.cmp(&b)));
+    // Each bin: its inputs and the seconds they take with the gaps between.
+    let mut bins: Vec<(Vec<usize>, f64)> = Vec::new();
+    for input in candidates {
+        let duration = durations[input];
+        match bins
+            .iter_mut()
+            .find(|(_, length)| length + GAP_SECONDS + duration <= MAX_PACK_SECONDS)
+        {
+            Some((inputs, length)) => {
+                inputs.push(input);
+                *length += GAP_SECONDS + duration;
             }
-            current.clear();
-            current.push(Member {
-                input,
-                offset: 0.0,
-                duration,
-            });
-            end = duration;
-        } else {
-            current.push(Member {
+            None => bins.push((vec![input], duration)),
+        }
+    }
+    let mut packs: Vec<Vec<Member>> = bins
+        .into_iter()
+        .filter(|(inputs, _)| inputs.len() >= 2)
+        .map(|(mut inputs, _)| {
+            inputs.sort_unstable();
+            lay_out(&inputs, durations)
+        })
+        .collect();
+    packs.sort_by_key(|pack| pack.first().map(|member| member.input));
+    packs
+}
+
+/// The members of a pack of `inputs`, end to end with [`GAP_SECONDS`] between.
+fn lay_out(inputs: &[usize], durations: &[f64]) -> Vec<Member> {
+    let mut offset = 0.0;
+    inputs
+        .iter()
+        .map(|&input| {
+            let member = Member {
                 input,
                 offset,
-                duration,
-            });
-            end = offset + duration;
-        }
-    }
-    if current.len() >= 2 {
-        packs.push(current);
-    }
-    packs
+                duration: durations[input],
+            };
+            offset += durations[input] + GAP_SECONDS;
+            member
+        })
+        .collect()
 }
 
 /// The samples of a pack: its inputs with silence between them.
@@ -105,9 +127,10 @@ fn pack_samples(inputs: &[&[f32]], pack: &[Member]) -> Vec<f32> {
 /// tokens of each.
 pub type MemberShare = (Vec<Segment>, Vec<Vec<u32>>);
 
-/// The share of each member; `None` when a segment lies in no single
-/// member's stretch, or a member's segments leave its start or end
-/// uncovered (nothing received, or text cut short).
+/// The share of each member; `None` when a segment overlaps no member's
+/// stretch or more than one (beyond [`TOLERANCE_SECONDS`]), or a member's
+/// segments leave its start or end uncovered (nothing received, or text cut
+/// short).
 pub fn split_pack(
     pack: &[Member],
     segments: &[Segment],
@@ -115,10 +138,7 @@ pub fn split_pack(
 ) -> Option<Vec<MemberShare>> {
     let mut split: Vec<MemberShare> = vec![(Vec::new(), Vec::new()); pack.len()];
     for (index, segment) in segments.iter().enumerate() {
-        let owner = pack.iter().position(|member| {
-            segment.start >= member.offset - TOLERANCE_SECONDS
-                && segment.end <= member.offset + member.duration + TOLERANCE_SECONDS
-        })?;
+        let owner = owner_of(pack, segment)?;
         let member = pack[owner];
         let mut moved = segment.clone();
         moved.start = (segment.start - member.offset).clamp(0.0, member.duration);
@@ -139,6 +159,29 @@ pub fn split_pack(
         }
     });
     covered.then_some(split)
+}
+
+/// The one member whose stretch `segment` overlaps; `None` if it overlaps
+/// none (text in the silence between inputs) or reaches more than
+/// [`TOLERANCE_SECONDS`] into a second one.
+fn owner_of(pack: &[Member], segment: &Segment) -> Option<usize> {
+    let overlaps: Vec<f64> = pack
+        .iter()
+        .map(|member| {
+            let start = segment.start.max(member.offset);
+            let end = segment.end.min(member.offset + member.duration);
+            (end - start).max(0.0)
+        })
+        .collect();
+    let (owner, &most) = overlaps
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    let shared = overlaps
+        .iter()
+        .enumerate()
+        .any(|(other, &overlap)| other != owner && overlap > TOLERANCE_SECONDS);
+    (most > 0.0 && !shared).then_some(owner)
 }
 
 /// [`Engine::transcribe_continuing`] with packing: see the module docs.
@@ -164,7 +207,16 @@ pub(crate) fn transcribe_packed(
     let mut call_prompts: Vec<&[u32]> = alone.iter().map(|&i| prompts[i]).collect();
     call_inputs.extend(pack_audio.iter().map(Vec::as_slice));
     call_prompts.extend(std::iter::repeat_n(&[][..], packs.len()));
-    let mut decoded = engine.decode_streams(&call_inputs, &call_prompts, options)?;
+    // A packed window's decoding may not end before its last input's end is
+    // near: split_pack would refuse the pack anyway, and a further window for
+    // the rest costs a whole encoder pass.
+    let mut speech_until: Vec<Option<f64>> = vec![None; alone.len()];
+    speech_until.extend(packs.iter().map(|pack| {
+        pack.last()
+            .map(|last| last.offset + last.duration - COVERAGE_SLACK_SECONDS)
+    }));
+    let mut decoded =
+        engine.decode_streams_holding(&call_inputs, &call_prompts, &speech_until, options)?;
     let pack_results = decoded.split_off(alone.len());
 
     let mut results: Vec<Option<Continued>> = vec![None; inputs.len()];
@@ -255,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn packs_fill_windows_in_order_and_skip_what_cannot_be_packed() {
+    fn packs_fill_windows_longest_first_and_skip_what_cannot_be_packed() {
         let durations = [7.0, 8.0, 20.0, 9.0, 6.0, 10.0, 5.0];
         let eligible = [true, true, true, true, false, true, true];
         let packs = plan_packs(&durations, &eligible);
@@ -263,10 +315,12 @@ mod tests {
             .iter()
             .map(|p| p.iter().map(|m| m.input).collect())
             .collect();
-        // 20 s is too long; 6 s has a prompt; 7 + 1.5 + 8 + 1.5 + 9 = 27 fits.
-        assert_eq!(inputs, [vec![0, 1, 3], vec![5, 6]]);
+        // 20 s is too long; 6 s has a prompt. Longest first: 10 + 9 (+ 8
+        // would make 30), 8 + 7, and 5 fits beside 10 and 9: 27 s.
+        assert_eq!(inputs, [vec![0, 1], vec![3, 5, 6]]);
         assert_eq!(packs[0][1].offset, 8.5);
-        assert_eq!(packs[0][2].offset, 18.0);
+        assert_eq!(packs[1][1].offset, 10.5);
+        assert_eq!(packs[1][2].offset, 22.0);
         assert!(packs
             .iter()
             .all(|p| p.last().map_or(0.0, |m| m.offset + m.duration) <= MAX_PACK_SECONDS));
@@ -326,5 +380,36 @@ mod tests {
             segment(9.0, 15.0, "second"),
         ];
         assert!(split_pack(&pack, &in_gap, &[vec![1], vec![2], vec![3]]).is_none());
+        let reaching_into_the_next = [
+            segment(0.0, 7.5, "first"),
+            segment(6.0, 9.0, "first end, second start"),
+            segment(9.0, 16.5, "second"),
+        ];
+        let tokens = [vec![1], vec![2], vec![3]];
+        assert!(split_pack(&pack, &reaching_into_the_next, &tokens).is_none());
+    }
+
+    #[test]
+    fn segments_may_reach_across_the_silence_but_not_into_another_input() {
+        // Stretches: 0-7 and 8.5-16.5; Whisper put the boundaries in the gap.
+        let pack = plan_packs(&[7.0, 8.0], &[true, true]).remove(0);
+        let segments = [
+            segment(0.0, 4.0, "first one"),
+            segment(4.0, 8.5, "first two"),
+            segment(8.5, 16.5, "second"),
+        ];
+        let tokens = vec![vec![1], vec![2], vec![3]];
+        let split = split_pack(&pack, &segments, &tokens).expect("splits");
+        assert_eq!(split[0].1, [vec![1], vec![2]]);
+        assert_eq!(split[0].0[1].end, 7.0, "clamped to the input");
+        assert_eq!(split[1].1, [vec![3]]);
+        let early_start = [segment(0.0, 7.0, "first"), segment(7.0, 16.5, "second")];
+        let split = split_pack(&pack, &early_start, &[vec![1], vec![2]]).expect("splits");
+        assert_eq!(split[1].0[0].start, 0.0);
+        let a_word_too_far = [segment(0.0, 8.9, "first"), segment(8.9, 16.5, "second")];
+        assert!(
+            split_pack(&pack, &a_word_too_far, &[vec![1], vec![2]]).is_none(),
+            "0.4 s into the second input"
+        );
     }
 }

@@ -239,11 +239,28 @@ impl Engine {
         prompts: &[&[u32]],
         options: &TranscribeOptions,
     ) -> Result<Vec<Decoded>, WhisperError> {
+        self.decode_streams_holding(inputs, prompts, &vec![None; inputs.len()], options)
+    }
+
+    /// [`Engine::decode_streams`], where `speech_until[i]` (seconds into
+    /// input `i`), when known, is how far the decoding must get before it may
+    /// end a window (see [`Request::end_not_before`]).
+    pub(crate) fn decode_streams_holding(
+        &mut self,
+        inputs: &[&[f32]],
+        prompts: &[&[u32]],
+        speech_until: &[Option<f64>],
+        options: &TranscribeOptions,
+    ) -> Result<Vec<Decoded>, WhisperError> {
         let mut streams: Vec<Stream> = inputs
             .iter()
             .zip(prompts)
-            .map(|(samples, prompt)| {
-                Stream::new(self.front_end.log_mel(samples), samples.len(), prompt)
+            .zip(speech_until.iter().chain(std::iter::repeat(&None)))
+            .map(|((samples, prompt), &until)| {
+                let mut stream =
+                    Stream::new(self.front_end.log_mel(samples), samples.len(), prompt);
+                stream.speech_until = until;
+                stream
             })
             .collect();
         let mut next = 0;
@@ -321,10 +338,22 @@ impl Engine {
         if options.without_timestamps {
             prompt.push(spec.no_timestamps);
         }
+        let end_not_before = if options.without_timestamps {
+            None
+        } else {
+            stream.speech_until.and_then(|until| {
+                timestamp_ahead(
+                    until,
+                    stream.seek as f64 * SECONDS_PER_FRAME,
+                    spec.timestamp_begin,
+                )
+            })
+        };
         Request {
             window: row,
             prompt,
             sot_index,
+            end_not_before,
         }
     }
 
@@ -511,6 +540,9 @@ struct Stream {
     segments: Vec<Segment>,
     /// The tokens of each segment (timestamps included).
     segment_tokens: Vec<Vec<u32>>,
+    /// Seconds into the input that a window's decoding must reach before it
+    /// may end, when known.
+    speech_until: Option<f64>,
 }
 
 impl Stream {
@@ -526,6 +558,7 @@ impl Stream {
             prompt_reset_since: 0,
             segments: Vec::new(),
             segment_tokens: Vec::new(),
+            speech_until: None,
         }
     }
 
@@ -604,6 +637,13 @@ fn choose_outcome(mut tries: Vec<Outcome>, accepted: bool, options: &TranscribeO
     // The prompt reset looks at the last temperature tried, as Whisper does.
     best.temperature = last_temperature;
     best
+}
+
+/// The timestamp token of `until` (seconds into the input) in the window
+/// starting at `window_start`; `None` once the window starts past it.
+fn timestamp_ahead(until: f64, window_start: f64, timestamp_begin: u32) -> Option<u32> {
+    let ahead = until - window_start;
+    (ahead > 0.0).then(|| timestamp_begin + (ahead / TIME_PRECISION).round() as u32)
 }
 
 /// A window's tokens cut into timed pieces.
@@ -778,6 +818,14 @@ mod tests {
     }
 
     #[test]
+    fn the_held_end_is_a_timestamp_of_the_current_window() {
+        assert_eq!(timestamp_ahead(25.5, 0.0, TB), Some(TB + 1275));
+        assert_eq!(timestamp_ahead(25.5, 20.0, TB), Some(TB + 275));
+        assert_eq!(timestamp_ahead(25.5, 25.5, TB), None);
+        assert_eq!(timestamp_ahead(25.5, 27.0, TB), None);
+    }
+
+    #[test]
     fn rounds_rotate_over_active_streams() {
         let stream = |seek, frames| Stream {
             features: Array2::zeros((80, frames + 1)),
@@ -788,6 +836,7 @@ mod tests {
             prompt_reset_since: 0,
             segments: vec![],
             segment_tokens: vec![],
+            speech_until: None,
         };
         let streams = vec![
             stream(0, 100),

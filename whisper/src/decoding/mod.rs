@@ -46,6 +46,11 @@ pub struct Request {
     pub prompt: Vec<u32>,
     /// Index of `<|startoftranscript|>` in `prompt` (no-speech is read there).
     pub sot_index: usize,
+    /// A timestamp token the decoding must reach before it may end: the
+    /// caller knows speech lies up to there (a packed window's last input),
+    /// where Whisper would sometimes stop at a pause and leave the rest to a
+    /// further window.
+    pub end_not_before: Option<u32>,
 }
 
 /// The decoded tokens of one window.
@@ -316,6 +321,7 @@ pub fn generate(
     let search = Search {
         model,
         rules,
+        end_not_before: requests.iter().map(|r| r.end_not_before).collect(),
         eot: spec.eot,
         max_new_tokens,
     };
@@ -366,8 +372,29 @@ fn best_per_request(hypotheses: Vec<Hypothesis>, requests: usize) -> Vec<Hypothe
 struct Search<'m> {
     model: &'m mut WhisperModel,
     rules: &'m LogitRules,
+    /// Per request: see [`Request::end_not_before`].
+    end_not_before: Vec<Option<u32>>,
     eot: u32,
     max_new_tokens: usize,
+}
+
+impl Search<'_> {
+    /// Whisper's rules and the request's hold on the end, applied to one row.
+    fn masked_logits(
+        &self,
+        logits: ndarray::ArrayView1<'_, f32>,
+        hypothesis: &Hypothesis,
+    ) -> Vec<f32> {
+        let mut row = logits.to_vec();
+        self.rules.apply(&mut row, &hypothesis.tokens);
+        let hold = self
+            .end_not_before
+            .get(hypothesis.request)
+            .copied()
+            .flatten();
+        self.rules.hold_end(&mut row, &hypothesis.tokens, hold);
+        row
+    }
 }
 
 impl Search<'_> {
@@ -386,8 +413,7 @@ impl Search<'_> {
                 if hypothesis.finished {
                     continue;
                 }
-                let mut row_logits = logits.row(row).to_vec();
-                self.rules.apply(&mut row_logits, &hypothesis.tokens);
+                let row_logits = self.masked_logits(logits.row(row), hypothesis);
                 let token = match sampling.as_mut() {
                     None => argmax(&row_logits),
                     Some((temperature, rng)) => {
@@ -459,8 +485,7 @@ impl Search<'_> {
             // Candidates per request: (score, source row, token).
             let mut candidates: Vec<Vec<(f64, usize, u32)>> = vec![Vec::new(); requests];
             for (row, beam) in beams.iter().enumerate() {
-                let mut row_logits = logits.row(row).to_vec();
-                self.rules.apply(&mut row_logits, &beam.tokens);
+                let row_logits = self.masked_logits(logits.row(row), beam);
                 log_softmax(&row_logits, &mut scratch);
                 for token in top_k(&scratch, size + 1) {
                     let score = beam.sum_logprob + f64::from(scratch[token as usize]);

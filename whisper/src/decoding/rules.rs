@@ -108,6 +108,23 @@ impl LogitRules {
         }
     }
 
+    /// Masks end-of-text in `logits` until a timestamp at or after
+    /// `end_not_before` was generated: the window still has speech to come
+    /// (see [`super::Request::end_not_before`]).
+    pub fn hold_end(&self, logits: &mut [f32], generated: &[u32], end_not_before: Option<u32>) {
+        let Some(not_before) = end_not_before else {
+            return;
+        };
+        let reached = generated
+            .iter()
+            .any(|&token| self.is_timestamp(token) && token >= not_before);
+        if !reached {
+            if let Some(value) = logits.get_mut(self.eot as usize) {
+                *value = f32::NEG_INFINITY;
+            }
+        }
+    }
+
     fn is_timestamp(&self, token: u32) -> bool {
         token >= self.timestamp_begin
     }
@@ -254,6 +271,23 @@ pub(crate) mod tests {
         rules.apply(&mut logits, &[13, 5]);
         let ok = allowed(&logits);
         assert!(ok.iter().all(|&t| t >= 14), "{ok:?}");
+    }
+
+    #[test]
+    fn the_end_waits_for_the_held_timestamp() {
+        let spec = toy_spec();
+        let rules = LogitRules::new(&spec, false, Some(2));
+        let held = |generated: &[u32]| {
+            let mut logits = vec![0.0; 20];
+            rules.hold_end(&mut logits, generated, Some(16));
+            logits[10] == f32::NEG_INFINITY
+        };
+        assert!(held(&[13, 1, 2, 15, 15, 3]), "only up to timestamp 15");
+        assert!(!held(&[13, 1, 2, 16]), "16 reached");
+        assert!(!held(&[13, 1, 17, 17, 4]), "beyond");
+        let mut logits = vec![0.0; 20];
+        rules.hold_end(&mut logits, &[13, 1], None);
+        assert_eq!(logits[10], 0.0, "no hold");
     }
 
     #[test]
