@@ -120,14 +120,20 @@ class MmtConfig:
 # (no temperature fallback), without timestamp tokens (`mmt bench --decoding fast`).
 FAST_DECODING = ("--independent-chunks", "--no-fallback", "--without-timestamps")
 
+# `mmt run` packs short recordings by default; the configurations not named
+# for packing turn it off, so that each measures one thing.
+UNPACKED = ("--no-packing",)
+
 MMT_CONFIGS: tuple[MmtConfig, ...] = (
-    MmtConfig("fp32"),
-    MmtConfig("int8", int8=True),
+    MmtConfig("fp32", UNPACKED),
+    MmtConfig("int8", UNPACKED, int8=True),
     MmtConfig("int8 independent",
-              ("--independent-chunks", "--workers", "2", "--threads", "1", "--batch-size", "4"),
+              UNPACKED + ("--independent-chunks", "--workers", "2", "--threads", "1",
+                          "--batch-size", "4"),
               int8=True, targets=frozenset({LONG})),
     MmtConfig("int8 independent b8",
-              ("--independent-chunks", "--workers", "2", "--threads", "1", "--batch-size", "8"),
+              UNPACKED + ("--independent-chunks", "--workers", "2", "--threads", "1",
+                          "--batch-size", "8"),
               int8=True, targets=frozenset({LONG})),
     MmtConfig("int8 fast",
               FAST_DECODING + ("--workers", "2", "--threads", "1", "--batch-size", "4"),
@@ -135,7 +141,7 @@ MMT_CONFIGS: tuple[MmtConfig, ...] = (
     MmtConfig("int8 fast b2",
               FAST_DECODING + ("--workers", "2", "--threads", "1", "--batch-size", "2"),
               int8=True, targets=frozenset({LONG})),
-    MmtConfig("int8 conditioned 1x2", ("--workers", "1", "--threads", "2"),
+    MmtConfig("int8 conditioned 1x2", UNPACKED + ("--workers", "1", "--threads", "2"),
               int8=True, targets=frozenset({LONG})),
     MmtConfig("int8 packing", ("--packing",), int8=True, targets=frozenset({SET})),
     MmtConfig("int8 packing b4", ("--packing", "--batch-size", "4"),

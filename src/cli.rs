@@ -116,9 +116,13 @@ pub struct RunArgs {
     /// batch runs (default: until no more chunks can come for its ingest epoch).
     #[arg(long, value_name = "MS", env = "MMT_MAX_BATCH_WAIT_MS")]
     pub max_batch_wait_ms: Option<u64>,
-    /// Pack short recordings from different jobs into shared 30 s windows.
-    #[arg(long)]
+    /// Pack short recordings from different jobs into shared 30 s windows:
+    /// the default (it says so for scripts that want to be explicit).
+    #[arg(long, overrides_with = "no_packing")]
     pub packing: bool,
+    /// Give every recording windows of its own (no packing).
+    #[arg(long, overrides_with = "packing")]
+    pub no_packing: bool,
     /// Transcribe a recording's chunks independently (no previous-text
     /// prompt), so one long recording fills whole batches on every worker.
     #[arg(long)]
@@ -130,9 +134,9 @@ pub struct RunArgs {
     pub no_fallback: bool,
     /// Decode without timestamp tokens: one segment per speech chunk (at
     /// most 30 s, cut at pauses) instead of Whisper's timed segments, and no
-    /// second window for a chunk's last words. Faster; packing needs
-    /// timestamps, so the two do not go together.
-    #[arg(long, conflicts_with = "packing")]
+    /// second window for a chunk's last words. Faster; packing splits by
+    /// timestamps, so this also turns packing off.
+    #[arg(long)]
     pub without_timestamps: bool,
     /// Tenant of files without a sidecar naming one.
     #[arg(long, default_value = "default")]

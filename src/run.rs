@@ -238,7 +238,8 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
 fn transcribe_options(args: &RunArgs) -> TranscribeOptions {
     let options = TranscribeOptions {
         batch_size: args.batch_size,
-        packing: args.packing,
+        // Packing splits a window by its timestamps, so it needs them.
+        packing: !args.no_packing && !args.without_timestamps,
         condition_on_previous_text: !args.independent_chunks,
         without_timestamps: args.without_timestamps,
         ..TranscribeOptions::default()
@@ -301,18 +302,15 @@ mod tests {
     }
 
     #[test]
-    fn packing_needs_timestamps() {
-        let argv = [
-            "mmt",
-            "run",
-            "--input",
-            "in",
-            "--out",
-            "out",
-            "--packing",
-            "--without-timestamps",
-        ];
-        let error = Cli::try_parse_from(argv).expect_err("conflicting flags");
-        assert!(error.to_string().contains("cannot be used with"), "{error}");
+    fn packing_is_the_default_unless_turned_off_or_without_timestamps() {
+        let options = |flags: &[&str]| transcribe_options(&run_args(flags));
+        assert!(options(&[]).packing);
+        assert!(options(&["--packing"]).packing);
+        assert!(!options(&["--no-packing"]).packing);
+        assert!(
+            options(&["--no-packing", "--packing"]).packing,
+            "the last wins"
+        );
+        assert!(!options(&["--without-timestamps"]).packing);
     }
 }

@@ -30,7 +30,7 @@ THE SWEEP
   2 cores). Each point runs, as a child process of this binary:
 
     mmt run --no-progress --input DIR --out <fresh folder> --metrics-file <file>
-            --batch-size B --workers W --threads T [--packing]
+            --batch-size B --workers W --threads T --packing|--no-packing
             [--independent-chunks --no-fallback --without-timestamps]
 
   with MMT_MODEL_DIR set to --int8-model for int8 points (skipped with a
@@ -119,7 +119,8 @@ pub struct BenchArgs {
     /// Model weights: fp32 (MMT_MODEL_DIR as configured) and/or int8 (--int8-model).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32")]
     pub precision: Vec<Precision>,
-    /// Cross-job packing of short recordings into shared windows (`mmt run --packing`).
+    /// Cross-job packing of short recordings into shared windows: `on` runs
+    /// `mmt run --packing` (its default), `off` `mmt run --no-packing`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     pub packing: Vec<Switch>,
     /// Decoding: `full` (Whisper's long-form decoding, `mmt run`'s default)
@@ -433,7 +434,7 @@ fn csv_comments(
             input.references()
         ),
         "each point: `mmt run --no-progress --input DIR --out FRESH --metrics-file FILE \
-         --batch-size B --workers W --threads T [--packing] [fast decoding flags]` \
+         --batch-size B --workers W --threads T --packing|--no-packing [fast decoding flags]` \
          as a child process"
             .to_owned(),
         format!(

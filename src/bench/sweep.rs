@@ -182,9 +182,14 @@ impl Point {
             "--threads".to_owned(),
             self.threads.to_string(),
         ];
-        if self.packing {
-            flags.push("--packing".to_owned());
-        }
+        flags.push(
+            if self.packing {
+                "--packing"
+            } else {
+                "--no-packing"
+            }
+            .to_owned(),
+        );
         flags.extend(
             self.decoding
                 .run_flags()
@@ -391,6 +396,11 @@ mod tests {
             point.run_flags().join(" "),
             "--batch-size 4 --workers 2 --threads 1 --packing"
         );
+        let unpacked = Point {
+            packing: false,
+            ..point.clone()
+        };
+        assert!(unpacked.run_flags().contains(&"--no-packing".to_owned()));
         assert_eq!(
             point.series_title(),
             "2 workers x 1 thread, packing, wait 5 ms"

@@ -247,7 +247,7 @@ def test_mmt_configs_per_target() -> None:
     by_label = {c.label: c for c in pp.MMT_CONFIGS}
     assert by_label["int8 fast"].args[:3] == (
         "--independent-chunks", "--no-fallback", "--without-timestamps")
-    assert not by_label["fp32"].int8 and by_label["int8"].args == ()
+    assert not by_label["fp32"].int8 and by_label["int8"].args == ("--no-packing",)
     assert by_label["int8 packing b4"].args == ("--packing", "--batch-size", "4")
     assert by_label["int8 packing 1x2"].args == (
         "--packing", "--workers", "1", "--threads", "2", "--batch-size", "4")
