@@ -28,8 +28,11 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-/// Short dictations (about 7 s) a packed window holds, for sizing batches.
-const CHUNKS_PER_PACKED_WINDOW: usize = 3;
+/// Chunks taken per packed window when sizing a batch. Three 7 s dictations
+/// fill a window; taking four per window gives the packer (first fit,
+/// longest first) the choice to fill windows fuller. On the 50 eval
+/// dictations at batch 4: 26 windows encoded with three, 18 with four.
+const CHUNKS_PER_PACKED_WINDOW: usize = 4;
 
 /// Transcribes chunks in cross-job batches; model failures become dead letters.
 pub trait Transcribe<'scope> {
