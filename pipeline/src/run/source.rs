@@ -47,8 +47,9 @@ pub struct DirectorySource {
     dir: PathBuf,
     tenant: String,
     handed_out: HashSet<PathBuf>,
-    /// Followed files the last scan saw but did not hand out, as they were then.
-    unsettled: HashMap<PathBuf, FileState>,
+    /// Files the last scan saw but did not hand out (still changing, or past
+    /// its limit), as they were then.
+    last_seen: HashMap<PathBuf, FileState>,
     /// Keep watching after the folder is read (`--follow`), rescanning this often.
     follow: Option<Duration>,
     last_scan: Option<Instant>,
@@ -104,7 +105,7 @@ impl DirectorySource {
             dir: dir.into(),
             tenant: tenant.into(),
             handed_out: HashSet::new(),
-            unsettled: HashMap::new(),
+            last_seen: HashMap::new(),
             follow: None,
             last_scan: None,
             more_waiting: false,
@@ -132,11 +133,12 @@ impl DirectorySource {
             })
             .collect();
         seen.sort_by(|a, b| a.0.cmp(&b.0));
-        let (mut files, unsettled): (Vec<_>, Vec<_>) = seen
+        let (mut files, changing): (Vec<_>, Vec<_>) = seen
             .into_iter()
             .partition(|(path, state)| self.is_settled(path, state));
-        self.unsettled = unsettled.into_iter().collect();
-        files.truncate(limit);
+        // Settled files past the limit stay settled for the next scan.
+        let past_limit = files.split_off(limit.min(files.len()));
+        self.last_seen = changing.into_iter().chain(past_limit).collect();
         let files: Vec<PathBuf> = files.into_iter().map(|(path, _)| path).collect();
         self.handed_out.extend(files.iter().cloned());
         Ok(files)
@@ -144,7 +146,7 @@ impl DirectorySource {
 
     /// A one-pass folder is complete; a followed file must have stopped changing.
     fn is_settled(&self, path: &Path, state: &FileState) -> bool {
-        self.follow.is_none() || self.unsettled.get(path) == Some(state)
+        self.follow.is_none() || self.last_seen.get(path) == Some(state)
     }
 
     /// Reads one file into a record.
@@ -336,6 +338,20 @@ mod tests {
         }
         assert_eq!(next_scan(), 1, "unchanged for one interval");
         assert_eq!(next_scan(), 0, "handed out once");
+    }
+
+    #[test]
+    fn settled_files_past_the_scan_limit_are_handed_out_by_the_next_scan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["a.wav", "b.wav", "c.wav"] {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        let mut source =
+            DirectorySource::new(dir.path(), "default").following(Duration::from_millis(1));
+        assert!(source.scan(2).expect("scan").is_empty(), "first seen");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(source.scan(2).expect("scan").len(), 2);
+        assert_eq!(source.scan(2).expect("scan").len(), 1, "no second wait");
     }
 
     #[test]
