@@ -239,12 +239,13 @@ impl Engine {
         prompts: &[&[u32]],
         options: &TranscribeOptions,
     ) -> Result<Vec<Decoded>, WhisperError> {
-        self.decode_streams_holding(inputs, prompts, &vec![None; inputs.len()], options)
+        self.decode_streams_holding(inputs, prompts, &[], options)
     }
 
     /// [`Engine::decode_streams`], where `speech_until[i]` (seconds into
     /// input `i`), when known, is how far the decoding must get before it may
-    /// end a window (see [`Request::end_not_before`]).
+    /// end a window (see [`Request::end_not_before`]); inputs past the end of
+    /// `speech_until` have none.
     pub(crate) fn decode_streams_holding(
         &mut self,
         inputs: &[&[f32]],

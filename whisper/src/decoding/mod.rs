@@ -395,9 +395,7 @@ impl Search<'_> {
         self.rules.hold_end(&mut row, &hypothesis.tokens, hold);
         row
     }
-}
 
-impl Search<'_> {
     /// Greedy or sampled decoding: every row evolves on its own.
     fn independent(
         self,
