@@ -45,9 +45,19 @@ LN_EPSILON = 1e-5
 MASK_VALUE = -1e9
 # Written to mmt-model.json; the engine refuses other layouts.
 LAYOUT = "per-layer-heads-v3"
-# Above this many initializer bytes a graph is saved with external data
-# (protobuf cannot hold more than 2 GiB).
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Initializers of at least this many bytes go to the graph's weights file
+# (`<graph>.weights`, indexed by `<graph>.weights.json`), which the engine loads
+# once per process and shares between the sessions of all its workers.
+WEIGHTS_THRESHOLD = 1024
+# Element types the weights index names (ONNX data type -> index name).
+WEIGHT_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+}
 
 
 # --------------------------------------------------------------------------- dims
@@ -538,15 +548,49 @@ def default_ct2_dir() -> Path:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Check and save a graph, with external data when it is too big for protobuf."""
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=f"{path.name}.data")
-        onnx.checker.check_model(str(path))   # by path: the proto alone exceeds 2 GiB
-    else:
-        onnx.checker.check_model(model)
-        onnx.save_model(model, str(path))
+    """Check and save a graph with its weights beside it, and index them.
+
+    ``encoder.onnx`` keeps the graph and small constants; ``encoder.weights``
+    holds every initializer of ``WEIGHTS_THRESHOLD`` bytes or more (ONNX
+    external data), and ``encoder.weights.json`` lists each one's name, element
+    type, shape and byte range there, so the engine can load the weights once and
+    hand the same tensors to every session (see docs/model-format.md).
+    """
+    weights = path.with_suffix(".weights")
+    weights.unlink(missing_ok=True)  # external data is appended to an existing file
+    for tensor in model.graph.initializer:
+        if not tensor.HasField("raw_data"):
+            # Only raw bytes go to external data; the quantizer writes its
+            # scales and zero points as typed lists.
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    onnx.save_model(model, str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=weights.name,
+                    size_threshold=WEIGHTS_THRESHOLD)
+    onnx.checker.check_model(str(path))   # by path, with its external data
+    index = weights_index(onnx.load(str(path), load_external_data=False).graph)
+    weights.chmod(0o644)  # onnx creates it private; the model folder is read by services
+    index_path = path.with_suffix(".weights.json")
+    index_path.write_text(json.dumps({"file": weights.name, "tensors": index}, indent=1) + "\n",
+                          encoding="utf-8")
+
+
+def weights_index(graph: onnx.GraphProto) -> list[dict[str, Any]]:
+    """Name, element type, shape, offset and length of each externally stored initializer."""
+    index = []
+    for tensor in graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if tensor.data_type not in WEIGHT_TYPES:
+            raise ValueError(f"{tensor.name}: element type {tensor.data_type} has no index name")
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        index.append({
+            "name": tensor.name,
+            "type": WEIGHT_TYPES[tensor.data_type],
+            "shape": [int(d) for d in tensor.dims],
+            "offset": int(where.get("offset", 0)),
+            "length": int(where["length"]),
+        })
+    return index
 
 
 def export(ct2_dir: Path, out_dir: Path, name: str) -> dict[str, Any]:

@@ -1,14 +1,18 @@
-//! A batch larger than the encoder's part size is encoded in parts and put
-//! together: each window's cross-attention K/V must be what encoding it alone
-//! gives, in the batch's order.
+//! Batches of encoded windows: a batch larger than the encoder's part size is
+//! encoded in parts and put together (each window's cross-attention K/V must
+//! be what encoding it alone gives, in the batch's order), and windows are
+//! arranged for the decoder in place, without losing any. Models loaded from
+//! one folder share their weights.
 
 mod common;
 
 use common::{model_options, model_ready, root};
 use mmt_whisper::audio::decode_file;
 use mmt_whisper::mel::{window, MelFrontEnd};
+use mmt_whisper::model::CrossAttention;
 use mmt_whisper::model::{stack_windows, WhisperModel, ENCODER_ROWS};
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayD, Axis};
+use std::sync::Arc;
 
 fn windows(count: usize) -> Vec<Array2<f32>> {
     let samples = decode_file(&root().join("samples/jfk_inaugural_1961_excerpt.wav"))
@@ -57,4 +61,54 @@ fn a_batch_encoded_in_parts_matches_its_windows_encoded_alone() {
             assert!(worst < 1e-3, "window {row} differs by {worst}");
         }
     }
+}
+
+/// Each window's K/V of the first decoder layer, by position along axis 0.
+fn first_layer_keys(cross: &CrossAttention) -> Vec<ArrayD<f32>> {
+    let keys = cross.keys[0].try_extract_array::<f32>().expect("f32");
+    keys.axis_iter(Axis(0)).map(|row| row.to_owned()).collect()
+}
+
+#[test]
+fn arranging_windows_brings_them_to_the_front_and_keeps_the_others() {
+    if !model_ready() {
+        return;
+    }
+    let mut model = WhisperModel::load(&model_options(2)).expect("model loads");
+    let mut cross = model
+        .encode(stack_windows(&windows(3)).expect("stack").view())
+        .expect("batch encodes");
+    let encoded = first_layer_keys(&cross);
+    assert_ne!(encoded[0], encoded[1], "the windows hold different audio");
+
+    cross.arrange(&[2, 0]).expect("arranged");
+    assert_eq!(cross.active(), 2);
+    let arranged = first_layer_keys(&cross);
+    assert_eq!(arranged[0], encoded[2]);
+    assert_eq!(arranged[1], encoded[0]);
+    assert_eq!(arranged[2], encoded[1], "the window left out keeps its K/V");
+
+    // Windows are still named as encoded.
+    let copy = cross.select_rows(&[1, 1]).expect("selected");
+    assert_eq!(
+        first_layer_keys(&copy),
+        vec![encoded[1].clone(), encoded[1].clone()]
+    );
+    cross.arrange(&[0, 1, 2]).expect("arranged back");
+    assert_eq!(cross.active(), 3);
+    assert_eq!(first_layer_keys(&cross), encoded);
+
+    assert!(cross.arrange(&[1, 1]).is_err(), "a window twice");
+    assert!(cross.arrange(&[3]).is_err(), "a window not in the batch");
+}
+
+#[test]
+fn models_loaded_from_one_folder_share_their_weights() {
+    if !model_ready() {
+        return;
+    }
+    let first = WhisperModel::load(&model_options(1)).expect("model loads");
+    let second = WhisperModel::load(&model_options(1)).expect("model loads");
+    assert!(Arc::ptr_eq(first.weights(), second.weights()));
+    assert!(first.weights().decoder.bytes() > 0);
 }

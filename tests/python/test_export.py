@@ -241,6 +241,29 @@ def test_interface(model_dir: Path, mmt_config: dict) -> None:
     assert cfg["timestamp_begin"] == cfg["no_timestamps"] + 1
 
 
+WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8,
+                 "uint8": np.uint8, "int32": np.int32, "int64": np.int64}
+
+
+@pytest.mark.parametrize("graph_name", ["encoder", "decoder"])
+def test_weights_index_matches_the_initializers(model_dir: Path, graph_name: str) -> None:
+    """Every large initializer lies in <graph>.weights where <graph>.weights.json says,
+    as the engine reads it (docs/model-format.md, "Weights")."""
+    from onnx import numpy_helper
+
+    index = json.loads((model_dir / f"{graph_name}.weights.json").read_text(encoding="utf-8"))
+    data = (model_dir / index["file"]).read_bytes()
+    graph = onnx.load(str(model_dir / f"{graph_name}.onnx")).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    listed = {entry["name"] for entry in index["tensors"]}
+    assert listed, "no weights indexed"
+    assert all(initializers[name].nbytes < 1024 for name in set(initializers) - listed)
+    for entry in index["tensors"]:
+        raw = data[entry["offset"]:entry["offset"] + entry["length"]]
+        values = np.frombuffer(raw, dtype=WEIGHT_DTYPES[entry["type"]]).reshape(entry["shape"])
+        np.testing.assert_array_equal(values, initializers[entry["name"]], err_msg=entry["name"])
+
+
 def test_decoder_graph_is_lean(model_dir: Path, mmt_config: dict, tmp_path: Path) -> None:
     """After ORT's CPU optimizations, cross K/V feed MatMuls directly (no per-step copies)
     and the vocabulary projection is a single MatMul on [batch, d_model]."""

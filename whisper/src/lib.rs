@@ -5,6 +5,7 @@
 //! Whisper's log-mel features, [`model`] runs the exported ONNX encoder and
 //! decoder, [`decoding`] applies Whisper's decoding rules (greedy or beam
 //! search, suppressed tokens, timestamps, no-speech detection), and
+//! [`weights`] loads the model's weights once for every worker's sessions;
 //! [`transcribe`] drives long-form audio over 30 s windows, batching windows
 //! of several inputs into one model call; [`packing`] lets short inputs share
 //! a window. [`tokenizer`] maps token ids to text; [`work`] counts what the
@@ -18,6 +19,7 @@ pub mod model;
 pub mod packing;
 pub mod tokenizer;
 pub mod transcribe;
+pub mod weights;
 pub mod work;
 
 pub use error::WhisperError;

@@ -2,6 +2,7 @@
 //!
 //! The directory layout and tensor names are documented in `docs/model-format.md`.
 
+use crate::weights::{GraphWeights, ModelWeights};
 use crate::WhisperError;
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 use ort::environment::Environment;
@@ -12,7 +13,7 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Dimensions and special-token ids of an exported model (`mmt-model.json`).
 #[derive(Debug, Clone, Deserialize)]
@@ -94,7 +95,9 @@ impl ModelOptions {
         }
         for file in [
             "encoder.onnx",
+            "encoder.weights.json",
             "decoder.onnx",
+            "decoder.weights.json",
             "tokenizer.json",
             "mmt-model.json",
         ] {
@@ -133,6 +136,12 @@ fn ort_environment(library: &Path) -> Result<Environment, WhisperError> {
 }
 
 /// The per-layer cross-attention keys and values of a batch of encoded windows.
+///
+/// The decoder reads the first [`CrossAttention::active`] windows along axis 0.
+/// [`CrossAttention::arrange`] brings the windows still being decoded to the
+/// front by swapping them in place, so that windows leaving the batch cost no
+/// copy of the others' K/V (18 MB per window for tiny) and stay available for
+/// a later pass, e.g. a temperature fallback.
 #[derive(Debug)]
 pub struct CrossAttention {
     /// `cross_k_{i}` of each decoder layer, batch first.
@@ -141,6 +150,10 @@ pub struct CrossAttention {
     pub values: Vec<DynValue>,
     /// Rows (windows) in this batch.
     pub rows: usize,
+    /// The window (its row as encoded) held at each position along axis 0.
+    order: Vec<usize>,
+    /// Positions the decoder reads: `0..active`.
+    active: usize,
 }
 
 /// Tensor names of the graphs, computed once.
@@ -175,6 +188,8 @@ pub struct WhisperModel {
     names: TensorNames,
     encoder: Session,
     decoder: Session,
+    /// The weights the sessions share with other workers' sessions.
+    weights: Arc<ModelWeights>,
     /// Encoder windows and decoder calls run so far.
     windows_encoded: u64,
     decoder_calls: u64,
@@ -189,14 +204,17 @@ impl WhisperModel {
         options.check_files()?;
         let spec = ModelSpec::read(&options.model_dir.join("mmt-model.json"))?;
         let environment = ort_environment(&options.ort_library)?;
+        let weights = ModelWeights::shared(&options.model_dir)?;
         let encoder = build_session(
             &environment,
             &options.model_dir.join("encoder.onnx"),
+            (&weights.encoder, &weights),
             options,
         )?;
         let decoder = build_session(
             &environment,
             &options.model_dir.join("decoder.onnx"),
+            (&weights.decoder, &weights),
             options,
         )?;
         Ok(Self {
@@ -204,6 +222,7 @@ impl WhisperModel {
             spec,
             encoder,
             decoder,
+            weights,
             windows_encoded: 0,
             decoder_calls: 0,
         })
@@ -213,6 +232,12 @@ impl WhisperModel {
         &self.spec
     }
 
+    /// The weights this model's sessions share with every other model loaded
+    /// from the same folder in this process.
+    pub fn weights(&self) -> &Arc<ModelWeights> {
+        &self.weights
+    }
+
     /// Windows encoded and decoder calls run since the model was loaded.
     pub fn calls(&self) -> (u64, u64) {
         (self.windows_encoded, self.decoder_calls)
@@ -220,11 +245,10 @@ impl WhisperModel {
 
     /// Encodes a batch of `[n_mels, 3000]` windows into cross-attention K/V.
     ///
-    /// The encoder runs on at most [`ENCODER_ROWS`] windows at a time, which
-    /// bounds its activations (about 30 MB per window; the fused attention
-    /// holds no score matrices). A larger batch's K/V (18 MB per window for
-    /// tiny) is filled in part by part, so only one part's outputs exist
-    /// beside it.
+    /// The encoder runs on [`ENCODER_ROWS`] windows at a time, which bounds
+    /// its activations (about 30 MB per window; the fused attention holds no
+    /// score matrices). A larger batch's K/V (18 MB per window for tiny) is
+    /// filled in part by part, so only one part's outputs exist beside it.
     pub fn encode(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
         let rows = mel.len_of(Axis(0));
         if rows <= ENCODER_ROWS {
@@ -253,7 +277,9 @@ impl WhisperModel {
         self.windows_encoded += rows as u64;
         let keys = take_outputs(&mut outputs, &self.names.cross_k)?;
         let values = take_outputs(&mut outputs, &self.names.cross_v)?;
-        Ok(CrossAttention { keys, values, rows })
+        drop(outputs);
+        release_freed_memory();
+        Ok(CrossAttention::new(keys, values, rows))
     }
 
     /// Runs one decoder call; returns last-position logits `[rows, vocab]` and the new cache.
@@ -276,15 +302,22 @@ impl WhisperModel {
                 TensorRef::from_array_view(step.attention_mask.view())?.into(),
             ),
         ];
-        let layers = [
+        let caches = [
             (&names.self_k, &step.cache.keys),
             (&names.self_v, &step.cache.values),
+        ];
+        for (layer_names, values) in caches {
+            for (name, value) in layer_names.iter().zip(values) {
+                inputs.push((name.as_str().into(), value.into()));
+            }
+        }
+        let cross = [
             (&names.cross_k, &step.cross.keys),
             (&names.cross_v, &step.cross.values),
         ];
-        for (layer_names, values) in layers {
+        for (layer_names, values) in cross {
             for (name, value) in layer_names.iter().zip(values) {
-                inputs.push((name.as_str().into(), value.into()));
+                inputs.push((name.as_str().into(), step.cross.decoder_input(value)?));
             }
         }
         let mut outputs = self.decoder.run(inputs)?;
@@ -349,17 +382,117 @@ impl SelfAttentionCache {
 }
 
 /// Windows the encoder runs on at once (see [`WhisperModel::encode`]).
-pub const ENCODER_ROWS: usize = 4;
+///
+/// One: on the 10-minute file (2 workers, int8, batch 4, independent chunks)
+/// that peaks 100 MB lower than four at a time, at the same speed.
+pub const ENCODER_ROWS: usize = 1;
+
+/// Gives the pages of freed heap memory back to the system.
+///
+/// An encoder call allocates and frees its activations (about 30 MB per
+/// window) in pieces below the mmap threshold (`src/main.rs`), so they come
+/// from the worker thread's malloc arena; the call's outputs, allocated after
+/// them, keep the arena from shrinking, and the freed pages would stay
+/// resident beside the K/V through the decoding that follows. On the
+/// 10-minute file (2 workers, int8, batch 4): peak RSS 514 -> 446 MB, at the
+/// same speed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only hands free pages of malloc's arenas back to the
+    // system; it touches no allocation in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 impl CrossAttention {
-    /// Keeps the windows `indices` (in that order, repeats allowed), e.g. one copy per beam.
-    pub fn select_rows(&self, indices: &[usize]) -> Result<Self, WhisperError> {
-        Ok(Self {
-            keys: select_rows_all(&self.keys, indices)?,
-            values: select_rows_all(&self.values, indices)?,
-            rows: indices.len(),
-        })
+    /// K/V tensors of `rows` windows, in encoding order, all read by the decoder.
+    pub fn new(keys: Vec<DynValue>, values: Vec<DynValue>, rows: usize) -> Self {
+        Self {
+            keys,
+            values,
+            rows,
+            order: (0..rows).collect(),
+            active: rows,
+        }
     }
+
+    /// Windows the decoder reads (the first ones along axis 0).
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Puts the distinct windows `windows` (as encoded) at positions
+    /// `0..windows.len()`, in that order, by swapping rows in place, and makes
+    /// them the ones the decoder reads. The other windows keep their K/V.
+    pub fn arrange(&mut self, windows: &[usize]) -> Result<(), WhisperError> {
+        for (target, &window) in windows.iter().enumerate() {
+            let position = self.position_of(window)?;
+            if position < target {
+                return Err(WhisperError::InvalidOption {
+                    reason: format!("window {window} is asked for twice"),
+                });
+            }
+            if position != target {
+                for tensor in self.keys.iter_mut().chain(self.values.iter_mut()) {
+                    swap_rows(tensor, self.rows, target, position)?;
+                }
+                self.order.swap(target, position);
+            }
+        }
+        self.active = windows.len();
+        Ok(())
+    }
+
+    /// A copy holding the windows `windows` (as encoded; repeats allowed), in
+    /// that order, e.g. one copy per beam when beams cannot share a window.
+    pub fn select_rows(&self, windows: &[usize]) -> Result<Self, WhisperError> {
+        let positions = windows
+            .iter()
+            .map(|&window| self.position_of(window))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::new(
+            select_rows_all(&self.keys, &positions)?,
+            select_rows_all(&self.values, &positions)?,
+            positions.len(),
+        ))
+    }
+
+    fn position_of(&self, window: usize) -> Result<usize, WhisperError> {
+        self.order
+            .iter()
+            .position(|&held| held == window)
+            .ok_or_else(|| WhisperError::InvalidOption {
+                reason: format!("window {window} is not in a batch of {}", self.rows),
+            })
+    }
+
+    /// The decoder's input for `tensor`: the tensor itself, or a view of its
+    /// active windows.
+    fn decoder_input<'v>(
+        &self,
+        tensor: &'v DynValue,
+    ) -> Result<SessionInputValue<'v>, WhisperError> {
+        if self.active == self.rows {
+            return Ok(tensor.into());
+        }
+        let mut active = tensor.try_extract_array::<f32>()?;
+        active.slice_axis_inplace(Axis(0), (0..self.active).into());
+        Ok(TensorRef::from_array_view(active)?.into())
+    }
+}
+
+/// Swaps rows `a < b` along axis 0 of a float tensor of `rows` rows.
+fn swap_rows(tensor: &mut DynValue, rows: usize, a: usize, b: usize) -> Result<(), WhisperError> {
+    let (_, data) = tensor.try_extract_tensor_mut::<f32>()?;
+    let row = data.len() / rows.max(1);
+    let (front, back) = data.split_at_mut(b * row);
+    front[a * row..(a + 1) * row].swap_with_slice(&mut back[..row]);
+    Ok(())
 }
 
 /// A batch's cross-attention K/V, filled in by the parts it was encoded in.
@@ -417,11 +550,11 @@ impl BatchKv {
                 .map(|array| Ok(Tensor::from_array(array)?.into_dyn()))
                 .collect::<Result<Vec<DynValue>, WhisperError>>()
         };
-        Ok(CrossAttention {
-            keys: tensors(self.keys)?,
-            values: tensors(self.values)?,
+        Ok(CrossAttention::new(
+            tensors(self.keys)?,
+            tensors(self.values)?,
             rows,
-        })
+        ))
     }
 }
 
@@ -439,9 +572,12 @@ fn select_rows(value: &DynValue, indices: &[usize]) -> Result<DynValue, WhisperE
     Ok(Tensor::from_array(selected)?.into_dyn())
 }
 
+/// A session of the graph at `path` whose weights are `graph`'s shared tensors
+/// (and whose prepacked copies go to `model`'s shared container).
 fn build_session(
     environment: &Environment,
     path: &Path,
+    (graph, model): (&GraphWeights, &ModelWeights),
     options: &ModelOptions,
 ) -> Result<Session, WhisperError> {
     let unavailable = |err: String| WhisperError::ModelUnavailable {
@@ -469,7 +605,23 @@ fn build_session(
     let builder = builder
         .with_execution_providers([ort::ep::CUDA::default().build()])
         .map_err(|err| unavailable(err.to_string()))?;
-    let mut builder = builder;
+    // ONNX Runtime rearranges ("prepacks") MatMul weights for its kernels.
+    // The packed copies sit beside the shared weights (one set per process,
+    // through the container). For int8 weights they are small (35 MB for
+    // tiny) and make decoding about 12 % faster; for float32 they would add
+    // 140 MB (tiny) for no measurable gain in the default decoding (one row
+    // per step), though batched decoding (--independent-chunks) of an fp32
+    // model runs about 15 % slower without them.
+    let mut builder = builder
+        .with_prepacking(graph.is_quantized())
+        .map_err(|err| unavailable(err.to_string()))?
+        .with_prepacked_weights(&model.prepacked)
+        .map_err(|err| unavailable(err.to_string()))?;
+    for (name, value) in graph.tensors() {
+        builder = builder
+            .with_initializer(name, Arc::clone(value))
+            .map_err(|err| unavailable(err.to_string()))?;
+    }
     builder
         .commit_from_file(path)
         .map_err(|err| unavailable(err.to_string()))

@@ -304,13 +304,13 @@ impl Engine {
         options: &TranscribeOptions,
     ) -> Result<(), WhisperError> {
         let windows: Vec<Array2<f32>> = round.iter().map(|&i| streams[i].window()).collect();
-        let cross = self.model.encode(stack_windows(&windows)?.view())?;
+        let mut cross = self.model.encode(stack_windows(&windows)?.view())?;
         let requests: Vec<Request> = round
             .iter()
             .enumerate()
             .map(|(row, &i)| self.request(&streams[i], row, options))
             .collect();
-        let outcomes = self.decode_with_fallback(&cross, &requests, options)?;
+        let outcomes = self.decode_with_fallback(&mut cross, &requests, options)?;
         for (&stream_index, outcome) in round.iter().zip(outcomes) {
             self.advance(&mut streams[stream_index], outcome, options)?;
         }
@@ -361,7 +361,7 @@ impl Engine {
     /// Decodes every request, retrying unreliable ones at higher temperatures.
     fn decode_with_fallback(
         &mut self,
-        cross: &crate::model::CrossAttention,
+        cross: &mut crate::model::CrossAttention,
         requests: &[Request],
         options: &TranscribeOptions,
     ) -> Result<Vec<Outcome>, WhisperError> {
@@ -410,7 +410,7 @@ impl Engine {
                 let batch: Vec<Request> = group.iter().map(|&i| requests[i].clone()).collect();
                 results.extend(generate(
                     &mut self.model,
-                    cross,
+                    &mut *cross,
                     &batch,
                     &rules,
                     &strategy,

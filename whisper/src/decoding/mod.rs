@@ -97,41 +97,23 @@ impl Hypothesis {
 /// The decoder reads each window's cross-attention K/V once for all of the
 /// window's rows (samples, beams), when the rows come in equal runs, one run
 /// per window, in the order of the cross-attention batch it is given (see
-/// `docs/model-format.md`). Rows keeps that layout whenever it can; rows that
-/// do not form such runs get a copy of their window's K/V each.
+/// `docs/model-format.md`). Rows keeps that layout whenever it can, by
+/// arranging the windows in place; rows that do not form such runs get a copy
+/// of their window's K/V each.
 #[derive(Debug)]
 struct Rows<'a> {
     cache: SelfAttentionCache,
-    /// The caller's encoded windows.
-    source: &'a CrossAttention,
-    /// The windows given to the decoder: `source` itself or a selection of it.
-    cross: Cross<'a>,
+    /// The caller's encoded windows, arranged for the current rows.
+    source: &'a mut CrossAttention,
+    /// One copy of K/V per row (with each row's window), when the rows do not
+    /// form runs of distinct windows.
+    copied: Option<(Vec<usize>, CrossAttention)>,
     /// Left-padding slots at the start of each row's cache.
     padding: Vec<usize>,
     /// Cache length (equal for every row, padding included).
     past: usize,
     /// Window row in `source` of each current row.
     windows: Vec<usize>,
-}
-
-/// The cross-attention of the current rows: the caller's batch, or a selection of it.
-#[derive(Debug)]
-enum Cross<'a> {
-    Borrowed(&'a CrossAttention),
-    Selected {
-        /// Row in the caller's batch of each selected window.
-        windows: Vec<usize>,
-        cross: CrossAttention,
-    },
-}
-
-impl Cross<'_> {
-    fn get(&self) -> &CrossAttention {
-        match self {
-            Self::Borrowed(cross) => cross,
-            Self::Selected { cross, .. } => cross,
-        }
-    }
 }
 
 /// The windows, in order, when `rows` (each row's window) are equal runs of
@@ -153,14 +135,14 @@ fn window_groups(rows: &[usize]) -> Option<Vec<usize>> {
 impl<'a> Rows<'a> {
     fn new(
         model: &WhisperModel,
-        source: &'a CrossAttention,
+        source: &'a mut CrossAttention,
         windows: Vec<usize>,
     ) -> Result<Self, WhisperError> {
         let spec = model.spec();
         let mut rows = Self {
             cache: SelfAttentionCache::empty(spec, windows.len())?,
             source,
-            cross: Cross::Borrowed(source),
+            copied: None,
             padding: vec![0; windows.len()],
             past: 0,
             windows: Vec::new(),
@@ -169,28 +151,30 @@ impl<'a> Rows<'a> {
         Ok(rows)
     }
 
-    /// Points the rows at `windows` (one per row) and selects their K/V.
+    /// Points the rows at `windows` (one per row) and arranges their K/V.
     fn use_windows(&mut self, windows: Vec<usize>) -> Result<(), WhisperError> {
-        // Shared K/V per window when the rows allow it, else one copy per row.
-        let needed = window_groups(&windows).unwrap_or_else(|| windows.clone());
-        let current: Vec<usize> = match &self.cross {
-            Cross::Borrowed(cross) => (0..cross.rows).collect(),
-            Cross::Selected { windows, .. } => windows.clone(),
-        };
-        if needed != current {
-            let identity =
-                needed.len() == self.source.rows && needed.iter().enumerate().all(|(i, &w)| i == w);
-            self.cross = if identity {
-                Cross::Borrowed(self.source)
-            } else {
-                Cross::Selected {
-                    cross: self.source.select_rows(&needed)?,
-                    windows: needed,
+        match window_groups(&windows) {
+            Some(groups) => {
+                self.copied = None;
+                self.source.arrange(&groups)?;
+            }
+            None => {
+                let current = self.copied.as_ref().map(|(rows, _)| rows);
+                if current != Some(&windows) {
+                    self.copied = Some((windows.clone(), self.source.select_rows(&windows)?));
                 }
-            };
+            }
         }
         self.windows = windows;
         Ok(())
+    }
+
+    /// The K/V the decoder reads for the current rows.
+    fn cross(&self) -> &CrossAttention {
+        match &self.copied {
+            Some((_, copy)) => copy,
+            None => self.source,
+        }
     }
 
     fn len(&self) -> usize {
@@ -232,7 +216,7 @@ impl<'a> Rows<'a> {
             positions,
             attention_mask,
             cache: &self.cache,
-            cross: self.cross.get(),
+            cross: self.cross(),
         })?;
         self.cache = cache;
         // Padding inside the new tokens only happens on the first (prompt) call.
@@ -264,7 +248,7 @@ impl<'a> Rows<'a> {
 /// Decodes `requests` against the encoded windows `cross`.
 pub fn generate(
     model: &mut WhisperModel,
-    cross: &CrossAttention,
+    cross: &mut CrossAttention,
     requests: &[Request],
     rules: &LogitRules,
     strategy: &Strategy,
