@@ -241,7 +241,7 @@ def test_mmt_configs_per_target() -> None:
     long = [c.label for c in pp.MMT_CONFIGS if pp.LONG in c.targets]
     short = [c.label for c in pp.MMT_CONFIGS if pp.SET in c.targets]
     assert long == ["fp32", "int8", "int8 independent", "int8 independent b8", "int8 fast",
-                    "int8 fast b2", "int8 conditioned 1x2"]
+                    "int8 fast b3", "int8 fast b2", "int8 conditioned 1x2"]
     assert short == ["fp32", "int8", "int8 fast", "int8 packing", "int8 packing b4",
                      "int8 packing b4 no-fallback", "int8 packing 1x2"]
     by_label = {c.label: c for c in pp.MMT_CONFIGS}
