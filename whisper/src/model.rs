@@ -6,7 +6,7 @@ use crate::weights::{GraphWeights, ModelWeights};
 use crate::WhisperError;
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, Tensor, TensorRef};
@@ -49,14 +49,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Reads `mmt-model.json`, refusing exports of another layout.
     pub fn read(path: &Path) -> Result<Self, WhisperError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WhisperError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let spec: Self =
-            serde_json::from_str(&text).map_err(|err| WhisperError::ModelUnavailable {
-                reason: format!("{} is invalid: {err}", path.display()),
-            })?;
+        let spec: Self = read_export_json(path)?;
         if spec.layout != MODEL_LAYOUT {
             return Err(WhisperError::ModelUnavailable {
                 reason: format!(
@@ -68,6 +61,22 @@ impl ModelSpec {
         }
         Ok(spec)
     }
+}
+
+/// Reads a JSON file the exporter wrote (`mmt-model.json`, `<graph>.weights.json`).
+pub(crate) fn read_export_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<T, WhisperError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WhisperError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|err| WhisperError::ModelUnavailable {
+        reason: format!(
+            "{} is invalid: {err}; run `make setup` to re-export",
+            path.display()
+        ),
+    })
 }
 
 /// Where the model and ONNX Runtime are, and how to run them.
@@ -208,13 +217,15 @@ impl WhisperModel {
         let encoder = build_session(
             &environment,
             &options.model_dir.join("encoder.onnx"),
-            (&weights.encoder, &weights),
+            &weights.encoder,
+            &weights.prepacked,
             options,
         )?;
         let decoder = build_session(
             &environment,
             &options.model_dir.join("decoder.onnx"),
-            (&weights.decoder, &weights),
+            &weights.decoder,
+            &weights.prepacked,
             options,
         )?;
         Ok(Self {
@@ -573,11 +584,12 @@ fn select_rows(value: &DynValue, indices: &[usize]) -> Result<DynValue, WhisperE
 }
 
 /// A session of the graph at `path` whose weights are `graph`'s shared tensors
-/// (and whose prepacked copies go to `model`'s shared container).
+/// (and whose prepacked copies go to the shared `prepacked` container).
 fn build_session(
     environment: &Environment,
     path: &Path,
-    (graph, model): (&GraphWeights, &ModelWeights),
+    graph: &GraphWeights,
+    prepacked: &PrepackedWeights,
     options: &ModelOptions,
 ) -> Result<Session, WhisperError> {
     let unavailable = |err: String| WhisperError::ModelUnavailable {
@@ -615,7 +627,7 @@ fn build_session(
     let mut builder = builder
         .with_prepacking(graph.is_quantized())
         .map_err(|err| unavailable(err.to_string()))?
-        .with_prepacked_weights(&model.prepacked)
+        .with_prepacked_weights(prepacked)
         .map_err(|err| unavailable(err.to_string()))?;
     for (name, value) in graph.tensors() {
         builder = builder

@@ -9,6 +9,7 @@
 //! of prepacked weights does the same for the copies ONNX Runtime rearranges
 //! for its matrix kernels.
 
+use crate::model::read_export_json;
 use crate::WhisperError;
 use ort::session::builder::PrepackedWeights;
 use ort::value::{DynValue, Tensor};
@@ -72,24 +73,14 @@ pub struct GraphWeights {
 impl GraphWeights {
     /// Reads the weights `index` lists (a `<graph>.weights.json`).
     pub fn load(index: &Path) -> Result<Self, WhisperError> {
-        let text = std::fs::read_to_string(index).map_err(|source| WhisperError::Io {
-            path: index.to_owned(),
-            source,
-        })?;
-        let listing: WeightsIndex =
-            serde_json::from_str(&text).map_err(|err| invalid(index, err))?;
+        let listing: WeightsIndex = read_export_json(index)?;
         let path = index.with_file_name(&listing.file);
-        let file = File::open(&path).map_err(|source| WhisperError::Io {
+        let io = |source| WhisperError::Io {
             path: path.clone(),
             source,
-        })?;
-        let file_length = file
-            .metadata()
-            .map_err(|source| WhisperError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+        };
+        let file = File::open(&path).map_err(io)?;
+        let file_length = file.metadata().map_err(io)?.len();
         let mut reader = BufReader::new(file);
         let mut tensors = Vec::with_capacity(listing.tensors.len());
         let mut bytes = 0;
@@ -97,10 +88,7 @@ impl GraphWeights {
         for entry in &listing.tensors {
             quantized |= matches!(entry.element, ElementType::Int8 | ElementType::Uint8);
             check_extent(entry, file_length).map_err(|reason| invalid(index, reason))?;
-            let data = WeightData::read(&mut reader, entry).map_err(|source| WhisperError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let data = WeightData::read(&mut reader, entry).map_err(io)?;
             let value = data.into_tensor(entry.shape.clone())?;
             tensors.push((entry.name.clone(), Arc::new(value)));
             bytes += entry.length;
@@ -354,30 +342,39 @@ mod tests {
         assert_eq!(read.expect("read"), WeightData::Float32(values));
     }
 
+    /// The error of loading a one-weight index over `data`.
+    fn load_error(weight: &str, data: &[u8]) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = format!(r#"{{"file": "g.weights", "tensors": [{weight}]}}"#);
+        GraphWeights::load(&write_model(dir.path(), &index, data))
+            .expect_err("refused")
+            .to_string()
+    }
+
     #[test]
     fn a_length_that_does_not_match_the_shape_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let index = r#"{"file": "g.weights", "tensors": [
-            {"name": "w", "type": "float32", "shape": [4], "offset": 0, "length": 12}]}"#;
-        let err = GraphWeights::load(&write_model(dir.path(), index, &[0; 16])).unwrap_err();
-        assert!(err.to_string().contains("needs 16"), "{err}");
+        let err = load_error(
+            r#"{"name": "w", "type": "float32", "shape": [4], "offset": 0, "length": 12}"#,
+            &[0; 16],
+        );
+        assert!(err.contains("needs 16"), "{err}");
     }
 
     #[test]
     fn a_range_past_the_end_of_the_file_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let index = r#"{"file": "g.weights", "tensors": [
-            {"name": "w", "type": "float32", "shape": [4], "offset": 8, "length": 16}]}"#;
-        let err = GraphWeights::load(&write_model(dir.path(), index, &[0; 16])).unwrap_err();
-        assert!(err.to_string().contains("past the end"), "{err}");
+        let err = load_error(
+            r#"{"name": "w", "type": "float32", "shape": [4], "offset": 8, "length": 16}"#,
+            &[0; 16],
+        );
+        assert!(err.contains("past the end"), "{err}");
     }
 
     #[test]
     fn an_unknown_element_type_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let index = r#"{"file": "g.weights", "tensors": [
-            {"name": "w", "type": "complex64", "shape": [1], "offset": 0, "length": 8}]}"#;
-        let err = GraphWeights::load(&write_model(dir.path(), index, &[0; 8])).unwrap_err();
-        assert!(err.to_string().contains("invalid"), "{err}");
+        let err = load_error(
+            r#"{"name": "w", "type": "complex64", "shape": [1], "offset": 0, "length": 8}"#,
+            &[0; 8],
+        );
+        assert!(err.contains("invalid"), "{err}");
     }
 }
