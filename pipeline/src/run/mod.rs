@@ -415,14 +415,18 @@ impl Driver<'_> {
                 }
             }
             // Idle means nothing arrived while nothing was in flight: a broker
-            // holds messages back while the prefetch window is full.
-            if fed > 0 || !self.open_epochs.is_empty() {
-                last_activity = Instant::now();
-            }
+            // holds messages back while the prefetch window is full. It is
+            // counted from the end of this step, which may have spent seconds
+            // on a batch and settled the last messages in flight: only then
+            // can the broker send more.
+            let busy = fed > 0 || !self.open_epochs.is_empty();
             let park = if fed > 0 { 0 } else { 50 };
             self.worker.step_or_park(Some(Duration::from_millis(park)));
             self.settle_passed();
             self.report();
+            if busy {
+                last_activity = Instant::now();
+            }
             let idle = self
                 .options
                 .idle_exit
