@@ -67,6 +67,7 @@ pub struct TranscribeArgs {
     #[arg(long)]
     pub no_fallback: bool,
     /// Pack short files into shared 30 s windows (fewer encoder passes).
+    /// Caveat: a file's text can then depend on the files sharing its window.
     #[arg(long)]
     pub packing: bool,
 }
@@ -116,11 +117,14 @@ pub struct RunArgs {
     /// batch runs (default: until no more chunks can come for its ingest epoch).
     #[arg(long, value_name = "MS", env = "MMT_MAX_BATCH_WAIT_MS")]
     pub max_batch_wait_ms: Option<u64>,
-    /// Pack short recordings from different jobs into shared 30 s windows:
-    /// the default (it says so for scripts that want to be explicit).
+    /// Pack short recordings from different jobs into shared 30 s windows
+    /// (opt-in). Caveat: a packed window is decoded as one sequence, so a
+    /// recording's text can depend on which other recordings share its
+    /// window; without it the same audio always gives the same text.
     #[arg(long, overrides_with = "no_packing")]
     pub packing: bool,
-    /// Give every recording windows of its own (no packing).
+    /// Give every recording windows of its own: the default (it says so for
+    /// scripts that want to be explicit).
     #[arg(long, overrides_with = "packing")]
     pub no_packing: bool,
     /// Transcribe a recording's chunks independently (no previous-text

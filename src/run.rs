@@ -238,8 +238,9 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
 fn transcribe_options(args: &RunArgs) -> TranscribeOptions {
     let options = TranscribeOptions {
         batch_size: args.batch_size,
-        // Packing splits a window by its timestamps, so it needs them.
-        packing: !args.no_packing && !args.without_timestamps,
+        // Opt-in: a packed recording's text depends on its window's other
+        // recordings. Packing splits a window by its timestamps, so it needs them.
+        packing: args.packing && !args.without_timestamps,
         condition_on_previous_text: !args.independent_chunks,
         without_timestamps: args.without_timestamps,
         ..TranscribeOptions::default()
@@ -302,15 +303,15 @@ mod tests {
     }
 
     #[test]
-    fn packing_is_the_default_unless_turned_off_or_without_timestamps() {
+    fn packing_is_opt_in_and_needs_timestamps() {
         let options = |flags: &[&str]| transcribe_options(&run_args(flags));
-        assert!(options(&[]).packing);
+        assert!(!options(&[]).packing, "same audio, same text by default");
         assert!(options(&["--packing"]).packing);
         assert!(!options(&["--no-packing"]).packing);
         assert!(
             options(&["--no-packing", "--packing"]).packing,
             "the last wins"
         );
-        assert!(!options(&["--without-timestamps"]).packing);
+        assert!(!options(&["--packing", "--without-timestamps"]).packing);
     }
 }

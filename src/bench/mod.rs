@@ -120,7 +120,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32")]
     pub precision: Vec<Precision>,
     /// Cross-job packing of short recordings into shared windows: `on` runs
-    /// `mmt run --packing` (its default), `off` `mmt run --no-packing`.
+    /// `mmt run --packing`, `off` `mmt run --no-packing` (its default).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     pub packing: Vec<Switch>,
     /// Decoding: `full` (Whisper's long-form decoding, `mmt run`'s default)

@@ -369,9 +369,9 @@ impl Engine {
         let max_initial = (!options.without_timestamps)
             .then(|| (options.max_initial_timestamp as f64 / TIME_PRECISION).round() as u32);
         let rules = LogitRules::new(&spec, options.suppress_blank, max_initial);
-        let longest_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-        let max_new_tokens =
-            (spec.n_text_ctx / 2).min(spec.n_text_ctx.saturating_sub(longest_prompt));
+        // Whisper's sample length; `generate` also stops each request at the
+        // end of the text context after its own prompt.
+        let max_new_tokens = spec.n_text_ctx / 2;
 
         let mut attempts: Vec<Vec<Outcome>> = vec![Vec::new(); requests.len()];
         let mut pending: Vec<usize> = (0..requests.len()).collect();

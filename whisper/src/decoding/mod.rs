@@ -20,6 +20,8 @@ pub enum Strategy {
     /// Beam search keeping `size` hypotheses; stops after `size × patience` finish.
     Beam { size: usize, patience: f32 },
     /// `count` samples at `temperature`; the best by mean log-probability wins.
+    /// Every request draws from its own generator seeded with `seed`, so a
+    /// window's samples do not depend on the other windows of its batch.
     Sample {
         temperature: f32,
         count: usize,
@@ -246,6 +248,10 @@ impl<'a> Rows<'a> {
 }
 
 /// Decodes `requests` against the encoded windows `cross`.
+///
+/// Each request generates at most `max_new_tokens`, and never past the text
+/// context after its own prompt: a request's limit is its own, not the
+/// batch's, so its tokens do not depend on the other windows of the batch.
 pub fn generate(
     model: &mut WhisperModel,
     cross: &mut CrossAttention,
@@ -307,18 +313,19 @@ pub fn generate(
         rules,
         end_not_before: requests.iter().map(|r| r.end_not_before).collect(),
         eot: spec.eot,
-        max_new_tokens,
+        max_new_tokens: requests
+            .iter()
+            .map(|r| max_new_tokens.min(spec.n_text_ctx.saturating_sub(r.prompt.len())))
+            .collect(),
     };
     let finished = match strategy {
         Strategy::Greedy => search.independent(rows, hypotheses, logits, None)?,
         Strategy::Sample {
             temperature, seed, ..
-        } => search.independent(
-            rows,
-            hypotheses,
-            logits,
-            Some((*temperature, &mut Rng::new(*seed))),
-        )?,
+        } => {
+            let generators = requests.iter().map(|_| Rng::new(*seed)).collect();
+            search.independent(rows, hypotheses, logits, Some((*temperature, generators)))?
+        }
         Strategy::Beam { size, patience } => {
             search.beam(rows, hypotheses, logits, (*size).max(1), *patience)?
         }
@@ -359,10 +366,21 @@ struct Search<'m> {
     /// Per request: see [`Request::end_not_before`].
     end_not_before: Vec<Option<u32>>,
     eot: u32,
-    max_new_tokens: usize,
+    /// Per request: how many tokens it may generate.
+    max_new_tokens: Vec<usize>,
 }
 
 impl Search<'_> {
+    /// The most steps any request may take.
+    fn steps(&self) -> usize {
+        self.max_new_tokens.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Whether a hypothesis has used all the tokens its request may generate.
+    fn at_limit(&self, hypothesis: &Hypothesis) -> bool {
+        hypothesis.tokens.len() >= self.max_new_tokens[hypothesis.request]
+    }
+
     /// Whisper's rules and the request's hold on the end, applied to one row.
     fn masked_logits(
         &self,
@@ -386,11 +404,11 @@ impl Search<'_> {
         mut rows: Rows<'_>,
         mut hypotheses: Vec<Hypothesis>,
         mut logits: Array2<f32>,
-        mut sampling: Option<(f32, &mut Rng)>,
+        mut sampling: Option<(f32, Vec<Rng>)>,
     ) -> Result<Vec<Hypothesis>, WhisperError> {
         let mut done = Vec::with_capacity(hypotheses.len());
         let mut scratch = Vec::new();
-        for _ in 0..self.max_new_tokens {
+        for _ in 0..self.steps() {
             for (row, hypothesis) in hypotheses.iter_mut().enumerate() {
                 if hypothesis.finished {
                     continue;
@@ -398,9 +416,12 @@ impl Search<'_> {
                 let row_logits = self.masked_logits(logits.row(row), hypothesis);
                 let token = match sampling.as_mut() {
                     None => argmax(&row_logits),
-                    Some((temperature, rng)) => {
-                        sample(&row_logits, *temperature, rng, &mut scratch)
-                    }
+                    Some((temperature, generators)) => sample(
+                        &row_logits,
+                        *temperature,
+                        &mut generators[hypothesis.request],
+                        &mut scratch,
+                    ),
                 };
                 log_softmax(&row_logits, &mut scratch);
                 hypothesis.sum_logprob += f64::from(scratch[token as usize]);
@@ -408,6 +429,8 @@ impl Search<'_> {
                     hypothesis.finished = true;
                 } else {
                     hypothesis.tokens.push(token);
+                    // Cut at its request's limit, as a lone decoding would be.
+                    hypothesis.finished = self.at_limit(hypothesis);
                 }
             }
             // A request's rows leave the batch once all of them finished, so no
@@ -463,7 +486,9 @@ impl Search<'_> {
         let requests = beams.iter().map(|b| b.request).max().map_or(0, |m| m + 1);
         let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); requests];
         let mut scratch = Vec::new();
-        for step in 0..self.max_new_tokens {
+        // Live beams of requests that reached their token limit.
+        let mut exhausted = Vec::new();
+        for _ in 0..self.steps() {
             // Candidates per request: (score, source row, token).
             let mut candidates: Vec<Vec<(f64, usize, u32)>> = vec![Vec::new(); requests];
             for (row, beam) in beams.iter().enumerate() {
@@ -513,12 +538,21 @@ impl Search<'_> {
                 }
             }
             // Requests with enough finished hypotheses stop searching.
-            let keep: Vec<usize> = (0..next_beams.len())
-                .filter(|&i| finished[next_beams[i].request].len() < max_finished)
-                .collect();
+            // Requests at their token limit stop too, keeping their live beams.
+            let mut keep = Vec::with_capacity(next_beams.len());
+            for (i, beam) in next_beams.iter().enumerate() {
+                if finished[beam.request].len() >= max_finished {
+                    continue;
+                }
+                if self.at_limit(beam) {
+                    exhausted.push(beam.clone());
+                } else {
+                    keep.push(i);
+                }
+            }
             beams = keep.iter().map(|&i| next_beams[i].clone()).collect();
             let sources: Vec<usize> = keep.iter().map(|&i| sources[i]).collect();
-            if beams.is_empty() || step + 1 == self.max_new_tokens {
+            if beams.is_empty() {
                 break;
             }
             rows.select(&sources)?;
@@ -530,7 +564,7 @@ impl Search<'_> {
             logits = rows.feed(self.model, &next, self.eot)?;
         }
         // Requests that never finished keep their live beams as candidates.
-        for beam in beams {
+        for beam in exhausted.into_iter().chain(beams) {
             if finished[beam.request].is_empty() {
                 finished[beam.request].push(beam);
             }

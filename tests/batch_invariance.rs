@@ -1,0 +1,170 @@
+//! Same audio, same text: with the default settings a recording's transcript
+//! is byte-identical whether it is transcribed alone or among other
+//! recordings, in any batch size, on one worker or two, by `mmt run` and by
+//! `mmt transcribe`. A medical record may not change because of whose
+//! dictations happened to share its batch.
+//!
+//! Besides the shipped samples (one speech chunk each), two longer recordings
+//! made of all the samples in turn span two chunks, so the mixed batches hold
+//! rows with and without a previous-text prompt (left-padded to one length).
+
+mod common;
+
+use base64::Engine as _;
+use common::{documents, mmt, model_ready, read_manifest, root, wav_bytes, wav_samples};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The recordings: the samples, and two concatenations of them (forward and
+/// backward, a second of silence between clips), each ~42 s.
+fn recordings(dir: &Path) -> Vec<PathBuf> {
+    let samples: Vec<Vec<i16>> = read_manifest(&root().join("samples"))
+        .iter()
+        .map(|entry| wav_samples(&root().join("samples").join(&entry.audio)))
+        .collect();
+    let joined = |order: &mut dyn Iterator<Item = &Vec<i16>>| -> Vec<i16> {
+        let mut pcm = Vec::new();
+        for clip in order {
+            pcm.extend_from_slice(clip);
+            pcm.extend(std::iter::repeat_n(0i16, 16_000));
+        }
+        pcm
+    };
+    let mut files: Vec<(String, Vec<i16>)> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, pcm)| (format!("clip_{i}.wav"), pcm.clone()))
+        .collect();
+    files.push(("long_forward.wav".into(), joined(&mut samples.iter())));
+    files.push((
+        "long_backward.wav".into(),
+        joined(&mut samples.iter().rev()),
+    ));
+    files
+        .into_iter()
+        .map(|(name, pcm)| {
+            let path = dir.join(name);
+            std::fs::write(&path, wav_bytes(&pcm)).expect("write recording");
+            path
+        })
+        .collect()
+}
+
+/// Transcript text per job id of a default `mmt run` over `files`, plus `extra` flags.
+fn run_texts(files: &[PathBuf], extra: &[&str]) -> BTreeMap<String, String> {
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    for file in files {
+        std::fs::copy(file, input.path().join(file.file_name().expect("name"))).expect("copy");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(["run", "--no-progress", "--input"])
+        .arg(input.path())
+        .arg("--out")
+        .arg(out.path())
+        .args(extra)
+        .current_dir(root())
+        .env_remove("DATABASE_URL")
+        .env_remove("AUDIT_LOG_FILE")
+        .output()
+        .expect("mmt run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let texts: BTreeMap<String, String> = documents(out.path())
+        .iter()
+        .map(|doc| {
+            let data = doc["content"][0]["attachment"]["data"]
+                .as_str()
+                .unwrap_or_default();
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .expect("base64 transcript");
+            (
+                doc["id"].as_str().expect("id").to_owned(),
+                String::from_utf8(text).expect("UTF-8 transcript"),
+            )
+        })
+        .collect();
+    assert_eq!(texts.len(), files.len(), "one document per recording");
+    texts
+}
+
+#[test]
+fn mmt_run_gives_a_recording_the_same_text_alone_and_in_any_batch() {
+    if !model_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = recordings(dir.path());
+    let mut alone = BTreeMap::new();
+    for file in &files {
+        alone.extend(run_texts(std::slice::from_ref(file), &["--workers", "1"]));
+    }
+    for flags in [
+        &[][..],
+        &["--workers", "1", "--batch-size", "3"][..],
+        &["--workers", "2", "--batch-size", "2"][..],
+    ] {
+        let mixed = run_texts(&files, flags);
+        for (id, text) in &alone {
+            assert_eq!(
+                mixed.get(id),
+                Some(text),
+                "job {id} changed in a mixed run with {flags:?}"
+            );
+        }
+    }
+}
+
+/// `mmt transcribe --format json` lines (text and timed segments) per file.
+fn transcribe_lines(files: &[PathBuf], batch_size: &str) -> BTreeMap<String, String> {
+    let mut args = vec![
+        "transcribe",
+        "--format",
+        "json",
+        "--threads",
+        "2",
+        "--batch-size",
+        batch_size,
+    ];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let (status, stdout, stderr) = mmt(&args);
+    assert!(status.success(), "{stderr}");
+    stdout
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let file = value["file"].as_str().expect("file").to_owned();
+            let segments: Vec<String> = value["segments"]
+                .as_array()
+                .expect("segments")
+                .iter()
+                .map(|s| format!("{}-{} {}", s["start"], s["end"], s["text"]))
+                .collect();
+            (file, format!("{}\n{}", value["text"], segments.join("\n")))
+        })
+        .collect()
+}
+
+#[test]
+fn mmt_transcribe_gives_a_file_the_same_text_alone_and_in_any_batch() {
+    if !model_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = recordings(dir.path());
+    let mut alone = BTreeMap::new();
+    for file in &files {
+        alone.extend(transcribe_lines(std::slice::from_ref(file), "8"));
+    }
+    let reversed: Vec<PathBuf> = files.iter().rev().cloned().collect();
+    for (order, batch_size) in [(&files, "8"), (&files, "3"), (&reversed, "2")] {
+        let mixed = transcribe_lines(order, batch_size);
+        assert_eq!(mixed, alone, "batch size {batch_size}");
+    }
+}
