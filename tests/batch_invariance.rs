@@ -51,6 +51,28 @@ fn recordings(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The recordings in a fresh folder (kept while the folder lives), or `None`
+/// when the model is not set up.
+fn test_recordings() -> Option<(tempfile::TempDir, Vec<PathBuf>)> {
+    if !model_ready() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = recordings(dir.path());
+    Some((dir, files))
+}
+
+/// What `outputs` gives for each file on its own, merged.
+fn each_alone(
+    files: &[PathBuf],
+    outputs: impl Fn(&[PathBuf]) -> BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .flat_map(|file| outputs(std::slice::from_ref(file)))
+        .collect()
+}
+
 /// Transcript text per job id of a default `mmt run` over `files`, plus `extra` flags.
 fn run_texts(files: &[PathBuf], extra: &[&str]) -> BTreeMap<String, String> {
     let input = tempfile::tempdir().expect("tempdir");
@@ -95,15 +117,10 @@ fn run_texts(files: &[PathBuf], extra: &[&str]) -> BTreeMap<String, String> {
 
 #[test]
 fn mmt_run_gives_a_recording_the_same_text_alone_and_in_any_batch() {
-    if !model_ready() {
+    let Some((_dir, files)) = test_recordings() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = recordings(dir.path());
-    let mut alone = BTreeMap::new();
-    for file in &files {
-        alone.extend(run_texts(std::slice::from_ref(file), &["--workers", "1"]));
-    }
+    };
+    let alone = each_alone(&files, |file| run_texts(file, &["--workers", "1"]));
     for flags in [
         &[][..],
         &["--workers", "1", "--batch-size", "3"][..],
@@ -148,15 +165,10 @@ fn transcribe_lines(files: &[PathBuf], batch_size: &str) -> BTreeMap<String, Str
 
 #[test]
 fn mmt_transcribe_gives_a_file_the_same_text_alone_and_in_any_batch() {
-    if !model_ready() {
+    let Some((_dir, files)) = test_recordings() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = recordings(dir.path());
-    let mut alone = BTreeMap::new();
-    for file in &files {
-        alone.extend(transcribe_lines(std::slice::from_ref(file), "8"));
-    }
+    };
+    let alone = each_alone(&files, |file| transcribe_lines(file, "8"));
     let reversed: Vec<PathBuf> = files.iter().rev().cloned().collect();
     for (order, batch_size) in [(&files, "8"), (&files, "3"), (&reversed, "2")] {
         let mixed = transcribe_lines(order, batch_size);
@@ -172,11 +184,10 @@ fn mmt_transcribe_gives_a_file_the_same_text_alone_and_in_any_batch() {
 /// ONNX Runtime's one-row kernels, whose rounding differs from the batch's.
 #[test]
 fn engine_transcripts_are_bit_identical_alone_and_in_a_batch() {
-    if !model_ready() {
+    let Some((_dir, files)) = test_recordings() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let audio: Vec<Vec<f32>> = recordings(dir.path())
+    };
+    let audio: Vec<Vec<f32>> = files
         .iter()
         .map(|path| mmt_whisper::audio::decode_file(path).expect("decodes"))
         .collect();
