@@ -221,8 +221,9 @@ pub enum Take {
     /// number (1 the first time); `generation` tells this record of the job
     /// from an earlier one that was deleted or purged.
     Taken { attempt: u32, generation: i64 },
-    /// Completed or dead-lettered already: nothing to do.
-    Finished,
+    /// Completed or dead-lettered already, last changed at `since` (unix
+    /// seconds; 0 if deleted meanwhile): nothing to do.
+    Finished { since: i64 },
     /// Taken `attempts` times already without finishing: its workers stopped
     /// while processing it (killed, out of memory, aborted). It must not be
     /// taken again: dead-letter it.

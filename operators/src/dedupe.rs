@@ -97,6 +97,7 @@ impl<'scope> Dedupe<'scope> for Stream<'scope, u64, Vec<DecodedJob>> {
             window: Window::default(),
             prefilter: Prefilter::new(filter, metrics),
             max_takes: config.max_takes,
+            started_at: unix_now(),
         };
         let settled = config.settled;
         let window_size = config.window;
@@ -183,6 +184,10 @@ struct Taker {
     window: Window,
     prefilter: Prefilter,
     max_takes: u32,
+    /// Unix seconds when this process started taking jobs: a job finished
+    /// since then and submitted again is a duplicate of this run, one
+    /// finished before it a redelivery of an earlier run's.
+    started_at: i64,
 }
 
 impl Taker {
@@ -209,7 +214,12 @@ impl Taker {
                 failpoint_after_take(&job.meta);
                 Ok(job)
             }
-            Taken::Finished => Err(Outcome::AlreadyFinished(job.meta.id)),
+            // Finished since this process started, and not a broker's
+            // redelivery: the same audio submitted again in this run.
+            Taken::Finished { in_this_run: true } if !job.redelivered => {
+                Err(Outcome::Duplicate(job.meta))
+            }
+            Taken::Finished { .. } => Err(Outcome::AlreadyFinished(job.meta.id)),
             Taken::Exhausted {
                 attempts,
                 generation,
@@ -235,7 +245,7 @@ impl Taker {
         }
         let meta = meta_of_letter(&letter);
         match self.take(&meta, epoch, store) {
-            Taken::Finished => Outcome::AlreadyFinished(letter.job_id),
+            Taken::Finished { .. } => Outcome::AlreadyFinished(letter.job_id),
             Taken::Yes { generation } | Taken::Exhausted { generation, .. } => {
                 letter.correlation_id = correlation_id(&letter.job_id, generation as u64);
                 Outcome::DeadLettered(letter)
@@ -277,9 +287,11 @@ impl Taker {
                 }
                 Taken::Yes { generation }
             }
-            Ok(Take::Finished) => {
+            Ok(Take::Finished { since }) => {
                 tracing::debug!(job = %meta.id, "already finished");
-                return Taken::Finished;
+                return Taken::Finished {
+                    in_this_run: since >= self.started_at,
+                };
             }
             Ok(Take::Exhausted {
                 attempts,
@@ -313,9 +325,17 @@ impl Taker {
 /// What a take decided, less what the caller need not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Taken {
-    Yes { generation: i64 },
-    Finished,
-    Exhausted { attempts: u32, generation: i64 },
+    Yes {
+        generation: i64,
+    },
+    /// `in_this_run`: finished since this process started.
+    Finished {
+        in_this_run: bool,
+    },
+    Exhausted {
+        attempts: u32,
+        generation: i64,
+    },
 }
 
 /// The job's events carry its generation's correlation id: the same for every
@@ -473,6 +493,8 @@ mod tests {
     struct MemoryStore {
         jobs: HashMap<JobId, (JobStatus, u32, i64)>,
         next_generation: i64,
+        /// What the store reports as the time of every finish.
+        now: i64,
     }
 
     impl JobStore for MemoryStore {
@@ -494,7 +516,7 @@ mod tests {
             self.insert_queued(meta)?;
             let job = self.jobs.get_mut(&meta.id).expect("inserted");
             Ok(if job.0.is_terminal() {
-                Take::Finished
+                Take::Finished { since: self.now }
             } else if job.1 >= max_takes {
                 Take::Exhausted {
                     attempts: job.1,
@@ -584,6 +606,7 @@ mod tests {
             window: Window::default(),
             prefilter,
             max_takes,
+            started_at: 1_000,
         };
         (taker, handle, metrics)
     }
@@ -695,10 +718,23 @@ mod tests {
         taker.window.forget_settled(&ProbeHandle::new());
         assert_eq!(taker.window.len(), 0);
         assert!(taker.window.by_epoch.is_empty());
-        // Finished in the store, a later arrival is a redelivery.
+        // Finished in an earlier run, a later arrival is a redelivery.
         store.jobs.get_mut(&id("w3")).expect("stored").0 = JobStatus::Completed;
         assert!(matches!(
             taker.judge(job("w3"), 11, &mut store),
+            Err(Outcome::AlreadyFinished(_))
+        ));
+        // Finished in this run, the same audio again is a duplicate
+        // submission, unless the broker says it is a redelivery.
+        store.now = taker.started_at;
+        assert!(matches!(
+            taker.judge(job("w3"), 12, &mut store),
+            Err(Outcome::Duplicate(_))
+        ));
+        let mut redelivered = job("w3");
+        redelivered.redelivered = true;
+        assert!(matches!(
+            taker.judge(redelivered, 12, &mut store),
             Err(Outcome::AlreadyFinished(_))
         ));
     }

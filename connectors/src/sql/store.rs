@@ -155,7 +155,7 @@ const TAKE: &str = "UPDATE jobs SET status = 'processing', attempts = attempts +
      AND attempts < ?";
 
 /// Where a job stands after a take.
-const TAKE_STATE: &str = "SELECT status, attempts, generation FROM jobs WHERE id = ?";
+const TAKE_STATE: &str = "SELECT status, attempts, generation, updated_at FROM jobs WHERE id = ?";
 
 const PURGE_SELECT: &str = "SELECT id FROM jobs WHERE received_at < ? ORDER BY received_at, id";
 
@@ -531,7 +531,7 @@ impl SqlJobStore {
                     .await?
                 else {
                     // Deleted in between (an API deletion): nothing to process.
-                    return Ok(Take::Finished);
+                    return Ok(Take::Finished { since: 0 });
                 };
                 let text: String = row.try_get("status")?;
                 let status =
@@ -545,7 +545,9 @@ impl SqlJobStore {
                         generation,
                     }
                 } else if status.is_terminal() {
-                    Take::Finished
+                    Take::Finished {
+                        since: row.try_get("updated_at")?,
+                    }
                 } else {
                     Take::Exhausted {
                         attempts,

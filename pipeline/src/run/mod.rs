@@ -504,12 +504,18 @@ impl Driver<'_> {
         fed
     }
 
-    /// Whether the job was taken and never finished: a worker stopped while
-    /// processing it (or it is a repeat of a job in flight, which dedupe
-    /// settles either way). A failed lookup counts as no: the job runs.
+    /// Whether the job was taken and never finished, and is not in flight
+    /// here: a worker stopped while processing it. (A repeat of a job in
+    /// flight is fed as usual: dedupe reports it as a duplicate.) A failed
+    /// lookup counts as no: the job runs.
     fn is_suspect(&mut self, delivery: &Delivery) -> bool {
         let id = job_meta(&delivery.record).id;
-        matches!(self.screen.status(&id), Ok(Some(JobStatus::Processing)))
+        let in_flight = self
+            .open_epochs
+            .values()
+            .flatten()
+            .any(|(_, job)| *job == id);
+        !in_flight && matches!(self.screen.status(&id), Ok(Some(JobStatus::Processing)))
     }
 
     /// Feeds the oldest suspect alone, in an epoch of its own.
