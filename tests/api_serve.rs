@@ -322,6 +322,89 @@ fn an_upload_is_transcribed_and_its_transcript_served() {
 
 /// A throwaway CA and a server certificate for 127.0.0.1 signed by it
 /// (rustls refuses a CA certificate used as the server's own).
+/// Submits `audio` as the tenant of `token`; the answer's status and job id.
+fn submit(agent: &ureq::Agent, base: &str, token: &str, audio: &[u8]) -> (u16, String) {
+    let mut response = agent
+        .post(&format!("{base}/v1/jobs"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .send(&multipart(audio, &[])[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    let job: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    (status, job["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The job once it is final (completed or dead-lettered).
+fn wait_until_final(agent: &ureq::Agent, job_url: &str, token: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let (status, job) = get_json(agent, job_url, token);
+        assert_eq!(status, 200);
+        if job["status"] == "completed" || job["status"] == "dead_lettered" {
+            return job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "still {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_deleted_recording_submitted_again_completes_and_both_rounds_are_audited() {
+    if !model_ready() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(out.path(), &[]);
+    let agent = agent();
+    let submitter = token(&["submitter", "reader"]);
+    let admin = token(&["admin"]);
+    let audio = std::fs::read(root().join("samples/dict_001.wav")).unwrap();
+    let mut ids = Vec::new();
+    for round in 1..=2 {
+        let (status, id) = submit(&agent, &server.base, &submitter, &audio);
+        assert_eq!(status, 202, "round {round}");
+        let job_url = format!("{}/v1/jobs/{id}", server.base);
+        let job = wait_until_final(&agent, &job_url, &submitter);
+        assert_eq!(job["status"], "completed", "round {round}: {job}");
+        assert_eq!(job["attempts"], 1, "round {round}: a new record, one take");
+        let (status, _) = get_json(&agent, &format!("{job_url}/transcript"), &submitter);
+        assert_eq!(status, 200, "round {round}");
+        let deleted = agent
+            .delete(&job_url)
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .unwrap();
+        assert_eq!(deleted.status().as_u16(), 204, "round {round}");
+        ids.push(id);
+    }
+    assert_eq!(ids[0], ids[1], "the same recording is the same job");
+    let status = server.stop();
+    assert!(status.success(), "a clean shutdown: {status}");
+
+    let audit = read_lines(&out.path().join("audit.jsonl"));
+    let count = |action: &str| {
+        audit
+            .iter()
+            .filter(|e| e["action"] == action && e["job_id"] == ids[0].as_str())
+            .count()
+    };
+    assert_eq!(count("job_completed"), 2, "{audit:?}");
+    assert_eq!(count("job_deleted"), 2, "{audit:?}");
+    assert_eq!(count("job_duplicate"), 0, "{audit:?}");
+    // Each round's events share its own correlation id.
+    let rounds: std::collections::HashSet<&str> = audit
+        .iter()
+        .filter(|e| e["job_id"] == ids[0].as_str())
+        .map(|e| e["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rounds.len(), 2, "{audit:?}");
+}
+
 fn test_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let path = |name: &str| dir.join(name);
     let ext = path("server.ext");

@@ -17,7 +17,9 @@ const LONGEST_SENSIBLE_DELAY: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Serialize)]
 pub struct ReprocessConfig {
     /// `MAX_REPROCESS_ATTEMPTS`: retries of a retryable failure before the job is
-    /// dead-lettered. Default 5; 0 dead-letters at the first failure.
+    /// dead-lettered. Default 5; 0 dead-letters at the first failure. Also the
+    /// takes of a job whose worker stops while processing it (killed, out of
+    /// memory) before it is dead-lettered; at least one take either way.
     pub max_attempts: u32,
     /// `BACKOFF_BASE_SECONDS`: the first retry's delay; each further retry doubles it.
     /// Fractions allowed. Default 2.

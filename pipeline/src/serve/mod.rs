@@ -36,6 +36,7 @@ use mmt_core::source::JobSource;
 use mmt_core::telemetry::Metrics;
 use mmt_core::Transcript;
 use mmt_operators::decode::job_meta;
+use mmt_operators::identity::correlation_id;
 use mmt_operators::records::SourceRecord;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -255,7 +256,14 @@ impl ServiceControl {
         Ok(row.filter(|row| row.meta.tenant == tenant))
     }
 
-    fn audit_deletion(&self, row: &JobRow, actor: &str, audio_removed: bool, documents: u64) {
+    /// Records the deletion in the audit trail; a failure fails the request.
+    fn audit_deletion(
+        &self,
+        row: &JobRow,
+        actor: &str,
+        audio_removed: bool,
+        documents: u64,
+    ) -> Result<(), ControlError> {
         let detail = BTreeMap::from([
             (
                 "audio".to_owned(),
@@ -269,13 +277,16 @@ impl ServiceControl {
             action: AuditAction::JobDeleted,
             job_id: row.meta.id.clone(),
             tenant: row.meta.tenant.clone(),
-            correlation_id: row.meta.correlation_id.clone(),
+            // The generation's, as the pipeline's events of this record of
+            // the job: one deletion event per record, however often retried.
+            correlation_id: correlation_id(&row.meta.id, row.generation as u64),
             actor: format!("{ACTOR_PREFIX}{actor}"),
             detail,
         };
-        if let Err(err) = lock(&self.audit).record(&event) {
+        lock(&self.audit).record(&event).map_err(|err| {
             tracing::error!(job = %row.meta.id, error = %err, "the deletion could not be audited");
-        }
+            unavailable("the audit trail", err)
+        })
     }
 }
 
@@ -457,10 +468,12 @@ impl JobControl for ServiceControl {
         let documents = lock(&self.documents)
             .purge(std::slice::from_ref(id))
             .map_err(|e| unavailable("the document sink", e))?;
+        // Audited before the row goes: if the audit fails the request fails
+        // and the job is still there to delete again (then audited once).
+        self.audit_deletion(&row, actor, audio_removed, documents)?;
         self.store()
             .delete(id)
             .map_err(|e| unavailable("the job store", e))?;
-        self.audit_deletion(&row, actor, audio_removed, documents);
         tracing::info!(job = %id, "job deleted");
         Ok(true)
     }
