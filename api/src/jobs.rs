@@ -68,8 +68,10 @@ const MAX_CALLBACK_URL: usize = 2048;
         (status = 413, description = "Upload too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart or JSON, or not supported audio", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The job store or intake is down", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit, or holding its whole share of the job queue (MMT_API_MAX_QUEUED_PER_TENANT); nothing was recorded", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The job queue is full (MMT_API_MAX_QUEUED_JOBS; with Retry-After), the transcription dataflow has stopped, or the job store or intake is down; nothing was recorded", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying (when the queue is full)"))),
     ),
     security(("bearer" = []))
 )]
@@ -81,6 +83,12 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     require(&caller, SUBMITTERS)?;
     let idempotency_key = idempotency_key(&headers)?;
+    // Refuse before the body is read: a full queue costs a refused upload
+    // neither memory nor disk.
+    let tenant = caller.tenant.clone();
+    state
+        .blocking(move |control| control.admits(&tenant).map_err(ApiError::from))
+        .await?;
     let trace_parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
