@@ -184,11 +184,17 @@ impl IntoResponse for ApiError {
 pub async fn problem_for_every_error(request: Request<Body>, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_problem = response
+    // A problem document, or a handler's own JSON answer (the readiness
+    // report's 503), is kept: only axum's and tower-http's plain-text errors
+    // are replaced.
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_some_and(|value| {
+            let value = value.as_bytes();
+            value.starts_with(PROBLEM_JSON.as_bytes()) || value.starts_with(b"application/json")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
     let detail = match status {

@@ -86,9 +86,18 @@ pub async fn submit(
     // Refuse before the body is read: a full queue costs a refused upload
     // neither memory nor disk.
     let tenant = caller.tenant.clone();
-    state
+    let admitted = state
         .blocking(move |control| control.admits(&tenant).map_err(ApiError::from))
-        .await?;
+        .await;
+    if let Err(refusal) = admitted {
+        // A client that did not wait for `100 Continue` is sending the body
+        // anyway: read it into nothing, so it gets the answer rather than a
+        // reset connection. One that waits is spared sending it.
+        if !expects_continue(&headers) {
+            discard_body(request.into_body(), state.config.max_upload_bytes).await;
+        }
+        return Err(refusal);
+    }
     let trace_parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -152,6 +161,27 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and drops up to about `limit` bytes of `body`, holding one frame at a time.
+async fn discard_body(mut body: axum::body::Body, limit: usize) {
+    use axum::body::HttpBody;
+    let mut read = 0usize;
+    while read <= limit {
+        let frame =
+            std::future::poll_fn(|context| std::pin::Pin::new(&mut body).poll_frame(context)).await;
+        match frame {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+            Some(Err(_)) | None => break,
+        }
+    }
 }
 
 /// The fields of a submission, before they are checked.
