@@ -30,7 +30,7 @@ pub const RETRY_AFTER_SECONDS: u64 = 30;
 /// Most audio bytes one poll hands the dataflow (at least one job, whatever
 /// its size): the driver keeps a few polls in flight, so this bounds the
 /// audio the dataflow holds however long the queue and its recordings are.
-const MAX_BYTES_PER_POLL: usize = 256 * 1024 * 1024;
+const MAX_BYTES_PER_POLL: usize = 64 * 1024 * 1024;
 
 /// The bounds of the queue (`MMT_API_MAX_QUEUED_JOBS`,
 /// `MMT_API_MAX_QUEUED_PER_TENANT`).
