@@ -64,7 +64,7 @@ impl IntakeConfig {
                 ));
             }
         }
-        if self.max_queued_per_tenant > self.max_queued_jobs {
+        if self.max_queued_jobs > 0 && self.max_queued_per_tenant > self.max_queued_jobs {
             out.push(Problem::warning(
                 MMT_API_MAX_QUEUED_PER_TENANT,
                 format!(
