@@ -82,6 +82,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             days: config.retention.retention_days,
             interval: UPLOAD_RETENTION_INTERVAL,
         },
+        retry: config.reprocess.retry_policy(),
     };
     let model = model_options(&config, Some(threads));
     let dataflow = {

@@ -200,7 +200,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(store.ids().unwrap(), [id.clone()]);
+        assert_eq!(store.ids().unwrap(), std::slice::from_ref(&id));
         assert!(store.delete(&id).unwrap());
         assert!(!store.delete(&id).unwrap());
         assert!(store.load(&id).unwrap().is_none());
