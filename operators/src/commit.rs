@@ -490,3 +490,230 @@ fn audit(
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmt_core::error::ErrorClass;
+    use mmt_core::job::{JobMeta, JobStatus};
+    use mmt_core::Transcript;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::sync::Mutex;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::core::{Inspect, Probe};
+    use timely::dataflow::operators::Input;
+    use timely::dataflow::{InputHandle, ProbeHandle};
+
+    /// What the sinks saw. The sinks are test doubles: the point is to fail
+    /// on demand (a store down for N writes, a 4xx for one job), which the
+    /// real connectors do only with their services, in `tests/store_outage.rs`.
+    #[derive(Default)]
+    struct Seen {
+        documents: Vec<String>,
+        completed: Vec<String>,
+        dead_letters: Vec<String>,
+        store_failures_left: u32,
+    }
+
+    type Shared = Arc<Mutex<Seen>>;
+
+    fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Seen> {
+        shared.lock().expect("lock")
+    }
+
+    struct Documents(Shared);
+
+    impl DocumentSink for Documents {
+        fn write(&mut self, job: &CompletedJob) -> Result<(), ComponentError> {
+            if job.meta.id.0 == "rejected" {
+                let permanent = ErrorClass::External { retryable: false };
+                return Err(ComponentError::new(permanent, "HTTP 422 (error invalid)"));
+            }
+            lock(&self.0).documents.push(job.meta.id.0.clone());
+            Ok(())
+        }
+
+        fn purge(&mut self, _ids: &[JobId]) -> Result<u64, ComponentError> {
+            Ok(0)
+        }
+    }
+
+    struct Audit;
+
+    impl AuditSink for Audit {
+        fn record(&mut self, _event: &AuditEvent) -> Result<(), ComponentError> {
+            Ok(())
+        }
+    }
+
+    struct Letters(Shared);
+
+    impl DeadLetterSink for Letters {
+        fn send(&mut self, letter: &DeadLetter) -> Result<(), ComponentError> {
+            lock(&self.0).dead_letters.push(letter.job_id.0.clone());
+            Ok(())
+        }
+    }
+
+    struct Store(Shared);
+
+    impl JobStore for Store {
+        fn status(&mut self, _id: &JobId) -> Result<Option<JobStatus>, ComponentError> {
+            Ok(None)
+        }
+
+        fn insert_queued(&mut self, _meta: &JobMeta) -> Result<bool, ComponentError> {
+            Ok(true)
+        }
+
+        fn transition(&mut self, _id: &JobId, _status: JobStatus) -> Result<bool, ComponentError> {
+            Ok(true)
+        }
+
+        fn complete(&mut self, job: &CompletedJob) -> Result<(), ComponentError> {
+            let mut seen = lock(&self.0);
+            if seen.store_failures_left > 0 {
+                seen.store_failures_left -= 1;
+                let transient = ErrorClass::External { retryable: true };
+                return Err(ComponentError::new(transient, "connection refused"));
+            }
+            seen.completed.push(job.meta.id.0.clone());
+            Ok(())
+        }
+
+        fn dead_letter(&mut self, _letter: &DeadLetter) -> Result<(), ComponentError> {
+            Ok(())
+        }
+
+        fn purge_before(&mut self, _cutoff: i64, _dry: bool) -> Result<Vec<JobId>, ComponentError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn completed(id: &str) -> Outcome {
+        Outcome::Completed(Box::new(CompletedJob {
+            meta: JobMeta {
+                id: JobId(id.into()),
+                tenant: "t".into(),
+                content_hash: "h".into(),
+                source: "a.wav".into(),
+                patient_reference: None,
+                encounter_reference: None,
+                correlation_id: "c".into(),
+                received_at: unix_now(),
+                trace_parent: None,
+            },
+            transcript: Transcript::from_segments(vec![], 1.0, "en"),
+            completed_at: unix_now(),
+        }))
+    }
+
+    struct Ran {
+        seen: Shared,
+        settled: Vec<(JobId, Settlement)>,
+        counters: Arc<CommitCounters>,
+        metrics: Metrics,
+    }
+
+    /// Commits `ids` through one commit stage whose store fails the first
+    /// `store_failures` writes; `stop` is set before the run starts.
+    fn commit_all(ids: &[&str], store_failures: u32, stop: bool) -> Ran {
+        let seen: Shared = Arc::new(Mutex::new(Seen {
+            store_failures_left: store_failures,
+            ..Seen::default()
+        }));
+        let sinks = Sinks {
+            documents: Box::new(Documents(Arc::clone(&seen))),
+            audit: Box::new(Audit),
+            dead_letters: Box::new(Letters(Arc::clone(&seen))),
+            store: Box::new(Store(Arc::clone(&seen))),
+        };
+        let options = CommitOptions {
+            retry: RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(8))
+                .expect("valid"),
+            retention: Retention {
+                days: 36_500,
+                interval: Duration::from_secs(3600),
+            },
+            stop: Arc::new(AtomicBool::new(stop)),
+        };
+        let counters = Arc::new(CommitCounters::default());
+        let metrics = Metrics::new().expect("metrics");
+        let outcomes: Vec<Outcome> = ids.iter().map(|id| completed(id)).collect();
+        let (counters_in, metrics_in) = (Arc::clone(&counters), metrics.clone());
+        // The closure must be Sync; the sinks are only Send.
+        let held = Mutex::new(Some((sinks, outcomes)));
+        let settled = timely::execute_directly(move |worker| {
+            let (sinks, outcomes) = held.lock().expect("lock").take().expect("one worker");
+            let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Outcome>>> =
+                InputHandle::new();
+            let probe = ProbeHandle::new();
+            let settled = Rc::new(RefCell::new(Vec::new()));
+            let settled_in = Rc::clone(&settled);
+            worker.dataflow::<u64, _, _>(|scope| {
+                scope
+                    .input_from(&mut input)
+                    .commit(Some(sinks), options, counters_in, metrics_in)
+                    .inspect(move |item| settled_in.borrow_mut().push(item.clone()))
+                    .probe_with(&probe);
+            });
+            for outcome in outcomes {
+                input.send(outcome);
+            }
+            input.close();
+            while !probe.done() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            settled.take()
+        });
+        Ran {
+            seen,
+            settled,
+            counters,
+            metrics,
+        }
+    }
+
+    #[test]
+    fn a_store_outage_is_waited_out_and_dead_letters_nothing() {
+        // Far more failures than the old five tries allowed.
+        let ran = commit_all(&["a", "b", "c"], 40, false);
+        let seen = lock(&ran.seen);
+        assert_eq!(
+            seen.completed,
+            ["a", "b", "c"],
+            "in order, once the store is back"
+        );
+        assert!(seen.dead_letters.is_empty());
+        assert_eq!(seen.store_failures_left, 0);
+        assert!(ran
+            .settled
+            .iter()
+            .all(|(_, settlement)| *settlement == Settlement::Committed));
+        assert_eq!(ran.counters.completed.load(Ordering::Relaxed), 3);
+        let outages = ran.metrics.sink_outage_total.with_label_values(&[STORE]);
+        assert_eq!(outages.get(), 1, "one outage");
+        assert_eq!(ran.metrics.sink_outage.with_label_values(&[STORE]).get(), 0);
+    }
+
+    #[test]
+    fn only_a_permanent_rejection_dead_letters() {
+        let ran = commit_all(&["a", "rejected", "c"], 3, false);
+        let seen = lock(&ran.seen);
+        assert_eq!(seen.completed, ["a", "c"]);
+        assert_eq!(seen.dead_letters, ["rejected"]);
+        let rejected = ran.settled.iter().find(|(id, _)| id.0 == "rejected");
+        assert_eq!(rejected.map(|(_, s)| *s), Some(Settlement::DeadLettered));
+        assert_eq!(ran.counters.dead_lettered.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_stop_during_an_outage_abandons_what_it_holds_unsettled() {
+        let ran = commit_all(&["a", "b"], u32::MAX, true);
+        let seen = lock(&ran.seen);
+        assert!(seen.completed.is_empty() && seen.dead_letters.is_empty());
+        assert!(ran.settled.is_empty(), "nothing to acknowledge");
+        assert_eq!(ran.counters.abandoned.load(Ordering::Relaxed), 2);
+    }
+}
