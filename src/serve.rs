@@ -97,6 +97,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             interval: UPLOAD_RETENTION_INTERVAL,
         },
         max_takes: config.reprocess.max_attempts,
+        retry: config.reprocess.retry_policy(),
     };
     let dataflow_failed = Arc::new(AtomicBool::new(false));
     let fail_for_tests = std::env::var_os(TEST_DATAFLOW_PANIC).is_some();

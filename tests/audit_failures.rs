@@ -11,14 +11,15 @@ use mmt_core::error::ErrorClass;
 use mmt_core::job::{
     unix_now, AuditEvent, AuditSink, CompletedJob, ComponentError, JobId, JobMeta,
 };
+use mmt_core::retry::RetryPolicy;
 use mmt_core::source::Settlement;
 use mmt_core::telemetry::Metrics;
 use mmt_core::{Segment, Transcript};
-use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Retention, Sinks};
+use mmt_operators::commit::{Commit, CommitCounters, CommitOptions, Retention, Sinks};
 use mmt_operators::records::Outcome;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
@@ -128,10 +129,13 @@ fn a_commit_whose_audit_write_fails_is_retried_and_not_settled_until_it_succeeds
                 .input_from(&mut input)
                 .commit(
                     Some(sinks),
-                    CommitRetry::default(),
-                    Retention {
-                        days: 36_500,
-                        interval: Duration::from_secs(3600),
+                    CommitOptions {
+                        retry: RetryPolicy::from_base(Duration::from_millis(50)),
+                        retention: Retention {
+                            days: 36_500,
+                            interval: Duration::from_secs(3600),
+                        },
+                        stop: Arc::new(AtomicBool::new(false)),
                     },
                     Arc::new(CommitCounters::default()),
                     Metrics::new().expect("metrics"),

@@ -27,11 +27,12 @@ use crate::config::Config;
 use mmt_connectors::files::{AuditLogConfig, DeadLetterFileConfig, FhirNdjsonConfig};
 use mmt_core::idempotency::IdempotencyFilter;
 use mmt_core::job::{JobId, JobStatus, JobStore};
+use mmt_core::retry::RetryPolicy;
 use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
-use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Retention, Sinks};
+use mmt_operators::commit::{Commit, CommitCounters, CommitOptions, Retention, Sinks};
 use mmt_operators::decode::{job_meta, DecodeAudio};
 use mmt_operators::dedupe::{Dedupe, DedupeConfig};
 use mmt_operators::infer::Transcribe;
@@ -95,6 +96,10 @@ pub struct RunOptions {
     /// Takes of one job before it is dead-lettered as one that stops its
     /// workers (`MAX_REPROCESS_ATTEMPTS`).
     pub max_takes: u32,
+    /// Backoff for transient sink failures (`BACKOFF_BASE_SECONDS`): the
+    /// commit stage waits an outage out, with the source paused, rather than
+    /// dead-letter the jobs it holds.
+    pub retry: RetryPolicy,
 }
 
 /// Where the embedded sinks write, derived from the config and `--out`.
@@ -283,6 +288,11 @@ pub fn run(
             let options_in = options.clone();
             let counters_in = Arc::clone(&counters);
             let metrics_in = metrics.clone();
+            let commit_options = CommitOptions {
+                retry: options.retry,
+                retention: options.retention,
+                stop: Arc::clone(&stop),
+            };
             // Jobs dead-lettered by the commit stage (worker 0), for settling.
             let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
             let dead_lettered_in = Rc::clone(&dead_lettered);
@@ -306,13 +316,7 @@ pub fn run(
                 let completed = results.assemble();
                 scope
                     .concatenate([repeats, failed, completed])
-                    .commit(
-                        sinks,
-                        CommitRetry::default(),
-                        options_in.retention,
-                        counters_in,
-                        metrics_in,
-                    )
+                    .commit(sinks, commit_options, counters_in, metrics_in)
                     .inspect(move |(job, settlement)| {
                         if *settlement == Settlement::DeadLettered {
                             dead_lettered_in.borrow_mut().insert(job.clone());
@@ -552,6 +556,15 @@ impl Driver<'_> {
             .take_while(|epoch| !self.probe.less_equal(epoch))
             .collect();
         if passed.is_empty() {
+            return;
+        }
+        if self.counters.abandoned.load(Ordering::Relaxed) > 0 {
+            // A stop came during a sink outage and the commit stage dropped
+            // outcomes it could not write: nothing open may be acknowledged
+            // now, the broker redelivers it all (the sinks are idempotent).
+            for epoch in passed {
+                self.open_epochs.remove(&epoch);
+            }
             return;
         }
         let mut dead_lettered = self.dead_lettered.borrow_mut();
