@@ -11,10 +11,9 @@ pub const JOB_ID_HEX_LEN: usize = 32;
 /// Hex digits of a correlation id (64 bits of SHA-256).
 pub const CORRELATION_ID_HEX_LEN: usize = 16;
 
-/// The hex SHA-256 of the audio bytes (64 lowercase hex digits).
-pub fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+/// The hex SHA-256 of the audio bytes (64 lowercase hex digits); streamed
+/// input hashes with [`ContentHasher`] to the same value.
+pub use mmt_core::content::{content_hash, ContentHasher};
 
 /// The job's id: the first 32 hex digits of SHA-256(`tenant` ‖ 0x00 ‖
 /// `content_hash`). The zero byte keeps `("ab", "c…")` and `("a", "bc…")` apart.
