@@ -1002,7 +1002,12 @@ fn concurrent_submissions_of_the_same_audio_make_one_job() {
         .collect();
     assert_eq!(ids.len(), 1, "one job: {answers:?}");
     let id = ids.into_iter().next().unwrap();
-    // The job's upload, and no spool file of the others.
+    // Uploads are spooled in the upload folder (kept by a rename) ...
+    assert_eq!(
+        mmt_core::control::JobControl::spool_dir(api.control.as_ref()),
+        api.dir.path().join("uploads")
+    );
+    // ... which holds the job's upload, and no spool file of the others.
     assert_eq!(api.uploads(), [format!("{id}.audio"), format!("{id}.json")]);
     let (_, listed) = api.json(get("/v1/jobs", &submitter));
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);

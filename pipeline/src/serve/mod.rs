@@ -564,6 +564,12 @@ impl JobControl for ServiceControl {
         }
     }
 
+    /// The upload folder: a received upload is kept by a rename, and a
+    /// crash's leftovers are removed when the folder is next opened.
+    fn spool_dir(&self) -> std::path::PathBuf {
+        self.uploads.dir().to_path_buf()
+    }
+
     fn read_reference(&self, reference: &str) -> Result<Vec<u8>, ControlError> {
         self.references
             .read_reference(reference)
