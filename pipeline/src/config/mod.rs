@@ -45,6 +45,7 @@
 //! [`Config::validate`] does no I/O; [`Config::check_files`] is the separate check
 //! that looks at the file system (model, ONNX Runtime, TLS files).
 
+mod audio;
 mod audit;
 mod database;
 mod environment;
@@ -71,6 +72,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+pub use audio::{AudioConfig, DEFAULT_MAX_AUDIO_SECONDS};
 pub use audit::AuditConfig;
 pub use database::{DatabaseConfig, DatabaseKind, DatabaseUrl};
 pub use environment::Environment;
@@ -121,6 +123,7 @@ pub const VARIABLES: &[&str] = &[
     "MMT_MODEL_DIR",
     "ORT_DYLIB_PATH",
     "MMT_INTRA_OP_THREADS",
+    "MMT_MAX_AUDIO_SECONDS",
 ];
 
 /// The whole configuration, one section per concern. `Serialize` gives the effective
@@ -154,6 +157,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The transcription model and ONNX Runtime.
     pub model: ModelConfig,
+    /// Limits on the recordings accepted.
+    pub audio: AudioConfig,
 }
 
 /// A configuration and every problem found reading and validating it.
@@ -275,6 +280,7 @@ impl Config {
             reprocess: ReprocessConfig::from_vars(vars),
             telemetry: TelemetryConfig::from_vars(vars),
             model: ModelConfig::from_vars(vars, root),
+            audio: AudioConfig::from_vars(vars),
         }
     }
 
@@ -295,6 +301,7 @@ impl Config {
         self.reprocess.validate(env, &mut out);
         self.telemetry.validate(env, &mut out);
         self.model.validate(env, &mut out);
+        self.audio.validate(env, &mut out);
         out
     }
 

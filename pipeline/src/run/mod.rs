@@ -25,7 +25,7 @@ use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
 use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Retention, Sinks};
-use mmt_operators::decode::{job_meta, DecodeAudio};
+use mmt_operators::decode::{job_meta, DecodeAudio, DecodeSettings};
 use mmt_operators::dedupe::Dedupe;
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::SourceRecord;
@@ -83,6 +83,9 @@ pub struct RunOptions {
     pub transcribe: TranscribeOptions,
     /// Voice activity detection and chunking.
     pub chunking: ChunkConfig,
+    /// The longest recording accepted, in seconds (`MMT_MAX_AUDIO_SECONDS`);
+    /// a longer one is dead-lettered while it decodes.
+    pub max_audio_seconds: Option<u32>,
     /// Retention enforced while the run goes on.
     pub retention: Retention,
 }
@@ -274,9 +277,13 @@ pub fn run(
             let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
             let dead_lettered_in = Rc::clone(&dead_lettered);
             worker.dataflow::<u64, _, _>(|scope| {
-                let (decoded, rejected) = scope.input_from(&mut input).decode_audio();
+                let (decoded, rejected) =
+                    scope.input_from(&mut input).decode_audio(DecodeSettings {
+                        chunking: options_in.chunking.clone(),
+                        max_audio_seconds: options_in.max_audio_seconds,
+                    });
                 let (fresh, repeats) = decoded.dedupe(store, filter, metrics_in.clone());
-                let (results, failed) = fresh.chunk_speech(options_in.chunking.clone()).transcribe(
+                let (results, failed) = fresh.chunk_speech().transcribe(
                     engine,
                     options_in.transcribe.clone(),
                     options_in.max_batch_wait,
