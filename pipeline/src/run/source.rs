@@ -26,7 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Extensions the source picks up (case-insensitive).
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "mp3", "ogg", "opus", "oga"];
 
-/// Files larger than this are refused as records (dead-lettered by decode as empty).
+/// Files larger than this are refused as records (dead-lettered by decode as
+/// unreadable). Decoding streams a file, so this no longer guards memory; the
+/// duration limit (`MMT_MAX_AUDIO_SECONDS`) is what bounds a recording.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Optional per-file metadata.
@@ -153,7 +155,8 @@ impl DirectorySource {
         self.follow.is_none() || self.last_seen.get(path) == Some(state)
     }
 
-    /// Reads one file into a record.
+    /// The record of one file: its sidecar read, its content hashed as a
+    /// stream, and its audio left in the file for decode to stream.
     pub fn read(&self, path: &Path, received_at: i64) -> Result<SourceRecord, Unreadable> {
         let unreadable = |reason: String| Unreadable {
             path: path.to_owned(),
