@@ -495,7 +495,7 @@ fn audit(
 mod tests {
     use super::*;
     use mmt_core::error::ErrorClass;
-    use mmt_core::job::{JobMeta, JobStatus};
+    use mmt_core::job::{JobMeta, JobStatus, Take};
     use mmt_core::Transcript;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -565,6 +565,13 @@ mod tests {
 
         fn insert_queued(&mut self, _meta: &JobMeta) -> Result<bool, ComponentError> {
             Ok(true)
+        }
+
+        fn take(&mut self, _meta: &JobMeta, _max_takes: u32) -> Result<Take, ComponentError> {
+            Ok(Take::Taken {
+                attempt: 1,
+                generation: 1,
+            })
         }
 
         fn transition(&mut self, _id: &JobId, _status: JobStatus) -> Result<bool, ComponentError> {
