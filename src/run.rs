@@ -84,6 +84,8 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
             days: config.retention.retention_days,
             interval: Duration::from_secs(3600),
         },
+        max_takes: config.reprocess.max_attempts,
+        retry: config.reprocess.retry_policy(),
     };
     // SIGTERM/SIGINT end a `--follow` run gracefully: the source stops and
     // everything already fed is committed before the process exits.

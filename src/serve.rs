@@ -15,6 +15,7 @@ use mmt_pipeline::run::{run, OutputPaths, Progress, RunOptions};
 use mmt_pipeline::serve::IntakeChoice;
 use mmt_pipeline::Config;
 use mmt_whisper::TranscribeOptions;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,16 @@ const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 /// How often old uploads are purged.
 const UPLOAD_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How long a service whose dataflow stopped keeps answering 503 (readiness
+/// and submissions) before it exits: requests in flight finish, and load
+/// balancers see it leave.
+const DEAD_DATAFLOW_LINGER: Duration = Duration::from_secs(5);
+
+/// Test-only (never set it in production): makes the dataflow thread panic as
+/// soon as a job is queued, so the tests can check what a dead dataflow does
+/// to the service.
+const TEST_DATAFLOW_PANIC: &str = "MMT_TEST_DATAFLOW_PANIC";
+
 /// The dataflow reports progress to the metrics only.
 struct Quiet;
 
@@ -38,10 +49,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let config = load_config()?;
     let keys = Arc::new(key_ring(&config, &args)?);
     let api_config = api_config(&config, &args);
+    let (workers, threads) = worker_split(&config, args.workers, args.threads);
+    let model = model_options(&config, Some(threads));
+    // Before listening: a service that cannot transcribe must not look ready.
+    check_model(&config, &model)?;
     let listener = mmt_api::server::bind(&api_config)?;
     let address = listener.local_addr()?;
 
-    let (workers, threads) = worker_split(&config, args.workers, args.threads);
     std::fs::create_dir_all(&args.out)?;
     let paths = OutputPaths::resolve(&config, &args.out);
     let metrics = Metrics::new()?;
@@ -83,14 +97,38 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             days: config.retention.retention_days,
             interval: UPLOAD_RETENTION_INTERVAL,
         },
+        max_takes: config.reprocess.max_attempts,
+        retry: config.reprocess.retry_policy(),
     };
-    let model = model_options(&config, Some(threads));
+    let dataflow_failed = Arc::new(AtomicBool::new(false));
+    let fail_for_tests = std::env::var_os(TEST_DATAFLOW_PANIC).is_some();
     let dataflow = {
         let stop = Arc::clone(&stop);
+        let failed = Arc::clone(&dataflow_failed);
+        let control = Arc::clone(&control);
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("dataflow".into())
-            .spawn(move || run(&model, &options, resources, stop, Arc::new(Quiet), metrics))?
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if fail_for_tests {
+                        panic_once_a_job_is_queued(&control, &stop);
+                    }
+                    run(
+                        &model,
+                        &options,
+                        resources,
+                        Arc::clone(&stop),
+                        Arc::new(Quiet),
+                        metrics,
+                    )
+                }));
+                if !stop.load(Ordering::Relaxed) {
+                    failed.store(true, Ordering::SeqCst);
+                    refuse_work_then_stop(&control, &stop, &outcome);
+                }
+                outcome
+            })?
     };
 
     let scheme = if api_config.tls.is_some() {
@@ -120,15 +158,82 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     drop(control);
     // However the API ended, the dataflow drains what it was fed and stops.
     stop.store(true, Ordering::Relaxed);
-    let summary = dataflow
+    let outcome = dataflow
         .join()
-        .map_err(|_| anyhow::anyhow!("the dataflow thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("the dataflow thread panicked"))?;
+    if dataflow_failed.load(Ordering::SeqCst) {
+        // Non-zero, so the orchestrator starts a fresh process; every accepted
+        // job waits on disk for it.
+        eprintln!("mmt: stopped because the transcription dataflow stopped");
+        return Ok(ExitCode::FAILURE);
+    }
+    let summary = outcome.map_err(|_| anyhow::anyhow!("the dataflow panicked"))??;
     eprintln!(
         "mmt: stopped; {} job(s) transcribed, {} dead-lettered",
         summary.completed, summary.dead_lettered
     );
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the model once, with ONNX Runtime, and drops it: a missing or
+/// corrupt model, or a missing runtime library, stops `mmt serve` with a clear
+/// message before it binds its port.
+fn check_model(config: &Config, model: &mmt_whisper::ModelOptions) -> Result<()> {
+    let problems: Vec<String> = config
+        .check_files()
+        .iter()
+        .filter(|problem| problem.is_fatal())
+        .map(ToString::to_string)
+        .collect();
+    if !problems.is_empty() {
+        anyhow::bail!("cannot serve: {}", problems.join("; "));
+    }
+    let mut probe = model.clone();
+    probe.intra_op_threads = 1;
+    mmt_whisper::Engine::load(&probe).with_context(|| {
+        format!(
+            "cannot serve: the model in {} could not be loaded with ONNX Runtime {}",
+            model.model_dir.display(),
+            model.ort_library.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// The dataflow stopped while the service was meant to run: readiness and
+/// submissions answer 503 for a moment, then the API stops (and the process
+/// exits non-zero).
+fn refuse_work_then_stop(
+    control: &mmt_pipeline::serve::ServiceControl,
+    stop: &AtomicBool,
+    outcome: &std::thread::Result<
+        Result<mmt_pipeline::run::RunSummary, mmt_pipeline::run::RunError>,
+    >,
+) {
+    control.mark_dataflow_stopped();
+    let how = match outcome {
+        Ok(Ok(_)) => "ended".to_owned(),
+        Ok(Err(err)) => format!("failed: {err}"),
+        Err(_) => "panicked".to_owned(),
+    };
+    tracing::error!(how = %how, "the transcription dataflow stopped; refusing work and exiting");
+    eprintln!("mmt: the transcription dataflow {how}; refusing work and exiting");
+    let started = std::time::Instant::now();
+    while started.elapsed() < DEAD_DATAFLOW_LINGER && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// The test-only failure of [`TEST_DATAFLOW_PANIC`].
+fn panic_once_a_job_is_queued(control: &mmt_pipeline::serve::ServiceControl, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        if control.queued_jobs().unwrap_or(0) > 0 {
+            panic!("{TEST_DATAFLOW_PANIC} is set: the dataflow fails on purpose");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -33,8 +33,9 @@ struct Api {
     router: Router,
     keys: Arc<KeyRing>,
     dir: tempfile::TempDir,
+    config: ApiConfig,
     // Dropped last, outside any runtime (the store owns one).
-    _control: Arc<ServiceControl>,
+    control: Arc<ServiceControl>,
 }
 
 impl Api {
@@ -46,8 +47,17 @@ impl Api {
     }
 
     fn with(config: ApiConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+        Self::open(config, &[], tempfile::tempdir().unwrap())
+    }
+
+    /// An API with `vars` as the environment, over the folder `dir` (a
+    /// restart when it was used before).
+    fn open(config: ApiConfig, vars: &[(&str, &str)], dir: tempfile::TempDir) -> Self {
+        let settings = Config::from_vars(
+            vars.iter()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        )
+        .unwrap();
         let paths = OutputPaths::resolve(&settings, dir.path());
         let metrics = Metrics::new().unwrap();
         let (_resources, control) = mmt_pipeline::serve::open(
@@ -60,13 +70,37 @@ impl Api {
         )
         .unwrap();
         let keys = Arc::new(KeyRing::new(Some(SECRET), None).unwrap());
-        let state = AppState::new(control.clone(), Arc::clone(&keys), config, metrics);
+        let state = AppState::new(control.clone(), Arc::clone(&keys), config.clone(), metrics);
         Self {
             router: mmt_api::router(state),
             keys,
             dir,
-            _control: control,
+            config,
+            control,
         }
+    }
+
+    /// Stops this API (nothing running is left) and starts it again over the
+    /// same folder, with `vars` as the environment.
+    fn restart(self, vars: &[(&str, &str)]) -> Self {
+        let Self {
+            router,
+            dir,
+            config,
+            control,
+            ..
+        } = self;
+        drop(router);
+        drop(control);
+        Self::open(config, vars, dir)
+    }
+
+    /// Sends one request; returns its status and headers.
+    fn head(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap) {
+        let response = runtime()
+            .block_on(self.router.clone().oneshot(request))
+            .unwrap();
+        (response.status(), response.headers().clone())
     }
 
     /// Sends one request; returns status, content type and body.
@@ -677,7 +711,11 @@ fn operations_endpoints_answer_without_a_token() {
     );
     let (status, ready) = api.json(Request::get("/readyz").body(Body::empty()).unwrap());
     assert_eq!(status, StatusCode::OK, "{ready}");
-    assert_eq!(ready["components"].as_array().unwrap().len(), 2);
+    let components = ready["components"].as_array().unwrap();
+    assert_eq!(components.len(), 3, "{ready}");
+    assert!(components
+        .iter()
+        .any(|c| c["component"] == "dataflow" && c["ready"] == true));
     let (status, spec) = api.json(Request::get("/openapi.json").body(Body::empty()).unwrap());
     assert_eq!(status, StatusCode::OK);
     assert!(spec["paths"]["/v1/jobs/{id}/transcript"]["get"].is_object());
@@ -701,4 +739,185 @@ fn operations_endpoints_answer_without_a_token() {
         "{metrics}"
     );
     assert!(metrics.contains("transcription_queue_depth"));
+}
+
+/// The seconds of a `Retry-After` header, which must be there.
+fn retry_after(headers: &axum::http::HeaderMap) -> u64 {
+    headers
+        .get(header::RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn upload_of(token: &str, audio: &[u8]) -> Request<Body> {
+    upload(token, multipart(audio, "audio/wav", &[]), None)
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_records_nothing() {
+    let api = Api::open(
+        ApiConfig::default(),
+        &[
+            ("MMT_API_MAX_QUEUED_JOBS", "3"),
+            ("MMT_API_MAX_QUEUED_PER_TENANT", "3"),
+        ],
+        tempfile::tempdir().unwrap(),
+    );
+    let a = token("clinic-a", ALL);
+    let b = token("clinic-b", ALL);
+    let first = submit(&api, &a, &clip(0));
+    submit(&api, &a, &clip(1));
+    submit(&api, &b, &clip(2));
+    let uploads_before = api.uploads();
+    for (caller, audio) in [(&a, clip(3)), (&b, clip(4))] {
+        let (status, headers) = api.head(upload_of(caller, &audio));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry_after(&headers) > 0);
+        assert_eq!(
+            headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/problem+json"
+        );
+    }
+    // Nothing of the refused submissions was recorded or stored.
+    let (_, listed) = api.json(get("/v1/jobs", &a));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(api.uploads(), uploads_before);
+    // A place freed (a queued job deleted) is taken again.
+    let (status, _, _) = api.send(delete(&format!("/v1/jobs/{first}"), &a));
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    submit(&api, &a, &clip(3));
+    assert_eq!(
+        api.head(upload_of(&b, &clip(4))).0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[test]
+fn a_tenant_over_its_share_gets_429_while_another_tenant_is_accepted() {
+    let api = Api::open(
+        ApiConfig::default(),
+        &[
+            ("MMT_API_MAX_QUEUED_JOBS", "10"),
+            ("MMT_API_MAX_QUEUED_PER_TENANT", "2"),
+        ],
+        tempfile::tempdir().unwrap(),
+    );
+    let a = token("clinic-a", ALL);
+    let b = token("clinic-b", ALL);
+    submit(&api, &a, &clip(0));
+    submit(&api, &a, &clip(1));
+    let (status, headers) = api.head(upload_of(&a, &clip(2)));
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&headers) > 0);
+    submit(&api, &b, &clip(2));
+    submit(&api, &b, &clip(3));
+    assert_eq!(
+        api.head(upload_of(&b, &clip(4))).0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (_, listed) = api.json(get("/v1/jobs", &a));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+}
+
+#[test]
+fn a_restart_queues_the_whole_backlog_again_even_over_the_bound() {
+    let api = Api::open(
+        ApiConfig::default(),
+        &[("MMT_API_MAX_QUEUED_JOBS", "10")],
+        tempfile::tempdir().unwrap(),
+    );
+    let a = token("clinic-a", ALL);
+    let mut ids: Vec<String> = (0..5).map(|i| submit(&api, &a, &clip(i))).collect();
+    ids.sort();
+    // Restarted with a smaller bound than its backlog: every accepted job is
+    // queued again (ids only), and new work waits until the backlog drains.
+    let api = api.restart(&[
+        ("MMT_API_MAX_QUEUED_JOBS", "3"),
+        ("MMT_API_MAX_QUEUED_PER_TENANT", "3"),
+    ]);
+    assert_eq!(api.control.queued_jobs().unwrap(), 5);
+    let (status, overview) = api.json(get("/v1/status", &a));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(overview["queue_depth"], 5, "{overview}");
+    let (status, headers) = api.head(upload_of(&a, &clip(5)));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(retry_after(&headers) > 0);
+    // Each job is queued once, however often the service restarts.
+    let api = api.restart(&[]);
+    assert_eq!(api.control.queued_jobs().unwrap(), 5);
+    let (_, listed) = api.json(get("/v1/jobs", &a));
+    let mut listed: Vec<String> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| {
+            assert_eq!(job["status"], "queued");
+            job["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ids);
+}
+
+#[test]
+fn a_submission_cut_short_is_reconciled_at_start() {
+    let api = Api::new();
+    let a = token("clinic-a", ALL);
+    let kept = submit(&api, &a, &clip(0));
+    let torn = submit(&api, &a, &clip(1));
+    let dir = api.dir.path().join("uploads");
+    // A row without its upload (a kill between the two steps of an older
+    // version), an upload without its row (a kill before the row was
+    // written), and a half-written file.
+    std::fs::remove_file(dir.join(format!("{torn}.audio"))).unwrap();
+    std::fs::remove_file(dir.join(format!("{torn}.json"))).unwrap();
+    let orphan = mmt_pipeline::serve::uploads::UploadStore::open(&dir).unwrap();
+    let record = mmt_operators::records::SourceRecord {
+        tenant: "clinic-a".into(),
+        source: "orphan.wav".into(),
+        bytes: clip(2),
+        ..Default::default()
+    };
+    orphan
+        .save(&mmt_core::job::JobId("orphan".into()), &record, 0)
+        .unwrap();
+    std::fs::write(dir.join("cut.audio"), b"RIFF").unwrap();
+    let api = api.restart(&[]);
+    assert_eq!(
+        api.uploads(),
+        [format!("{kept}.audio"), format!("{kept}.json")]
+    );
+    assert_eq!(api.control.queued_jobs().unwrap(), 1);
+    // The job that could never run is gone, not stuck queued (and
+    // undeletable); the same recording is a new submission again.
+    let (status, _) = api.json(get(&format!("/v1/jobs/{torn}"), &a));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(submit(&api, &a, &clip(1)), torn);
+    assert_eq!(api.control.queued_jobs().unwrap(), 2);
+}
+
+#[test]
+fn a_stopped_dataflow_fails_readiness_and_refuses_submissions() {
+    let api = Api::new();
+    let a = token("clinic-a", ALL);
+    submit(&api, &a, &clip(0));
+    api.control.mark_dataflow_stopped();
+    let (status, ready) = api.json(Request::get("/readyz").body(Body::empty()).unwrap());
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert!(ready["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["component"] == "dataflow" && c["ready"] == false));
+    let (status, problem) = api.json(upload_of(&a, &clip(1)));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("dataflow"),
+        "{problem}"
+    );
+    // Reading still works: clients can follow the jobs they have.
+    assert_eq!(api.json(get("/v1/jobs", &a)).0, StatusCode::OK);
 }

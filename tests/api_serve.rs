@@ -322,6 +322,89 @@ fn an_upload_is_transcribed_and_its_transcript_served() {
 
 /// A throwaway CA and a server certificate for 127.0.0.1 signed by it
 /// (rustls refuses a CA certificate used as the server's own).
+/// Submits `audio` as the tenant of `token`; the answer's status and job id.
+fn submit(agent: &ureq::Agent, base: &str, token: &str, audio: &[u8]) -> (u16, String) {
+    let mut response = agent
+        .post(&format!("{base}/v1/jobs"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .send(&multipart(audio, &[])[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    let job: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    (status, job["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The job once it is final (completed or dead-lettered).
+fn wait_until_final(agent: &ureq::Agent, job_url: &str, token: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let (status, job) = get_json(agent, job_url, token);
+        assert_eq!(status, 200);
+        if job["status"] == "completed" || job["status"] == "dead_lettered" {
+            return job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "still {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_deleted_recording_submitted_again_completes_and_both_rounds_are_audited() {
+    if !model_ready() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start(out.path(), &[]);
+    let agent = agent();
+    let submitter = token(&["submitter", "reader"]);
+    let admin = token(&["admin"]);
+    let audio = std::fs::read(root().join("samples/dict_001.wav")).unwrap();
+    let mut ids = Vec::new();
+    for round in 1..=2 {
+        let (status, id) = submit(&agent, &server.base, &submitter, &audio);
+        assert_eq!(status, 202, "round {round}");
+        let job_url = format!("{}/v1/jobs/{id}", server.base);
+        let job = wait_until_final(&agent, &job_url, &submitter);
+        assert_eq!(job["status"], "completed", "round {round}: {job}");
+        assert_eq!(job["attempts"], 1, "round {round}: a new record, one take");
+        let (status, _) = get_json(&agent, &format!("{job_url}/transcript"), &submitter);
+        assert_eq!(status, 200, "round {round}");
+        let deleted = agent
+            .delete(&job_url)
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .unwrap();
+        assert_eq!(deleted.status().as_u16(), 204, "round {round}");
+        ids.push(id);
+    }
+    assert_eq!(ids[0], ids[1], "the same recording is the same job");
+    let status = server.stop();
+    assert!(status.success(), "a clean shutdown: {status}");
+
+    let audit = read_lines(&out.path().join("audit.jsonl"));
+    let count = |action: &str| {
+        audit
+            .iter()
+            .filter(|e| e["action"] == action && e["job_id"] == ids[0].as_str())
+            .count()
+    };
+    assert_eq!(count("job_completed"), 2, "{audit:?}");
+    assert_eq!(count("job_deleted"), 2, "{audit:?}");
+    assert_eq!(count("job_duplicate"), 0, "{audit:?}");
+    // Each round's events share its own correlation id.
+    let rounds: std::collections::HashSet<&str> = audit
+        .iter()
+        .filter(|e| e["job_id"] == ids[0].as_str())
+        .map(|e| e["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rounds.len(), 2, "{audit:?}");
+}
+
 fn test_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let path = |name: &str| dir.join(name);
     let ext = path("server.ext");
@@ -467,4 +550,191 @@ fn serving_needs_a_token_key() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("INTERNAL_JWT_SECRET"), "{stderr}");
+}
+
+/// Runs `mmt serve` to its end with `env`; its exit status and stderr.
+fn serve_to_the_end(out: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--out"])
+        .arg(out)
+        .current_dir(root())
+        .env("INTERNAL_JWT_SECRET", SECRET)
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_or_corrupt_model_stops_serve_before_it_listens() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("no-model");
+    let (status, stderr) =
+        serve_to_the_end(out.path(), &[("MMT_MODEL_DIR", missing.to_str().unwrap())]);
+    assert!(!status.success());
+    assert!(stderr.contains("MMT_MODEL_DIR"), "{stderr}");
+    assert!(!stderr.contains("serving the job API"), "{stderr}");
+
+    if !model_ready() {
+        return;
+    }
+    // Every file of the model, present but garbage.
+    let corrupt = out.path().join("corrupt-model");
+    std::fs::create_dir(&corrupt).unwrap();
+    for entry in std::fs::read_dir(root().join("models/tiny.en")).unwrap() {
+        let name = entry.unwrap().file_name();
+        std::fs::write(corrupt.join(name), b"not a model").unwrap();
+    }
+    let (status, stderr) =
+        serve_to_the_end(out.path(), &[("MMT_MODEL_DIR", corrupt.to_str().unwrap())]);
+    assert!(!status.success());
+    assert!(stderr.contains("could not be loaded"), "{stderr}");
+    assert!(!stderr.contains("serving the job API"), "{stderr}");
+}
+
+fn submit_upload(agent: &ureq::Agent, base: &str, token: &str, audio: &[u8]) -> (u16, String) {
+    let mut response = agent
+        .post(&format!("{base}/v1/jobs"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .send(&multipart(audio, &[])[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap())
+            .unwrap_or(serde_json::Value::Null);
+    (status, body["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Polls until every job in `ids` is completed (or the time is up).
+fn wait_until_completed(agent: &ureq::Agent, base: &str, token: &str, ids: &[String]) {
+    let started = Instant::now();
+    for id in ids {
+        loop {
+            let (status, job) = get_json(agent, &format!("{base}/v1/jobs/{id}"), token);
+            assert_eq!(status, 200, "{job}");
+            if job["status"] == "completed" {
+                assert_eq!(job["attempts"], 1, "{job}");
+                break;
+            }
+            assert_ne!(job["status"], "dead_lettered", "{job}");
+            assert!(started.elapsed() < Duration::from_secs(300), "still {job}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+#[test]
+fn a_dead_dataflow_fails_readiness_and_the_service_exits_non_zero() {
+    if !model_ready() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut server = Server::start(out.path(), &[("MMT_TEST_DATAFLOW_PANIC", "1")]);
+    let agent = agent();
+    let submitter = token(&["submitter", "reader"]);
+    let ready = |agent: &ureq::Agent| {
+        agent
+            .get(&format!("{}/readyz", server.base))
+            .call()
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(ready(&agent), Some(200));
+    let audio = std::fs::read(root().join("samples/dict_001.wav")).unwrap();
+    let (status, id) = submit_upload(&agent, &server.base, &submitter, &audio);
+    assert_eq!(status, 202);
+    // The dataflow fails on the job: readiness and new submissions answer 503
+    // until the process exits, non-zero.
+    let started = Instant::now();
+    let mut refused = None;
+    while refused.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "readiness never failed"
+        );
+        if ready(&agent) == Some(503) {
+            let other = common::distinct_recordings(2).pop().unwrap().1;
+            refused = Some(submit_upload(&agent, &server.base, &submitter, &other).0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(refused, Some(503));
+    let status = wait_for_exit(&mut server.child, Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    drop(server);
+
+    // The accepted job was not lost: the next start transcribes it.
+    let server = Server::start(out.path(), &[]);
+    wait_until_completed(&agent, &server.base, &submitter, &[id]);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_backlog_left_at_a_restart_completes_exactly_once() {
+    if !model_ready() {
+        return;
+    }
+    use mmt_core::control::{JobControl, Submission};
+    let out = tempfile::tempdir().unwrap();
+    // The backlog: jobs accepted by a service whose dataflow never ran.
+    let ids: Vec<String> = {
+        let settings = mmt_pipeline::Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+        let paths = mmt_pipeline::run::OutputPaths::resolve(&settings, out.path());
+        let metrics = mmt_core::telemetry::Metrics::new().unwrap();
+        let (_resources, control) = mmt_pipeline::serve::open(
+            &settings,
+            &paths,
+            &out.path().join("uploads"),
+            1,
+            mmt_pipeline::serve::IntakeChoice::Embedded,
+            &metrics,
+        )
+        .unwrap();
+        common::distinct_recordings(4)
+            .into_iter()
+            .map(|(name, audio)| {
+                let submitted = control
+                    .submit(Submission {
+                        tenant: "clinic-a".into(),
+                        audio,
+                        format: Some("wav".into()),
+                        source: name,
+                        ..Submission::default()
+                    })
+                    .unwrap();
+                assert!(submitted.created);
+                submitted.job_id.0
+            })
+            .collect()
+    };
+    let agent = agent();
+    let reader = token(&["reader"]);
+    let server = Server::start(out.path(), &[]);
+    wait_until_completed(&agent, &server.base, &reader, &ids);
+    assert!(server.stop().success());
+    // Another restart finds nothing left to do.
+    let server = Server::start(out.path(), &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(server.stop().success());
+    let completions: Vec<String> = read_lines(&out.path().join("audit.jsonl"))
+        .iter()
+        .filter(|e| e["action"] == "job_completed")
+        .map(|e| e["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted_ids = ids.clone();
+    sorted_ids.sort();
+    let mut completed = completions.clone();
+    completed.sort();
+    assert_eq!(completed, sorted_ids, "each job completed exactly once");
+    let documents = common::documents_per_id(out.path());
+    assert_eq!(documents.len(), ids.len());
+    assert!(documents.values().all(|&n| n == 1), "{documents:?}");
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::postgres::{psql, unique, Schema, POSTGRES};
 use common::proxy::Proxy;
 use common::{distinct_recordings, documents, model_ready, require_service, root};
 use mmt_connectors::envelope::JobEnvelope;
@@ -15,63 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BROKER: &str = "127.0.0.1:5672";
-const POSTGRES: &str = "127.0.0.1:5432";
-
-fn psql(sql: &str) -> String {
-    let output = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-tAqc",
-            sql,
-        ])
-        .output()
-        .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A PostgreSQL schema of its own for one test, dropped afterwards.
-struct Schema(String);
-
-impl Schema {
-    fn create(name: &str) -> Self {
-        psql(&format!("CREATE SCHEMA {name}"));
-        Self(name.to_owned())
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgres://postgres@{POSTGRES}/test?options[search_path]={}",
-            self.0
-        )
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0))
-            .output();
-    }
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    format!("{name}_{}_{nanos}", std::process::id())
-}
 
 fn worker(broker: &str, queue: &str, database_url: &str, out: &Path, log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("worker log");

@@ -36,6 +36,18 @@ pub enum ApiError {
     TooManyRequests { retry_after_seconds: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: the service is saturated (the job queue is full).
+    #[error("{detail}")]
+    Overloaded {
+        detail: String,
+        retry_after_seconds: u64,
+    },
+    /// 429 with `Retry-After`: the tenant holds its share of the job queue.
+    #[error("{detail}")]
+    TenantShareFull {
+        detail: String,
+        retry_after_seconds: u64,
+    },
     /// A bug or a corrupt record: logged with `reason`, answered without it.
     #[error("internal error")]
     Internal { reason: String },
@@ -52,8 +64,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } | Self::TenantShareFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Unavailable(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +75,24 @@ impl ApiError {
     pub fn internal(reason: impl std::fmt::Display) -> Self {
         Self::Internal {
             reason: reason.to_string(),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the answers that say so.
+    fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            Self::TooManyRequests {
+                retry_after_seconds,
+            }
+            | Self::Overloaded {
+                retry_after_seconds,
+                ..
+            }
+            | Self::TenantShareFull {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
         }
     }
 }
@@ -72,6 +104,18 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(detail) => Self::Conflict(detail),
             ControlError::Invalid(detail) => Self::Unprocessable(detail),
             ControlError::Unavailable(detail) => Self::Unavailable(detail),
+            ControlError::QueueFull {
+                retry_after_seconds,
+            } => Self::Overloaded {
+                detail: err.to_string(),
+                retry_after_seconds,
+            },
+            ControlError::TenantShareFull {
+                retry_after_seconds,
+            } => Self::TenantShareFull {
+                detail: err.to_string(),
+                retry_after_seconds,
+            },
             ControlError::Internal(reason) => Self::Internal { reason },
         }
     }
@@ -123,18 +167,11 @@ impl IntoResponse for ApiError {
         };
         let mut response = Problem::new(status, detail).into_response_with(status);
         let headers = response.headers_mut();
-        match &self {
-            Self::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            Self::TooManyRequests {
-                retry_after_seconds,
-            } => {
-                if let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
-                    headers.insert(header::RETRY_AFTER, value);
-                }
-            }
-            _ => {}
+        if matches!(self, Self::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after_seconds() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -147,11 +184,17 @@ impl IntoResponse for ApiError {
 pub async fn problem_for_every_error(request: Request<Body>, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_problem = response
+    // A problem document, or a handler's own JSON answer (the readiness
+    // report's 503), is kept: only axum's and tower-http's plain-text errors
+    // are replaced.
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_some_and(|value| {
+            let value = value.as_bytes();
+            value.starts_with(PROBLEM_JSON.as_bytes()) || value.starts_with(b"application/json")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
     let detail = match status {
@@ -204,5 +247,21 @@ mod tests {
         }
         .into_response();
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "2");
+    }
+
+    #[test]
+    fn a_full_queue_answers_503_and_a_full_tenant_share_429_both_with_retry_after() {
+        let full = ApiError::from(ControlError::QueueFull {
+            retry_after_seconds: 30,
+        })
+        .into_response();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers().get(header::RETRY_AFTER).unwrap(), "30");
+        let share = ApiError::from(ControlError::TenantShareFull {
+            retry_after_seconds: 7,
+        })
+        .into_response();
+        assert_eq!(share.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(share.headers().get(header::RETRY_AFTER).unwrap(), "7");
     }
 }

@@ -68,8 +68,10 @@ const MAX_CALLBACK_URL: usize = 2048;
         (status = 413, description = "Upload too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart or JSON, or not supported audio", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The job store or intake is down", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant over its rate limit, or holding its whole share of the job queue (MMT_API_MAX_QUEUED_PER_TENANT); nothing was recorded", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The job queue is full (MMT_API_MAX_QUEUED_JOBS; with Retry-After), the transcription dataflow has stopped, or the job store or intake is down; nothing was recorded", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying (when the queue is full)"))),
     ),
     security(("bearer" = []))
 )]
@@ -81,6 +83,21 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     require(&caller, SUBMITTERS)?;
     let idempotency_key = idempotency_key(&headers)?;
+    // Refuse before the body is read: a full queue costs a refused upload
+    // neither memory nor disk.
+    let tenant = caller.tenant.clone();
+    let admitted = state
+        .blocking(move |control| control.admits(&tenant).map_err(ApiError::from))
+        .await;
+    if let Err(refusal) = admitted {
+        // A client that did not wait for `100 Continue` is sending the body
+        // anyway: read it into nothing, so it gets the answer rather than a
+        // reset connection. One that waits is spared sending it.
+        if !expects_continue(&headers) {
+            discard_body(request.into_body(), state.config.max_upload_bytes).await;
+        }
+        return Err(refusal);
+    }
     let trace_parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -144,6 +161,27 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and drops up to about `limit` bytes of `body`, holding one frame at a time.
+async fn discard_body(mut body: axum::body::Body, limit: usize) {
+    use axum::body::HttpBody;
+    let mut read = 0usize;
+    while read <= limit {
+        let frame =
+            std::future::poll_fn(|context| std::pin::Pin::new(&mut body).poll_frame(context)).await;
+        match frame {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+            Some(Err(_)) | None => break,
+        }
+    }
 }
 
 /// The fields of a submission, before they are checked.

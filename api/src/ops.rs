@@ -59,11 +59,11 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// The job store and the intake answer.
+/// The job store and the intake answer, and the transcription dataflow runs.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = ReadinessReport),
-        (status = 503, description = "A dependency is down", body = ReadinessReport),
+        (status = 503, description = "A dependency is down, or the dataflow has stopped (the process is about to exit)", body = ReadinessReport),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let components = state.blocking(|control| Ok(control.readiness())).await?;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use hmac::{KeyInit, Mac};
 use mmt_core::control::{DueCallback, JobControl};
 use mmt_core::job::{unix_now, JobStatus};
+use mmt_core::retry::RetryPolicy;
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::watch;
@@ -32,7 +33,7 @@ pub struct WebhookConfig {
     pub secret: String,
     /// Deliveries tried before giving up.
     pub max_attempts: u32,
-    /// Wait before the second attempt; doubled for each later one.
+    /// Wait before the second attempt (with jitter); doubled for each later one.
     pub base_backoff: Duration,
     /// The longest wait between attempts.
     pub max_backoff: Duration,
@@ -56,15 +57,15 @@ impl WebhookConfig {
 
     /// The wait after `attempts` failed deliveries, or `None` to give up.
     pub fn retry_delay(&self, attempts: u32) -> Option<Duration> {
-        if attempts >= self.max_attempts {
-            return None;
-        }
-        let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
-        Some(
-            self.base_backoff
-                .saturating_mul(factor)
-                .min(self.max_backoff),
-        )
+        self.retry_policy()?.delay(attempts)
+    }
+
+    /// The one retry policy (`mmt_core::retry`) with this config's numbers;
+    /// `None` when no attempt at all is allowed.
+    fn retry_policy(&self) -> Option<RetryPolicy> {
+        RetryPolicy::new(self.base_backoff, self.max_backoff.max(self.base_backoff))
+            .and_then(|policy| policy.with_max_attempts(self.max_attempts))
+            .ok()
     }
 }
 
@@ -192,17 +193,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_then_gives_up() {
+    fn backoff_doubles_with_jitter_up_to_the_cap_then_gives_up() {
         let config = WebhookConfig {
             max_attempts: 4,
             base_backoff: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(12),
+            max_backoff: Duration::from_secs(30),
             ..WebhookConfig::new("k")
         };
-        assert_eq!(config.retry_delay(1), Some(Duration::from_secs(5)));
-        assert_eq!(config.retry_delay(2), Some(Duration::from_secs(10)));
-        assert_eq!(config.retry_delay(3), Some(Duration::from_secs(12)));
+        let secs = |attempts| config.retry_delay(attempts).map(|d| d.as_secs_f64());
+        for _ in 0..50 {
+            assert!(secs(1).is_some_and(|s| (5.0..10.0).contains(&s)));
+            assert!(secs(2).is_some_and(|s| (10.0..20.0).contains(&s)));
+            assert!(secs(3).is_some_and(|s| (15.0..30.0).contains(&s)), "capped");
+        }
         assert_eq!(config.retry_delay(4), None);
+        let none = WebhookConfig {
+            max_attempts: 0,
+            ..config
+        };
+        assert_eq!(none.retry_delay(1), None);
     }
 
     #[test]

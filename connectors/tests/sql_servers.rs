@@ -255,7 +255,48 @@ on_both_servers!(
     lock_contention_fails_retryably,
     api_submit_page_delete_and_callbacks,
     racing_submissions_agree_on_one_job,
+    takes_are_counted_and_bounded,
 );
+
+fn takes_are_counted_and_bounded(scratch: &Scratch) {
+    use mmt_core::job::Take;
+    let job = hex_id(21);
+    let mut generation = None;
+    for expected in 1..=2 {
+        // A new connection each time, as a restarted worker would have.
+        let taken = scratch.store().take(&meta(&job, 100), 2).expect("take");
+        let Take::Taken {
+            attempt,
+            generation: current,
+        } = taken
+        else {
+            panic!("take {expected} refused: {taken:?}");
+        };
+        assert_eq!(attempt, expected);
+        assert_eq!(*generation.get_or_insert(current), current);
+    }
+    let mut store = scratch.store();
+    assert_eq!(
+        store.take(&meta(&job, 100), 2).expect("take"),
+        Take::Exhausted {
+            attempts: 2,
+            generation: generation.expect("taken"),
+        }
+    );
+    let row = store.get(&id(&job)).expect("get").expect("row");
+    assert_eq!((row.status, row.attempts), (JobStatus::Processing, 2));
+    store.complete(&completed(&job, 100)).expect("complete");
+    assert!(matches!(
+        store.take(&meta(&job, 100), 2).expect("take"),
+        Take::Finished { since } if since > 0
+    ));
+    assert!(store.delete(&id(&job)).expect("delete"));
+    let taken = store.take(&meta(&job, 100), 2).expect("take");
+    assert!(
+        matches!(taken, Take::Taken { attempt: 1, generation: g } if Some(g) != generation),
+        "deleted, the job is a new generation: {taken:?}"
+    );
+}
 
 fn migrations_run_twice_are_a_no_op(scratch: &Scratch) {
     let mut first = scratch.store();

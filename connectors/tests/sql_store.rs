@@ -882,3 +882,84 @@ fn purge_removes_keys_and_callbacks_too() {
         existing("new")
     );
 }
+
+#[test]
+fn takes_are_counted_durably_and_bounded() {
+    use mmt_core::job::Take;
+    let (dir, mut store) = temp_store();
+    let job = meta("t1", 100);
+    let mut generations = std::collections::HashSet::new();
+    for expected in 1..=3 {
+        let Take::Taken {
+            attempt,
+            generation,
+        } = store.take(&job, 3).expect("take")
+        else {
+            panic!("take {expected} refused");
+        };
+        assert_eq!(attempt, expected);
+        generations.insert(generation);
+    }
+    assert_eq!(generations.len(), 1, "one record, one generation");
+    // Counted in the file before any work: another process sees every take.
+    drop(store);
+    let mut store = open(&dir);
+    let taken = store.take(&job, 3).expect("take");
+    let Take::Exhausted {
+        attempts,
+        generation,
+    } = taken
+    else {
+        panic!("a fourth take must be refused: {taken:?}");
+    };
+    assert_eq!(attempts, 3);
+    assert!(generations.contains(&generation));
+    let row = store.get(&id("t1")).expect("get").expect("row");
+    assert_eq!((row.status, row.attempts), (JobStatus::Processing, 3));
+    // Dead-lettered, it is finished for good.
+    store
+        .dead_letter(&letter("t1", Stage::Dedupe, attempts))
+        .expect("dead letter");
+    assert!(matches!(
+        store.take(&job, 3).expect("take"),
+        Take::Finished { since } if since > 0
+    ));
+    assert_eq!(store.get(&id("t1")).expect("get").expect("row").attempts, 3);
+}
+
+#[test]
+fn a_deleted_job_is_taken_again_as_a_new_generation() {
+    use mmt_core::job::Take;
+    let (_dir, mut store) = temp_store();
+    // Submitted through the API (queued, attempts 0), then taken.
+    assert_eq!(
+        store
+            .submit(&submission(&meta("g1", 100), None, None))
+            .expect("submit"),
+        SubmissionOutcome::Created
+    );
+    let stored = store.get(&id("g1")).expect("get").expect("row").generation;
+    let first = store.take(&meta("g1", 100), 5).expect("take");
+    assert_eq!(
+        first,
+        Take::Taken {
+            attempt: 1,
+            generation: stored
+        }
+    );
+    store.complete(&completed("g1", 100)).expect("complete");
+    assert!(matches!(
+        store.take(&meta("g1", 100), 5).expect("take"),
+        Take::Finished { since } if since > 0
+    ));
+    assert!(store.delete(&id("g1")).expect("delete"));
+    let Take::Taken {
+        attempt,
+        generation,
+    } = store.take(&meta("g1", 200), 5).expect("take")
+    else {
+        panic!("a deleted job is new again");
+    };
+    assert_eq!(attempt, 1, "a new record counts its takes from 1");
+    assert_ne!(generation, stored, "and is another generation");
+}

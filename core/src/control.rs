@@ -160,6 +160,16 @@ pub enum ControlError {
     /// A dependency is down; the call may succeed later.
     #[error("{0}")]
     Unavailable(String),
+    /// The job queue is full (all tenants together); retry after the given
+    /// seconds. Nothing was recorded.
+    #[error("the job queue is full; retry in {retry_after_seconds} s")]
+    QueueFull { retry_after_seconds: u64 },
+    /// The caller's tenant holds its whole share of the job queue; retry after
+    /// the given seconds. Other tenants are still accepted. Nothing was recorded.
+    #[error(
+        "this tenant has its full share of the job queue waiting; retry in {retry_after_seconds} s"
+    )]
+    TenantShareFull { retry_after_seconds: u64 },
     /// Anything else (a bug, a corrupt row).
     #[error("{0}")]
     Internal(String),
@@ -169,6 +179,14 @@ pub enum ControlError {
 pub trait JobControl: Send + Sync {
     /// Records the job and hands it to the intake.
     fn submit(&self, submission: Submission) -> Result<Submitted, ControlError>;
+
+    /// Whether a submission from `tenant` would be taken now: `QueueFull`,
+    /// `TenantShareFull` or `Unavailable` if not. Asked before a request's body
+    /// is read, so a refused upload costs neither memory nor disk; `submit`
+    /// checks again. An implementation without a bounded queue admits all.
+    fn admits(&self, _tenant: &str) -> Result<(), ControlError> {
+        Ok(())
+    }
 
     /// Reads audio named by reference (a path under the configured root).
     fn read_reference(&self, reference: &str) -> Result<Vec<u8>, ControlError>;

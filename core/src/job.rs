@@ -170,9 +170,20 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// The idempotency key: one event per job and action.
-    pub fn key(&self) -> (JobId, AuditAction) {
-        (self.job_id.clone(), self.action)
+    /// The idempotency key: one event per job, action and occurrence.
+    ///
+    /// The correlation id tells occurrences apart: the pipeline's events carry
+    /// the id of the job's generation in the store (see
+    /// [`Take::Taken::generation`]), which a deleted and resubmitted job gets
+    /// anew while a redelivery of the same processing keeps it; so a replayed
+    /// commit writes nothing twice, and a second deletion or completion of the
+    /// same recording is a second event.
+    pub fn key(&self) -> (JobId, AuditAction, String) {
+        (
+            self.job_id.clone(),
+            self.action,
+            self.correlation_id.clone(),
+        )
     }
 }
 
@@ -203,12 +214,41 @@ pub struct PurgeCounts {
     pub documents: u64,
 }
 
+/// What taking a job for processing found (see [`JobStore::take`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Recorded as processing before any work: `attempt` is this take's
+    /// number (1 the first time); `generation` tells this record of the job
+    /// from an earlier one that was deleted or purged.
+    Taken { attempt: u32, generation: i64 },
+    /// Completed or dead-lettered already, last changed at `since` (unix
+    /// seconds; 0 if deleted meanwhile): nothing to do.
+    Finished { since: i64 },
+    /// Taken `attempts` times already without finishing: its workers stopped
+    /// while processing it (killed, out of memory, aborted). It must not be
+    /// taken again: dead-letter it.
+    Exhausted { attempts: u32, generation: i64 },
+}
+
+/// The reason a job is dead-lettered with after its workers stopped while
+/// processing it `attempts` times.
+pub fn worker_stopped_reason(attempts: u32) -> String {
+    format!("worker stopped while processing it {attempts} times")
+}
+
 /// The job store: status of every job and its transcript. Writes are idempotent.
 pub trait JobStore: Send {
     /// The job's status, if the store knows it.
     fn status(&mut self, id: &JobId) -> Result<Option<JobStatus>, ComponentError>;
     /// Records a newly received job as queued; `false` if it already existed.
     fn insert_queued(&mut self, meta: &JobMeta) -> Result<bool, ComponentError>;
+    /// Takes the job for processing, durably, before any work: records it as
+    /// queued if unknown, then, unless it is finished or was taken
+    /// `max_takes` times already, moves it to processing and counts the take.
+    /// A job left processing by a worker that stopped is taken again (until
+    /// `max_takes`); one still processing elsewhere in this process must be
+    /// told apart by the caller.
+    fn take(&mut self, meta: &JobMeta, max_takes: u32) -> Result<Take, ComponentError>;
     /// Moves a job to `status` if that is a forward transition; returns whether it moved.
     fn transition(&mut self, id: &JobId, status: JobStatus) -> Result<bool, ComponentError>;
     /// Stores the transcript and marks the job completed (idempotent).

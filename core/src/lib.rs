@@ -5,6 +5,7 @@ pub mod error;
 pub mod idempotency;
 pub mod job;
 pub mod phi;
+pub mod retry;
 pub mod source;
 pub mod telemetry;
 pub mod transcript;

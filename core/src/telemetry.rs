@@ -4,8 +4,8 @@
 //! bounded (stage, class, route, status), never a patient or job id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for work measured in seconds, from a short API call to a long dictation.
@@ -54,6 +54,11 @@ pub struct Metrics {
     /// Model work by kind (`windows_encoded`, `decoder_calls`,
     /// `fallback_windows`, `packs_split`, `packs_redone`): what the audio cost.
     pub model_work_total: IntCounterVec,
+    /// 1 while writes to a sink (`documents`, `audit`, `dead_letters`,
+    /// `store`) fail transiently and the commit stage holds the source back.
+    pub sink_outage: IntGaugeVec,
+    /// Outages of a sink: one per run of transient failures, not per retry.
+    pub sink_outage_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -164,6 +169,22 @@ impl Metrics {
                 "idempotency_filter_available",
                 "Whether the idempotency filter answers (1) or is bypassed (0)",
             )?,
+            sink_outage: {
+                let metric = IntGaugeVec::new(
+                    Opts::new(
+                        "sink_outage",
+                        "Whether writes to a sink are failing and the source is paused (1) or not (0)",
+                    ),
+                    &["sink"],
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            },
+            sink_outage_total: counter_vec(
+                "sink_outage_total",
+                "Sink outages (runs of transient write failures) the commit stage waited out",
+                &["sink"],
+            )?,
             registry,
         })
     }
@@ -214,6 +235,11 @@ mod tests {
             .idempotency_filter_fallback_total
             .with_label_values(&["check_failed"])
             .inc();
+        metrics.sink_outage.with_label_values(&["store"]).set(0);
+        metrics
+            .sink_outage_total
+            .with_label_values(&["store"])
+            .inc();
         let text = metrics.encode_text();
         for name in [
             "transcription_queue_depth",
@@ -229,6 +255,8 @@ mod tests {
             "retention_purged_total",
             "idempotency_filter_fallback_total",
             "idempotency_filter_available",
+            "sink_outage",
+            "sink_outage_total",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

@@ -1,34 +1,80 @@
-//! Dedupe: one job per tenant and audio content, across redeliveries and restarts.
+//! Dedupe: one job per tenant and audio content, across redeliveries and
+//! restarts, and no job taken more often than the bound.
 //!
-//! The job store is the exact record. An optional idempotency filter (a Bloom
-//! filter in Redis, shared by every pod) saves the store lookup for jobs it has
-//! certainly never seen; its "maybe seen" is always confirmed by the store, and
-//! while it fails dedupe uses the store alone, so the filter can only make
-//! dedupe faster, never drop or duplicate a job.
+//! The job store is the exact record. Every job is *taken* there before any
+//! work (see [`JobStore::take`]): the take is counted durably, so a job whose
+//! worker dies while processing it (killed, out of memory, aborted) is
+//! dead-lettered once it was taken `max_takes` times, whatever brings it back
+//! (a restart's re-queue, a broker's redelivery). A deleted or purged job is
+//! new again, because the store no longer holds it.
+//!
+//! In memory dedupe keeps only the jobs it took that are still in flight in
+//! this process (a window): their ids are dropped once the dataflow's output
+//! frontier (`settled`) has passed the epoch they were taken in, so the state
+//! is bounded by what is in flight, not by what the process ever saw.
+//!
+//! An optional idempotency filter (a Bloom filter in Redis, shared by every
+//! pod) is consulted first and told of every job taken; while it fails dedupe
+//! uses the store alone, so the filter can never drop or duplicate a job.
 
+use crate::identity::correlation_id;
 use crate::records::{route, DecodedJob, Outcome};
+use mmt_core::error::ErrorClass;
 use mmt_core::idempotency::{FilterAnswer, IdempotencyFilter};
-use mmt_core::job::{ComponentError, JobId, JobMeta, JobStatus, JobStore};
+use mmt_core::job::{
+    unix_now, worker_stopped_reason, ComponentError, DeadLetter, JobId, JobMeta, JobStatus,
+    JobStore, Stage, Take,
+};
 use mmt_core::telemetry::Metrics;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::Stream;
+use timely::dataflow::{ProbeHandle, Stream};
 
-/// Routes jobs by id to the worker that owns them and drops repeats.
+/// How dedupe takes jobs and when it forgets them.
+#[derive(Debug, Clone)]
+pub struct DedupeConfig {
+    /// Takes of one job before it is dead-lettered as a job that stops its
+    /// workers (`MAX_REPROCESS_ATTEMPTS`; at least 1: every job is tried).
+    pub max_takes: u32,
+    /// The frontier of the dataflow's end (after the commit): a job taken in
+    /// an epoch it has passed is committed, and leaves the window.
+    pub settled: ProbeHandle<u64>,
+    /// Jobs in this worker's window now (for tests and diagnostics).
+    pub window: Arc<AtomicUsize>,
+}
+
+impl DedupeConfig {
+    pub fn new(max_takes: u32, settled: ProbeHandle<u64>) -> Self {
+        Self {
+            max_takes: max_takes.max(1),
+            settled,
+            window: Arc::default(),
+        }
+    }
+}
+
+/// Routes jobs by id to the worker that owns them, takes them in the store,
+/// and drops repeats.
 ///
-/// A job already finished in an earlier run (completed or dead-lettered in the
-/// store) is a redelivery: it is only counted; a job seen twice in this run is
-/// a duplicate submission and is reported (audited) once.
+/// A job already finished (completed or dead-lettered in the store) is a
+/// redelivery: it is only counted; a job in flight in this process that
+/// arrives again is a duplicate submission and is reported (audited). Jobs
+/// that decoding rejected (`rejected`, dead letters) are taken too, so that a
+/// rejected job is dead-lettered once, not at every redelivery.
 pub trait Dedupe<'scope> {
     /// `filter`: the idempotency pre-filter, if one is configured (see the module
     /// docs); its health is reported in `metrics`.
     fn dedupe(
         self,
+        rejected: Stream<'scope, u64, Vec<Outcome>>,
         store: Box<dyn JobStore>,
         filter: Option<Box<dyn IdempotencyFilter>>,
         metrics: Metrics,
+        config: DedupeConfig,
     ) -> (
         Stream<'scope, u64, Vec<DecodedJob>>,
         Stream<'scope, u64, Vec<Outcome>>,
@@ -38,32 +84,309 @@ pub trait Dedupe<'scope> {
 impl<'scope> Dedupe<'scope> for Stream<'scope, u64, Vec<DecodedJob>> {
     fn dedupe(
         self,
+        rejected: Stream<'scope, u64, Vec<Outcome>>,
         mut store: Box<dyn JobStore>,
         filter: Option<Box<dyn IdempotencyFilter>>,
         metrics: Metrics,
+        config: DedupeConfig,
     ) -> (
         Stream<'scope, u64, Vec<DecodedJob>>,
         Stream<'scope, u64, Vec<Outcome>>,
     ) {
-        let mut seen: HashSet<JobId> = HashSet::new();
-        let mut prefilter = Prefilter::new(filter, metrics);
-        let verdicts: Stream<'scope, u64, Vec<Result<DecodedJob, Outcome>>> = self.unary(
+        let mut taker = Taker {
+            window: Window::default(),
+            prefilter: Prefilter::new(filter, metrics),
+            max_takes: config.max_takes,
+            started_at: unix_now(),
+        };
+        let settled = config.settled;
+        let window_size = config.window;
+        let verdicts: Stream<'scope, u64, Vec<Result<DecodedJob, Outcome>>> = self.binary(
+            rejected,
             Exchange::new(|job: &DecodedJob| route(&job.meta.id)),
+            Exchange::new(|outcome: &Outcome| route(outcome.job_id())),
             "Dedupe",
             move |_capability, _info| {
-                move |input, output| {
-                    input.for_each(|capability, data| {
+                move |decoded, rejected, output| {
+                    taker.window.forget_settled(&settled);
+                    decoded.for_each(|capability, data| {
+                        let epoch = capability.least().copied().unwrap_or_default();
                         let mut session = output.session(&capability);
                         for job in data.drain(..) {
-                            session.give(judge(job, &mut seen, store.as_mut(), &mut prefilter));
+                            session.give(taker.judge(job, epoch, store.as_mut()));
                         }
                     });
+                    rejected.for_each(|capability, data| {
+                        let epoch = capability.least().copied().unwrap_or_default();
+                        let mut session = output.session(&capability);
+                        for outcome in data.drain(..) {
+                            session.give(Err(taker.judge_rejected(outcome, epoch, store.as_mut())));
+                        }
+                    });
+                    window_size.store(taker.window.len(), Ordering::Relaxed);
                 }
             },
         );
         verdicts.ok_err(|verdict| verdict)
     }
 }
+
+/// The jobs this worker took that may still be in flight, by the epoch they
+/// were taken in.
+#[derive(Debug, Default)]
+struct Window {
+    epochs: HashMap<JobId, u64>,
+    by_epoch: BTreeMap<u64, Vec<JobId>>,
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        self.epochs.len()
+    }
+
+    fn contains(&self, id: &JobId) -> bool {
+        self.epochs.contains_key(id)
+    }
+
+    fn insert(&mut self, id: JobId, epoch: u64) {
+        if let Some(previous) = self.epochs.insert(id.clone(), epoch) {
+            if previous == epoch {
+                return;
+            }
+        }
+        self.by_epoch.entry(epoch).or_default().push(id);
+    }
+
+    fn remove(&mut self, id: &JobId) {
+        self.epochs.remove(id);
+    }
+
+    /// Drops the jobs of every epoch the end of the dataflow has passed:
+    /// they are committed, and the store's record speaks for them.
+    fn forget_settled(&mut self, settled: &ProbeHandle<u64>) {
+        while let Some(entry) = self.by_epoch.first_entry() {
+            let epoch = *entry.key();
+            if settled.less_equal(&epoch) {
+                break;
+            }
+            for id in entry.remove() {
+                // Unless taken again in a later epoch.
+                if self.epochs.get(&id) == Some(&epoch) {
+                    self.epochs.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// Dedupe's state on one worker.
+struct Taker {
+    window: Window,
+    prefilter: Prefilter,
+    max_takes: u32,
+    /// Unix seconds when this process started taking jobs: a job finished
+    /// since then and submitted again is a duplicate of this run, one
+    /// finished before it a redelivery of an earlier run's.
+    started_at: i64,
+}
+
+impl Taker {
+    /// The job to process, or why it needs no processing.
+    fn judge(
+        &mut self,
+        mut job: DecodedJob,
+        epoch: u64,
+        store: &mut dyn JobStore,
+    ) -> Result<DecodedJob, Outcome> {
+        if self.in_flight(&job.meta.id, store) {
+            // A broker redelivers a message whose delivery it lost track of (a
+            // dropped connection): that is the same submission again, not a
+            // second one, so it is not audited as a duplicate.
+            return Err(if job.redelivered {
+                Outcome::AlreadyFinished(job.meta.id)
+            } else {
+                Outcome::Duplicate(job.meta)
+            });
+        }
+        match self.take(&job.meta, epoch, store) {
+            Taken::Yes { generation } => {
+                adopt_generation(&mut job.meta, generation);
+                failpoint_after_take(&job.meta);
+                Ok(job)
+            }
+            // Finished since this process started, and not a broker's
+            // redelivery: the same audio submitted again in this run.
+            Taken::Finished { in_this_run: true } if !job.redelivered => {
+                Err(Outcome::Duplicate(job.meta))
+            }
+            Taken::Finished { .. } => Err(Outcome::AlreadyFinished(job.meta.id)),
+            Taken::Exhausted {
+                attempts,
+                generation,
+            } => {
+                adopt_generation(&mut job.meta, generation);
+                Err(Outcome::DeadLettered(worker_stopped(&job.meta, attempts)))
+            }
+        }
+    }
+
+    /// A job decoding rejected: dead-lettered once, with its generation.
+    fn judge_rejected(
+        &mut self,
+        outcome: Outcome,
+        epoch: u64,
+        store: &mut dyn JobStore,
+    ) -> Outcome {
+        let Outcome::DeadLettered(mut letter) = outcome else {
+            return outcome;
+        };
+        if self.in_flight(&letter.job_id, store) {
+            return Outcome::AlreadyFinished(letter.job_id);
+        }
+        let meta = meta_of_letter(&letter);
+        match self.take(&meta, epoch, store) {
+            Taken::Finished { .. } => Outcome::AlreadyFinished(letter.job_id),
+            Taken::Yes { generation } | Taken::Exhausted { generation, .. } => {
+                letter.correlation_id = correlation_id(&letter.job_id, generation as u64);
+                Outcome::DeadLettered(letter)
+            }
+        }
+    }
+
+    /// Whether the job was taken by this worker and is still in flight. The
+    /// store has the last word: a job deleted (or purged) and submitted again
+    /// meanwhile is queued there, or absent, and is new.
+    fn in_flight(&mut self, id: &JobId, store: &mut dyn JobStore) -> bool {
+        if !self.window.contains(id) {
+            return false;
+        }
+        match store.status(id) {
+            Ok(None | Some(JobStatus::Queued)) => {
+                self.window.remove(id);
+                false
+            }
+            Ok(Some(_)) => true,
+            // The window says in flight; without the store, trust it.
+            Err(err) => {
+                tracing::warn!(job = %id, error = %err, "store lookup failed; treating the job as in flight");
+                true
+            }
+        }
+    }
+
+    /// Takes the job in the store and remembers it in the window.
+    fn take(&mut self, meta: &JobMeta, epoch: u64, store: &mut dyn JobStore) -> Taken {
+        let answer = self.prefilter.check(&meta.id);
+        let taken = match store.take(meta, self.max_takes) {
+            Ok(Take::Taken {
+                attempt,
+                generation,
+            }) => {
+                if attempt > 1 {
+                    tracing::info!(job = %meta.id, attempt, "taking a job again that did not finish");
+                }
+                Taken::Yes { generation }
+            }
+            Ok(Take::Finished { since }) => {
+                tracing::debug!(job = %meta.id, "already finished");
+                return Taken::Finished {
+                    in_this_run: since >= self.started_at,
+                };
+            }
+            Ok(Take::Exhausted {
+                attempts,
+                generation,
+            }) => {
+                tracing::warn!(job = %meta.id, attempts, "the job stopped its workers every time; dead-lettering it");
+                Taken::Exhausted {
+                    attempts,
+                    generation,
+                }
+            }
+            // Processing without the count is safe (the sinks are
+            // idempotent); losing the job is not.
+            Err(err) => {
+                tracing::warn!(job = %meta.id, error = %err, "could not take the job in the store; processing anyway");
+                Taken::Yes {
+                    generation: meta.received_at,
+                }
+            }
+        };
+        self.window.insert(meta.id.clone(), epoch);
+        // Only remember in the filter what the store holds; skip it while the
+        // filter is down (its failure is already counted for this job).
+        if answer.is_some() {
+            self.prefilter.insert(&meta.id);
+        }
+        taken
+    }
+}
+
+/// What a take decided, less what the caller need not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Yes {
+        generation: i64,
+    },
+    /// `in_this_run`: finished since this process started.
+    Finished {
+        in_this_run: bool,
+    },
+    Exhausted {
+        attempts: u32,
+        generation: i64,
+    },
+}
+
+/// The job's events carry its generation's correlation id: the same for every
+/// redelivery of this record of the job, another once it is deleted and
+/// submitted again (the audit trail's key, see `AuditEvent::key`).
+fn adopt_generation(meta: &mut JobMeta, generation: i64) {
+    meta.correlation_id = correlation_id(&meta.id, generation as u64);
+}
+
+/// The dead letter of a job taken too often without finishing.
+fn worker_stopped(meta: &JobMeta, attempts: u32) -> DeadLetter {
+    DeadLetter {
+        job_id: meta.id.clone(),
+        tenant: meta.tenant.clone(),
+        correlation_id: meta.correlation_id.clone(),
+        stage: Stage::Dedupe,
+        // Whatever in the job stops its workers, retrying cannot help.
+        class: ErrorClass::UserInput,
+        reason: worker_stopped_reason(attempts),
+        attempts,
+        at: unix_now(),
+    }
+}
+
+/// What a dead letter tells of its job, for taking it.
+fn meta_of_letter(letter: &DeadLetter) -> JobMeta {
+    JobMeta {
+        id: letter.job_id.clone(),
+        tenant: letter.tenant.clone(),
+        content_hash: String::new(),
+        source: String::new(),
+        patient_reference: None,
+        encounter_reference: None,
+        correlation_id: letter.correlation_id.clone(),
+        received_at: letter.at,
+        trace_parent: None,
+    }
+}
+
+/// Test builds only (feature `failpoints`): aborts the process right after it
+/// took the job whose content hash `MMT_FAILPOINT_ABORT_ON_CONTENT` names, as
+/// a worker killed while processing it would stop.
+#[cfg(feature = "failpoints")]
+fn failpoint_after_take(meta: &JobMeta) {
+    if std::env::var("MMT_FAILPOINT_ABORT_ON_CONTENT").is_ok_and(|hash| hash == meta.content_hash) {
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_after_take(_meta: &JobMeta) {}
 
 /// Why dedupe went without the filter for a job (a bounded metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,126 +481,69 @@ impl Prefilter {
     }
 }
 
-/// The job to process, or why it needs no processing.
-fn judge(
-    job: DecodedJob,
-    seen: &mut HashSet<JobId>,
-    store: &mut dyn JobStore,
-    prefilter: &mut Prefilter,
-) -> Result<DecodedJob, Outcome> {
-    if !seen.insert(job.meta.id.clone()) {
-        // A broker redelivers a message whose delivery it lost track of (a
-        // dropped connection): that is the same submission again, not a second
-        // one, so it is not audited as a duplicate.
-        return Err(if job.redelivered {
-            Outcome::AlreadyFinished(job.meta.id)
-        } else {
-            Outcome::Duplicate(job.meta)
-        });
-    }
-    let answer = prefilter.check(&job.meta.id);
-    let recorded = if answer == Some(FilterAnswer::CertainlyNew) {
-        // No store lookup: recording the job tells whether the store knew it.
-        match store.insert_queued(&job.meta) {
-            Ok(true) => start(store, &job.meta.id),
-            // The store knew the job though the filter did not (its generation
-            // expired, or Redis lost it): the store's record decides.
-            Ok(false) => {
-                if finished(store, &job.meta.id) {
-                    return Err(Outcome::AlreadyFinished(job.meta.id));
-                }
-                start(store, &job.meta.id)
-            }
-            Err(err) => Err(err),
-        }
-    } else {
-        // Maybe seen (perhaps a false positive), or no filter to ask: look it up.
-        if finished(store, &job.meta.id) {
-            return Err(Outcome::AlreadyFinished(job.meta.id));
-        }
-        record(store, &job.meta)
-    };
-    match recorded {
-        // Only remember in the filter what the store holds; skip it while the
-        // filter is down (its failure is already counted for this job).
-        Ok(()) if answer.is_some() => prefilter.insert(&job.meta.id),
-        Ok(()) => {}
-        Err(err) => {
-            tracing::warn!(job = %job.meta.id, error = %err, "could not record the job as processing");
-        }
-    }
-    Ok(job)
-}
-
-/// Whether the store says the job reached an end state. A failed lookup counts
-/// as "no": the sinks are idempotent, so processing again is safe; losing the
-/// job is not.
-fn finished(store: &mut dyn JobStore, id: &JobId) -> bool {
-    match store.status(id) {
-        Ok(Some(status)) if status.is_terminal() => {
-            tracing::debug!(job = %id, status = status.as_str(), "already finished");
-            true
-        }
-        Ok(_) => false,
-        Err(err) => {
-            tracing::warn!(job = %id, error = %err, "store lookup failed; processing anyway");
-            false
-        }
-    }
-}
-
-/// Records the job as queued (unless known) and then processing.
-fn record(store: &mut dyn JobStore, meta: &JobMeta) -> Result<(), ComponentError> {
-    store.insert_queued(meta)?;
-    start(store, &meta.id)
-}
-
-fn start(store: &mut dyn JobStore, id: &JobId) -> Result<(), ComponentError> {
-    store.transition(id, JobStatus::Processing).map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mmt_core::error::ErrorClass;
-    use mmt_core::job::{CompletedJob, DeadLetter};
-    use std::collections::HashMap;
+    use mmt_core::job::CompletedJob;
+    use std::collections::HashSet;
 
-    /// A job store in memory that counts its status lookups.
+    /// A job store in memory (a unit-test double; the SQL store's take is
+    /// tested against SQLite and the servers in `connectors/tests`).
     #[derive(Default)]
     struct MemoryStore {
-        jobs: HashMap<JobId, JobStatus>,
-        lookups: usize,
+        jobs: HashMap<JobId, (JobStatus, u32, i64)>,
+        next_generation: i64,
+        /// What the store reports as the time of every finish.
+        now: i64,
     }
 
     impl JobStore for MemoryStore {
         fn status(&mut self, id: &JobId) -> Result<Option<JobStatus>, ComponentError> {
-            self.lookups += 1;
-            Ok(self.jobs.get(id).copied())
+            Ok(self.jobs.get(id).map(|job| job.0))
         }
         fn insert_queued(&mut self, meta: &JobMeta) -> Result<bool, ComponentError> {
             if self.jobs.contains_key(&meta.id) {
                 return Ok(false);
             }
-            self.jobs.insert(meta.id.clone(), JobStatus::Queued);
+            self.next_generation += 1;
+            self.jobs.insert(
+                meta.id.clone(),
+                (JobStatus::Queued, 0, self.next_generation),
+            );
             Ok(true)
         }
-        fn transition(&mut self, id: &JobId, status: JobStatus) -> Result<bool, ComponentError> {
-            match self.jobs.get_mut(id) {
-                Some(current) if current.can_become(status) => {
-                    *current = status;
-                    Ok(true)
+        fn take(&mut self, meta: &JobMeta, max_takes: u32) -> Result<Take, ComponentError> {
+            self.insert_queued(meta)?;
+            let job = self.jobs.get_mut(&meta.id).expect("inserted");
+            Ok(if job.0.is_terminal() {
+                Take::Finished { since: self.now }
+            } else if job.1 >= max_takes {
+                Take::Exhausted {
+                    attempts: job.1,
+                    generation: job.2,
                 }
-                _ => Ok(false),
-            }
+            } else {
+                job.0 = JobStatus::Processing;
+                job.1 += 1;
+                Take::Taken {
+                    attempt: job.1,
+                    generation: job.2,
+                }
+            })
+        }
+        fn transition(&mut self, _: &JobId, _: JobStatus) -> Result<bool, ComponentError> {
+            Ok(false)
         }
         fn complete(&mut self, job: &CompletedJob) -> Result<(), ComponentError> {
-            self.jobs.insert(job.meta.id.clone(), JobStatus::Completed);
+            if let Some(stored) = self.jobs.get_mut(&job.meta.id) {
+                stored.0 = JobStatus::Completed;
+            }
             Ok(())
         }
         fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), ComponentError> {
-            self.jobs
-                .insert(letter.job_id.clone(), JobStatus::DeadLettered);
+            if let Some(stored) = self.jobs.get_mut(&letter.job_id) {
+                stored.0 = JobStatus::DeadLettered;
+            }
             Ok(())
         }
         fn purge_before(&mut self, _: i64, _: bool) -> Result<Vec<JobId>, ComponentError> {
@@ -285,12 +551,11 @@ mod tests {
         }
     }
 
-    /// A filter double: an exact set, plus ids it falsely claims, and a switch
-    /// that makes every call fail like an unreachable Redis.
+    /// A filter double: an exact set, and a switch that makes every call fail
+    /// like an unreachable Redis.
     #[derive(Default)]
     struct MemoryFilter {
         inserted: HashSet<JobId>,
-        false_positives: HashSet<JobId>,
         down: bool,
     }
 
@@ -302,13 +567,11 @@ mod tests {
             if filter.down {
                 return Err(unreachable_redis());
             }
-            Ok(
-                if filter.inserted.contains(id) || filter.false_positives.contains(id) {
-                    FilterAnswer::MaybeSeen
-                } else {
-                    FilterAnswer::CertainlyNew
-                },
-            )
+            Ok(if filter.inserted.contains(id) {
+                FilterAnswer::MaybeSeen
+            } else {
+                FilterAnswer::CertainlyNew
+            })
         }
         fn insert(&mut self, id: &JobId) -> Result<(), ComponentError> {
             let mut filter = self.0.lock().expect("lock");
@@ -332,14 +595,20 @@ mod tests {
 
     type Handle = std::sync::Arc<std::sync::Mutex<MemoryFilter>>;
 
-    fn setup() -> (Prefilter, Handle, Metrics) {
+    fn new_taker(max_takes: u32) -> (Taker, Handle, Metrics) {
         let handle = Handle::default();
         let metrics = Metrics::new().expect("metrics");
         let prefilter = Prefilter::new(
             Some(Box::new(Shared(std::sync::Arc::clone(&handle)))),
             metrics.clone(),
         );
-        (prefilter, handle, metrics)
+        let taker = Taker {
+            window: Window::default(),
+            prefilter,
+            max_takes,
+            started_at: 1_000,
+        };
+        (taker, handle, metrics)
     }
 
     fn job(id: &str) -> DecodedJob {
@@ -360,137 +629,163 @@ mod tests {
         }
     }
 
-    fn fallbacks(metrics: &Metrics, reason: &str) -> u64 {
-        metrics
-            .idempotency_filter_fallback_total
-            .with_label_values(&[reason])
-            .get()
+    fn id(text: &str) -> JobId {
+        JobId(text.to_owned())
     }
 
     #[test]
-    fn certainly_new_skips_the_store_lookup() {
-        let (mut prefilter, handle, metrics) = setup();
+    fn a_job_is_taken_once_per_run_and_a_repeat_in_flight_is_a_duplicate() {
+        let (mut taker, handle, metrics) = new_taker(5);
         let mut store = MemoryStore::default();
-        let mut seen = HashSet::new();
-        assert!(judge(job("a1"), &mut seen, &mut store, &mut prefilter).is_ok());
-        assert_eq!(store.lookups, 0, "certainly new: no status lookup");
-        assert_eq!(store.jobs[&JobId("a1".into())], JobStatus::Processing);
-        assert!(handle
-            .lock()
-            .expect("lock")
-            .inserted
-            .contains(&JobId("a1".into())));
+        let taken = taker.judge(job("a1"), 0, &mut store).expect("taken");
+        assert_eq!(store.jobs[&id("a1")].0, JobStatus::Processing);
+        assert_eq!(store.jobs[&id("a1")].1, 1, "the take is counted");
+        assert_eq!(
+            taken.meta.correlation_id,
+            correlation_id(&id("a1"), 1),
+            "events carry the generation's correlation id"
+        );
+        assert!(handle.lock().expect("lock").inserted.contains(&id("a1")));
         assert_eq!(metrics.idempotency_filter_available.get(), 1);
-        // A duplicate in the same run never reaches the filter or the store.
         assert!(matches!(
-            judge(job("a1"), &mut seen, &mut store, &mut prefilter),
+            taker.judge(job("a1"), 1, &mut store),
+            Err(Outcome::Duplicate(_))
+        ));
+        let mut again = job("a1");
+        again.redelivered = true;
+        assert!(matches!(
+            taker.judge(again, 1, &mut store),
+            Err(Outcome::AlreadyFinished(_))
+        ));
+        assert_eq!(store.jobs[&id("a1")].1, 1, "repeats in flight take nothing");
+    }
+
+    #[test]
+    fn a_job_that_keeps_stopping_its_worker_is_dead_lettered_after_max_takes() {
+        let mut store = MemoryStore::default();
+        // Each process takes the job and dies: a fresh window each time.
+        for attempt in 1..=3 {
+            let (mut taker, _, _) = new_taker(3);
+            assert!(taker.judge(job("p1"), 0, &mut store).is_ok());
+            assert_eq!(store.jobs[&id("p1")].1, attempt);
+        }
+        let (mut taker, _, _) = new_taker(3);
+        let Err(Outcome::DeadLettered(letter)) = taker.judge(job("p1"), 0, &mut store) else {
+            panic!("the fourth take must dead-letter the job");
+        };
+        assert_eq!(letter.reason, "worker stopped while processing it 3 times");
+        assert_eq!(letter.attempts, 3);
+        assert_eq!(letter.stage, Stage::Dedupe);
+        assert!(!letter.class.is_retryable());
+        // Once dead-lettered in the store, nothing takes it again.
+        store.dead_letter(&letter).expect("dead letter");
+        let (mut taker, _, _) = new_taker(3);
+        assert!(matches!(
+            taker.judge(job("p1"), 0, &mut store),
+            Err(Outcome::AlreadyFinished(_))
+        ));
+        assert_eq!(store.jobs[&id("p1")].1, 3);
+    }
+
+    #[test]
+    fn a_deleted_job_submitted_again_is_new_even_while_in_the_window() {
+        let (mut taker, _, _) = new_taker(5);
+        let mut store = MemoryStore::default();
+        let first = taker.judge(job("d1"), 0, &mut store).expect("taken");
+        store.jobs.remove(&id("d1"));
+        let second = taker.judge(job("d1"), 1, &mut store).expect("new again");
+        assert_ne!(
+            first.meta.correlation_id, second.meta.correlation_id,
+            "another generation, another occurrence"
+        );
+        // Finished and still in the window: a repeat, not new work.
+        store.jobs.get_mut(&id("d1")).expect("stored").0 = JobStatus::Completed;
+        assert!(matches!(
+            taker.judge(job("d1"), 2, &mut store),
             Err(Outcome::Duplicate(_))
         ));
     }
 
     #[test]
-    fn a_redelivered_repeat_is_not_a_duplicate_submission() {
-        let (mut prefilter, _handle, _metrics) = setup();
+    fn the_window_forgets_what_the_end_of_the_dataflow_passed() {
+        let (mut taker, _, _) = new_taker(5);
         let mut store = MemoryStore::default();
-        let mut seen = HashSet::new();
-        assert!(judge(job("r1"), &mut seen, &mut store, &mut prefilter).is_ok());
-        let mut again = job("r1");
-        again.redelivered = true;
+        for n in 0..10 {
+            assert!(taker.judge(job(&format!("w{n}")), n, &mut store).is_ok());
+        }
+        assert_eq!(taker.window.len(), 10);
+        // A probe of nothing has an empty frontier: every epoch has passed.
+        taker.window.forget_settled(&ProbeHandle::new());
+        assert_eq!(taker.window.len(), 0);
+        assert!(taker.window.by_epoch.is_empty());
+        // Finished in an earlier run, a later arrival is a redelivery.
+        store.jobs.get_mut(&id("w3")).expect("stored").0 = JobStatus::Completed;
         assert!(matches!(
-            judge(again, &mut seen, &mut store, &mut prefilter),
+            taker.judge(job("w3"), 11, &mut store),
+            Err(Outcome::AlreadyFinished(_))
+        ));
+        // Finished in this run, the same audio again is a duplicate
+        // submission, unless the broker says it is a redelivery.
+        store.now = taker.started_at;
+        assert!(matches!(
+            taker.judge(job("w3"), 12, &mut store),
+            Err(Outcome::Duplicate(_))
+        ));
+        let mut redelivered = job("w3");
+        redelivered.redelivered = true;
+        assert!(matches!(
+            taker.judge(redelivered, 12, &mut store),
             Err(Outcome::AlreadyFinished(_))
         ));
     }
 
     #[test]
-    fn a_false_positive_is_confirmed_and_still_processed() {
-        let (mut prefilter, handle, _metrics) = setup();
-        handle
-            .lock()
-            .expect("lock")
-            .false_positives
-            .insert(JobId("b1".into()));
+    fn a_rejected_job_is_dead_lettered_once() {
+        let (mut taker, _, _) = new_taker(5);
         let mut store = MemoryStore::default();
-        let verdict = judge(job("b1"), &mut HashSet::new(), &mut store, &mut prefilter);
-        assert!(verdict.is_ok(), "a false positive must never drop a job");
-        assert_eq!(store.lookups, 1, "maybe seen: confirmed by the store");
-        assert_eq!(store.jobs[&JobId("b1".into())], JobStatus::Processing);
-    }
-
-    #[test]
-    fn a_true_positive_of_a_finished_job_is_not_processed_again() {
-        let (mut prefilter, _handle, _metrics) = setup();
-        let mut store = MemoryStore::default();
-        assert!(judge(job("c1"), &mut HashSet::new(), &mut store, &mut prefilter).is_ok());
-        store.jobs.insert(JobId("c1".into()), JobStatus::Completed);
-        // A redelivery in a later run (a fresh `seen`).
-        let verdict = judge(job("c1"), &mut HashSet::new(), &mut store, &mut prefilter);
-        assert!(matches!(verdict, Err(Outcome::AlreadyFinished(_))));
-        assert_eq!(store.lookups, 1);
-    }
-
-    #[test]
-    fn a_job_the_filter_forgot_is_still_caught_by_the_store() {
-        // The filter's generation expired (or Redis was flushed) but the store knows.
-        let (mut prefilter, _handle, _metrics) = setup();
-        let mut store = MemoryStore::default();
-        store
-            .jobs
-            .insert(JobId("d1".into()), JobStatus::DeadLettered);
-        let verdict = judge(job("d1"), &mut HashSet::new(), &mut store, &mut prefilter);
-        assert!(matches!(verdict, Err(Outcome::AlreadyFinished(_))));
-        store.jobs.insert(JobId("d2".into()), JobStatus::Failed);
-        let verdict = judge(job("d2"), &mut HashSet::new(), &mut store, &mut prefilter);
-        assert!(verdict.is_ok(), "a failed job is retried");
-        assert_eq!(store.jobs[&JobId("d2".into())], JobStatus::Processing);
+        let letter = DeadLetter {
+            job_id: id("r1"),
+            tenant: "clinic-a".into(),
+            correlation_id: "c".into(),
+            stage: Stage::Decode,
+            class: ErrorClass::UserInput,
+            reason: "not audio".into(),
+            attempts: 1,
+            at: 1,
+        };
+        let Outcome::DeadLettered(first) =
+            taker.judge_rejected(Outcome::DeadLettered(letter.clone()), 0, &mut store)
+        else {
+            panic!("dead-lettered the first time");
+        };
+        assert_eq!(first.correlation_id, correlation_id(&id("r1"), 1));
+        store.dead_letter(&first).expect("dead letter");
+        let (mut later, _, _) = new_taker(5);
+        assert!(matches!(
+            later.judge_rejected(Outcome::DeadLettered(letter), 0, &mut store),
+            Outcome::AlreadyFinished(_)
+        ));
     }
 
     #[test]
     fn a_filter_error_falls_back_to_the_store_and_keeps_correctness() {
-        let (mut prefilter, handle, metrics) = setup();
+        let (mut taker, handle, metrics) = new_taker(5);
         let mut store = MemoryStore::default();
-        store
-            .jobs
-            .insert(JobId("e-done".into()), JobStatus::Completed);
         handle.lock().expect("lock").down = true;
-
-        let mut seen = HashSet::new();
-        let finished = judge(job("e-done"), &mut seen, &mut store, &mut prefilter);
-        assert!(matches!(finished, Err(Outcome::AlreadyFinished(_))));
-        assert!(judge(job("e-new"), &mut seen, &mut store, &mut prefilter).is_ok());
-        assert_eq!(
-            store.lookups, 2,
-            "every job checked exactly while the filter is down"
-        );
-        assert_eq!(store.jobs[&JobId("e-new".into())], JobStatus::Processing);
-        assert_eq!(fallbacks(&metrics, "check_failed"), 2);
-        assert_eq!(
-            fallbacks(&metrics, "insert_failed"),
-            0,
-            "no insert tried while down"
-        );
+        assert!(taker.judge(job("e1"), 0, &mut store).is_ok());
+        assert_eq!(store.jobs[&id("e1")].0, JobStatus::Processing);
+        let fallbacks = |reason: &str| {
+            metrics
+                .idempotency_filter_fallback_total
+                .with_label_values(&[reason])
+                .get()
+        };
+        assert_eq!(fallbacks("check_failed"), 1);
+        assert_eq!(fallbacks("insert_failed"), 0, "no insert tried while down");
         assert_eq!(metrics.idempotency_filter_available.get(), 0);
-        assert!(!prefilter.available);
-
         handle.lock().expect("lock").down = false;
-        assert!(judge(job("e-later"), &mut seen, &mut store, &mut prefilter).is_ok());
+        assert!(taker.judge(job("e2"), 0, &mut store).is_ok());
         assert_eq!(metrics.idempotency_filter_available.get(), 1, "recovered");
-        assert!(prefilter.available);
-        assert_eq!(store.lookups, 2, "certainly new again: no lookup");
-    }
-
-    #[test]
-    fn without_a_filter_the_store_decides_alone() {
-        let metrics = Metrics::new().expect("metrics");
-        let mut prefilter = Prefilter::new(None, metrics.clone());
-        let mut store = MemoryStore::default();
-        assert!(judge(job("f1"), &mut HashSet::new(), &mut store, &mut prefilter).is_ok());
-        assert_eq!(store.lookups, 1);
-        assert_eq!(metrics.idempotency_filter_available.get(), 0);
-        assert_eq!(
-            fallbacks(&metrics, "check_failed"),
-            0,
-            "no filter is not an outage"
-        );
+        assert!(handle.lock().expect("lock").inserted.contains(&id("e2")));
     }
 }

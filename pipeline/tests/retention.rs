@@ -76,3 +76,67 @@ fn purges_only_what_is_older_than_the_window_and_audits_it() {
         purge_once(&Config::default(), &paths, 30, now, false, &metrics).expect("purge again");
     assert_eq!(again.jobs, 0, "purging is idempotent");
 }
+
+/// A purge whose document deletion fails (here the rewrite of the document
+/// file cannot be created, as on a full disk) keeps every due job in the
+/// store; the next purge finds them and removes their documents and rows.
+#[test]
+fn a_failed_document_purge_is_redone_by_the_next_run() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let paths = OutputPaths {
+        database_url: format!("sqlite://{}", out.path().join("mmt.db").display()),
+        audit_log: out.path().join("audit.jsonl"),
+        documents_dir: out.path().join("fhir"),
+        dead_letter_dir: out.path().to_owned(),
+    };
+    let now = 1_800_000_000;
+    let day = 86_400;
+    let old = [
+        "0123456789abcdef0123456789abcdef",
+        "1123456789abcdef0123456789abcdef",
+    ];
+    {
+        let mut sinks = open_sinks(&Config::default(), &paths).expect("sinks");
+        for (id, age_days) in [
+            (old[0], 40),
+            (old[1], 35),
+            ("fedcba9876543210fedcba9876543210", 5),
+        ] {
+            let job = job(id, now - age_days * day);
+            sinks.documents.write(&job).expect("document");
+            sinks.store.complete(&job).expect("store");
+        }
+    }
+    let document_file = out.path().join("fhir/DocumentReference.ndjson");
+    let documents = || {
+        std::fs::read_to_string(&document_file)
+            .expect("documents")
+            .lines()
+            .count()
+    };
+    // The purge rewrites the file through a sibling temporary file: a
+    // directory in its place makes that write fail, a real I/O error.
+    let blocker = out.path().join("fhir/DocumentReference.ndjson.tmp");
+    std::fs::create_dir(&blocker).expect("blocker");
+    let metrics = Metrics::new().expect("metrics");
+
+    let failed = purge_once(&Config::default(), &paths, 30, now, false, &metrics);
+    assert!(failed.is_err(), "the document purge failed: {failed:?}");
+    assert_eq!(documents(), 3, "no document went");
+    let (_, due) =
+        purge_once(&Config::default(), &paths, 30, now, true, &metrics).expect("dry run");
+    assert_eq!(due.jobs, 2, "both jobs are still recorded as due");
+
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let (_, purged) =
+        purge_once(&Config::default(), &paths, 30, now, false, &metrics).expect("purge");
+    assert_eq!((purged.jobs, purged.documents), (2, 2));
+    assert_eq!(documents(), 1, "only the recent job's document is left");
+    let (_, again) =
+        purge_once(&Config::default(), &paths, 30, now, false, &metrics).expect("purge again");
+    assert_eq!((again.jobs, again.documents), (0, 0));
+    let audit = std::fs::read_to_string(&paths.audit_log).expect("audit");
+    for id in old {
+        assert!(audit.contains(id), "the purge of {id} is audited");
+    }
+}

@@ -371,7 +371,12 @@ pub struct SelfAttentionCache {
 impl SelfAttentionCache {
     /// A cache holding no tokens yet.
     pub fn empty(spec: &ModelSpec, rows: usize) -> Result<Self, WhisperError> {
-        let shape = (rows, spec.n_heads, 0, spec.d_model / spec.n_heads.max(1));
+        Self::zeros(spec, rows, 0)
+    }
+
+    /// A cache of `len` zero keys and values per row (masked padding).
+    pub fn zeros(spec: &ModelSpec, rows: usize, len: usize) -> Result<Self, WhisperError> {
+        let shape = (rows, spec.n_heads, len, spec.d_model / spec.n_heads.max(1));
         let empty = || -> Result<Vec<DynValue>, WhisperError> {
             (0..spec.n_decoder_layers)
                 .map(|_| Ok(Tensor::from_array(ndarray::Array4::<f32>::zeros(shape))?.into_dyn()))

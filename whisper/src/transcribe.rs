@@ -405,20 +405,29 @@ impl Engine {
                 Strategy::Greedy => 1,
             };
             let windows_per_call = (MAX_DECODER_ROWS / rows_per_window).max(1);
+            // Windows with previous text and windows without are laid out
+            // differently (see `decoding::generate`): they never share a call.
+            let (conditioned, plain): (Vec<usize>, Vec<usize>) = pending
+                .iter()
+                .partition(|&&index| requests[index].sot_index > 0);
             let mut results = Vec::with_capacity(pending.len());
-            for group in pending.chunks(windows_per_call) {
+            for group in plain
+                .chunks(windows_per_call)
+                .chain(conditioned.chunks(windows_per_call))
+            {
                 let batch: Vec<Request> = group.iter().map(|&i| requests[i].clone()).collect();
-                results.extend(generate(
+                let generated = generate(
                     &mut self.model,
                     &mut *cross,
                     &batch,
                     &rules,
                     &strategy,
                     max_new_tokens,
-                )?);
+                )?;
+                results.extend(group.iter().copied().zip(generated));
             }
             let mut still_pending = Vec::new();
-            for (&index, generated) in pending.iter().zip(results) {
+            for (index, generated) in results {
                 let outcome = self.judge(generated, temperature)?;
                 let retry = outcome.needs_fallback(options);
                 attempts[index].push(outcome);

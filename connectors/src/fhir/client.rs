@@ -5,9 +5,10 @@
 //!   its document (200) instead of making a second one (201).
 //! - `purge` is a *conditional delete* per job id.
 //! - Retryable failures (5xx, 408, 409, 429, timeouts, connection failures) are
-//!   retried a few times inside the sink with exponential backoff (honouring a
-//!   short `Retry-After`), then reported as retryable so the commit stage keeps
-//!   retrying and eventually dead-letters the job.
+//!   retried a few times inside the sink with the one backoff policy
+//!   (`mmt_core::retry`, honouring a short `Retry-After`), then reported as
+//!   retryable: the commit stage waits the outage out, it never dead-letters a
+//!   job for it.
 //! - Other answers are not retryable; the error gives the HTTP status and the
 //!   `OperationOutcome`'s issue severities and codes, never its free-text
 //!   diagnostics (servers echo the rejected resource's values there, and the
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{CompletedJob, ComponentError, DocumentSink, JobId};
+use mmt_core::retry::RetryPolicy;
 use serde::Deserialize;
 use ureq::http::Response;
 use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
@@ -52,8 +54,8 @@ pub struct FhirServerSink {
     authorization: Option<Arc<str>>,
     identifier_system: String,
     attempts: u32,
-    backoff_base: Duration,
-    max_backoff: Duration,
+    /// Waits between the attempts of one request.
+    retry: RetryPolicy,
 }
 
 /// What the server's `CapabilityStatement` says about it.
@@ -98,8 +100,7 @@ impl FhirServerSink {
                 .map(|token| Arc::from(format!("Bearer {}", token.trim()))),
             identifier_system: config.identifier_system.clone(),
             attempts: config.attempts.max(1),
-            backoff_base: Duration::from_millis(config.backoff_base_ms),
-            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            retry: retry_policy(config),
         })
     }
 
@@ -256,10 +257,11 @@ impl FhirServerSink {
         mut send: impl FnMut() -> Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>> {
         let mut attempt = 0;
+        let mut backoffs = self.retry.backoff();
         loop {
             attempt += 1;
             let last = attempt >= self.attempts;
-            let backoff = self.backoff(attempt);
+            let backoff = backoffs.next().unwrap_or(self.retry.cap());
             match send() {
                 Ok(mut response) => {
                     let status = response.status().as_u16();
@@ -271,7 +273,7 @@ impl FhirServerSink {
                         return Err(status_error(operation, &mut response, attempt));
                     }
                     let wait = match retry_after {
-                        Some(asked) if asked > self.max_backoff => {
+                        Some(asked) if asked > self.retry.cap() => {
                             // Too long to hold the commit stage here: let it wait.
                             let mut error = status_error(operation, &mut response, attempt);
                             if let ConnectorError::FhirStatus { detail, .. } = &mut error {
@@ -316,16 +318,14 @@ impl FhirServerSink {
             }
         }
     }
+}
 
-    /// The wait after failed attempt `attempt` (1-based): base · 2^(attempt-1), capped.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1_u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
+/// The one retry policy with the config's numbers (a cap below the base, which
+/// validation rejects, is read as the base).
+fn retry_policy(config: &FhirServerConfig) -> RetryPolicy {
+    let base = Duration::from_millis(config.backoff_base_ms);
+    let cap = Duration::from_millis(config.max_backoff_ms).max(base);
+    RetryPolicy::new(base, cap).unwrap_or_else(|_| RetryPolicy::from_base(base))
 }
 
 impl fmt::Debug for FhirServerSink {
@@ -335,8 +335,7 @@ impl fmt::Debug for FhirServerSink {
             .field("authorization", &self.authorization.as_ref().map(|_| "***"))
             .field("identifier_system", &self.identifier_system)
             .field("attempts", &self.attempts)
-            .field("backoff_base", &self.backoff_base)
-            .field("max_backoff", &self.max_backoff)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
@@ -641,14 +640,19 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn the_waits_are_the_shared_policy_with_the_configured_numbers() {
         let config = FhirServerConfig::new("http://127.0.0.1:1/fhir")
             .retries(5, Duration::from_millis(100))
             .max_backoff(Duration::from_millis(350));
         let sink = config.build(false).expect("valid");
-        let waits: Vec<_> = (1..=5).map(|a| sink.backoff(a).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 350, 350, 350]);
-        assert_eq!(sink.backoff(40), Duration::from_millis(350));
+        assert_eq!(
+            sink.retry,
+            RetryPolicy::new(Duration::from_millis(100), Duration::from_millis(350))
+                .expect("valid")
+        );
+        let waits: Vec<Duration> = sink.retry.backoff().take(5).collect();
+        assert!(waits[0] >= Duration::from_millis(100) && waits[0] < Duration::from_millis(200));
+        assert!(waits.iter().all(|wait| *wait < Duration::from_millis(350)));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use super::log::{FileMode, Record, SharedLog};
 use crate::error::{ConnectorError, Result};
 
 /// Appends `AuditEvent`s as JSON lines to the `AUDIT_LOG_FILE`, at most one per
-/// (job id, action).
+/// [`AuditEvent::key`] (job id, action and occurrence): a replayed commit
+/// writes nothing twice, a second deletion of a resubmitted job is a second line.
 ///
 /// The audit trail never holds transcript text or references in the clear: as a
 /// last line of defence, `detail` values under keys that name references are
@@ -25,7 +26,7 @@ pub struct AuditLogSink {
 struct AuditEvents;
 
 impl Record for AuditEvents {
-    type Key = (JobId, AuditAction);
+    type Key = (JobId, AuditAction, String);
     const NAME: &'static str = "audit event";
 
     fn key_of(line: &[u8]) -> serde_json::Result<Self::Key> {
@@ -120,5 +121,41 @@ mod tests {
         assert_eq!(clean.detail["source_file"], "[redacted 9 chars]");
         assert_eq!(clean.detail["segments"], "4");
         assert_eq!(clean.key(), event.key());
+    }
+
+    fn deleted(correlation_id: &str) -> AuditEvent {
+        AuditEvent {
+            at: 1,
+            action: AuditAction::JobDeleted,
+            job_id: JobId("ab".into()),
+            tenant: "t".into(),
+            correlation_id: correlation_id.into(),
+            actor: "api:someone".into(),
+            detail: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_replay_is_written_once_and_a_second_occurrence_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut sink = AuditLogSink::open(&path).expect("open");
+        assert!(sink.record_event(&deleted("generation-1")).expect("write"));
+        assert!(
+            !sink.record_event(&deleted("generation-1")).expect("replay"),
+            "a replay of the same occurrence writes nothing"
+        );
+        assert!(
+            sink.record_event(&deleted("generation-2")).expect("write"),
+            "the same job deleted again after a resubmission is another event"
+        );
+        drop(sink);
+        // The keys survive a reopen (a restarted process replaying its commit).
+        let mut reopened = AuditLogSink::open(&path).expect("reopen");
+        assert!(!reopened
+            .record_event(&deleted("generation-2"))
+            .expect("replay"));
+        let lines = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(lines.lines().count(), 2, "{lines}");
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use mmt_core::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerPolicy;
@@ -231,14 +232,12 @@ impl RabbitMqConfig {
         }
     }
 
-    /// The wait before reconnection attempt `attempt` (0-based).
-    pub(crate) fn reconnect_delay(&self, attempt: u32) -> Duration {
-        let factor = 1u64 << attempt.min(16);
-        Duration::from_millis(
-            self.reconnect_base_ms
-                .saturating_mul(factor)
-                .min(self.reconnect_max_ms),
-        )
+    /// The waits between reconnection attempts: the one retry policy
+    /// (`mmt_core::retry`), for as long as the broker is gone.
+    pub(crate) fn reconnect_policy(&self) -> RetryPolicy {
+        let base = Duration::from_millis(self.reconnect_base_ms);
+        let cap = Duration::from_millis(self.reconnect_max_ms).max(base);
+        RetryPolicy::new(base, cap).unwrap_or_else(|_| RetryPolicy::from_base(base))
     }
 }
 
@@ -293,8 +292,19 @@ mod tests {
             config.connection_url(),
             "amqp://h/%2f?heartbeat=3&connection_timeout=10000"
         );
-        assert_eq!(config.reconnect_delay(0), Duration::from_millis(500));
-        assert_eq!(config.reconnect_delay(3), Duration::from_millis(4000));
-        assert_eq!(config.reconnect_delay(30), Duration::from_millis(30_000));
+        let policy = config.reconnect_policy();
+        assert_eq!(
+            (policy.base(), policy.cap(), policy.max_attempts()),
+            (
+                Duration::from_millis(500),
+                Duration::from_millis(30_000),
+                None
+            )
+        );
+        let first = policy.delay(1).expect("no limit");
+        assert!(first >= Duration::from_millis(500) && first < Duration::from_millis(1000));
+        assert!(policy
+            .delay(30)
+            .is_some_and(|d| d < Duration::from_millis(30_000)));
     }
 }

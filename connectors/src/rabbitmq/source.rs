@@ -341,6 +341,8 @@ struct Supervisor {
 impl Supervisor {
     async fn run(mut self, ready: oneshot::Sender<Result<()>>) {
         let mut ready = Some(ready);
+        let policy = self.config.reconnect_policy();
+        let mut backoff = policy.backoff();
         let mut attempt = 0u32;
         loop {
             let opened = tokio::time::timeout(
@@ -352,6 +354,7 @@ impl Supervisor {
             match opened {
                 Ok((connection, channel, consumer)) => {
                     attempt = 0;
+                    backoff = policy.backoff();
                     self.status.sessions.fetch_add(1, Ordering::Relaxed);
                     self.status.connected.store(true, Ordering::Relaxed);
                     if let Some(ready) = ready.take() {
@@ -380,10 +383,11 @@ impl Supervisor {
                         }));
                         return;
                     }
-                    tracing::warn!(%reason, attempt, "reconnecting to RabbitMQ failed");
+                    // One line per outage: the loss above, and "reconnected" at its end.
+                    tracing::debug!(%reason, attempt, "reconnecting to RabbitMQ failed");
                 }
             }
-            let delay = self.config.reconnect_delay(attempt);
+            let delay = backoff.next().unwrap_or(policy.cap());
             attempt = attempt.saturating_add(1);
             // Settlements of the lost session are meaningless now (the broker
             // redelivers those messages); drop them while waiting.

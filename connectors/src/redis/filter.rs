@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use mmt_core::error::ErrorClass;
 use mmt_core::idempotency::{FilterAnswer, IdempotencyFilter};
 use mmt_core::job::{ComponentError, JobId};
+use mmt_core::retry::RetryPolicy;
 use redis::{Client, Cmd, Connection, Pipeline, RedisError};
 use serde::Serialize;
 
@@ -292,20 +293,21 @@ fn choose_backend(
 }
 
 /// Waits between reconnects: nothing after the first failure of a working
-/// connection, then `first`, doubling up to `max`.
+/// connection, then the one retry policy (`mmt_core::retry`) from `first`,
+/// doubling with jitter, below `max`.
 #[derive(Debug)]
 struct Backoff {
-    first: Duration,
-    max: Duration,
+    policy: RetryPolicy,
     failures: u32,
     retry_at: Option<Instant>,
 }
 
 impl Backoff {
     fn new(first: Duration, max: Duration) -> Self {
+        let policy = RetryPolicy::new(first, max.max(first))
+            .unwrap_or_else(|_| RetryPolicy::from_base(first));
         Self {
-            first,
-            max,
+            policy,
             failures: 0,
             retry_at: None,
         }
@@ -321,11 +323,7 @@ impl Backoff {
         self.retry_at = match self.failures {
             // One failure may be a dropped idle connection: reconnect at once.
             1 => None,
-            n => {
-                let doublings = (n - 2).min(16);
-                let wait = self.first.saturating_mul(1 << doublings).min(self.max);
-                Some(now + wait)
-            }
+            n => self.policy.delay(n - 1).map(|wait| now + wait),
         };
     }
 
@@ -811,21 +809,20 @@ mod tests {
     #[test]
     fn backoff_reconnects_once_at_once_then_waits_doubling() {
         let now = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
+        let ms = Duration::from_millis;
+        let mut backoff = Backoff::new(ms(100), ms(300));
         assert_eq!(backoff.wait(now), None);
         backoff.failed(now);
         assert_eq!(backoff.wait(now), None, "first failure: reconnect at once");
         backoff.failed(now);
-        assert_eq!(backoff.wait(now), Some(Duration::from_millis(100)));
-        backoff.failed(now);
-        assert_eq!(backoff.wait(now), Some(Duration::from_millis(200)));
-        backoff.failed(now);
-        assert_eq!(
-            backoff.wait(now),
-            Some(Duration::from_millis(300)),
-            "capped"
-        );
-        assert_eq!(backoff.wait(now + Duration::from_millis(300)), None);
+        let first = backoff.wait(now).expect("a wait");
+        assert!(first >= ms(100) && first < ms(200), "{first:?}");
+        for _ in 0..10 {
+            backoff.failed(now);
+            let wait = backoff.wait(now).expect("a wait");
+            assert!(wait >= ms(150) && wait < ms(300), "capped: {wait:?}");
+        }
+        assert_eq!(backoff.wait(now + ms(300)), None);
         backoff.succeeded();
         assert_eq!(backoff.wait(now), None);
     }

@@ -36,6 +36,9 @@ pub struct JobRow {
     pub updated_at: i64,
     /// Unix seconds when the job completed.
     pub completed_at: Option<i64>,
+    /// Which record of the job this is: set when the row is created, new
+    /// after a deletion or purge (see [`mmt_core::job::Take`]).
+    pub generation: i64,
 }
 
 /// The recorded failure of a dead-lettered job (PHI-free).

@@ -47,7 +47,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mmt_core::job::{
-    CompletedJob, ComponentError, DeadLetter, JobId, JobMeta, JobStatus, JobStore,
+    CompletedJob, ComponentError, DeadLetter, JobId, JobMeta, JobStatus, JobStore, Take,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -71,12 +71,12 @@ static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/
 
 const COLUMNS: &str = "id, tenant, content_hash, source, patient_reference, encounter_reference, \
      correlation_id, status, attempts, error_stage, error_class, error_reason, transcript_json, \
-     audio_seconds, received_at, updated_at, completed_at, priority";
+     audio_seconds, received_at, updated_at, completed_at, priority, generation";
 
 /// A queued job, less its dialect's "if absent" (see [`Statements::for_dialect`]).
 const INSERT_QUEUED: &str = "INTO jobs (id, tenant, content_hash, source, \
      patient_reference, encounter_reference, correlation_id, status, attempts, priority, \
-     received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)";
+     received_at, updated_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)";
 
 /// An idempotency key, less its dialect's "if absent".
 const INSERT_KEY: &str = "INTO idempotency_keys (tenant, idem_key, request_hash, job_id, \
@@ -148,6 +148,15 @@ const DEAD_LETTER: &str = "UPDATE jobs SET status = ?, error_stage = ?, error_cl
 
 const STATUS: &str = "SELECT status FROM jobs WHERE id = ?";
 
+/// A take: the job moves to processing and counts the take, unless it is
+/// finished or was taken the bound number of times already.
+const TAKE: &str = "UPDATE jobs SET status = 'processing', attempts = attempts + 1, \
+     updated_at = ? WHERE id = ? AND status IN ('queued', 'processing', 'failed') \
+     AND attempts < ?";
+
+/// Where a job stands after a take.
+const TAKE_STATE: &str = "SELECT status, attempts, generation, updated_at FROM jobs WHERE id = ?";
+
 const PURGE_SELECT: &str = "SELECT id FROM jobs WHERE received_at < ? ORDER BY received_at, id";
 
 /// Ids a purge deletes per statement (the list padded by repetition, so one
@@ -190,6 +199,8 @@ struct Statements {
     complete: SqlStr,
     dead_letter: SqlStr,
     status: SqlStr,
+    take: SqlStr,
+    take_state: SqlStr,
     purge_select: SqlStr,
     /// `DELETE … WHERE id IN (…)` with [`PURGE_CHUNK`] slots, of the purged
     /// jobs' idempotency keys, rows and callbacks.
@@ -258,6 +269,8 @@ impl Statements {
             complete: text(COMPLETE),
             dead_letter: text(DEAD_LETTER),
             status: text(STATUS),
+            take: text(TAKE),
+            take_state: text(TAKE_STATE),
             purge_select: text(PURGE_SELECT),
             purge_delete_keys: text(&format!(
                 "DELETE FROM idempotency_keys WHERE job_id IN ({slots})"
@@ -312,7 +325,10 @@ fn numbered_placeholders(sql: &str) -> String {
 
 /// The `INSERT_QUEUED` statement bound to a job's metadata and priority (an `i64`).
 macro_rules! insert_queued {
-    ($sql:expr, $meta:expr, $priority:expr, $now:expr) => {{
+    ($sql:expr, $meta:expr, $priority:expr, $now:expr) => {
+        insert_queued!($sql, $meta, $priority, $now, new_generation())
+    };
+    ($sql:expr, $meta:expr, $priority:expr, $now:expr, $generation:expr) => {{
         let meta: &JobMeta = $meta;
         let priority: i64 = $priority;
         sqlx::query($sql.insert_queued.clone())
@@ -326,6 +342,7 @@ macro_rules! insert_queued {
             .bind(priority)
             .bind(meta.received_at)
             .bind($now)
+            .bind($generation)
     }};
 }
 
@@ -472,6 +489,73 @@ impl SqlJobStore {
                 .rows_affected()
         });
         Ok(inserted == 1)
+    }
+
+    /// Takes the job for processing (see [`JobStore::take`]): records it as
+    /// queued if absent, then moves it to processing and counts the take in
+    /// one conditional `UPDATE`, unless it is final or was taken `max_takes`
+    /// (at least 1) times already. Each statement commits before any work
+    /// starts, so a worker that dies while processing leaves its take counted.
+    pub fn take_job(&mut self, meta: &JobMeta, max_takes: u32) -> Result<Take> {
+        let now = now();
+        let generation = new_generation();
+        let max_takes = i64::from(max_takes.max(1));
+        let sql = &self.sql;
+        let id = meta.id.0.as_str();
+        on_pool!(&self.pool, |pool| {
+            self.runtime.block_on(async {
+                let inserted =
+                    retry_conflicts(|| insert_queued!(sql, meta, 0, now, generation).execute(pool))
+                        .await?
+                        .rows_affected()
+                        == 1;
+                let moved = retry_conflicts(|| {
+                    sqlx::query(sql.take.clone())
+                        .bind(now)
+                        .bind(id)
+                        .bind(max_takes)
+                        .execute(pool)
+                })
+                .await?
+                .rows_affected()
+                    == 1;
+                if inserted && moved {
+                    return Ok(Take::Taken {
+                        attempt: 1,
+                        generation,
+                    });
+                }
+                let Some(row) = sqlx::query(sql.take_state.clone())
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?
+                else {
+                    // Deleted in between (an API deletion): nothing to process.
+                    return Ok(Take::Finished { since: 0 });
+                };
+                let text: String = row.try_get("status")?;
+                let status =
+                    parse_status(&text).ok_or_else(|| unreadable(&meta.id, "status", &text))?;
+                let attempts: i64 = row.try_get("attempts")?;
+                let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+                let generation: i64 = row.try_get("generation")?;
+                Ok::<_, ConnectorError>(if moved {
+                    Take::Taken {
+                        attempt: attempts,
+                        generation,
+                    }
+                } else if status.is_terminal() {
+                    Take::Finished {
+                        since: row.try_get("updated_at")?,
+                    }
+                } else {
+                    Take::Exhausted {
+                        attempts,
+                        generation,
+                    }
+                })
+            })
+        })
     }
 
     /// Moves the job to `next` if that is a forward transition from where it
@@ -944,6 +1028,10 @@ impl JobStore for SqlJobStore {
         self.insert(meta).map_err(Into::into)
     }
 
+    fn take(&mut self, meta: &JobMeta, max_takes: u32) -> Result<Take, ComponentError> {
+        self.take_job(meta, max_takes).map_err(Into::into)
+    }
+
     fn transition(&mut self, id: &JobId, status: JobStatus) -> Result<bool, ComponentError> {
         self.advance(id, status).map_err(Into::into)
     }
@@ -1108,6 +1196,7 @@ where
         audio_seconds: row.try_get("audio_seconds")?,
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
+        generation: row.try_get("generation")?,
     })
 }
 
@@ -1140,6 +1229,14 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// A new row's generation: microseconds since the epoch. One job's rows are
+/// created at least a deletion apart, so they never share one.
+fn new_generation() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn now() -> i64 {

@@ -28,7 +28,8 @@
 //! `SSL_CERT_FILE`/`SSL_KEY_FILE`; `MIN_WORKERS_PER_CORE` above
 //! `MAX_WORKERS_PER_CORE`; `MAX_WORKERS_PER_CORE`, `ASYNC_MAX_WORKERS`,
 //! `ASYNC_QUEUE_MAXSIZE`, `RETENTION_DAYS`, `ASYNC_TASK_RETENTION_DAYS` or
-//! `REDIS_BLOOM_TTL_SECONDS` of 0; `EXTERNAL_*_ENABLED` without its `*_HOST`;
+//! `REDIS_BLOOM_TTL_SECONDS`, `MMT_API_MAX_QUEUED_JOBS` or
+//! `MMT_API_MAX_QUEUED_PER_TENANT` of 0; `EXTERNAL_*_ENABLED` without its `*_HOST`;
 //! `ENABLE_REDIS_BLOOM_IDEMPOTENCY` without external Redis; an `ORT_DYLIB_PATH` that
 //! does not name ONNX Runtime; a bad `OTEL_TRACES_SAMPLER_ARG` ratio.
 //!
@@ -36,7 +37,8 @@
 //! `ASYNC_QUEUE_MAXSIZE` below `ASYNC_MAX_WORKERS`; task records kept longer than
 //! transcripts; `MAX_REPROCESS_ATTEMPTS` or `BACKOFF_BASE_SECONDS` of 0, or a last
 //! retry delayed over a day; OTLP port of the other protocol; a sampler argument the
-//! sampler ignores; an unknown `MMT_*` variable (probably a typo).
+//! sampler ignores; `MMT_API_MAX_QUEUED_PER_TENANT` above
+//! `MMT_API_MAX_QUEUED_JOBS`; an unknown `MMT_*` variable (probably a typo).
 //!
 //! Empty values count as unset. Secrets (`INTERNAL_JWT_SECRET`, the password in
 //! `DATABASE_URL`, `OTEL_EXPORTER_OTLP_HEADERS`, credentials in URLs) never appear in
@@ -50,6 +52,7 @@ mod audit;
 mod database;
 mod environment;
 mod external;
+mod intake;
 mod model;
 mod net;
 mod problem;
@@ -76,6 +79,7 @@ pub use audio::{AudioConfig, DEFAULT_MAX_AUDIO_SECONDS};
 pub use audit::AuditConfig;
 pub use database::{DatabaseConfig, DatabaseKind, DatabaseUrl};
 pub use environment::Environment;
+pub use intake::IntakeConfig;
 pub use model::{InstallRoot, ModelConfig, ORT_LIBRARY_FILE};
 pub use net::{HostPort, HttpUrl};
 pub use problem::{ConfigError, Problem, Report, Severity};
@@ -157,6 +161,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The transcription model and ONNX Runtime.
     pub model: ModelConfig,
+    /// The bounds of `mmt serve`'s job queue.
+    pub intake: IntakeConfig,
     /// Limits on the recordings accepted.
     pub audio: AudioConfig,
 }
@@ -280,6 +286,7 @@ impl Config {
             reprocess: ReprocessConfig::from_vars(vars),
             telemetry: TelemetryConfig::from_vars(vars),
             model: ModelConfig::from_vars(vars, root),
+            intake: IntakeConfig::from_vars(vars),
             audio: AudioConfig::from_vars(vars),
         }
     }
@@ -301,6 +308,7 @@ impl Config {
         self.reprocess.validate(env, &mut out);
         self.telemetry.validate(env, &mut out);
         self.model.validate(env, &mut out);
+        self.intake.validate(env, &mut out);
         self.audio.validate(env, &mut out);
         out
     }
@@ -352,6 +360,7 @@ fn known_variable(name: &str) -> Option<&'static str> {
         .chain(telemetry::VARIABLES)
         .chain(rabbitmq::VARIABLES)
         .chain(sources::VARIABLES)
+        .chain(intake::VARIABLES)
         .find(|known| **known == name)
         .copied()
 }

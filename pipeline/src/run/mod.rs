@@ -12,6 +12,13 @@
 //! as done (acknowledged) once the probe shows the commit stage has passed its
 //! epoch; at most `max_epochs_in_flight` epochs are open at once, which is the
 //! back-pressure timely does not provide by itself.
+//!
+//! Jobs are taken in the store before any work (see `mmt_operators::dedupe`),
+//! so one whose worker died while processing it is still `processing` there
+//! when it comes back: a *suspect*. Every job in flight when a process dies is
+//! one, not only the culprit, so suspects run alone, one at a time, once
+//! nothing else is in flight: another crash is then charged to the job that
+//! caused it, and the jobs that merely shared its process complete.
 
 pub mod plan;
 pub mod source;
@@ -19,20 +26,21 @@ pub mod source;
 use crate::config::Config;
 use mmt_connectors::files::{AuditLogConfig, DeadLetterFileConfig, FhirNdjsonConfig};
 use mmt_core::idempotency::IdempotencyFilter;
-use mmt_core::job::{JobId, JobStore};
+use mmt_core::job::{JobId, JobStatus, JobStore};
+use mmt_core::retry::RetryPolicy;
 use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
-use mmt_operators::commit::{Commit, CommitCounters, CommitRetry, Retention, Sinks};
+use mmt_operators::commit::{Commit, CommitCounters, CommitOptions, Retention, Sinks};
 use mmt_operators::decode::{job_meta, DecodeAudio, DecodeSettings};
-use mmt_operators::dedupe::Dedupe;
+use mmt_operators::dedupe::{Dedupe, DedupeConfig};
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::SourceRecord;
 use mmt_operators::split::ChunkSpeech;
 use mmt_whisper::{Engine, ModelOptions, TranscribeOptions};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +96,13 @@ pub struct RunOptions {
     pub max_audio_seconds: Option<u32>,
     /// Retention enforced while the run goes on.
     pub retention: Retention,
+    /// Takes of one job before it is dead-lettered as one that stops its
+    /// workers (`MAX_REPROCESS_ATTEMPTS`).
+    pub max_takes: u32,
+    /// Backoff for transient sink failures (`BACKOFF_BASE_SECONDS`): the
+    /// commit stage waits an outage out, with the source paused, rather than
+    /// dead-letter the jobs it holds.
+    pub retry: RetryPolicy,
 }
 
 /// Where the embedded sinks write, derived from the config and `--out`.
@@ -179,6 +194,8 @@ pub struct Resources {
     pub sinks: Sinks,
     /// One job-store handle per worker, for dedupe.
     pub stores: Vec<Box<dyn JobStore>>,
+    /// The source's own handle on the job store, to set suspects apart.
+    pub screen: Box<dyn JobStore>,
     /// One idempotency filter per worker, if one is configured.
     pub filters: Vec<Option<Box<dyn IdempotencyFilter>>>,
 }
@@ -206,6 +223,7 @@ pub fn run(
         source,
         sinks,
         stores,
+        screen,
         filters,
     } = resources;
     let workers = options.workers.max(1);
@@ -242,7 +260,7 @@ pub fn run(
             .map(|((engine, store), filter)| Some((engine, store, filter)))
             .collect::<Vec<_>>(),
     ));
-    let worker_zero = Arc::new(Mutex::new(Some((sinks, source))));
+    let worker_zero = Arc::new(Mutex::new(Some((sinks, source, screen))));
     let counters = Arc::new(CommitCounters::default());
     let started = Instant::now();
     let discovered = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -262,7 +280,7 @@ pub fn run(
             };
             let (sinks, source) = if index == 0 {
                 match worker_zero.lock().ok().and_then(|mut s| s.take()) {
-                    Some((sinks, source)) => (Some(sinks), Some(source)),
+                    Some((sinks, source, screen)) => (Some(sinks), Some((source, screen))),
                     None => return Err("the source and sinks are missing".to_owned()),
                 }
             } else {
@@ -273,6 +291,11 @@ pub fn run(
             let options_in = options.clone();
             let counters_in = Arc::clone(&counters);
             let metrics_in = metrics.clone();
+            let commit_options = CommitOptions {
+                retry: options.retry,
+                retention: options.retention,
+                stop: Arc::clone(&stop),
+            };
             // Jobs dead-lettered by the commit stage (worker 0), for settling.
             let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
             let dead_lettered_in = Rc::clone(&dead_lettered);
@@ -282,7 +305,15 @@ pub fn run(
                         chunking: options_in.chunking.clone(),
                         max_audio_seconds: options_in.max_audio_seconds,
                     });
-                let (fresh, repeats) = decoded.dedupe(store, filter, metrics_in.clone());
+                // Decoding's dead letters are taken too: once dead-lettered,
+                // a redelivery of a rejected job writes nothing again.
+                let (fresh, repeats) = decoded.dedupe(
+                    rejected,
+                    store,
+                    filter,
+                    metrics_in.clone(),
+                    DedupeConfig::new(options_in.max_takes, probe.clone()),
+                );
                 let (results, failed) = fresh.chunk_speech().transcribe(
                     engine,
                     options_in.transcribe.clone(),
@@ -291,14 +322,8 @@ pub fn run(
                 );
                 let completed = results.assemble();
                 scope
-                    .concatenate([rejected, repeats, failed, completed])
-                    .commit(
-                        sinks,
-                        CommitRetry::default(),
-                        options_in.retention,
-                        counters_in,
-                        metrics_in,
-                    )
+                    .concatenate([repeats, failed, completed])
+                    .commit(sinks, commit_options, counters_in, metrics_in)
                     .inspect(move |(job, settlement)| {
                         if *settlement == Settlement::DeadLettered {
                             dead_lettered_in.borrow_mut().insert(job.clone());
@@ -307,7 +332,7 @@ pub fn run(
                     .probe_with(&probe);
             });
             match source {
-                Some(mut source) => {
+                Some((mut source, mut screen)) => {
                     let progress = QueueProgress {
                         inner: progress.as_ref(),
                         metrics: &metrics,
@@ -318,6 +343,8 @@ pub fn run(
                         probe: &probe,
                         options: &options,
                         source: source.as_mut(),
+                        screen: screen.as_mut(),
+                        suspects: VecDeque::new(),
                         dead_lettered: &dead_lettered,
                         open_epochs: BTreeMap::new(),
                         discovered: &discovered,
@@ -380,6 +407,10 @@ struct Driver<'a> {
     probe: &'a ProbeHandle<u64>,
     options: &'a RunOptions,
     source: &'a mut dyn JobSource,
+    /// Tells suspects (jobs a stopped worker left processing) apart.
+    screen: &'a mut dyn JobStore,
+    /// Suspects waiting to run alone, oldest first.
+    suspects: VecDeque<Delivery>,
     dead_lettered: &'a RefCell<HashSet<JobId>>,
     /// The messages of every epoch fed and not yet settled, with their jobs.
     open_epochs: BTreeMap<u64, Vec<(DeliveryTag, JobId)>>,
@@ -398,7 +429,13 @@ impl Driver<'_> {
                 break;
             }
             let mut fed = 0;
-            if (self.open_epochs.len() as u64) < self.options.max_epochs_in_flight.max(1) {
+            if !self.suspects.is_empty() {
+                // No new work while suspects wait: each runs alone once the
+                // pipe has drained.
+                if self.open_epochs.is_empty() {
+                    fed = self.feed_suspect();
+                }
+            } else if (self.open_epochs.len() as u64) < self.options.max_epochs_in_flight.max(1) {
                 match self
                     .source
                     .poll(self.options.files_per_epoch, Duration::ZERO)
@@ -438,7 +475,11 @@ impl Driver<'_> {
                 .options
                 .idle_exit
                 .is_some_and(|limit| last_activity.elapsed() >= limit);
-            if fed == 0 && (self.source.exhausted() || idle) && self.open_epochs.is_empty() {
+            if fed == 0
+                && (self.source.exhausted() || idle)
+                && self.open_epochs.is_empty()
+                && self.suspects.is_empty()
+            {
                 break;
             }
         }
@@ -454,8 +495,49 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Sends one batch of messages as a new epoch; returns how many.
+    /// Sends one batch of messages as a new epoch, less the suspects, which
+    /// wait to run alone; returns how many were fed.
     fn feed(&mut self, deliveries: Vec<Delivery>) -> u64 {
+        let (suspects, deliveries): (Vec<Delivery>, Vec<Delivery>) = deliveries
+            .into_iter()
+            .partition(|delivery| self.is_suspect(delivery));
+        if !suspects.is_empty() {
+            tracing::warn!(
+                jobs = suspects.len(),
+                "jobs a stopped worker left unfinished; each runs alone"
+            );
+            self.discovered
+                .fetch_add(suspects.len() as u64, Ordering::Relaxed);
+            self.suspects.extend(suspects);
+        }
+        let fed = self.send_epoch(deliveries);
+        self.discovered.fetch_add(fed, Ordering::Relaxed);
+        fed
+    }
+
+    /// Whether the job was taken and never finished, and is not in flight
+    /// here: a worker stopped while processing it. (A repeat of a job in
+    /// flight is fed as usual: dedupe reports it as a duplicate.) A failed
+    /// lookup counts as no: the job runs.
+    fn is_suspect(&mut self, delivery: &Delivery) -> bool {
+        let id = job_meta(&delivery.record).id;
+        let in_flight = self
+            .open_epochs
+            .values()
+            .flatten()
+            .any(|(_, job)| *job == id);
+        !in_flight && matches!(self.screen.status(&id), Ok(Some(JobStatus::Processing)))
+    }
+
+    /// Feeds the oldest suspect alone, in an epoch of its own.
+    fn feed_suspect(&mut self) -> u64 {
+        let Some(suspect) = self.suspects.pop_front() else {
+            return 0;
+        };
+        self.send_epoch(vec![suspect])
+    }
+
+    fn send_epoch(&mut self, deliveries: Vec<Delivery>) -> u64 {
         if deliveries.is_empty() {
             return 0;
         }
@@ -468,7 +550,6 @@ impl Driver<'_> {
         let fed = messages.len() as u64;
         self.open_epochs.insert(epoch, messages);
         self.input.advance_to(epoch + 1);
-        self.discovered.fetch_add(fed, Ordering::Relaxed);
         fed
     }
 
@@ -482,6 +563,15 @@ impl Driver<'_> {
             .take_while(|epoch| !self.probe.less_equal(epoch))
             .collect();
         if passed.is_empty() {
+            return;
+        }
+        if self.counters.abandoned.load(Ordering::Relaxed) > 0 {
+            // A stop came during a sink outage and the commit stage dropped
+            // outcomes it could not write: nothing open may be acknowledged
+            // now, the broker redelivers it all (the sinks are idempotent).
+            for epoch in passed {
+                self.open_epochs.remove(&epoch);
+            }
             return;
         }
         let mut dead_lettered = self.dead_lettered.borrow_mut();

@@ -94,10 +94,12 @@ pub fn open_resources_for(
             events,
         });
     }
+    let screen = open_store(config, &paths.database_url)?;
     Ok(Resources {
         source,
         sinks,
         stores,
+        screen,
         filters,
     })
 }

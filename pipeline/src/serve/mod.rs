@@ -8,6 +8,15 @@
 //! |---|---|---|
 //! | embedded (default) | [`intake::ApiQueue`] in this process | this process's dataflow |
 //! | RabbitMQ | the job queue (envelopes with inline audio) | every `mmt run --source rabbitmq` or `mmt serve --intake rabbitmq` |
+//!
+//! A submission is crash-safe: its upload is stored durably first, its job
+//! row second, and only then is it queued and answered 202. A crash between
+//! the steps leaves an upload without a row (removed at the next start) or a
+//! row with its upload (queued again at the next start); rows left without
+//! an upload by older versions are removed at start ([`open`]).
+//!
+//! When the dataflow stops unexpectedly, [`ServiceControl::mark_dataflow_stopped`]
+//! turns readiness and submissions to 503 until the process exits.
 
 pub mod intake;
 pub mod uploads;
@@ -17,7 +26,7 @@ use crate::run::plan::{
     amqp_config, envelope_reader, open_resources_for, open_shared_sinks, SharedSinks,
 };
 use crate::run::{setup, OutputPaths, Resources, RunError};
-use intake::{ApiQueue, ApiQueueSource};
+use intake::{ApiQueue, ApiQueueSource, QueueLimits, Refusal, RETRY_AFTER_SECONDS};
 use mmt_connectors::envelope::{message_id_for, EnvelopeReader, JobEnvelope};
 use mmt_connectors::fhir::document_reference;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqSource};
@@ -36,9 +45,11 @@ use mmt_core::source::JobSource;
 use mmt_core::telemetry::Metrics;
 use mmt_core::Transcript;
 use mmt_operators::decode::job_meta;
+use mmt_operators::identity::correlation_id;
 use mmt_operators::records::SourceRecord;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uploads::UploadStore;
 
@@ -50,6 +61,13 @@ const THROUGHPUT_WINDOW_SECONDS: u64 = 300;
 
 /// The actor of audit events this module records, before the caller's subject.
 const ACTOR_PREFIX: &str = "api:";
+
+/// Locks that serialize submissions of the same job id (by hash), so two
+/// concurrent uploads of one recording never interleave their steps.
+const SUBMISSION_LOCKS: usize = 16;
+
+/// Most unfinished rows looked at when reconciling at start-up.
+const RECONCILE_ROW_LIMIT: u32 = 100_000;
 
 /// Where accepted jobs wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +93,11 @@ pub struct ServiceControl {
     audit: Mutex<Box<dyn AuditSink>>,
     references: EnvelopeReader,
     metrics: Metrics,
+    /// Bounds a broker intake by its queue depth (the embedded queue holds its own).
+    limits: QueueLimits,
+    submission_locks: Vec<Mutex<()>>,
+    /// Set when the dataflow stopped while the service was meant to run.
+    dataflow_stopped: AtomicBool,
 }
 
 impl std::fmt::Debug for ServiceControl {
@@ -98,6 +121,7 @@ pub fn open(
     metrics: &Metrics,
 ) -> Result<(Resources, Arc<ServiceControl>), RunError> {
     let uploads = UploadStore::open(uploads_dir).map_err(|e| setup("upload store", e))?;
+    let limits = QueueLimits::from_config(&config.intake);
     let SharedSinks {
         sinks,
         documents,
@@ -105,8 +129,8 @@ pub fn open(
     } = open_shared_sinks(config, paths)?;
     let (source, intake): (Box<dyn JobSource>, Intake) = match intake {
         IntakeChoice::Embedded => {
-            let queue = ApiQueue::new();
-            let source = ApiQueueSource::new(Arc::clone(&queue));
+            let queue = ApiQueue::new(limits);
+            let source = ApiQueueSource::new(Arc::clone(&queue), uploads.clone());
             (Box::new(source), Intake::Embedded(queue))
         }
         IntakeChoice::RabbitMq => {
@@ -148,7 +172,13 @@ pub fn open(
         audit: Mutex::new(audit),
         references: envelope_reader(config),
         metrics: metrics.clone(),
+        limits,
+        submission_locks: (0..SUBMISSION_LOCKS).map(|_| Mutex::new(())).collect(),
+        dataflow_stopped: AtomicBool::new(false),
     });
+    control
+        .remove_rows_without_upload()
+        .map_err(|e| setup("job store", e))?;
     control
         .requeue_unfinished()
         .map_err(|e| setup("upload store", e))?;
@@ -167,6 +197,19 @@ fn unavailable(what: &str, err: impl std::fmt::Display) -> ControlError {
     ControlError::Unavailable(format!("{what}: {err}"))
 }
 
+fn refused(refusal: Refusal) -> ControlError {
+    match refusal {
+        Refusal::QueueFull => ControlError::QueueFull {
+            retry_after_seconds: RETRY_AFTER_SECONDS,
+        },
+        Refusal::TenantShareFull => ControlError::TenantShareFull {
+            retry_after_seconds: RETRY_AFTER_SECONDS,
+        },
+    }
+}
+
+const DATAFLOW_STOPPED: &str = "the transcription dataflow has stopped; the service is restarting";
+
 impl ServiceControl {
     /// One of the API's store connections, in turn.
     fn store(&self) -> MutexGuard<'_, SqlJobStore> {
@@ -175,7 +218,10 @@ impl ServiceControl {
     }
 
     /// Queues again every stored upload whose job has not finished (the
-    /// embedded queue lives in memory); drops uploads of deleted jobs.
+    /// embedded queue lives in memory); drops uploads of deleted jobs, and
+    /// uploads whose row was never written (a submission cut short).
+    /// Lazily: only ids wait in memory; the audio is read when the dataflow
+    /// takes the job.
     fn requeue_unfinished(&self) -> Result<usize, String> {
         let Intake::Embedded(queue) = &self.intake else {
             return Ok(0);
@@ -192,8 +238,12 @@ impl ServiceControl {
                 }
                 Some(status) if status.is_terminal() => {}
                 Some(_) => {
-                    if let Some(upload) = self.uploads.load(&id).map_err(|e| e.to_string())? {
-                        queue.push(id, upload.priority, upload.record);
+                    let stored = self
+                        .uploads
+                        .tenant_and_priority(&id)
+                        .map_err(|e| e.to_string())?;
+                    if let Some((tenant, priority)) = stored {
+                        queue.restore(id, &tenant, priority);
                         requeued += 1;
                     }
                 }
@@ -206,6 +256,41 @@ impl ServiceControl {
         Ok(requeued)
     }
 
+    /// Removes unfinished job rows that have no upload: a submission cut
+    /// short between its row and its upload by a version that wrote the row
+    /// first. Such a job can never run, and its client was never told it was
+    /// accepted; once removed, the same recording can be submitted again.
+    fn remove_rows_without_upload(&self) -> Result<usize, String> {
+        if !matches!(self.intake, Intake::Embedded(_)) {
+            // With a broker, jobs of other processes have no upload here.
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for status in [JobStatus::Queued, JobStatus::Processing] {
+            let rows = self
+                .store()
+                .list(Some(status), RECONCILE_ROW_LIMIT)
+                .map_err(|e| e.to_string())?;
+            for row in rows {
+                if !self.uploads.exists(&row.meta.id)
+                    && self
+                        .store()
+                        .delete(&row.meta.id)
+                        .map_err(|e| e.to_string())?
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(
+                jobs = removed,
+                "removed unfinished jobs whose upload was never stored"
+            );
+        }
+        Ok(removed)
+    }
+
     fn report_depth(&self) {
         if let Intake::Embedded(queue) = &self.intake {
             self.metrics
@@ -214,13 +299,11 @@ impl ServiceControl {
         }
     }
 
-    fn enqueue(&self, id: &JobId, record: SourceRecord, priority: u8) -> Result<(), ControlError> {
+    /// Hands a recorded job to the broker (the embedded queue takes it
+    /// through its reservation instead).
+    fn publish(&self, record: SourceRecord, priority: u8) -> Result<(), ControlError> {
         match &self.intake {
-            Intake::Embedded(queue) => {
-                queue.push(id.clone(), priority, record);
-                self.report_depth();
-                Ok(())
-            }
+            Intake::Embedded(_) => Ok(()),
             Intake::RabbitMq(submitter) => {
                 let mut envelope =
                     JobEnvelope::inline(&record.tenant, &record.bytes, record.extension.as_deref());
@@ -233,6 +316,29 @@ impl ServiceControl {
                     .map_err(|e| unavailable("the job queue", e))
             }
         }
+    }
+
+    /// The lock that serializes submissions of job `id`.
+    fn submission_lock(&self, id: &JobId) -> MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.0.hash(&mut hasher);
+        let index = (hasher.finish() % self.submission_locks.len() as u64) as usize;
+        lock(&self.submission_locks[index])
+    }
+
+    /// Records the dataflow's unexpected stop: readiness fails and every
+    /// submission is refused (503) until the process exits.
+    pub fn mark_dataflow_stopped(&self) {
+        self.dataflow_stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn dataflow_running(&self) -> bool {
+        !self.dataflow_stopped.load(Ordering::SeqCst)
+    }
+
+    /// Jobs waiting for the dataflow.
+    pub fn queued_jobs(&self) -> Result<u64, ControlError> {
+        self.queue_depth()
     }
 
     fn queue_depth(&self) -> Result<u64, ControlError> {
@@ -255,7 +361,14 @@ impl ServiceControl {
         Ok(row.filter(|row| row.meta.tenant == tenant))
     }
 
-    fn audit_deletion(&self, row: &JobRow, actor: &str, audio_removed: bool, documents: u64) {
+    /// Records the deletion in the audit trail; a failure fails the request.
+    fn audit_deletion(
+        &self,
+        row: &JobRow,
+        actor: &str,
+        audio_removed: bool,
+        documents: u64,
+    ) -> Result<(), ControlError> {
         let detail = BTreeMap::from([
             (
                 "audio".to_owned(),
@@ -269,13 +382,16 @@ impl ServiceControl {
             action: AuditAction::JobDeleted,
             job_id: row.meta.id.clone(),
             tenant: row.meta.tenant.clone(),
-            correlation_id: row.meta.correlation_id.clone(),
+            // The generation's, as the pipeline's events of this record of
+            // the job: one deletion event per record, however often retried.
+            correlation_id: correlation_id(&row.meta.id, row.generation as u64),
             actor: format!("{ACTOR_PREFIX}{actor}"),
             detail,
         };
-        if let Err(err) = lock(&self.audit).record(&event) {
+        lock(&self.audit).record(&event).map_err(|err| {
             tracing::error!(job = %row.meta.id, error = %err, "the deletion could not be audited");
-        }
+            unavailable("the audit trail", err)
+        })
     }
 }
 
@@ -302,7 +418,12 @@ fn record_of(row: &JobRow) -> JobRecord {
 }
 
 impl JobControl for ServiceControl {
+    /// Stores the upload durably, then records the job, then queues it: a
+    /// crash at any point leaves nothing that start-up cannot reconcile.
     fn submit(&self, submission: Submission) -> Result<Submitted, ControlError> {
+        if !self.dataflow_running() {
+            return Err(ControlError::Unavailable(DATAFLOW_STOPPED.to_owned()));
+        }
         let record = SourceRecord {
             tenant: submission.tenant,
             source: submission.source,
@@ -315,6 +436,37 @@ impl JobControl for ServiceControl {
             ..SourceRecord::default()
         };
         let meta = job_meta(&record);
+        let id = meta.id.clone();
+        let _same_job = self.submission_lock(&id);
+        // A place in the queue first: a refused submission records nothing.
+        let reservation = match &self.intake {
+            Intake::Embedded(queue) => Some(queue.reserve(&record.tenant).map_err(refused)?),
+            Intake::RabbitMq(_) => {
+                self.admits(&record.tenant)?;
+                None
+            }
+        };
+        // An upload already here with a row belongs to this job's earlier
+        // submission: it is left as it is (a retry must not rewrite its
+        // metadata). One without a row is a leftover, replaced.
+        let had_upload = self.uploads.exists(&id)
+            && self
+                .store()
+                .current_status(&id)
+                .map_err(|e| unavailable("the job store", e))?
+                .is_some();
+        if !had_upload {
+            self.uploads
+                .save(&id, &record, submission.priority)
+                .map_err(|e| ControlError::Internal(format!("storing the upload: {}", e.kind())))?;
+        }
+        let discard_upload = || {
+            if !had_upload {
+                if let Err(err) = self.uploads.delete(&id) {
+                    tracing::error!(job = %id, error = %err.kind(), "could not remove an unrecorded upload");
+                }
+            }
+        };
         let outcome = self
             .store()
             .submit(&NewSubmission {
@@ -329,26 +481,31 @@ impl JobControl for ServiceControl {
                     }),
                 callback_url: submission.callback_url.as_deref(),
             })
-            .map_err(|e| unavailable("the job store", e))?;
+            .map_err(|e| {
+                discard_upload();
+                unavailable("the job store", e)
+            })?;
         match outcome {
-            SubmissionOutcome::KeyConflict => Err(ControlError::IdempotencyConflict),
-            SubmissionOutcome::Existing { job_id } => Ok(Submitted {
-                job_id,
-                created: false,
-            }),
+            SubmissionOutcome::KeyConflict => {
+                discard_upload();
+                Err(ControlError::IdempotencyConflict)
+            }
+            SubmissionOutcome::Existing { job_id } => {
+                // The job kept its own upload (or, finished, needs none).
+                discard_upload();
+                Ok(Submitted {
+                    job_id,
+                    created: false,
+                })
+            }
             SubmissionOutcome::Created => {
-                let id = meta.id;
-                let queued = self
-                    .uploads
-                    .save(&id, &record, submission.priority)
-                    .map_err(|e| {
-                        ControlError::Internal(format!("storing the upload: {}", e.kind()))
-                    })
-                    .and_then(|()| self.enqueue(&id, record, submission.priority));
-                if let Err(err) = queued {
+                if let Some(reservation) = reservation {
+                    reservation.commit(id.clone(), submission.priority);
+                    self.report_depth();
+                } else if let Err(err) = self.publish(record, submission.priority) {
                     // Undo, so that a retry of this request is a new submission
                     // rather than a job that exists and never runs.
-                    let _ = self.uploads.delete(&id);
+                    discard_upload();
                     if let Err(undo) = self.store().delete(&id) {
                         tracing::error!(job = %id, error = %undo, "could not undo a failed submission");
                     }
@@ -359,6 +516,23 @@ impl JobControl for ServiceControl {
                     job_id: id,
                     created: true,
                 })
+            }
+        }
+    }
+
+    fn admits(&self, tenant: &str) -> Result<(), ControlError> {
+        if !self.dataflow_running() {
+            return Err(ControlError::Unavailable(DATAFLOW_STOPPED.to_owned()));
+        }
+        match &self.intake {
+            Intake::Embedded(queue) => queue.admits(tenant).map_err(refused),
+            // The broker's queue is shared and has no tenants: only its depth is bounded.
+            Intake::RabbitMq(_) => {
+                if self.queue_depth()? >= self.limits.max_jobs as u64 {
+                    Err(refused(Refusal::QueueFull))
+                } else {
+                    Ok(())
+                }
             }
         }
     }
@@ -457,10 +631,12 @@ impl JobControl for ServiceControl {
         let documents = lock(&self.documents)
             .purge(std::slice::from_ref(id))
             .map_err(|e| unavailable("the document sink", e))?;
+        // Audited before the row goes: if the audit fails the request fails
+        // and the job is still there to delete again (then audited once).
+        self.audit_deletion(&row, actor, audio_removed, documents)?;
         self.store()
             .delete(id)
             .map_err(|e| unavailable("the job store", e))?;
-        self.audit_deletion(&row, actor, audio_removed, documents);
         tracing::info!(job = %id, "job deleted");
         Ok(true)
     }
@@ -473,7 +649,13 @@ impl JobControl for ServiceControl {
             ready: result.is_ok(),
             detail: result.err(),
         };
+        let dataflow = if self.dataflow_running() {
+            Ok(())
+        } else {
+            Err(DATAFLOW_STOPPED.to_owned())
+        };
         vec![
+            component("dataflow", dataflow),
             component(
                 "job_store",
                 store.map_err(|_| "the job store does not answer".to_owned()),

@@ -5,6 +5,12 @@
 //! references, priority). The metadata file is written last, by rename, so
 //! its presence marks a complete upload; start-up re-queues every complete
 //! upload whose job has not finished.
+//!
+//! A saved upload is durable: each file is fsynced before its rename and the
+//! folder after it, so the API records the job (and answers 202) only once a
+//! power cut can no longer take the upload back. Whatever a crash leaves
+//! half-written (a `.partial` file, audio without its metadata) never had a
+//! job row, and [`UploadStore::open`] removes it.
 
 use mmt_core::job::JobId;
 use mmt_operators::records::SourceRecord;
@@ -42,14 +48,38 @@ pub struct UploadStore {
 }
 
 impl UploadStore {
-    /// Opens (creating, owner-only) the folder.
+    /// Opens (creating, owner-only) the folder, and removes what a crash
+    /// left half-written.
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        Ok(Self { dir })
+        let store = Self { dir };
+        let removed = store.remove_incomplete()?;
+        if removed > 0 {
+            tracing::info!(files = removed, "removed half-written uploads");
+        }
+        Ok(store)
+    }
+
+    /// Removes temporary files and audio without metadata: uploads a crash
+    /// interrupted before they were complete (so before their job existed).
+    fn remove_incomplete(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let incomplete = match path.extension().and_then(|e| e.to_str()) {
+                Some("partial") => true,
+                Some("audio") => !path.with_extension("json").exists(),
+                _ => false,
+            };
+            if incomplete && remove_if_present(&path)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn audio_path(&self, id: &JobId) -> PathBuf {
@@ -60,7 +90,7 @@ impl UploadStore {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Stores the upload of job `id` (replacing an earlier one).
+    /// Stores the upload of job `id` (replacing an earlier one), durably.
     pub fn save(&self, id: &JobId, record: &SourceRecord, priority: u8) -> std::io::Result<()> {
         write_owner_only(&self.audio_path(id), &record.bytes)?;
         let metadata = Metadata {
@@ -74,18 +104,40 @@ impl UploadStore {
             trace_parent: record.trace_parent.clone(),
         };
         let json = serde_json::to_vec(&metadata).map_err(std::io::Error::other)?;
-        write_owner_only(&self.metadata_path(id), &json)
+        write_owner_only(&self.metadata_path(id), &json)?;
+        // The renames are durable once the folder is.
+        fs::File::open(&self.dir)?.sync_all()
     }
 
-    /// The upload of job `id`, if it is complete.
-    pub fn load(&self, id: &JobId) -> std::io::Result<Option<StoredUpload>> {
+    /// Whether job `id` has a complete upload.
+    pub fn exists(&self, id: &JobId) -> bool {
+        self.metadata_path(id).is_file()
+    }
+
+    fn metadata(&self, id: &JobId) -> std::io::Result<Option<Metadata>> {
         let json = match fs::read(self.metadata_path(id)) {
             Ok(json) => json,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(err),
         };
-        let metadata: Metadata = serde_json::from_slice(&json)
-            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+    }
+
+    /// The tenant and priority of job `id`'s upload, if it is complete,
+    /// without reading its audio (queueing a backlog at start-up).
+    pub fn tenant_and_priority(&self, id: &JobId) -> std::io::Result<Option<(String, u8)>> {
+        Ok(self
+            .metadata(id)?
+            .map(|metadata| (metadata.tenant, metadata.priority)))
+    }
+
+    /// The upload of job `id`, if it is complete.
+    pub fn load(&self, id: &JobId) -> std::io::Result<Option<StoredUpload>> {
+        let Some(metadata) = self.metadata(id)? else {
+            return Ok(None);
+        };
         let bytes = fs::read(self.audio_path(id))?;
         Ok(Some(StoredUpload {
             priority: metadata.priority,
@@ -130,8 +182,8 @@ impl UploadStore {
     pub fn purge_before(&self, cutoff: i64) -> std::io::Result<u64> {
         let mut purged = 0;
         for id in self.ids()? {
-            let received_at = match self.load(&id) {
-                Ok(Some(upload)) => upload.record.received_at,
+            let received_at = match self.metadata(&id) {
+                Ok(Some(metadata)) => metadata.received_at,
                 // Unreadable metadata cannot say its age: leave it for a person.
                 Ok(None) | Err(_) => continue,
             };
@@ -200,10 +252,34 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(store.ids().unwrap(), [id.clone()]);
+        assert_eq!(store.ids().unwrap(), std::slice::from_ref(&id));
         assert!(store.delete(&id).unwrap());
         assert!(!store.delete(&id).unwrap());
         assert!(store.load(&id).unwrap().is_none());
+    }
+
+    #[test]
+    fn half_written_uploads_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UploadStore::open(dir.path()).unwrap();
+        let complete = JobId("complete".into());
+        store.save(&complete, &record(100), 3).unwrap();
+        // A crash before the metadata's rename, and one mid-write.
+        fs::write(dir.path().join("torn.audio"), b"RIFF").unwrap();
+        fs::write(dir.path().join("torn.json.partial"), b"{").unwrap();
+        let store = UploadStore::open(dir.path()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["complete.audio", "complete.json"]);
+        assert!(store.exists(&complete));
+        assert_eq!(
+            store.tenant_and_priority(&complete).unwrap(),
+            Some(("clinic-a".to_owned(), 3))
+        );
+        assert!(!store.exists(&JobId("torn".into())));
     }
 
     #[test]

@@ -102,6 +102,20 @@ impl Hypothesis {
 /// `docs/model-format.md`). Rows keeps that layout whenever it can, by
 /// arranging the windows in place; rows that do not form such runs get a copy
 /// of their window's K/V each.
+///
+/// The decoder never runs a single row: ONNX Runtime's matrix products take
+/// another code path for one row (MLAS's one-row kernels), whose rounding
+/// differs from the batched path, so a recording decoded alone would get
+/// other logits than the same recording in a batch (and, at a near tie or a
+/// fallback draw, other words). A lone row therefore runs beside a ballast
+/// row, a copy of itself on its own copy of the window, whose outputs are
+/// dropped: every row is computed the same way whatever its company.
+///
+/// Rows whose prompts differ in length are left-padded, and where a row's
+/// keys sit in the cache changes how ONNX Runtime's reductions round its
+/// attention. So prompts with previous text are laid out at one fixed length
+/// (see [`prompt_layout`]) whatever the batch, padding masked; prompts
+/// without previous text are all alike and need none.
 #[derive(Debug)]
 struct Rows<'a> {
     cache: SelfAttentionCache,
@@ -114,8 +128,24 @@ struct Rows<'a> {
     padding: Vec<usize>,
     /// Cache length (equal for every row, padding included).
     past: usize,
+    /// Length the first call lays the prompts out at (masked zeros before
+    /// them), if fixed.
+    prompt_layout: Option<usize>,
+    /// Whether the prompts were fed.
+    prompted: bool,
     /// Window row in `source` of each current row.
     windows: Vec<usize>,
+    /// The decoder runs one more row than `windows`: the ballast, a copy of
+    /// the only row (see above). Cache and padding hold it as their last row.
+    ballast: bool,
+}
+
+/// The decoder rows that hold the live rows `indices`: a lone row is doubled.
+fn decoder_rows(indices: &[usize]) -> Vec<usize> {
+    match indices {
+        [only] => vec![*only, *only],
+        _ => indices.to_vec(),
+    }
 }
 
 /// The windows, in order, when `rows` (each row's window) are equal runs of
@@ -141,13 +171,17 @@ impl<'a> Rows<'a> {
         windows: Vec<usize>,
     ) -> Result<Self, WhisperError> {
         let spec = model.spec();
+        let decoder_rows = decoder_rows(&windows).len();
         let mut rows = Self {
-            cache: SelfAttentionCache::empty(spec, windows.len())?,
+            cache: SelfAttentionCache::empty(spec, decoder_rows)?,
             source,
             copied: None,
-            padding: vec![0; windows.len()],
+            padding: vec![0; decoder_rows],
             past: 0,
+            prompt_layout: None,
+            prompted: false,
             windows: Vec::new(),
+            ballast: false,
         };
         rows.use_windows(windows)?;
         Ok(rows)
@@ -155,15 +189,25 @@ impl<'a> Rows<'a> {
 
     /// Points the rows at `windows` (one per row) and arranges their K/V.
     fn use_windows(&mut self, windows: Vec<usize>) -> Result<(), WhisperError> {
-        match window_groups(&windows) {
+        self.ballast = windows.len() == 1;
+        // A lone row and its ballast read two copies of the window, one row
+        // each, as rows of distinct windows do in a batch.
+        let groups = if self.ballast {
+            None
+        } else {
+            window_groups(&windows)
+        };
+        match groups {
             Some(groups) => {
                 self.copied = None;
                 self.source.arrange(&groups)?;
             }
             None => {
+                let wanted = decoder_rows(&windows);
                 let current = self.copied.as_ref().map(|(rows, _)| rows);
-                if current != Some(&windows) {
-                    self.copied = Some((windows.clone(), self.source.select_rows(&windows)?));
+                if current != Some(&wanted) {
+                    let copy = self.source.select_rows(&wanted)?;
+                    self.copied = Some((wanted, copy));
                 }
             }
         }
@@ -183,15 +227,24 @@ impl<'a> Rows<'a> {
         self.windows.len()
     }
 
-    /// Feeds one token sequence per row (left-padded to equal length); returns last logits.
+    /// Feeds one token sequence per row (left-padded to equal length); returns
+    /// the last logits of each row.
     fn feed(
         &mut self,
         model: &mut WhisperModel,
         sequences: &[&[u32]],
         pad_token: u32,
     ) -> Result<Array2<f32>, WhisperError> {
+        let live = sequences.len();
+        let mut sequences = sequences.to_vec();
+        if self.ballast {
+            sequences.extend(sequences.first().copied());
+        }
         let rows = sequences.len();
         let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        if !self.prompted {
+            self.lead_to_layout(model, width)?;
+        }
         let mut tokens = Array2::<i64>::from_elem((rows, width), i64::from(pad_token));
         let mut positions = Array2::<i64>::zeros((rows, width));
         let mut new_padding = Vec::with_capacity(rows);
@@ -222,8 +275,11 @@ impl<'a> Rows<'a> {
         })?;
         self.cache = cache;
         // Padding inside the new tokens only happens on the first (prompt) call.
-        if self.past == 0 {
-            self.padding = new_padding;
+        if !self.prompted {
+            for (padding, new) in self.padding.iter_mut().zip(new_padding) {
+                *padding += new;
+            }
+            self.prompted = true;
         } else if new_padding.iter().any(|&p| p > 0) {
             return Err(WhisperError::InvalidOption {
                 reason: "only the first decoder call may hold sequences of different lengths"
@@ -231,7 +287,26 @@ impl<'a> Rows<'a> {
             });
         }
         self.past = total;
-        Ok(logits)
+        Ok(if rows > live {
+            logits.select(Axis(0), &(0..live).collect::<Vec<_>>())
+        } else {
+            logits
+        })
+    }
+
+    /// Before the prompts of `width` tokens: masked zero keys and values up
+    /// to the fixed prompt layout, if one is set.
+    fn lead_to_layout(&mut self, model: &WhisperModel, width: usize) -> Result<(), WhisperError> {
+        let Some(layout) = self.prompt_layout else {
+            return Ok(());
+        };
+        let lead = layout.saturating_sub(width);
+        if lead > 0 {
+            self.cache = SelfAttentionCache::zeros(model.spec(), self.padding.len(), lead)?;
+            self.padding = vec![lead; self.padding.len()];
+            self.past = lead;
+        }
+        Ok(())
     }
 
     /// Keeps rows `indices` (in that order, repeats allowed).
@@ -239,15 +314,26 @@ impl<'a> Rows<'a> {
         if indices.len() == self.len() && indices.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        self.cache = self.cache.select_rows(indices)?;
+        // Live row r is decoder row r (a ballast comes last).
+        let kept = decoder_rows(indices);
+        self.cache = self.cache.select_rows(&kept)?;
+        self.padding = kept.iter().map(|&r| self.padding[r]).collect();
         let windows: Vec<usize> = indices.iter().map(|&r| self.windows[r]).collect();
-        self.use_windows(windows)?;
-        self.padding = indices.iter().map(|&r| self.padding[r]).collect();
-        Ok(())
+        self.use_windows(windows)
     }
 }
 
+/// The length every prompt with previous text is laid out at: the longest
+/// such prompt up to `<|startoftranscript|>` (Whisper keeps half the text
+/// context of previous text, after `<|startofprev|>`).
+pub fn prompt_layout(spec: &crate::model::ModelSpec) -> usize {
+    spec.n_text_ctx / 2 + 1
+}
+
 /// Decodes `requests` against the encoded windows `cross`.
+///
+/// Requests either all have previous text in their prompts or none has (see
+/// [`Rows`]): the caller batches the two kinds apart.
 ///
 /// Each request generates at most `max_new_tokens`, and never past the text
 /// context after its own prompt: a request's limit is its own, not the
@@ -264,7 +350,16 @@ pub fn generate(
         return Ok(Vec::new());
     }
     let spec = model.spec().clone();
+    let conditioned = requests[0].sot_index > 0;
+    if requests.iter().any(|r| (r.sot_index > 0) != conditioned) {
+        return Err(WhisperError::InvalidOption {
+            reason: "windows with and without previous text are decoded apart".into(),
+        });
+    }
     let mut rows = Rows::new(model, cross, requests.iter().map(|r| r.window).collect())?;
+    if conditioned {
+        rows.prompt_layout = Some(prompt_layout(&spec));
+    }
 
     // The prompt up to <|startoftranscript|> gives the no-speech probability.
     let heads: Vec<&[u32]> = requests
