@@ -79,6 +79,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         idle_exit,
         transcribe: transcribe_options(&args),
         chunking: ChunkConfig::default(),
+        max_audio_seconds: Some(config.audio.max_audio_seconds),
         retention: Retention {
             days: config.retention.retention_days,
             interval: Duration::from_secs(3600),

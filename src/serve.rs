@@ -92,6 +92,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             ..TranscribeOptions::default()
         },
         chunking: ChunkConfig::default(),
+        max_audio_seconds: Some(config.audio.max_audio_seconds),
         retention: Retention {
             days: config.retention.retention_days,
             interval: UPLOAD_RETENTION_INTERVAL,

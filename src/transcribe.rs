@@ -1,16 +1,34 @@
 //! `mmt transcribe`: decode files, transcribe them in batches, print transcripts.
+//!
+//! Each file is decoded as a stream into a spool (see `mmt_operators::samples`);
+//! a recording longer than `MMT_MAX_AUDIO_SECONDS` is an error for that file
+//! (the others are still transcribed), found from its header or as soon as
+//! decoding passes the limit.
 
 use crate::cli::TranscribeArgs;
 use anyhow::Result;
 use mmt_core::transcript::{Transcript, TranscriptFormat};
+use mmt_operators::chunk::{ChunkConfig, SpeechAnalyzer};
+use mmt_operators::decode::MAX_AUDIO_SECONDS_VARIABLE;
+use mmt_operators::records::{DecodedAudio, Samples};
+use mmt_operators::samples::SamplesWriter;
 use mmt_pipeline::config::Config;
-use mmt_whisper::{audio, Engine, ModelOptions, TranscribeOptions};
+use mmt_whisper::{audio, Engine, ModelOptions, TranscribeOptions, WhisperError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Files decoded and transcribed together; bounds memory for long file lists.
+/// Files transcribed together at most.
 const FILES_PER_CHUNK: usize = 64;
+
+/// Audio read into memory for one batch of files at most (115 MB as `f32`).
+const BATCH_AUDIO_SECONDS: f64 = 30.0 * 60.0;
+
+/// A file up to this long is decoded long-form as one input (Whisper's own
+/// 30 s windows, moved by its timestamps). A longer one is transcribed chunk
+/// by chunk from its spool, as `mmt run` does, so that it never has to fit
+/// in memory: 3.5 h would be 800 MB of samples.
+const LONG_FORM_MAX_SECONDS: f64 = 30.0 * 60.0;
 
 /// Reads the configuration, refusing to start on fatal problems.
 pub fn load_config() -> Result<Config> {
@@ -46,26 +64,105 @@ pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
     options.validate()?;
     let mut engine = Engine::load(&model_options(&config, args.threads))?;
 
+    let max_seconds = Some(config.audio.max_audio_seconds);
     let mut failures = 0usize;
     let mut stdout = std::io::stdout().lock();
-    for chunk in args.files.chunks(FILES_PER_CHUNK) {
-        let decoded: Vec<(PathBuf, Result<Vec<f32>, _>)> = chunk
-            .iter()
-            .map(|path| (path.clone(), audio::decode_file(path)))
-            .collect();
-        let mut good = Vec::new();
-        for (path, result) in decoded {
-            match result {
-                Ok(samples) => good.push((path, samples)),
-                Err(err) => {
-                    failures += 1;
-                    eprintln!("mmt: error: {}: {err}", path.display());
-                }
+    let several = args.files.len() > 1;
+    let mut batch = ShortFiles::default();
+    for path in &args.files {
+        let audio = match decode(path, max_seconds) {
+            Ok(audio) => audio,
+            Err(err) => {
+                failures += 1;
+                let hint = match err {
+                    WhisperError::TooLong { .. } => {
+                        format!("; set by {MAX_AUDIO_SECONDS_VARIABLE}")
+                    }
+                    _ => String::new(),
+                };
+                eprintln!("mmt: error: {}: {err}{hint}", path.display());
+                continue;
             }
+        };
+        let seconds = audio.samples.len() as f64 / f64::from(audio::SAMPLE_RATE);
+        if seconds > LONG_FORM_MAX_SECONDS {
+            // Files are printed in order: what is batched goes first.
+            batch.flush(&mut engine, &options, &mut stdout, args.format, several)?;
+            let transcript = transcribe_in_chunks(&mut engine, &options, &audio, seconds)?;
+            write_transcript(&mut stdout, path, &transcript, args.format, several)?;
+            continue;
         }
-        let inputs: Vec<&[f32]> = good.iter().map(|(_, samples)| samples.as_slice()).collect();
+        batch.push(path.clone(), audio.samples, seconds);
+        if batch.is_full() {
+            batch.flush(&mut engine, &options, &mut stdout, args.format, several)?;
+        }
+    }
+    batch.flush(&mut engine, &options, &mut stdout, args.format, several)?;
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// A file decoded as a stream into a spool (on disk past a megabyte), with
+/// its speech chunks planned on the way.
+fn decode(path: &Path, max_seconds: Option<u32>) -> Result<DecodedAudio, WhisperError> {
+    let chunking = ChunkConfig::default();
+    let mut writer = SamplesWriter::new();
+    let mut analyzer = SpeechAnalyzer::new(audio::SAMPLE_RATE, &chunking);
+    audio::stream_file(path, max_seconds, &mut |block| {
+        analyzer.push(block);
+        writer.write(block).map_err(|source| WhisperError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })
+    })?;
+    Ok(DecodedAudio {
+        chunks: analyzer.plan(&chunking),
+        samples: writer.finish(),
+    })
+}
+
+/// Short files waiting to be transcribed together, in file order.
+#[derive(Default)]
+struct ShortFiles {
+    files: Vec<(PathBuf, Samples)>,
+    seconds: f64,
+}
+
+impl ShortFiles {
+    fn push(&mut self, path: PathBuf, samples: Samples, seconds: f64) {
+        self.files.push((path, samples));
+        self.seconds += seconds;
+    }
+
+    fn is_full(&self) -> bool {
+        self.files.len() >= FILES_PER_CHUNK || self.seconds >= BATCH_AUDIO_SECONDS
+    }
+
+    /// Transcribes and prints the waiting files (their audio is read into
+    /// memory only now); leaves the batch empty.
+    fn flush(
+        &mut self,
+        engine: &mut Engine,
+        options: &TranscribeOptions,
+        out: &mut impl std::io::Write,
+        format: TranscriptFormat,
+        several: bool,
+    ) -> Result<()> {
+        let files = std::mem::take(&mut self.files);
+        self.seconds = 0.0;
+        if files.is_empty() {
+            return Ok(());
+        }
+        let loaded = files
+            .iter()
+            .map(|(_, samples)| samples.read())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let inputs: Vec<&[f32]> = loaded.iter().map(Vec::as_slice).collect();
         let started = Instant::now();
-        let transcripts = engine.transcribe_batch(&inputs, &options)?;
+        let transcripts = engine.transcribe_batch(&inputs, options)?;
         let audio_seconds: f64 = transcripts.iter().map(|t| t.duration_seconds).sum();
         tracing::info!(
             files = transcripts.len(),
@@ -73,21 +170,55 @@ pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
             wall_seconds = started.elapsed().as_secs_f64(),
             "transcribed"
         );
-        for ((path, _), transcript) in good.iter().zip(transcripts) {
-            write_transcript(
-                &mut stdout,
-                path,
-                &transcript,
-                args.format,
-                args.files.len() > 1,
-            )?;
+        for ((path, _), transcript) in files.iter().zip(transcripts) {
+            write_transcript(out, path, &transcript, format, several)?;
         }
+        Ok(())
     }
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+}
+
+/// A long recording transcribed as `mmt run` does it: its speech chunks in
+/// order, each read from the spool when its turn comes and prompted with the
+/// text before it, so that memory does not grow with the recording's length.
+fn transcribe_in_chunks(
+    engine: &mut Engine,
+    options: &TranscribeOptions,
+    audio: &DecodedAudio,
+    seconds: f64,
+) -> Result<Transcript> {
+    let mut context: Vec<u32> = match &options.initial_prompt {
+        Some(text) => engine.tokenizer().encode(&format!(" {}", text.trim()))?,
+        None => Vec::new(),
+    };
+    let started = Instant::now();
+    let mut segments = Vec::new();
+    for chunk in &audio.chunks {
+        let samples = audio.samples.slice(chunk.start..chunk.end).read()?;
+        let offset = chunk.start as f64 / f64::from(audio::SAMPLE_RATE);
+        let continued = engine
+            .transcribe_continuing(&[samples.as_slice()], &[context.as_slice()], options)?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no transcript produced"))?;
+        context = continued.context;
+        segments.extend(
+            continued
+                .transcript
+                .segments
+                .into_iter()
+                .map(|mut segment| {
+                    segment.start = (segment.start + offset).min(seconds);
+                    segment.end = (segment.end + offset).min(seconds).max(segment.start);
+                    segment
+                }),
+        );
+    }
+    tracing::info!(
+        chunks = audio.chunks.len(),
+        audio_seconds = seconds,
+        wall_seconds = started.elapsed().as_secs_f64(),
+        "transcribed a long recording in chunks"
+    );
+    Ok(Transcript::from_segments(segments, seconds, "en"))
 }
 
 /// JSON is one object per line naming its file; other formats get a header per

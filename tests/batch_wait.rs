@@ -40,7 +40,7 @@ fn chunk() -> ChunkWork {
         total: 1,
         offset_seconds: 0.0,
         job_seconds: seconds,
-        samples,
+        samples: samples.into(),
     }
 }
 

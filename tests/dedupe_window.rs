@@ -33,7 +33,7 @@ fn job(n: u64) -> DecodedJob {
             received_at: 1_700_000_000,
             trace_parent: None,
         },
-        samples: Vec::new(),
+        audio: Default::default(),
         redelivered: false,
     }
 }

@@ -325,3 +325,71 @@ fn fast_decoding_gives_one_segment_per_chunk_and_no_fallback() {
         assert!(!data.is_empty(), "a sample lost its text");
     }
 }
+
+/// The 2.5 s FLAC fixture with its declared length zeroed ("unknown", as a live
+/// encoder leaves it): only decoding can find out how long it is.
+fn flac_of_unknown_length() -> Vec<u8> {
+    let mut bytes =
+        std::fs::read(root().join("whisper/tests/fixtures/jfk_16k_mono.flac")).expect("fixture");
+    // STREAMINFO starts at byte 8; its 36-bit total is in its bytes 13 (low nibble) to 17.
+    bytes[8 + 13] &= 0xF0;
+    bytes[8 + 14..8 + 18].fill(0);
+    bytes
+}
+
+#[test]
+fn recordings_over_the_length_limit_are_dead_lettered_naming_the_limit() {
+    if !model_ready() {
+        return;
+    }
+    let input = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    // A minute of silence whose header declares its length, a stream that only
+    // runs past the limit while it decodes, and a 7.9 s dictation.
+    std::fs::write(
+        input.path().join("doe_jane_long.wav"),
+        wav_bytes(&vec![0i16; 16_000 * 60]),
+    )
+    .expect("write");
+    std::fs::write(
+        input.path().join("doe_jane_live.flac"),
+        flac_of_unknown_length(),
+    )
+    .expect("write");
+    std::fs::copy(
+        root().join("samples/dict_001.wav"),
+        input.path().join("dict.wav"),
+    )
+    .expect("copy");
+
+    let started = Instant::now();
+    let output = mmt_run(input.path(), out.path())
+        .env("MMT_MAX_AUDIO_SECONDS", "2")
+        .output()
+        .expect("mmt run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "dead letters exit 2\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let letters = read_lines(&out.path().join("dlq.jsonl"));
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["stage"], "decode");
+        let reason = letter["reason"].as_str().expect("reason");
+        assert!(reason.contains("of 2 s"), "names the limit: {reason}");
+        assert!(reason.contains("MMT_MAX_AUDIO_SECONDS"), "{reason}");
+        assert!(!reason.contains("doe_jane"), "no PHI: {reason}");
+    }
+    assert!(
+        letters.iter().any(|l| l["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("declares 60 s"))),
+        "the header's claim is named: {letters:?}"
+    );
+    assert_eq!(documents(out.path()).len(), 0);
+    assert!(started.elapsed() < Duration::from_secs(300), "liveness");
+}

@@ -196,6 +196,38 @@ fn bad_inputs_get_one_line_errors_and_the_rest_is_transcribed() {
 }
 
 #[test]
+fn a_recording_over_the_length_limit_is_an_error_for_that_file_only() {
+    if !model_ready() {
+        return;
+    }
+    // dict_001 is 7.9 s, over the limit; the LibriSpeech clip is 3 s.
+    let (status, stdout, stderr) = common::mmt_with_env(
+        &[
+            "transcribe",
+            "samples/dict_001.wav",
+            "samples/librispeech_61-70968-0002.wav",
+        ],
+        &[("MMT_MAX_AUDIO_SECONDS", "5")],
+    );
+    assert_eq!(status.code(), Some(2), "stderr: {stderr}");
+    let error_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("mmt: error: "))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    let line = error_lines[0];
+    assert!(line.contains("dict_001.wav"), "names the file: {line}");
+    assert!(line.contains("of 5 s"), "names the limit: {line}");
+    assert!(line.contains("MMT_MAX_AUDIO_SECONDS"), "{line}");
+    assert!(
+        normalize(&stdout)
+            .join(" ")
+            .contains("a golden fortune and a happy life"),
+        "the other file is transcribed: {stdout}"
+    );
+}
+
+#[test]
 fn missing_model_says_which_command_to_run() {
     let (status, _, stderr) = common::mmt_with_env(
         &["transcribe", "samples/librispeech_61-70968-0002.wav"],

@@ -10,6 +10,7 @@
 
 use crate::job::ComponentError;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Audio as it arrives from a source, before anything is checked.
@@ -18,8 +19,12 @@ pub struct SourceRecord {
     pub tenant: String,
     /// File name or message id (may hold PHI: never logged).
     pub source: String,
-    /// The encoded audio.
+    /// The encoded audio, when it came inline (a broker message, an upload).
     pub bytes: Vec<u8>,
+    /// The audio as a file that is read while it decodes (a folder's file),
+    /// so that a long recording is never held in memory; `bytes` is then empty.
+    #[serde(default)]
+    pub file: Option<AudioFile>,
     /// File extension or format name, a hint for the container probe.
     pub extension: Option<String>,
     pub patient_reference: Option<String>,
@@ -36,6 +41,14 @@ pub struct SourceRecord {
     /// W3C `traceparent` the message carried, if any.
     #[serde(default)]
     pub trace_parent: Option<String>,
+}
+
+/// Audio left in a file: where it is (may hold PHI: never logged), and the
+/// hex SHA-256 of its content, computed as it was read (the job's identity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioFile {
+    pub path: PathBuf,
+    pub content_hash: String,
 }
 
 /// A source's handle on one message, handed back to it when the message settles.

@@ -584,6 +584,13 @@ mod tests {
             Ok(true)
         }
 
+        fn take(&mut self, _meta: &JobMeta, _max_takes: u32) -> Result<Take, ComponentError> {
+            Ok(Take::Taken {
+                attempt: 1,
+                generation: 1,
+            })
+        }
+
         fn transition(&mut self, _id: &JobId, _status: JobStatus) -> Result<bool, ComponentError> {
             Ok(true)
         }

@@ -628,7 +628,7 @@ mod tests {
                 received_at: 1_700_000_000,
                 trace_parent: None,
             },
-            samples: Vec::new(),
+            audio: Default::default(),
             redelivered: false,
         }
     }

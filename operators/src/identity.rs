@@ -15,6 +15,22 @@ pub const CORRELATION_ID_HEX_LEN: usize = 16;
 /// input hashes with [`ContentHasher`] to the same value.
 pub use mmt_core::content::{content_hash, ContentHasher};
 
+/// [`content_hash`] of everything `reader` yields, read in blocks (a long
+/// recording is never held in memory to be hashed).
+pub fn content_hash_of(mut reader: impl std::io::Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 16];
+    loop {
+        match reader.read(&mut block) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&block[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The job's id: the first 32 hex digits of SHA-256(`tenant` ‖ 0x00 ‖
 /// `content_hash`). The zero byte keeps `("ab", "c…")` and `("a", "bc…")` apart.
 pub fn job_id(tenant: &str, content_hash: &str) -> JobId {
@@ -60,6 +76,14 @@ mod tests {
         assert!(empty
             .chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn a_streamed_hash_equals_the_hash_of_the_bytes() {
+        let long: Vec<u8> = (0..200_003u32).map(|i| (i % 251) as u8).collect();
+        for bytes in [&b""[..], b"abc", &long] {
+            assert_eq!(content_hash_of(bytes).expect("hash"), content_hash(bytes));
+        }
     }
 
     #[test]

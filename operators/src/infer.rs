@@ -182,9 +182,33 @@ fn run_batch(
     if speech.is_empty() {
         return out;
     }
+    // A chunk's samples are read from the job's spool only now, so that
+    // waiting chunks hold no audio.
+    let mut loaded = Vec::with_capacity(speech.len());
+    for (capability, work) in speech {
+        match work.samples.read() {
+            Ok(samples) => loaded.push((capability, work, samples)),
+            Err(err) => {
+                tracing::error!(error = %err, "reading a chunk's audio back failed");
+                if options.condition_on_previous_text {
+                    advance(jobs, &work, Vec::new());
+                }
+                let reason = format!("cannot read the decoded audio back: {err}");
+                let class = mmt_core::ErrorClass::External { retryable: true };
+                out.push((capability, Err(dead_letter(&work, class, reason))));
+            }
+        }
+    }
+    if loaded.is_empty() {
+        return out;
+    }
+    let (speech, audio): (Vec<_>, Vec<Vec<f32>>) = loaded
+        .into_iter()
+        .map(|(capability, work, samples)| ((capability, work), samples))
+        .unzip();
+    let inputs: Vec<&[f32]> = audio.iter().map(Vec::as_slice).collect();
     let started = Instant::now();
     let work_before = engine.work();
-    let inputs: Vec<&[f32]> = speech.iter().map(|(_, w)| w.samples.as_slice()).collect();
     let prompts: Vec<&[u32]> = speech
         .iter()
         .map(|(_, w)| {
@@ -224,21 +248,25 @@ fn run_batch(
                 if options.condition_on_previous_text {
                     advance(jobs, &work, Vec::new());
                 }
-                let letter = DeadLetter {
-                    job_id: work.meta.id.clone(),
-                    tenant: work.meta.tenant.clone(),
-                    correlation_id: work.meta.correlation_id.clone(),
-                    stage: Stage::Inference,
-                    class: err.class(),
-                    reason: err.to_string(),
-                    attempts: 1,
-                    at: unix_now(),
-                };
-                out.push((capability, Err(Outcome::DeadLettered(letter))));
+                let letter = dead_letter(&work, err.class(), err.to_string());
+                out.push((capability, Err(letter)));
             }
         }
     }
     out
+}
+
+fn dead_letter(work: &ChunkWork, class: mmt_core::ErrorClass, reason: String) -> Outcome {
+    Outcome::DeadLettered(DeadLetter {
+        job_id: work.meta.id.clone(),
+        tenant: work.meta.tenant.clone(),
+        correlation_id: work.meta.correlation_id.clone(),
+        stage: Stage::Inference,
+        class,
+        reason,
+        attempts: 1,
+        at: unix_now(),
+    })
 }
 
 fn chunk_result(work: ChunkWork, segments: Vec<Segment>) -> ChunkResult {

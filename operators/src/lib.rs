@@ -1,7 +1,8 @@
 //! The operators of the transcription dataflow, as extension traits on timely
 //! streams, and the per-record logic they wrap.
 //!
-//! In stream order: [`decode`] (bytes → samples, bad input → dead letter),
+//! In stream order: [`decode`] (bytes → spooled samples and their speech
+//! chunks, see [`samples`]; bad input → dead letter),
 //! [`dedupe`] (exchange by job; one job per tenant and content), [`split`]
 //! (voice activity → ≤ 30 s speech chunks, see [`chunk`]), [`infer`] (cross-job
 //! batches on ONNX Runtime), [`assemble`] (exchange by job; chunks in order →
@@ -20,4 +21,5 @@ pub mod dedupe;
 pub mod identity;
 pub mod infer;
 pub mod records;
+pub mod samples;
 pub mod split;

@@ -7,20 +7,31 @@ use mmt_core::job::{CompletedJob, DeadLetter, JobId, JobMeta};
 use mmt_core::Segment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::samples::Samples;
 pub use mmt_core::source::SourceRecord;
 
-/// A job whose audio decoded: 16 kHz mono samples.
+use crate::chunk::ChunkSpan;
+
+/// A job whose audio decoded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodedJob {
     pub meta: JobMeta,
-    pub samples: Vec<f32>,
+    pub audio: DecodedAudio,
     /// The broker delivered this message before: a repeat is not a new submission.
     pub redelivered: bool,
 }
 
+/// A recording's 16 kHz mono samples (spooled, not in memory) and its speech
+/// chunks, planned by voice-activity detection while it decoded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DecodedAudio {
+    pub samples: Samples,
+    pub chunks: Vec<ChunkSpan>,
+}
+
 impl DecodedJob {
     pub fn duration_seconds(&self) -> f64 {
-        self.samples.len() as f64 / f64::from(mmt_whisper::audio::SAMPLE_RATE)
+        self.audio.samples.len() as f64 / f64::from(mmt_whisper::audio::SAMPLE_RATE)
     }
 }
 
@@ -37,7 +48,8 @@ pub struct ChunkWork {
     pub offset_seconds: f64,
     /// Duration of the job's whole audio, in seconds.
     pub job_seconds: f64,
-    pub samples: Vec<f32>,
+    /// The chunk's samples, read when the model is about to transcribe them.
+    pub samples: Samples,
 }
 
 /// The transcript of one chunk, timestamps already relative to the job's audio.

@@ -14,7 +14,7 @@
 
 use crate::WhisperError;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Fft, FixedSync, Resampler};
+use rubato::{Fft, FixedSync, Indexing, Resampler};
 use std::fs::File;
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -50,22 +50,21 @@ static CODECS: LazyLock<CodecRegistry> = LazyLock::new(|| {
     registry
 });
 
+/// Receives the decoded signal block by block (16 kHz mono, sanitised), in order.
+/// An error from it stops decoding and is returned as is.
+pub type SampleSink<'a> = dyn FnMut(&[f32]) -> Result<(), WhisperError> + 'a;
+
 /// Decodes an audio file to 16 kHz mono samples in `[-1, 1]`.
 ///
 /// The file extension, if any, is passed to the container probe as a hint;
 /// detection itself is by content.
 pub fn decode_file(path: &Path) -> Result<Vec<f32>, WhisperError> {
-    let io_err = |source| WhisperError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    if len == 0 {
-        return Err(invalid("the file is empty (0 bytes)"));
-    }
-    let extension = path.extension().and_then(|e| e.to_str());
-    decode_source(Box::new(file), extension)
+    let mut samples = Vec::new();
+    stream_file(path, None, &mut |block| {
+        samples.extend_from_slice(block);
+        Ok(())
+    })?;
+    Ok(samples)
 }
 
 /// Decodes in-memory audio bytes to 16 kHz mono samples in `[-1, 1]`.
@@ -76,10 +75,57 @@ pub fn decode_bytes(
     bytes: Vec<u8>,
     extension_hint: Option<&str>,
 ) -> Result<Vec<f32>, WhisperError> {
+    let mut samples = Vec::new();
+    stream_bytes(bytes, extension_hint, None, &mut |block| {
+        samples.extend_from_slice(block);
+        Ok(())
+    })?;
+    Ok(samples)
+}
+
+/// Decodes an audio file as a stream: packets are decoded, mixed to mono and
+/// resampled one after another, and the 16 kHz signal is handed to `sink` in
+/// blocks, so memory does not grow with the recording's length. Returns the
+/// number of samples handed over.
+///
+/// With `max_seconds`, a recording whose container declares a longer duration
+/// is refused before any packet is decoded, and one that runs longer while
+/// decoding is refused as soon as it passes the limit
+/// ([`WhisperError::TooLong`]); the rest of the file is never read.
+pub fn stream_file(
+    path: &Path,
+    max_seconds: Option<u32>,
+    sink: &mut SampleSink<'_>,
+) -> Result<u64, WhisperError> {
+    let io_err = |source| WhisperError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    if len == 0 {
+        return Err(invalid("the file is empty (0 bytes)"));
+    }
+    let extension = path.extension().and_then(|e| e.to_str());
+    decode_source(Box::new(file), extension, max_seconds, sink)
+}
+
+/// [`stream_file`] for in-memory audio bytes.
+pub fn stream_bytes(
+    bytes: Vec<u8>,
+    extension_hint: Option<&str>,
+    max_seconds: Option<u32>,
+    sink: &mut SampleSink<'_>,
+) -> Result<u64, WhisperError> {
     if bytes.is_empty() {
         return Err(invalid("the input is empty (0 bytes)"));
     }
-    decode_source(Box::new(Cursor::new(bytes)), extension_hint)
+    decode_source(
+        Box::new(Cursor::new(bytes)),
+        extension_hint,
+        max_seconds,
+        sink,
+    )
 }
 
 fn invalid(reason: impl Into<String>) -> WhisperError {
@@ -93,9 +139,21 @@ fn invalid(reason: impl Into<String>) -> WhisperError {
 fn decode_source(
     source: Box<dyn MediaSource>,
     extension: Option<&str>,
-) -> Result<Vec<f32>, WhisperError> {
-    match catch_unwind(AssertUnwindSafe(|| decode_unguarded(source, extension))) {
-        Ok(result) => result,
+    max_seconds: Option<u32>,
+    sink: &mut SampleSink<'_>,
+) -> Result<u64, WhisperError> {
+    let mut output = Output {
+        sink,
+        block: Vec::new(),
+        samples: 0,
+    };
+    let guarded = catch_unwind(AssertUnwindSafe(|| {
+        decode_unguarded(source, extension, max_seconds, &mut output)
+    }));
+    match guarded {
+        Ok(Ok(())) if output.samples == 0 => Err(WhisperError::EmptyAudio),
+        Ok(Ok(())) => Ok(output.samples),
+        Ok(Err(err)) => Err(err),
         Err(_) => {
             tracing::error!("audio decoder panicked; input treated as corrupt");
             Err(invalid("the audio decoder failed on corrupt input"))
@@ -103,17 +161,78 @@ fn decode_source(
     }
 }
 
-/// Mono samples accumulated at one input sample rate.
+/// The end of the chain: sanitises each block and hands it to the sink.
+struct Output<'s, 'a> {
+    sink: &'s mut SampleSink<'a>,
+    /// Scratch space for the sanitised copy of a block.
+    block: Vec<f32>,
+    samples: u64,
+}
+
+impl Output<'_, '_> {
+    fn emit(&mut self, samples: &[f32]) -> Result<(), WhisperError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        self.block.clear();
+        self.block.extend_from_slice(samples);
+        sanitize(&mut self.block);
+        self.samples += samples.len() as u64;
+        (self.sink)(&self.block)
+    }
+}
+
+/// How much audio has been decoded, against the limit.
 #[derive(Debug)]
+struct LengthLimit {
+    max_seconds: Option<u32>,
+    /// Seconds decoded in the runs before the current one.
+    previous_runs: f64,
+}
+
+impl LengthLimit {
+    /// Refuses a container that declares more than the limit.
+    fn check_declared(&self, frames: Option<u64>, rate: Option<u32>) -> Result<(), WhisperError> {
+        if let (Some(limit), Some(frames), Some(rate)) = (self.max_seconds, frames, rate) {
+            if rate > 0 && frames / u64::from(rate) > u64::from(limit) {
+                return Err(WhisperError::TooLong {
+                    limit_seconds: limit,
+                    declared_seconds: Some(frames / u64::from(rate)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses once the decoded audio (the finished runs plus `frames` at
+    /// `rate` in the current one) passes the limit.
+    fn check_decoded(&self, frames: u64, rate: u32) -> Result<(), WhisperError> {
+        let Some(limit) = self.max_seconds else {
+            return Ok(());
+        };
+        if self.previous_runs + frames as f64 / f64::from(rate.max(1)) > f64::from(limit) {
+            return Err(WhisperError::TooLong {
+                limit_seconds: limit,
+                declared_seconds: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The resampler of the run of packets at one input rate, and how much it took.
 struct Run {
     rate: u32,
-    samples: Vec<f32>,
+    frames: u64,
+    resampler: StreamResampler,
 }
 
 fn decode_unguarded(
     source: Box<dyn MediaSource>,
     extension: Option<&str>,
-) -> Result<Vec<f32>, WhisperError> {
+    max_seconds: Option<u32>,
+    output: &mut Output<'_, '_>,
+) -> Result<(), WhisperError> {
     let mss = MediaSourceStream::new(source, MediaSourceStreamOptions::default());
     let mut hint = Hint::new();
     if let Some(ext) = extension {
@@ -137,19 +256,26 @@ fn decode_unguarded(
         .default_track(TrackType::Audio)
         .ok_or_else(|| invalid("the file has no audio track"))?;
     let track_id = track.id;
-    let declared_empty = track.num_frames == Some(0);
+    let declared_frames = track.num_frames;
+    let declared_empty = declared_frames == Some(0);
     let params = track
         .codec_params
         .as_ref()
         .and_then(|p| p.audio())
         .ok_or_else(|| invalid("the file has no audio track"))?
         .clone();
+    let mut duration = LengthLimit {
+        max_seconds,
+        previous_runs: 0.0,
+    };
+    duration.check_declared(declared_frames, params.sample_rate)?;
     let mut decoder = CODECS
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| invalid(format!("unsupported audio codec: {e}")))?;
 
-    let mut runs: Vec<Run> = Vec::new();
+    let mut run: Option<Run> = None;
     let mut planes: Vec<Vec<f32>> = Vec::new();
+    let mut mono: Vec<f32> = Vec::new();
     let mut skipped_packets = 0usize;
     let mut decoded_packets = 0usize;
     let mut last_error: Option<String> = None;
@@ -201,14 +327,27 @@ fn decode_unguarded(
                     continue;
                 }
                 buf.copy_to_vecs_planar::<f32>(&mut planes);
-                if runs.last().is_none_or(|run| run.rate != rate) {
-                    runs.push(Run {
+                if run.as_ref().is_none_or(|run| run.rate != rate) {
+                    // The rate changed: the finished run is resampled on its own.
+                    if let Some(done) = run.take() {
+                        duration.previous_runs += done.frames as f64 / f64::from(done.rate);
+                        done.resampler.finish(output)?;
+                    }
+                    if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&rate) {
+                        return Err(invalid(format!("implausible sample rate {rate} Hz")));
+                    }
+                    run = Some(Run {
                         rate,
-                        samples: Vec::new(),
+                        frames: 0,
+                        resampler: StreamResampler::new(rate, SAMPLE_RATE)?,
                     });
                 }
-                if let Some(run) = runs.last_mut() {
-                    downmix_append(&planes, &mut run.samples);
+                if let Some(run) = run.as_mut() {
+                    mono.clear();
+                    downmix_append(&planes, &mut mono);
+                    run.frames += mono.len() as u64;
+                    duration.check_decoded(run.frames, run.rate)?;
+                    run.resampler.push(&mono, output)?;
                 }
             }
             Err(SymphoniaError::DecodeError(msg)) => {
@@ -247,20 +386,10 @@ fn decode_unguarded(
             None => invalid("no decodable audio data found"),
         });
     }
-
-    let mut out: Vec<f32> = Vec::new();
-    for run in runs {
-        if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&run.rate) {
-            return Err(invalid(format!("implausible sample rate {} Hz", run.rate)));
-        }
-        let resampled = resample(&run.samples, run.rate, SAMPLE_RATE)?;
-        out.extend_from_slice(&resampled);
+    if let Some(done) = run {
+        done.resampler.finish(output)?;
     }
-    if out.is_empty() {
-        return Err(WhisperError::EmptyAudio);
-    }
-    sanitize(&mut out);
-    Ok(out)
+    Ok(())
 }
 
 /// Appends the per-frame average of `planes` to `out`.
@@ -285,10 +414,18 @@ fn downmix_append(planes: &[Vec<f32>], out: &mut Vec<f32>) {
     }
 }
 
+fn resample_error(from_rate: u32, to_rate: u32, e: &dyn std::fmt::Display) -> WhisperError {
+    invalid(format!(
+        "cannot resample from {from_rate} Hz to {to_rate} Hz: {e}"
+    ))
+}
+
 /// Resamples mono `samples` from `from_rate` to `to_rate` (a copy when equal).
 ///
 /// Uses rubato's synchronous FFT resampler, with its start-up delay trimmed so
-/// output sample `i` lines up with input time `i / to_rate`.
+/// output sample `i` lines up with input time `i / to_rate`. The whole-buffer
+/// reference that [`StreamResampler`] must equal.
+#[cfg(test)]
 pub(crate) fn resample(
     samples: &[f32],
     from_rate: u32,
@@ -297,11 +434,7 @@ pub(crate) fn resample(
     if from_rate == to_rate || samples.is_empty() {
         return Ok(samples.to_vec());
     }
-    let resample_err = |e: &dyn std::fmt::Display| {
-        invalid(format!(
-            "cannot resample from {from_rate} Hz to {to_rate} Hz: {e}"
-        ))
-    };
+    let resample_err = |e: &dyn std::fmt::Display| resample_error(from_rate, to_rate, e);
     let mut resampler = Fft::<f32>::new(
         from_rate as usize,
         to_rate as usize,
@@ -315,6 +448,142 @@ pub(crate) fn resample(
         .process_all(&input, samples.len(), None)
         .map_err(|e| resample_err(&e))?;
     Ok(output.take_data())
+}
+
+/// rubato's FFT resampler fed block by block: the same output as resampling
+/// the whole signal at once (`process_all`), holding only one chunk of input.
+///
+/// A full chunk is resampled only once input past it has arrived, so that the
+/// last chunk, full or not, goes through `process_all`'s partial-chunk path.
+/// The resampler's start-up delay is dropped from the front, and the output is
+/// cut to `ceil(ratio × input)` samples at the end, as `process_all` does.
+struct StreamResampler {
+    /// `None` when the rates are equal: samples pass through.
+    fft: Option<Fft<f32>>,
+    from_rate: u32,
+    to_rate: u32,
+    chunk: usize,
+    pending: Vec<f32>,
+    out: Vec<f32>,
+    delay_left: usize,
+    frames_in: u64,
+    frames_out: u64,
+}
+
+impl StreamResampler {
+    fn new(from_rate: u32, to_rate: u32) -> Result<Self, WhisperError> {
+        let fft = if from_rate == to_rate {
+            None
+        } else {
+            Some(
+                Fft::<f32>::new(
+                    from_rate as usize,
+                    to_rate as usize,
+                    RESAMPLE_CHUNK,
+                    1,
+                    FixedSync::Input,
+                )
+                .map_err(|e| resample_error(from_rate, to_rate, &e))?,
+            )
+        };
+        let (chunk, out_len, delay) = fft.as_ref().map_or((0, 0, 0), |fft| {
+            (
+                fft.input_frames_next(),
+                fft.output_frames_max(),
+                fft.output_delay(),
+            )
+        });
+        Ok(Self {
+            fft,
+            from_rate,
+            to_rate,
+            chunk,
+            pending: Vec::with_capacity(2 * chunk),
+            out: vec![0.0; out_len],
+            delay_left: delay,
+            frames_in: 0,
+            frames_out: 0,
+        })
+    }
+
+    fn push(&mut self, samples: &[f32], output: &mut Output<'_, '_>) -> Result<(), WhisperError> {
+        self.frames_in += samples.len() as u64;
+        if self.fft.is_none() {
+            return output.emit(samples);
+        }
+        self.pending.extend_from_slice(samples);
+        let mut start = 0;
+        while self.pending.len() - start > self.chunk {
+            self.process(start, None, output)?;
+            start += self.chunk;
+        }
+        self.pending.drain(..start);
+        Ok(())
+    }
+
+    /// Resamples what is left, then pumps zeros until the output is complete.
+    fn finish(mut self, output: &mut Output<'_, '_>) -> Result<(), WhisperError> {
+        if self.fft.is_none() || self.frames_in == 0 {
+            return Ok(());
+        }
+        let ratio = f64::from(self.to_rate) / f64::from(self.from_rate);
+        let expected = (ratio * self.frames_in as f64).ceil() as u64;
+        if !self.pending.is_empty() {
+            let partial = self.pending.len();
+            self.process_capped(0, Some(partial), expected, output)?;
+        }
+        self.pending.clear();
+        while self.frames_out < expected {
+            self.process_capped(0, Some(0), expected, output)?;
+        }
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        start: usize,
+        partial: Option<usize>,
+        output: &mut Output<'_, '_>,
+    ) -> Result<(), WhisperError> {
+        self.process_capped(start, partial, u64::MAX, output)
+    }
+
+    /// Resamples one chunk of `pending` from `start` (`partial`: only that many
+    /// frames, zero-padded) and emits its output past the delay, up to `cap`
+    /// samples in all.
+    fn process_capped(
+        &mut self,
+        start: usize,
+        partial: Option<usize>,
+        cap: u64,
+        output: &mut Output<'_, '_>,
+    ) -> Result<(), WhisperError> {
+        let (from_rate, to_rate) = (self.from_rate, self.to_rate);
+        let err = |e: &dyn std::fmt::Display| resample_error(from_rate, to_rate, e);
+        let Some(fft) = self.fft.as_mut() else {
+            return Ok(());
+        };
+        let input = &self.pending[start..];
+        let input = InterleavedSlice::new(input, 1, input.len()).map_err(|e| err(&e))?;
+        let out_frames = self.out.len();
+        let mut out =
+            InterleavedSlice::new_mut(&mut self.out, 1, out_frames).map_err(|e| err(&e))?;
+        let indexing = Indexing {
+            input_offset: 0,
+            output_offset: 0,
+            active_channels_mask: None,
+            partial_len: partial,
+        };
+        let (_, produced) = fft
+            .process_into_buffer(&input, &mut out, Some(&indexing))
+            .map_err(|e| err(&e))?;
+        let skip = self.delay_left.min(produced);
+        self.delay_left -= skip;
+        let room = usize::try_from(cap.saturating_sub(self.frames_out)).unwrap_or(usize::MAX);
+        let keep = (produced - skip).min(room);
+        self.frames_out += keep as u64;
+        output.emit(&self.out[skip..skip + keep])
+    }
 }
 
 /// Clamps to `[-1, 1]` (float sources and resampling can overshoot slightly)
@@ -392,6 +661,153 @@ mod tests {
         let y = resample(&x, 48_000, 16_000).expect("resample");
         let rms = (y[200..7_800].iter().map(|s| s * s).sum::<f32>() / 7_600.0).sqrt();
         assert!(rms < 0.01, "aliased energy rms {rms}");
+    }
+
+    /// Resamples `x` through [`StreamResampler`], fed in blocks of the given sizes (cycled).
+    fn stream_resample(x: &[f32], from: u32, blocks: &[usize]) -> Vec<f32> {
+        let mut got = Vec::new();
+        let mut sink = |block: &[f32]| {
+            got.extend_from_slice(block);
+            Ok(())
+        };
+        let mut output = Output {
+            sink: &mut sink,
+            block: Vec::new(),
+            samples: 0,
+        };
+        let mut resampler = StreamResampler::new(from, SAMPLE_RATE).expect("resampler");
+        let mut rest = x;
+        for &size in blocks.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (block, tail) = rest.split_at(size.min(rest.len()));
+            resampler.push(block, &mut output).expect("push");
+            rest = tail;
+        }
+        resampler.finish(&mut output).expect("finish");
+        got
+    }
+
+    #[test]
+    fn streaming_resampler_equals_the_whole_buffer_resampler() {
+        for from in [8_000u32, 11_025, 16_000, 22_050, 44_100, 48_000] {
+            let chunk = StreamResampler::new(from, SAMPLE_RATE)
+                .expect("resampler")
+                .chunk;
+            for len in [
+                1,
+                100,
+                chunk.max(2) - 1,
+                chunk,
+                chunk + 1,
+                3 * chunk,
+                20_011,
+            ] {
+                let x = sine(440.0, from, len as f32 / from as f32 + 1e-6);
+                let x = &x[..len.min(x.len())];
+                let mut whole = resample(x, from, SAMPLE_RATE).expect("resample");
+                sanitize(&mut whole);
+                for blocks in [&[len.max(1)][..], &[1, 7, 333, 4_096], &[chunk.max(1)]] {
+                    let streamed = stream_resample(x, from, blocks);
+                    assert_eq!(
+                        streamed,
+                        whole,
+                        "{from} Hz, {} samples, blocks {blocks:?}",
+                        x.len()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The FLAC fixture (2.5 s at 16 kHz), its total-samples field zeroed
+    /// or not: a zeroed field means "length unknown", as a live encoder writes.
+    fn jfk_flac(declare_length: bool) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jfk_16k_mono.flac");
+        let mut bytes = std::fs::read(path).expect("fixture");
+        assert_eq!(&bytes[..4], b"fLaC");
+        if !declare_length {
+            // STREAMINFO starts at byte 8; the 36-bit total is its bytes 13 (low
+            // nibble) to 17.
+            bytes[8 + 13] &= 0xF0;
+            bytes[8 + 14..8 + 18].fill(0);
+        }
+        bytes
+    }
+
+    fn stream_count(bytes: Vec<u8>, max_seconds: Option<u32>) -> Result<u64, WhisperError> {
+        let mut handed = 0u64;
+        let result = stream_bytes(bytes, Some("flac"), max_seconds, &mut |block| {
+            handed += block.len() as u64;
+            Ok(())
+        });
+        if let Ok(total) = &result {
+            assert_eq!(*total, handed);
+        }
+        result
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_before_decoding() {
+        let mut handed = 0usize;
+        let result = stream_bytes(jfk_flac(true), Some("flac"), Some(1), &mut |block| {
+            handed += block.len();
+            Ok(())
+        });
+        match result {
+            Err(WhisperError::TooLong {
+                limit_seconds: 1,
+                declared_seconds: Some(2),
+            }) => {}
+            other => panic!("expected TooLong from the header, got {other:?}"),
+        }
+        assert_eq!(handed, 0, "nothing decoded");
+        let message = stream_count(jfk_flac(true), Some(1))
+            .expect_err("too long")
+            .to_string();
+        assert!(message.contains("length of 1 s"), "{message}");
+    }
+
+    #[test]
+    fn a_stream_running_past_the_limit_stops_there() {
+        let mut handed = 0u64;
+        let result = stream_bytes(jfk_flac(false), Some("flac"), Some(1), &mut |block| {
+            handed += block.len() as u64;
+            Ok(())
+        });
+        assert!(
+            matches!(
+                result,
+                Err(WhisperError::TooLong {
+                    limit_seconds: 1,
+                    declared_seconds: None
+                })
+            ),
+            "{result:?}"
+        );
+        assert!(
+            handed < 2 * u64::from(SAMPLE_RATE),
+            "stopped near the limit, not at the end: {handed}"
+        );
+        // Within the limit, with or without a declared length, all of it decodes.
+        let full = stream_count(jfk_flac(true), Some(60)).expect("decodes");
+        assert!(full > 2 * u64::from(SAMPLE_RATE));
+        assert_eq!(
+            stream_count(jfk_flac(false), Some(60)).expect("decodes"),
+            full
+        );
+        assert_eq!(stream_count(jfk_flac(false), None).expect("decodes"), full);
+    }
+
+    #[test]
+    fn a_sink_error_stops_decoding() {
+        let result = stream_bytes(jfk_flac(true), Some("flac"), None, &mut |_| {
+            Err(WhisperError::Inference {
+                reason: "sink full".into(),
+            })
+        });
+        assert!(matches!(result, Err(WhisperError::Inference { .. })));
     }
 
     #[test]

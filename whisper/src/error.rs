@@ -18,6 +18,14 @@ pub enum WhisperError {
     /// The bytes are not audio in a supported container/codec, or are corrupt.
     #[error("not decodable audio: {reason}")]
     InvalidAudio { reason: String },
+    /// The recording is longer than the maximum recording length; decoding
+    /// stopped there (or never started when the container declared it).
+    #[error("the recording is longer than the maximum recording length of {limit_seconds} s{}", declared_note(*.declared_seconds))]
+    TooLong {
+        limit_seconds: u32,
+        /// The duration the container declared, when it was that declaration.
+        declared_seconds: Option<u64>,
+    },
     /// The audio decoded but holds no samples.
     #[error("audio is empty")]
     EmptyAudio,
@@ -39,15 +47,23 @@ impl WhisperError {
     /// Who is at fault, and whether retrying can help; DLQ routing branches on this.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::InvalidAudio { .. } | Self::EmptyAudio | Self::InvalidOption { .. } => {
-                ErrorClass::UserInput
-            }
+            Self::InvalidAudio { .. }
+            | Self::TooLong { .. }
+            | Self::EmptyAudio
+            | Self::InvalidOption { .. } => ErrorClass::UserInput,
             Self::Io { .. } => ErrorClass::External { retryable: true },
             Self::ModelUnavailable { .. } | Self::Tokenizer { .. } | Self::Inference { .. } => {
                 ErrorClass::Internal
             }
         }
     }
+}
+
+fn declared_note(declared_seconds: Option<u64>) -> String {
+    declared_seconds.map_or_else(
+        || " (stopped decoding there)".to_owned(),
+        |seconds| format!(" (its header declares {seconds} s)"),
+    )
 }
 
 impl From<ort::Error> for WhisperError {

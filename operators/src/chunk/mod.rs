@@ -37,7 +37,7 @@ mod tests;
 pub use config::{ChunkConfig, ChunkConfigError, WHISPER_WINDOW_MS};
 
 use serde::{Deserialize, Serialize};
-use vad::{frame_energies, ms_to_samples, speech_regions};
+use vad::{frame_energy, ms_to_samples, speech_regions};
 
 /// One chunk of a recording: samples `start..end` (half-open), numbered `seq`
 /// from 0 in time order within the recording.
@@ -70,20 +70,101 @@ impl ChunkSpan {
 /// Any configuration is handled without panicking; values that
 /// [`ChunkConfig::validate`] rejects are clamped to something workable.
 pub fn plan_chunks(samples: &[f32], sample_rate: u32, config: &ChunkConfig) -> Vec<ChunkSpan> {
-    if samples.is_empty() || sample_rate == 0 {
-        return Vec::new();
-    }
-    let frame_len = ms_to_samples(config.frame_ms, sample_rate).max(1);
-    let energies = frame_energies(samples, frame_len);
-    let regions = speech_regions(&energies, frame_len, samples.len(), sample_rate, config);
+    let mut analyzer = SpeechAnalyzer::new(sample_rate, config);
+    analyzer.push(samples);
+    analyzer.plan(config)
+}
 
+/// The voice-activity analysis of a recording that arrives block by block
+/// (as it decodes): [`SpeechAnalyzer::plan`] gives the same chunks as
+/// [`plan_chunks`] on the whole recording, without the samples being held.
+///
+/// Only the frame energies are kept (4 bytes per `frame_ms` frame: 1.9 MB for
+/// 4 h at 30 ms), because the speech threshold adapts to the noise floor of
+/// the whole recording, which is known only at its end.
+#[derive(Debug, Clone)]
+pub struct SpeechAnalyzer {
+    sample_rate: u32,
+    frame_len: usize,
+    energies: Vec<f32>,
+    /// The frame being filled: its sum of squares and its length so far.
+    frame_sum: f64,
+    frame_filled: usize,
+    total_samples: usize,
+}
+
+impl SpeechAnalyzer {
+    /// An analysis of nothing yet, with `config`'s frame length.
+    pub fn new(sample_rate: u32, config: &ChunkConfig) -> Self {
+        Self {
+            sample_rate,
+            frame_len: ms_to_samples(config.frame_ms, sample_rate).max(1),
+            energies: Vec::new(),
+            frame_sum: 0.0,
+            frame_filled: 0,
+            total_samples: 0,
+        }
+    }
+
+    /// Takes the next samples of the recording.
+    pub fn push(&mut self, samples: &[f32]) {
+        self.total_samples += samples.len();
+        for &sample in samples {
+            if sample.is_finite() {
+                self.frame_sum += f64::from(sample) * f64::from(sample);
+            }
+            self.frame_filled += 1;
+            if self.frame_filled == self.frame_len {
+                self.energies
+                    .push(frame_energy(self.frame_sum, self.frame_filled));
+                self.frame_sum = 0.0;
+                self.frame_filled = 0;
+            }
+        }
+    }
+
+    /// Samples taken so far.
+    pub fn total_samples(&self) -> usize {
+        self.total_samples
+    }
+
+    /// The chunks of the recording taken so far (see [`plan_chunks`]).
+    pub fn plan(mut self, config: &ChunkConfig) -> Vec<ChunkSpan> {
+        if self.total_samples == 0 || self.sample_rate == 0 {
+            return Vec::new();
+        }
+        if self.frame_filled > 0 {
+            // The last frame may be shorter.
+            self.energies
+                .push(frame_energy(self.frame_sum, self.frame_filled));
+        }
+        let (sample_rate, frame_len, energies) = (self.sample_rate, self.frame_len, self.energies);
+        let regions = speech_regions(
+            &energies,
+            frame_len,
+            self.total_samples,
+            sample_rate,
+            config,
+        );
+        pack_regions(regions, &energies, frame_len, sample_rate, config)
+    }
+}
+
+/// Packs speech regions into numbered chunks (steps 4 and 5 of the module docs).
+fn pack_regions(
+    regions: Vec<(usize, usize)>,
+    energies: &[f32],
+    frame_len: usize,
+    sample_rate: u32,
+    config: &ChunkConfig,
+) -> Vec<ChunkSpan> {
     let max_len = ms_to_samples(config.max_chunk_ms.min(WHISPER_WINDOW_MS), sample_rate).max(1);
     let search = ms_to_samples(config.split_search_ms, sample_rate).min(max_len / 2);
     let max_gap = ms_to_samples(config.max_gap_in_chunk_ms, sample_rate);
 
     let pieces = regions
         .into_iter()
-        .flat_map(|region| split_long(region, max_len, search, frame_len, &energies));
+        .flat_map(|region| split_long(region, max_len, search, frame_len, energies));
 
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut current: Option<(usize, usize)> = None;

@@ -429,3 +429,60 @@ fn sparse_speech_in_a_long_recording_is_found() {
         assert!(chunks[0].len() <= end - start + secs(0.5), "{chunks:?}");
     }
 }
+
+/// Feeds `audio` to a [`SpeechAnalyzer`] in blocks of the given sizes (cycled).
+fn analyze_in_blocks(audio: &[f32], blocks: &[usize], config: &ChunkConfig) -> SpeechAnalyzer {
+    let mut analyzer = SpeechAnalyzer::new(SR, config);
+    let mut rest = audio;
+    for &size in blocks.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (block, tail) = rest.split_at(size.min(rest.len()));
+        analyzer.push(block);
+        rest = tail;
+    }
+    analyzer
+}
+
+#[test]
+fn streamed_analysis_plans_the_same_chunks_as_the_whole_buffer() {
+    let mut noise = Noise(7);
+    let mut audio = Vec::new();
+    silence(&mut audio, 1.3);
+    speechlike(&mut audio, 12.0, &mut noise);
+    white(&mut audio, 2.0, 0.001, &mut noise);
+    speechlike(&mut audio, 41.0, &mut noise);
+    silence(&mut audio, 5.0);
+    speechlike(&mut audio, 0.4, &mut noise);
+    audio.push(f32::NAN);
+    audio.extend([0.3; 17]);
+    let mut real = read_sample("dict_001.wav");
+    real.extend(&audio);
+    for clip in [&audio[..], &real[..], &audio[..100], &[][..]] {
+        for config in [
+            ChunkConfig::default(),
+            ChunkConfig {
+                frame_ms: 7,
+                max_chunk_ms: 10_000,
+                split_search_ms: 2_000,
+                ..ChunkConfig::default()
+            },
+        ] {
+            let frame_len = vad::ms_to_samples(config.frame_ms, SR);
+            let whole = plan_chunks(clip, SR, &config);
+            for blocks in [&[1usize, 479, 4_096][..], &[frame_len], &[333]] {
+                let streamed = analyze_in_blocks(clip, blocks, &config);
+                assert_eq!(streamed.total_samples(), clip.len());
+                // Whole frames so far; the last, partial one joins at `plan`.
+                let full_frames = clip.len() / frame_len;
+                assert_eq!(
+                    streamed.energies,
+                    vad::frame_energies(clip, frame_len)[..full_frames],
+                    "frame energies, blocks {blocks:?}"
+                );
+                assert_eq!(streamed.plan(&config), whole, "blocks {blocks:?}");
+            }
+        }
+    }
+}

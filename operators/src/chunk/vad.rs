@@ -15,8 +15,16 @@ pub(super) fn ms_to_samples(ms: u32, sample_rate: u32) -> usize {
     usize::try_from(samples).unwrap_or(usize::MAX)
 }
 
+/// The energy, in dBFS, of a frame of `len` samples whose squares sum to `sum`.
+pub(super) fn frame_energy(sum: f64, len: usize) -> f32 {
+    let mean_square = sum / len.max(1) as f64;
+    (10.0 * (mean_square + SILENCE_MEAN_SQUARE).log10()) as f32
+}
+
 /// The energy of every frame of `frame_len` samples, in dBFS; the last frame may
-/// be shorter. Non-finite samples count as silence.
+/// be shorter. Non-finite samples count as silence. (The whole-buffer form of
+/// [`super::SpeechAnalyzer`], which the tests compare it with.)
+#[cfg(test)]
 pub(super) fn frame_energies(samples: &[f32], frame_len: usize) -> Vec<f32> {
     samples
         .chunks(frame_len.max(1))
@@ -26,8 +34,7 @@ pub(super) fn frame_energies(samples: &[f32], frame_len: usize) -> Vec<f32> {
                 .filter(|s| s.is_finite())
                 .map(|&s| f64::from(s) * f64::from(s))
                 .sum();
-            let mean_square = sum / frame.len() as f64;
-            (10.0 * (mean_square + SILENCE_MEAN_SQUARE).log10()) as f32
+            frame_energy(sum, frame.len())
         })
         .collect()
 }

@@ -47,6 +47,7 @@
 //! [`Config::validate`] does no I/O; [`Config::check_files`] is the separate check
 //! that looks at the file system (model, ONNX Runtime, TLS files).
 
+mod audio;
 mod audit;
 mod database;
 mod environment;
@@ -74,6 +75,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+pub use audio::{AudioConfig, DEFAULT_MAX_AUDIO_SECONDS};
 pub use audit::AuditConfig;
 pub use database::{DatabaseConfig, DatabaseKind, DatabaseUrl};
 pub use environment::Environment;
@@ -125,6 +127,7 @@ pub const VARIABLES: &[&str] = &[
     "MMT_MODEL_DIR",
     "ORT_DYLIB_PATH",
     "MMT_INTRA_OP_THREADS",
+    "MMT_MAX_AUDIO_SECONDS",
 ];
 
 /// The whole configuration, one section per concern. `Serialize` gives the effective
@@ -160,6 +163,8 @@ pub struct Config {
     pub model: ModelConfig,
     /// The bounds of `mmt serve`'s job queue.
     pub intake: IntakeConfig,
+    /// Limits on the recordings accepted.
+    pub audio: AudioConfig,
 }
 
 /// A configuration and every problem found reading and validating it.
@@ -282,6 +287,7 @@ impl Config {
             telemetry: TelemetryConfig::from_vars(vars),
             model: ModelConfig::from_vars(vars, root),
             intake: IntakeConfig::from_vars(vars),
+            audio: AudioConfig::from_vars(vars),
         }
     }
 
@@ -303,6 +309,7 @@ impl Config {
         self.telemetry.validate(env, &mut out);
         self.model.validate(env, &mut out);
         self.intake.validate(env, &mut out);
+        self.audio.validate(env, &mut out);
         out
     }
 

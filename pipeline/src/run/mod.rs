@@ -33,7 +33,7 @@ use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
 use mmt_operators::commit::{Commit, CommitCounters, CommitOptions, Retention, Sinks};
-use mmt_operators::decode::{job_meta, DecodeAudio};
+use mmt_operators::decode::{job_meta, DecodeAudio, DecodeSettings};
 use mmt_operators::dedupe::{Dedupe, DedupeConfig};
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::SourceRecord;
@@ -91,6 +91,9 @@ pub struct RunOptions {
     pub transcribe: TranscribeOptions,
     /// Voice activity detection and chunking.
     pub chunking: ChunkConfig,
+    /// The longest recording accepted, in seconds (`MMT_MAX_AUDIO_SECONDS`);
+    /// a longer one is dead-lettered while it decodes.
+    pub max_audio_seconds: Option<u32>,
     /// Retention enforced while the run goes on.
     pub retention: Retention,
     /// Takes of one job before it is dead-lettered as one that stops its
@@ -297,7 +300,11 @@ pub fn run(
             let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
             let dead_lettered_in = Rc::clone(&dead_lettered);
             worker.dataflow::<u64, _, _>(|scope| {
-                let (decoded, rejected) = scope.input_from(&mut input).decode_audio();
+                let (decoded, rejected) =
+                    scope.input_from(&mut input).decode_audio(DecodeSettings {
+                        chunking: options_in.chunking.clone(),
+                        max_audio_seconds: options_in.max_audio_seconds,
+                    });
                 // Decoding's dead letters are taken too: once dead-lettered,
                 // a redelivery of a rejected job writes nothing again.
                 let (fresh, repeats) = decoded.dedupe(
@@ -307,7 +314,7 @@ pub fn run(
                     metrics_in.clone(),
                     DedupeConfig::new(options_in.max_takes, probe.clone()),
                 );
-                let (results, failed) = fresh.chunk_speech(options_in.chunking.clone()).transcribe(
+                let (results, failed) = fresh.chunk_speech().transcribe(
                     engine,
                     options_in.transcribe.clone(),
                     options_in.max_batch_wait,

@@ -1,6 +1,9 @@
 //! The directory source: audio files in a folder become source records.
 //!
-//! Each scan is one ingest batch (an epoch). A file is read whole; an optional
+//! Each scan is one ingest batch (an epoch). A file is not read into memory: it
+//! is hashed as a stream (its content is the job's identity), and its record
+//! points at it, so that decoding streams it too (see
+//! `mmt_operators::decode`); an optional
 //! sidecar `<name>.json` beside it gives the tenant and FHIR references:
 //! `{"tenant": "clinic-a", "patient": "Patient/123", "encounter": "Encounter/9"}`.
 //!
@@ -11,8 +14,9 @@
 //! the same size and modification time.
 
 use mmt_core::job::{unix_now, ComponentError};
-use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
+use mmt_core::source::{AudioFile, Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::ErrorClass;
+use mmt_operators::identity::content_hash_of;
 use mmt_operators::records::SourceRecord;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
@@ -22,7 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Extensions the source picks up (case-insensitive).
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "mp3", "ogg", "opus", "oga"];
 
-/// Files larger than this are refused as records (dead-lettered by decode as empty).
+/// Files larger than this are refused as records (dead-lettered by decode as
+/// unreadable). Decoding streams a file, so this no longer guards memory; the
+/// duration limit (`MMT_MAX_AUDIO_SECONDS`) is what bounds a recording.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Optional per-file metadata.
@@ -149,7 +155,8 @@ impl DirectorySource {
         self.follow.is_none() || self.last_seen.get(path) == Some(state)
     }
 
-    /// Reads one file into a record.
+    /// The record of one file: its sidecar read, its content hashed as a
+    /// stream, and its audio left in the file for decode to stream.
     pub fn read(&self, path: &Path, received_at: i64) -> Result<SourceRecord, Unreadable> {
         let unreadable = |reason: String| Unreadable {
             path: path.to_owned(),
@@ -161,12 +168,17 @@ impl DirectorySource {
         if size > MAX_FILE_BYTES {
             return Err(unreadable(format!("larger than {MAX_FILE_BYTES} bytes")));
         }
-        let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+        let content_hash = std::fs::File::open(path)
+            .and_then(content_hash_of)
+            .map_err(|e| unreadable(e.to_string()))?;
         let sidecar = read_sidecar(path).map_err(unreadable)?;
         Ok(SourceRecord {
             tenant: sidecar.tenant.unwrap_or_else(|| self.tenant.clone()),
             source: file_name(path),
-            bytes,
+            file: Some(AudioFile {
+                path: path.to_owned(),
+                content_hash,
+            }),
             extension: path
                 .extension()
                 .map(|e| e.to_string_lossy().to_ascii_lowercase()),
@@ -283,6 +295,14 @@ mod tests {
         assert_eq!(record.extension.as_deref(), Some("wav"));
         let plain = source.read(&dir.path().join("c.flac"), 5).expect("read");
         assert_eq!(plain.tenant, "default");
+        // The audio stays in its file; the record carries its content's hash.
+        let file = plain.file.expect("a file reference");
+        assert_eq!(file.path, dir.path().join("c.flac"));
+        assert_eq!(
+            file.content_hash,
+            mmt_operators::identity::content_hash(b"x")
+        );
+        assert!(plain.bytes.is_empty());
     }
 
     #[test]
