@@ -610,13 +610,6 @@ mod tests {
             Ok(())
         }
 
-        fn take(&mut self, _meta: &JobMeta, _max_takes: u32) -> Result<Take, ComponentError> {
-            Ok(Take::Taken {
-                attempt: 1,
-                generation: 1,
-            })
-        }
-
         fn purge_before(
             &mut self,
             _cutoff: i64,

@@ -18,7 +18,7 @@ pub use mmt_core::content::{content_hash, ContentHasher};
 /// [`content_hash`] of everything `reader` yields, read in blocks (a long
 /// recording is never held in memory to be hashed).
 pub fn content_hash_of(mut reader: impl std::io::Read) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
+    let mut hasher = ContentHasher::default();
     let mut block = vec![0u8; 1 << 16];
     loop {
         match reader.read(&mut block) {
@@ -28,7 +28,7 @@ pub fn content_hash_of(mut reader: impl std::io::Read) -> std::io::Result<String
             Err(err) => return Err(err),
         }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finish())
 }
 
 /// The job's id: the first 32 hex digits of SHA-256(`tenant` ‖ 0x00 ‖
