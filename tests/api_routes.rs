@@ -921,3 +921,94 @@ fn a_stopped_dataflow_fails_readiness_and_refuses_submissions() {
     // Reading still works: clients can follow the jobs they have.
     assert_eq!(api.json(get("/v1/jobs", &a)).0, StatusCode::OK);
 }
+
+#[test]
+fn a_refused_upload_leaves_no_file_behind() {
+    let api = Api::with(ApiConfig {
+        max_upload_bytes: 64 * 1024,
+        ..ApiConfig::default()
+    });
+    let submitter = token("clinic-a", ALL);
+    // Over the limit: the part is streamed to a spool file until it passes
+    // the limit, then refused with 413 and the file removed.
+    let big = common::wav_bytes(&vec![1000i16; 80 * 1024]);
+    let (status, _, _) = api.send(upload(&submitter, multipart(&big, "audio/wav", &[]), None));
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(api.uploads(), Vec::<String>::new(), "nothing left by a 413");
+    // Spooled whole, then refused by a check: not audio, a bad field.
+    let pdf = b"%PDF-1.7 not audio at all".to_vec();
+    let (status, _, _) = api.send(upload(&submitter, multipart(&pdf, "audio/wav", &[]), None));
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let small = clip(0)[..32 * 1024].to_vec();
+    let (status, _, _) = api.send(upload(
+        &submitter,
+        multipart(&small, "audio/wav", &[("priority", "12")]),
+        None,
+    ));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        api.uploads(),
+        Vec::<String>::new(),
+        "nothing left by a 415 or 422"
+    );
+}
+
+#[test]
+fn concurrent_submissions_of_the_same_audio_make_one_job() {
+    let api = Api::new();
+    let submitter = token("clinic-a", ALL);
+    let audio = clip(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let answers: Vec<(StatusCode, Value)> = runtime.block_on(async {
+        let requests: Vec<_> = (0..6)
+            .map(|_| {
+                let router = api.router.clone();
+                let request = upload(&submitter, multipart(&audio, "audio/wav", &[]), None);
+                tokio::spawn(async move {
+                    let response = router.oneshot(request).await.unwrap();
+                    let status = response.status();
+                    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                        .await
+                        .unwrap();
+                    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for request in requests {
+            answers.push(request.await.unwrap());
+        }
+        answers
+    });
+    drop(runtime);
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| [StatusCode::ACCEPTED, StatusCode::OK].contains(status)),
+        "{answers:?}"
+    );
+    let ids: HashSet<&str> = answers
+        .iter()
+        .map(|(_, job)| job["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "one job: {answers:?}");
+    let id = ids.into_iter().next().unwrap();
+    // Uploads are spooled in the upload folder (kept by a rename) ...
+    assert_eq!(
+        mmt_core::control::JobControl::spool_dir(api.control.as_ref()),
+        api.dir.path().join("uploads")
+    );
+    // ... which holds the job's upload, and no spool file of the others.
+    assert_eq!(api.uploads(), [format!("{id}.audio"), format!("{id}.json")]);
+    let (_, listed) = api.json(get("/v1/jobs", &submitter));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+}

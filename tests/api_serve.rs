@@ -682,7 +682,7 @@ fn a_backlog_left_at_a_restart_completes_exactly_once() {
     if !model_ready() {
         return;
     }
-    use mmt_core::control::{JobControl, Submission};
+    use mmt_core::control::{JobControl, Submission, SubmittedAudio};
     let out = tempfile::tempdir().unwrap();
     // The backlog: jobs accepted by a service whose dataflow never ran.
     let ids: Vec<String> = {
@@ -704,7 +704,7 @@ fn a_backlog_left_at_a_restart_completes_exactly_once() {
                 let submitted = control
                     .submit(Submission {
                         tenant: "clinic-a".into(),
-                        audio,
+                        audio: SubmittedAudio::Bytes(audio),
                         format: Some("wav".into()),
                         source: name,
                         ..Submission::default()

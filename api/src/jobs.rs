@@ -4,10 +4,15 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mmt_core::control::{IdempotencyKey, ListQuery, Submission, MAX_PRIORITY};
+use mmt_core::content::{content_hash, ContentHasher};
+use mmt_core::control::{
+    IdempotencyKey, ListQuery, SpooledAudio, Submission, SubmittedAudio, MAX_PRIORITY,
+};
 use mmt_core::job::{JobId, JobStatus};
 use mmt_core::transcript::TranscriptFormat;
 use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::PathBuf;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
@@ -35,6 +40,13 @@ const AUDIO_CONTENT_TYPES: &[&str] = &[
     "application/ogg",
     "application/octet-stream",
 ];
+
+/// Bytes of an upload gathered in memory before they are written to its
+/// spool file: what one upload in flight costs, however large it is.
+const SPOOL_WRITE_BYTES: usize = 1 << 20;
+
+/// Bytes kept from the start of an upload to tell its format.
+const SNIFF_BYTES: usize = 64;
 
 /// Jobs per page when the client does not say.
 const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -111,7 +123,8 @@ pub async fn submit(
         let multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|_| ApiError::BadRequest("malformed multipart body".into()))?;
-        read_upload(multipart, state.config.max_upload_bytes).await?
+        let spool_dir = state.control.spool_dir();
+        read_upload(multipart, state.config.max_upload_bytes, spool_dir).await?
     } else if content_type.starts_with("application/json") {
         let Json(job) = Json::<JobRequest>::from_request(request, &state)
             .await
@@ -123,7 +136,7 @@ pub async fn submit(
             .await?;
         SubmissionFields {
             source: job.audio_reference,
-            audio,
+            audio: Some(ReceivedAudio::in_memory(audio)),
             declared_type: None,
             patient_reference: job.patient_reference,
             encounter_reference: job.encounter_reference,
@@ -184,10 +197,30 @@ async fn discard_body(mut body: axum::body::Body, limit: usize) {
     }
 }
 
+/// Audio as received, with what the checks need of it.
+struct ReceivedAudio {
+    audio: SubmittedAudio,
+    content_hash: String,
+    len: u64,
+    /// The first bytes, to tell the format by.
+    head: Vec<u8>,
+}
+
+impl ReceivedAudio {
+    fn in_memory(bytes: Vec<u8>) -> Self {
+        Self {
+            content_hash: content_hash(&bytes),
+            len: bytes.len() as u64,
+            head: bytes[..bytes.len().min(SNIFF_BYTES)].to_vec(),
+            audio: SubmittedAudio::Bytes(bytes),
+        }
+    }
+}
+
 /// The fields of a submission, before they are checked.
 struct SubmissionFields {
     source: String,
-    audio: Vec<u8>,
+    audio: Option<ReceivedAudio>,
     declared_type: Option<String>,
     patient_reference: Option<String>,
     encounter_reference: Option<String>,
@@ -198,7 +231,7 @@ struct SubmissionFields {
 impl SubmissionFields {
     /// Checks every field and fingerprints the request for its idempotency key.
     fn into_submission(
-        self,
+        mut self,
         tenant: &str,
         key: Option<String>,
         trace_parent: Option<String>,
@@ -211,10 +244,15 @@ impl SubmissionFields {
                 )));
             }
         }
-        if self.audio.is_empty() {
+        let Some(received) = self.audio.take() else {
+            return Err(ApiError::BadRequest(
+                "the form has no audio field (a file)".into(),
+            ));
+        };
+        if received.len == 0 {
             return Err(ApiError::Unprocessable("the audio is empty".into()));
         }
-        let format = sniff_audio(&self.audio).ok_or_else(|| {
+        let format = sniff_audio(&received.head).ok_or_else(|| {
             ApiError::UnsupportedMediaType(
                 "the audio is not WAV, FLAC, MP3, Ogg/Vorbis or Ogg/Opus".into(),
             )
@@ -231,12 +269,12 @@ impl SubmissionFields {
             check_callback_url(url)?;
         }
         let idempotency = key.map(|key| IdempotencyKey {
-            request_hash: self.fingerprint(priority),
+            request_hash: self.fingerprint(&received.content_hash, priority),
             key,
         });
         Ok(Submission {
             tenant: tenant.to_owned(),
-            audio: self.audio,
+            audio: received.audio,
             format: Some(format.to_owned()),
             source: self.source,
             patient_reference: self.patient_reference,
@@ -249,9 +287,11 @@ impl SubmissionFields {
     }
 
     /// Hex SHA-256 over everything that makes two requests the same request.
-    fn fingerprint(&self, priority: u8) -> String {
+    fn fingerprint(&self, audio_hash: &str, priority: u8) -> String {
         let mut hash = Sha256::new();
-        hash.update(Sha256::digest(&self.audio));
+        // The audio's digest as raw bytes (as fingerprints were always made,
+        // so keys stored before uploads were spooled still match).
+        hash.update(hex::decode(audio_hash).unwrap_or_else(|_| audio_hash.as_bytes().to_vec()));
         for field in [
             self.patient_reference.as_deref(),
             self.encounter_reference.as_deref(),
@@ -267,17 +307,20 @@ impl SubmissionFields {
     }
 }
 
-async fn read_upload(mut multipart: Multipart, limit: usize) -> Result<SubmissionFields, ApiError> {
+async fn read_upload(
+    mut multipart: Multipart,
+    limit: usize,
+    spool_dir: PathBuf,
+) -> Result<SubmissionFields, ApiError> {
     let mut fields = SubmissionFields {
         source: String::new(),
-        audio: Vec::new(),
+        audio: None,
         declared_type: None,
         patient_reference: None,
         encounter_reference: None,
         priority: None,
         callback_url: None,
     };
-    let mut saw_audio = false;
     let too_large = |err: axum::extract::multipart::MultipartError| {
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit_bytes: limit }
@@ -289,10 +332,10 @@ async fn read_upload(mut multipart: Multipart, limit: usize) -> Result<Submissio
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "audio" => {
-                saw_audio = true;
                 fields.source = field.file_name().unwrap_or("upload").to_owned();
                 fields.declared_type = field.content_type().map(str::to_ascii_lowercase);
-                fields.audio = read_limited(field, limit).await?;
+                // A second audio part replaces the first (whose file is removed).
+                fields.audio = Some(spool_upload(field, limit, spool_dir.clone()).await?);
             }
             "patient_reference" | "encounter_reference" | "priority" | "callback_url" => {
                 let value = field.text().await.map_err(too_large)?;
@@ -322,7 +365,7 @@ async fn read_upload(mut multipart: Multipart, limit: usize) -> Result<Submissio
             }
         }
     }
-    if !saw_audio {
+    if fields.audio.is_none() {
         return Err(ApiError::BadRequest(
             "the form has no audio field (a file)".into(),
         ));
@@ -330,13 +373,27 @@ async fn read_upload(mut multipart: Multipart, limit: usize) -> Result<Submissio
     Ok(fields)
 }
 
-/// The field's bytes, refused with 413 as soon as they pass `limit` (rather
-/// than buffering an oversized upload whole).
-async fn read_limited(
+/// Streams the field into a temporary file in `dir`, hashing it as it goes
+/// and refusing it with 413 as soon as it passes `limit`: an upload holds at
+/// most [`SPOOL_WRITE_BYTES`] of memory. The file is fsynced, and the folder
+/// (its name is durable), before this returns; on any refusal it is removed.
+async fn spool_upload(
     mut field: axum::extract::multipart::Field<'_>,
     limit: usize,
-) -> Result<Vec<u8>, ApiError> {
-    let mut audio = Vec::new();
+    dir: PathBuf,
+) -> Result<ReceivedAudio, ApiError> {
+    let file = tempfile::Builder::new()
+        .prefix("upload-")
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|err| spool_failed(&err))?;
+    let mut spool = Spool {
+        file,
+        hasher: ContentHasher::default(),
+    };
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    let mut len = 0usize;
+    let mut pending = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|err| {
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit_bytes: limit }
@@ -344,12 +401,76 @@ async fn read_limited(
             ApiError::BadRequest("malformed multipart body".into())
         }
     })? {
-        if audio.len() + chunk.len() > limit {
+        len += chunk.len();
+        if len > limit {
             return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
         }
-        audio.extend_from_slice(&chunk);
+        let wanted = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
+        head.extend_from_slice(&chunk[..wanted]);
+        pending.extend_from_slice(&chunk);
+        if pending.len() >= SPOOL_WRITE_BYTES {
+            let written;
+            (spool, written) = spool.append(pending).await?;
+            pending = written;
+            pending.clear();
+        }
     }
-    Ok(audio)
+    let (spool, _) = spool.append(pending).await?;
+    let (file, content_hash) = spool.finish(dir).await?;
+    Ok(ReceivedAudio {
+        audio: SubmittedAudio::Spooled(SpooledAudio::new(file, content_hash.clone(), len as u64)),
+        content_hash,
+        len: len as u64,
+        head,
+    })
+}
+
+/// An upload's temporary file and the hash of what was written to it.
+struct Spool {
+    file: tempfile::NamedTempFile,
+    hasher: ContentHasher,
+}
+
+impl Spool {
+    /// Hashes and writes `bytes` off the async threads; gives the buffer back
+    /// for reuse.
+    async fn append(self, bytes: Vec<u8>) -> Result<(Self, Vec<u8>), ApiError> {
+        tokio::task::spawn_blocking(move || {
+            let mut spool = self;
+            spool.hasher.update(&bytes);
+            spool
+                .file
+                .write_all(&bytes)
+                .map_err(|err| spool_failed(&err))?;
+            Ok((spool, bytes))
+        })
+        .await
+        .map_err(|_| ApiError::internal("spooling the upload stopped"))?
+    }
+
+    /// Makes the file and its name durable; the file's path (removed when
+    /// dropped) and the content hash.
+    async fn finish(self, dir: PathBuf) -> Result<(tempfile::TempPath, String), ApiError> {
+        tokio::task::spawn_blocking(move || {
+            self.file
+                .as_file()
+                .sync_all()
+                .map_err(|err| spool_failed(&err))?;
+            std::fs::File::open(&dir)
+                .and_then(|folder| folder.sync_all())
+                .map_err(|err| spool_failed(&err))?;
+            Ok((self.file.into_temp_path(), self.hasher.finish()))
+        })
+        .await
+        .map_err(|_| ApiError::internal("spooling the upload stopped"))?
+    }
+}
+
+/// A spool file that cannot be written: the disk (full, read-only) is a
+/// condition of this server, not of the request.
+fn spool_failed(err: &std::io::Error) -> ApiError {
+    tracing::error!(error = %err.kind(), "an upload could not be spooled to disk");
+    ApiError::Unavailable("the upload could not be stored; retry later".into())
 }
 
 fn non_empty(value: String) -> Option<String> {
@@ -705,18 +826,19 @@ mod tests {
     fn the_fingerprint_tells_requests_apart() {
         let fields = |patient: Option<&str>| SubmissionFields {
             source: "a.wav".into(),
-            audio: vec![1, 2, 3],
+            audio: None,
             declared_type: None,
             patient_reference: patient.map(str::to_owned),
             encounter_reference: None,
             priority: None,
             callback_url: None,
         };
-        assert_eq!(fields(None).fingerprint(0), fields(None).fingerprint(0));
-        assert_ne!(
-            fields(None).fingerprint(0),
-            fields(Some("Patient/1")).fingerprint(0)
-        );
-        assert_ne!(fields(None).fingerprint(0), fields(None).fingerprint(1));
+        let audio = content_hash(&[1, 2, 3]);
+        let other_audio = content_hash(&[1, 2, 4]);
+        let print = |patient, audio: &str, priority| fields(patient).fingerprint(audio, priority);
+        assert_eq!(print(None, &audio, 0), print(None, &audio, 0));
+        assert_ne!(print(None, &audio, 0), print(Some("Patient/1"), &audio, 0));
+        assert_ne!(print(None, &audio, 0), print(None, &audio, 1));
+        assert_ne!(print(None, &audio, 0), print(None, &other_audio, 0));
     }
 }

@@ -18,12 +18,69 @@ use serde::{Deserialize, Serialize};
 /// Highest job priority (as the job envelope's and AMQP's 0–9 scale).
 pub const MAX_PRIORITY: u8 = 9;
 
+/// The encoded audio of a submission.
+#[derive(Debug)]
+pub enum SubmittedAudio {
+    /// Held in memory (audio named by reference).
+    Bytes(Vec<u8>),
+    /// An upload streamed to a file in the spool folder ([`JobControl::spool_dir`]).
+    Spooled(SpooledAudio),
+}
+
+impl Default for SubmittedAudio {
+    fn default() -> Self {
+        Self::Bytes(Vec::new())
+    }
+}
+
+/// An upload written to a temporary file and hashed as it arrived, so its
+/// size never costs memory. The file (owner-only, named `*.partial` so that a
+/// crash's leftovers are recognised) is removed when this is dropped, unless
+/// it was [`persist`](Self::persist)ed: every refusal cleans up after itself.
+#[derive(Debug)]
+pub struct SpooledAudio {
+    file: tempfile::TempPath,
+    content_hash: String,
+    len: u64,
+}
+
+impl SpooledAudio {
+    /// A spooled file (already fsynced), its content hash and length.
+    pub fn new(file: tempfile::TempPath, content_hash: String, len: u64) -> Self {
+        Self {
+            file,
+            content_hash,
+            len,
+        }
+    }
+
+    /// The content hash of the audio (as `content::content_hash` of its bytes).
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    /// Bytes in the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Renames the file to `path` (in the same folder's file system), keeping it.
+    pub fn persist(self, path: &std::path::Path) -> std::io::Result<()> {
+        self.file.persist(path).map_err(|err| err.error)
+    }
+}
+
 /// A job as submitted through the API.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Submission {
     pub tenant: String,
     /// The encoded audio.
-    pub audio: Vec<u8>,
+    pub audio: SubmittedAudio,
     /// Container format hint (`wav`, `flac`, `mp3`, `ogg`, `opus`).
     pub format: Option<String>,
     /// Where the audio came from (upload file name or reference; may hold PHI: never logged).
@@ -186,6 +243,12 @@ pub trait JobControl: Send + Sync {
     /// checks again. An implementation without a bounded queue admits all.
     fn admits(&self, _tenant: &str) -> Result<(), ControlError> {
         Ok(())
+    }
+
+    /// The folder an upload is streamed into while it is received (the
+    /// upload store's, so that keeping it is a rename).
+    fn spool_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
     }
 
     /// Reads audio named by reference (a path under the configured root).

@@ -230,6 +230,23 @@ pub enum Take {
     Exhausted { attempts: u32, generation: i64 },
 }
 
+/// A job a retention purge removes, with what its audit event names: the
+/// tenant, and the generation (the record of the job: a job purged,
+/// resubmitted and purged again is two purges, each audited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueJob {
+    pub id: JobId,
+    pub tenant: String,
+    pub generation: i64,
+}
+
+/// A due job is the job of its id (listings compare to ids).
+impl PartialEq<JobId> for DueJob {
+    fn eq(&self, id: &JobId) -> bool {
+        self.id == *id
+    }
+}
+
 /// The reason a job is dead-lettered with after its workers stopped while
 /// processing it `attempts` times.
 pub fn worker_stopped_reason(attempts: u32) -> String {
@@ -256,7 +273,7 @@ pub trait JobStore: Send {
     /// Marks the job dead-lettered with its reason (idempotent).
     fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), ComponentError>;
     /// Jobs received before `cutoff` (unix seconds); removed unless `dry_run`.
-    fn purge_before(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<JobId>, ComponentError>;
+    fn purge_before(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<DueJob>, ComponentError>;
 }
 
 /// Where finished documents go (FHIR `DocumentReference` files or a FHIR server).

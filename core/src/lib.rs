@@ -1,5 +1,6 @@
 //! Shared domain types of MMT, kept small: every crate depends on this one.
 
+pub mod content;
 pub mod control;
 pub mod error;
 pub mod idempotency;

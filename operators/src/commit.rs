@@ -15,10 +15,11 @@
 //! `sink_outage` metrics and one log line at each end say so. Only a permanent
 //! rejection of a transcript (a 4xx with its OperationOutcome) dead-letters it.
 
+use crate::identity::correlation_id;
 use crate::records::Outcome;
 use mmt_core::job::{
     unix_now, AuditAction, AuditEvent, AuditSink, CompletedJob, ComponentError, DeadLetter,
-    DeadLetterSink, DocumentSink, JobId, JobStore, Stage,
+    DeadLetterSink, DocumentSink, DueJob, JobId, JobStore, Stage,
 };
 use mmt_core::phi::mask_reference;
 use mmt_core::retry::{Backoff, Outage, RetryPolicy};
@@ -417,21 +418,24 @@ pub fn purge(
     // again until the listing holds nothing new, so that the deletion below
     // finds (almost) only jobs whose documents are gone.
     for _ in 0..PURGE_LISTINGS {
-        let fresh: Vec<JobId> = due.into_iter().filter(|id| !done.contains(id)).collect();
+        let fresh: Vec<DueJob> = due
+            .into_iter()
+            .filter(|job| !done.contains(&job.id))
+            .collect();
         if fresh.is_empty() {
             break;
         }
         documents += purge_documents(sinks, &fresh, cutoff)?;
-        done.extend(fresh);
+        done.extend(fresh.into_iter().map(|job| job.id));
         due = sinks.store.purge_before(cutoff, true)?;
     }
     let deleted = sinks.store.purge_before(cutoff, false)?;
     // Rows that came due in the instant between the last listing and the
     // deletion: their documents go now. This narrow window is the one case a
     // failure could forget ids; the error fails the purge loudly.
-    let late: Vec<JobId> = deleted
+    let late: Vec<DueJob> = deleted
         .iter()
-        .filter(|id| !done.contains(*id))
+        .filter(|job| !done.contains(&job.id))
         .cloned()
         .collect();
     if !late.is_empty() {
@@ -458,15 +462,28 @@ pub fn purge(
     Ok(purged)
 }
 
-/// Removes the documents of `ids` and audits their purge; the rows stay.
-fn purge_documents(sinks: &mut Sinks, ids: &[JobId], cutoff: i64) -> Result<u64, ComponentError> {
-    let documents = sinks.documents.purge(ids)?;
-    for id in ids {
+/// Removes the documents of `jobs` and audits their purge; the rows stay.
+///
+/// Each event carries the purged record's tenant and its generation's
+/// correlation id (as the job's other events of that record): a job purged,
+/// resubmitted and purged again is two events, while a purge retried after a
+/// failure repeats the same one (which the audit trail keeps once).
+fn purge_documents(sinks: &mut Sinks, jobs: &[DueJob], cutoff: i64) -> Result<u64, ComponentError> {
+    let ids: Vec<JobId> = jobs.iter().map(|job| job.id.clone()).collect();
+    let documents = sinks.documents.purge(&ids)?;
+    for job in jobs {
         let mut detail = BTreeMap::new();
         detail.insert("cutoff".into(), cutoff.to_string());
+        let correlation = correlation_id(&job.id, job.generation as u64);
         let event = AuditEvent {
             actor: "retention".into(),
-            ..audit(id, "", "", AuditAction::JobPurged, detail)
+            ..audit(
+                &job.id,
+                &job.tenant,
+                &correlation,
+                AuditAction::JobPurged,
+                detail,
+            )
         };
         sinks.audit.record(&event)?;
     }
@@ -593,7 +610,11 @@ mod tests {
             Ok(())
         }
 
-        fn purge_before(&mut self, _cutoff: i64, _dry: bool) -> Result<Vec<JobId>, ComponentError> {
+        fn purge_before(
+            &mut self,
+            _cutoff: i64,
+            _dry: bool,
+        ) -> Result<Vec<DueJob>, ComponentError> {
             Ok(Vec::new())
         }
     }

@@ -546,7 +546,11 @@ mod tests {
             }
             Ok(())
         }
-        fn purge_before(&mut self, _: i64, _: bool) -> Result<Vec<JobId>, ComponentError> {
+        fn purge_before(
+            &mut self,
+            _: i64,
+            _: bool,
+        ) -> Result<Vec<mmt_core::job::DueJob>, ComponentError> {
             Ok(Vec::new())
         }
     }

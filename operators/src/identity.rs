@@ -11,15 +11,14 @@ pub const JOB_ID_HEX_LEN: usize = 32;
 /// Hex digits of a correlation id (64 bits of SHA-256).
 pub const CORRELATION_ID_HEX_LEN: usize = 16;
 
-/// The hex SHA-256 of the audio bytes (64 lowercase hex digits).
-pub fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+/// The hex SHA-256 of the audio bytes (64 lowercase hex digits); streamed
+/// input hashes with [`ContentHasher`] to the same value.
+pub use mmt_core::content::{content_hash, ContentHasher};
 
 /// [`content_hash`] of everything `reader` yields, read in blocks (a long
 /// recording is never held in memory to be hashed).
 pub fn content_hash_of(mut reader: impl std::io::Read) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
+    let mut hasher = ContentHasher::default();
     let mut block = vec![0u8; 1 << 16];
     loop {
         match reader.read(&mut block) {
@@ -29,7 +28,7 @@ pub fn content_hash_of(mut reader: impl std::io::Read) -> std::io::Result<String
             Err(err) => return Err(err),
         }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finish())
 }
 
 /// The job's id: the first 32 hex digits of SHA-256(`tenant` ‖ 0x00 ‖

@@ -9,10 +9,14 @@ use mmt_pipeline::run::OutputPaths;
 use mmt_pipeline::Config;
 
 fn job(id: &str, received_at: i64) -> CompletedJob {
+    job_of("t", id, received_at)
+}
+
+fn job_of(tenant: &str, id: &str, received_at: i64) -> CompletedJob {
     CompletedJob {
         meta: JobMeta {
             id: JobId(id.into()),
-            tenant: "t".into(),
+            tenant: tenant.into(),
             content_hash: "h".into(),
             source: "a.wav".into(),
             patient_reference: None,
@@ -139,4 +143,47 @@ fn a_failed_document_purge_is_redone_by_the_next_run() {
     for id in old {
         assert!(audit.contains(id), "the purge of {id} is audited");
     }
+}
+
+/// Each record of a job is purged once and audited once: a job purged,
+/// submitted again and purged again is two `job_purged` events (the audit
+/// trail keeps one event per job, action and correlation id), each naming the
+/// job's tenant.
+#[test]
+fn a_job_purged_twice_is_audited_twice_with_its_tenant() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let paths = OutputPaths {
+        database_url: format!("sqlite://{}", out.path().join("mmt.db").display()),
+        audit_log: out.path().join("audit.jsonl"),
+        documents_dir: out.path().join("fhir"),
+        dead_letter_dir: out.path().to_owned(),
+    };
+    let now = 1_800_000_000;
+    let day = 86_400;
+    let id = "0123456789abcdef0123456789abcdef";
+    let metrics = Metrics::new().expect("metrics");
+    for round in 1..=2 {
+        {
+            let mut sinks = open_sinks(&Config::default(), &paths).expect("sinks");
+            let job = job_of("clinic-a", id, now - 40 * day);
+            sinks.documents.write(&job).expect("document");
+            sinks.store.complete(&job).expect("store");
+        }
+        let (_, purged) =
+            purge_once(&Config::default(), &paths, 30, now, false, &metrics).expect("purge");
+        assert_eq!((purged.jobs, purged.documents), (1, 1), "round {round}");
+    }
+    let audit = std::fs::read_to_string(&paths.audit_log).expect("audit");
+    let purges: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("an audit line"))
+        .filter(|event| event["action"] == "job_purged")
+        .collect();
+    assert_eq!(purges.len(), 2, "{audit}");
+    for event in &purges {
+        assert_eq!(event["job_id"], id);
+        assert_eq!(event["tenant"], "clinic-a");
+        assert!(!event["correlation_id"].as_str().unwrap_or("").is_empty());
+    }
+    assert_ne!(purges[0]["correlation_id"], purges[1]["correlation_id"]);
 }

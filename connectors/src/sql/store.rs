@@ -47,7 +47,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mmt_core::job::{
-    CompletedJob, ComponentError, DeadLetter, JobId, JobMeta, JobStatus, JobStore, Take,
+    CompletedJob, ComponentError, DeadLetter, DueJob, JobId, JobMeta, JobStatus, JobStore, Take,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -157,7 +157,8 @@ const TAKE: &str = "UPDATE jobs SET status = 'processing', attempts = attempts +
 /// Where a job stands after a take.
 const TAKE_STATE: &str = "SELECT status, attempts, generation, updated_at FROM jobs WHERE id = ?";
 
-const PURGE_SELECT: &str = "SELECT id FROM jobs WHERE received_at < ? ORDER BY received_at, id";
+const PURGE_SELECT: &str =
+    "SELECT id, tenant, generation FROM jobs WHERE received_at < ? ORDER BY received_at, id";
 
 /// Ids a purge deletes per statement (the list padded by repetition, so one
 /// statement text serves every chunk).
@@ -676,7 +677,7 @@ impl SqlJobStore {
     /// unless `dry_run`, deletes them (rows and transcripts, with their
     /// idempotency keys and callbacks) in the same transaction. Deletes by id, so exactly the ids returned are removed even
     /// if a late job with an old `received_at` arrives meanwhile.
-    pub fn purge(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<JobId>> {
+    pub fn purge(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<DueJob>> {
         let sql = &self.sql;
         on_pool!(&self.pool, |pool| {
             self.runtime
@@ -686,10 +687,17 @@ impl SqlJobStore {
                         .bind(cutoff)
                         .fetch_all(&mut *tx)
                         .await?;
-                    let ids = rows
+                    let due = rows
                         .iter()
-                        .map(|row| row.try_get::<String, _>("id"))
-                        .collect::<Result<Vec<_>, _>>()?;
+                        .map(|row| {
+                            Ok(DueJob {
+                                id: JobId(row.try_get("id")?),
+                                tenant: row.try_get("tenant")?,
+                                generation: row.try_get("generation")?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                    let ids: Vec<&str> = due.iter().map(|job| job.id.0.as_str()).collect();
                     if dry_run || ids.is_empty() {
                         tx.rollback().await?;
                     } else {
@@ -703,7 +711,7 @@ impl SqlJobStore {
                                 let mut query = sqlx::query(delete.clone());
                                 for slot in 0..PURGE_CHUNK {
                                     // Padded with the chunk's last id (chunks are never empty).
-                                    let id = chunk.get(slot).or(chunk.last()).map(String::as_str);
+                                    let id = chunk.get(slot).or(chunk.last()).copied();
                                     query = query.bind(id);
                                 }
                                 query.execute(&mut *tx).await?;
@@ -711,7 +719,7 @@ impl SqlJobStore {
                         }
                         tx.commit().await?;
                     }
-                    Ok(ids.into_iter().map(JobId).collect())
+                    Ok(due)
                 }))
                 .map_err(ConnectorError::from)
         })
@@ -1044,7 +1052,7 @@ impl JobStore for SqlJobStore {
         self.dead_letter_job(letter).map(drop).map_err(Into::into)
     }
 
-    fn purge_before(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<JobId>, ComponentError> {
+    fn purge_before(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<DueJob>, ComponentError> {
         self.purge(cutoff, dry_run).map_err(Into::into)
     }
 }

@@ -36,7 +36,7 @@ use mmt_connectors::sql::{
 };
 use mmt_core::control::{
     ControlError, DueCallback, JobControl, JobFailureView, JobPage, JobRecord, ListCursor,
-    ListQuery, Overview, Readiness, Submission, Submitted,
+    ListQuery, Overview, Readiness, Submission, Submitted, SubmittedAudio,
 };
 use mmt_core::job::{
     unix_now, AuditAction, AuditEvent, AuditSink, CompletedJob, DocumentSink, JobId, JobStatus,
@@ -45,7 +45,7 @@ use mmt_core::source::JobSource;
 use mmt_core::telemetry::Metrics;
 use mmt_core::Transcript;
 use mmt_operators::decode::job_meta;
-use mmt_operators::identity::correlation_id;
+use mmt_operators::identity::{correlation_id, job_id};
 use mmt_operators::records::SourceRecord;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -301,10 +301,20 @@ impl ServiceControl {
 
     /// Hands a recorded job to the broker (the embedded queue takes it
     /// through its reservation instead).
-    fn publish(&self, record: SourceRecord, priority: u8) -> Result<(), ControlError> {
+    /// The broker's envelope carries the audio inline: it is read from the
+    /// upload store, where the submission saved it.
+    fn publish(&self, id: &JobId, priority: u8) -> Result<(), ControlError> {
         match &self.intake {
             Intake::Embedded(_) => Ok(()),
             Intake::RabbitMq(submitter) => {
+                let record = self
+                    .uploads
+                    .load(id)
+                    .map_err(|e| {
+                        ControlError::Internal(format!("reading the upload: {}", e.kind()))
+                    })?
+                    .ok_or_else(|| ControlError::Internal("the upload is missing".to_owned()))?
+                    .record;
                 let mut envelope =
                     JobEnvelope::inline(&record.tenant, &record.bytes, record.extension.as_deref());
                 envelope.patient_reference = record.patient_reference;
@@ -424,10 +434,14 @@ impl JobControl for ServiceControl {
         if !self.dataflow_running() {
             return Err(ControlError::Unavailable(DATAFLOW_STOPPED.to_owned()));
         }
+        let (bytes, spooled) = match submission.audio {
+            SubmittedAudio::Bytes(bytes) => (bytes, None),
+            SubmittedAudio::Spooled(spooled) => (Vec::new(), Some(spooled)),
+        };
         let record = SourceRecord {
             tenant: submission.tenant,
             source: submission.source,
-            bytes: submission.audio,
+            bytes,
             extension: submission.format,
             patient_reference: submission.patient_reference,
             encounter_reference: submission.encounter_reference,
@@ -435,7 +449,14 @@ impl JobControl for ServiceControl {
             trace_parent: submission.trace_parent,
             ..SourceRecord::default()
         };
-        let meta = job_meta(&record);
+        let mut meta = job_meta(&record);
+        if let Some(spooled) = &spooled {
+            // The same identity `job_meta` derives from the bytes, from the
+            // hash taken while they were spooled.
+            meta.content_hash = spooled.content_hash().to_owned();
+            meta.id = job_id(&meta.tenant, &meta.content_hash);
+            meta.correlation_id = correlation_id(&meta.id, record.received_at as u64);
+        }
         let id = meta.id.clone();
         let _same_job = self.submission_lock(&id);
         // A place in the queue first: a refused submission records nothing.
@@ -456,10 +477,16 @@ impl JobControl for ServiceControl {
                 .map_err(|e| unavailable("the job store", e))?
                 .is_some();
         if !had_upload {
-            self.uploads
-                .save(&id, &record, submission.priority)
-                .map_err(|e| ControlError::Internal(format!("storing the upload: {}", e.kind())))?;
+            match spooled {
+                Some(spooled) => {
+                    self.uploads
+                        .save_spooled(&id, spooled, &record, submission.priority)
+                }
+                None => self.uploads.save(&id, &record, submission.priority),
+            }
+            .map_err(|e| ControlError::Internal(format!("storing the upload: {}", e.kind())))?;
         }
+        // (A spooled upload of a job that kept its own is dropped: its file is removed.)
         let discard_upload = || {
             if !had_upload {
                 if let Err(err) = self.uploads.delete(&id) {
@@ -502,7 +529,7 @@ impl JobControl for ServiceControl {
                 if let Some(reservation) = reservation {
                     reservation.commit(id.clone(), submission.priority);
                     self.report_depth();
-                } else if let Err(err) = self.publish(record, submission.priority) {
+                } else if let Err(err) = self.publish(&id, submission.priority) {
                     // Undo, so that a retry of this request is a new submission
                     // rather than a job that exists and never runs.
                     discard_upload();
@@ -535,6 +562,12 @@ impl JobControl for ServiceControl {
                 }
             }
         }
+    }
+
+    /// The upload folder: a received upload is kept by a rename, and a
+    /// crash's leftovers are removed when the folder is next opened.
+    fn spool_dir(&self) -> std::path::PathBuf {
+        self.uploads.dir().to_path_buf()
     }
 
     fn read_reference(&self, reference: &str) -> Result<Vec<u8>, ControlError> {

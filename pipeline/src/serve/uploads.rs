@@ -12,6 +12,7 @@
 //! half-written (a `.partial` file, audio without its metadata) never had a
 //! job row, and [`UploadStore::open`] removes it.
 
+use mmt_core::control::SpooledAudio;
 use mmt_core::job::JobId;
 use mmt_operators::records::SourceRecord;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,12 @@ impl UploadStore {
         Ok(removed)
     }
 
+    /// The folder: uploads are spooled into it while they are received
+    /// (`*.partial`, removed at open if a crash left them).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn audio_path(&self, id: &JobId) -> PathBuf {
         self.dir.join(format!("{id}.audio"))
     }
@@ -93,6 +100,30 @@ impl UploadStore {
     /// Stores the upload of job `id` (replacing an earlier one), durably.
     pub fn save(&self, id: &JobId, record: &SourceRecord, priority: u8) -> std::io::Result<()> {
         write_owner_only(&self.audio_path(id), &record.bytes)?;
+        self.save_metadata(id, record, priority)
+    }
+
+    /// Stores job `id`'s upload from its spool file (fsynced, in this
+    /// folder: a rename), with `record`'s metadata (its bytes are unused), durably.
+    pub fn save_spooled(
+        &self,
+        id: &JobId,
+        audio: SpooledAudio,
+        record: &SourceRecord,
+        priority: u8,
+    ) -> std::io::Result<()> {
+        audio.persist(&self.audio_path(id))?;
+        self.save_metadata(id, record, priority)
+    }
+
+    /// Writes the metadata that completes an upload, and makes both files'
+    /// names durable.
+    fn save_metadata(
+        &self,
+        id: &JobId,
+        record: &SourceRecord,
+        priority: u8,
+    ) -> std::io::Result<()> {
         let metadata = Metadata {
             tenant: record.tenant.clone(),
             source: record.source.clone(),
