@@ -141,6 +141,24 @@ pub struct DeadLetter {
     pub at: i64,
 }
 
+impl DeadLetter {
+    /// What a dead letter tells of its job: identity, tenant and correlation,
+    /// received when it was dead-lettered (no content, source or references).
+    pub fn job_meta(&self) -> JobMeta {
+        JobMeta {
+            id: self.job_id.clone(),
+            tenant: self.tenant.clone(),
+            content_hash: String::new(),
+            source: String::new(),
+            patient_reference: None,
+            encounter_reference: None,
+            correlation_id: self.correlation_id.clone(),
+            received_at: self.at,
+            trace_parent: None,
+        }
+    }
+}
+
 /// What an audit event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

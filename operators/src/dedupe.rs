@@ -243,7 +243,7 @@ impl Taker {
         if self.in_flight(&letter.job_id, store) {
             return Outcome::AlreadyFinished(letter.job_id);
         }
-        let meta = meta_of_letter(&letter);
+        let meta = letter.job_meta();
         match self.take(&meta, epoch, store) {
             Taken::Finished { .. } => Outcome::AlreadyFinished(letter.job_id),
             Taken::Yes { generation } | Taken::Exhausted { generation, .. } => {
@@ -357,21 +357,6 @@ fn worker_stopped(meta: &JobMeta, attempts: u32) -> DeadLetter {
         reason: worker_stopped_reason(attempts),
         attempts,
         at: unix_now(),
-    }
-}
-
-/// What a dead letter tells of its job, for taking it.
-fn meta_of_letter(letter: &DeadLetter) -> JobMeta {
-    JobMeta {
-        id: letter.job_id.clone(),
-        tenant: letter.tenant.clone(),
-        content_hash: String::new(),
-        source: String::new(),
-        patient_reference: None,
-        encounter_reference: None,
-        correlation_id: letter.correlation_id.clone(),
-        received_at: letter.at,
-        trace_parent: None,
     }
 }
 

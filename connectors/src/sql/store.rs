@@ -642,17 +642,7 @@ impl SqlJobStore {
         let from = from.as_slice();
         let attempts = i64::from(letter.attempts);
         // What a dead letter knows of a job it never saw received.
-        let meta = &JobMeta {
-            id: letter.job_id.clone(),
-            tenant: letter.tenant.clone(),
-            content_hash: String::new(),
-            source: String::new(),
-            patient_reference: None,
-            encounter_reference: None,
-            correlation_id: letter.correlation_id.clone(),
-            received_at: letter.at,
-            trace_parent: None,
-        };
+        let meta = &letter.job_meta();
         let sql = &self.sql;
         let changed = on_pool!(&self.pool, |pool| {
             let update = || {
