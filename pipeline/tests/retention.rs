@@ -33,12 +33,8 @@ fn job_of(tenant: &str, id: &str, received_at: i64) -> CompletedJob {
 #[test]
 fn purges_only_what_is_older_than_the_window_and_audits_it() {
     let out = tempfile::tempdir().expect("tempdir");
-    let paths = OutputPaths {
-        database_url: format!("sqlite://{}", out.path().join("mmt.db").display()),
-        audit_log: out.path().join("audit.jsonl"),
-        documents_dir: out.path().join("fhir"),
-        dead_letter_dir: out.path().to_owned(),
-    };
+    // The embedded default's layout under `out`, as `mmt retention purge --out` uses it.
+    let paths = OutputPaths::resolve(&Config::default(), out.path());
     let now = 1_800_000_000;
     let day = 86_400;
     {
@@ -87,12 +83,8 @@ fn purges_only_what_is_older_than_the_window_and_audits_it() {
 #[test]
 fn a_failed_document_purge_is_redone_by_the_next_run() {
     let out = tempfile::tempdir().expect("tempdir");
-    let paths = OutputPaths {
-        database_url: format!("sqlite://{}", out.path().join("mmt.db").display()),
-        audit_log: out.path().join("audit.jsonl"),
-        documents_dir: out.path().join("fhir"),
-        dead_letter_dir: out.path().to_owned(),
-    };
+    // The embedded default's layout under `out`, as `mmt retention purge --out` uses it.
+    let paths = OutputPaths::resolve(&Config::default(), out.path());
     let now = 1_800_000_000;
     let day = 86_400;
     let old = [
@@ -152,12 +144,8 @@ fn a_failed_document_purge_is_redone_by_the_next_run() {
 #[test]
 fn a_job_purged_twice_is_audited_twice_with_its_tenant() {
     let out = tempfile::tempdir().expect("tempdir");
-    let paths = OutputPaths {
-        database_url: format!("sqlite://{}", out.path().join("mmt.db").display()),
-        audit_log: out.path().join("audit.jsonl"),
-        documents_dir: out.path().join("fhir"),
-        dead_letter_dir: out.path().to_owned(),
-    };
+    // The embedded default's layout under `out`, as `mmt retention purge --out` uses it.
+    let paths = OutputPaths::resolve(&Config::default(), out.path());
     let now = 1_800_000_000;
     let day = 86_400;
     let id = "0123456789abcdef0123456789abcdef";
