@@ -27,11 +27,6 @@ use std::time::Duration;
 /// backlog moving.
 pub const RETRY_AFTER_SECONDS: u64 = 30;
 
-/// Most audio bytes one poll hands the dataflow (at least one job, whatever
-/// its size): the driver keeps a few polls in flight, so this bounds the
-/// audio the dataflow holds however long the queue and its recordings are.
-const MAX_BYTES_PER_POLL: usize = 64 * 1024 * 1024;
-
 /// The bounds of the queue (`MMT_API_MAX_QUEUED_JOBS`,
 /// `MMT_API_MAX_QUEUED_PER_TENANT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +286,6 @@ pub struct ApiQueueSource {
     queue: Arc<ApiQueue>,
     uploads: UploadStore,
     next_tag: u64,
-    max_bytes_per_poll: usize,
 }
 
 impl ApiQueueSource {
@@ -300,7 +294,6 @@ impl ApiQueueSource {
             queue,
             uploads,
             next_tag: 0,
-            max_bytes_per_poll: MAX_BYTES_PER_POLL,
         }
     }
 }
@@ -314,9 +307,10 @@ impl JobSource for ApiQueueSource {
             ));
         }
         let mut deliveries = Vec::new();
-        let mut bytes = 0;
         let mut wait = wait;
-        while deliveries.len() < max && bytes < self.max_bytes_per_poll {
+        // Uploads are handed over as file references (decoded as a stream),
+        // so a poll costs no audio memory however long its recordings are.
+        while deliveries.len() < max {
             // Only the first job is waited for; the rest go if they are there.
             let Some(job) = self.queue.take(1, wait).pop() else {
                 break;
@@ -324,7 +318,6 @@ impl JobSource for ApiQueueSource {
             wait = Duration::ZERO;
             match self.uploads.load(&job) {
                 Ok(Some(upload)) => {
-                    bytes += upload.record.bytes.len();
                     self.next_tag += 1;
                     deliveries.push(Delivery {
                         tag: DeliveryTag(self.next_tag),
@@ -411,7 +404,8 @@ mod tests {
         let mut source = ApiQueueSource::new(Arc::clone(&queue), uploads);
         let first = source.poll(3, Duration::ZERO).unwrap();
         assert_eq!(names(&first), ["b", "d", "a"]);
-        assert_eq!(first[0].record.bytes, b"b");
+        let file = first[0].record.file.as_ref().expect("a file reference");
+        assert_eq!(std::fs::read(&file.path).unwrap(), b"b");
         assert_eq!(queue.depth(), 1);
         let rest = source.poll(3, Duration::ZERO).unwrap();
         assert_eq!(names(&rest), ["c"]);
@@ -490,23 +484,6 @@ mod tests {
         let all = source.poll(10, Duration::ZERO).unwrap();
         assert_eq!(names(&all), refs);
         assert_eq!(queue.admits("t"), Ok(()));
-    }
-
-    #[test]
-    fn one_poll_hands_out_a_bounded_amount_of_audio_but_always_one_job() {
-        let (_dir, uploads, queue) = queue_with(ROOMY, &["aaaa", "bbbb", "cccc"]);
-        for job in ["aaaa", "bbbb", "cccc"] {
-            push(&queue, job, "t", 0);
-        }
-        let mut source = ApiQueueSource::new(Arc::clone(&queue), uploads);
-        source.max_bytes_per_poll = 6;
-        assert_eq!(
-            names(&source.poll(10, Duration::ZERO).unwrap()),
-            ["aaaa", "bbbb"]
-        );
-        source.max_bytes_per_poll = 1;
-        assert_eq!(names(&source.poll(10, Duration::ZERO).unwrap()), ["cccc"]);
-        assert_eq!(queue.depth(), 0);
     }
 
     #[test]

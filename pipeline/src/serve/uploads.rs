@@ -14,6 +14,8 @@
 
 use mmt_core::control::SpooledAudio;
 use mmt_core::job::JobId;
+use mmt_core::source::AudioFile;
+use mmt_operators::identity::content_hash_of;
 use mmt_operators::records::SourceRecord;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
@@ -33,6 +35,11 @@ struct Metadata {
     priority: u8,
     received_at: i64,
     trace_parent: Option<String>,
+    /// The audio's content hash, so the dataflow can read the audio from its
+    /// file instead of memory. Absent in uploads stored before it was kept:
+    /// those are hashed when they are loaded.
+    #[serde(default)]
+    content_hash: Option<String>,
 }
 
 /// A stored upload: the record to feed the dataflow, and its priority.
@@ -100,7 +107,8 @@ impl UploadStore {
     /// Stores the upload of job `id` (replacing an earlier one), durably.
     pub fn save(&self, id: &JobId, record: &SourceRecord, priority: u8) -> std::io::Result<()> {
         write_owner_only(&self.audio_path(id), &record.bytes)?;
-        self.save_metadata(id, record, priority)
+        let hash = mmt_core::content::content_hash(&record.bytes);
+        self.save_metadata(id, record, priority, hash)
     }
 
     /// Stores job `id`'s upload from its spool file (fsynced, in this
@@ -112,8 +120,9 @@ impl UploadStore {
         record: &SourceRecord,
         priority: u8,
     ) -> std::io::Result<()> {
+        let hash = audio.content_hash().to_owned();
         audio.persist(&self.audio_path(id))?;
-        self.save_metadata(id, record, priority)
+        self.save_metadata(id, record, priority, hash)
     }
 
     /// Writes the metadata that completes an upload, and makes both files'
@@ -123,6 +132,7 @@ impl UploadStore {
         id: &JobId,
         record: &SourceRecord,
         priority: u8,
+        content_hash: String,
     ) -> std::io::Result<()> {
         let metadata = Metadata {
             tenant: record.tenant.clone(),
@@ -133,6 +143,7 @@ impl UploadStore {
             priority,
             received_at: record.received_at,
             trace_parent: record.trace_parent.clone(),
+            content_hash: Some(content_hash),
         };
         let json = serde_json::to_vec(&metadata).map_err(std::io::Error::other)?;
         write_owner_only(&self.metadata_path(id), &json)?;
@@ -164,18 +175,26 @@ impl UploadStore {
             .map(|metadata| (metadata.tenant, metadata.priority)))
     }
 
-    /// The upload of job `id`, if it is complete.
+    /// The upload of job `id`, if it is complete. Its audio stays in its
+    /// file (the record refers to it), so a queue of long recordings costs
+    /// the dataflow no memory until each is decoded, as a stream.
     pub fn load(&self, id: &JobId) -> std::io::Result<Option<StoredUpload>> {
         let Some(metadata) = self.metadata(id)? else {
             return Ok(None);
         };
-        let bytes = fs::read(self.audio_path(id))?;
+        let path = self.audio_path(id);
+        let content_hash = match metadata.content_hash {
+            // Checked now so that a missing file is this call's error.
+            Some(hash) => fs::metadata(&path).map(|_| hash)?,
+            // Stored before the hash was kept: hashed once now, as a stream.
+            None => content_hash_of(fs::File::open(&path)?)?,
+        };
         Ok(Some(StoredUpload {
             priority: metadata.priority,
             record: SourceRecord {
                 tenant: metadata.tenant,
                 source: metadata.source,
-                bytes,
+                file: Some(AudioFile { path, content_hash }),
                 extension: metadata.format,
                 patient_reference: metadata.patient_reference,
                 encounter_reference: metadata.encounter_reference,
@@ -273,7 +292,14 @@ mod tests {
         store.save(&id, &record(100), 7).unwrap();
         let loaded = store.load(&id).unwrap().unwrap();
         assert_eq!(loaded.priority, 7);
-        assert_eq!(loaded.record.bytes, b"RIFF....WAVE");
+        // The audio stays in its file: the record refers to it, with its hash.
+        assert!(loaded.record.bytes.is_empty());
+        let file = loaded.record.file.expect("a file reference");
+        assert_eq!(fs::read(&file.path).unwrap(), b"RIFF....WAVE");
+        assert_eq!(
+            file.content_hash,
+            mmt_core::content::content_hash(b"RIFF....WAVE")
+        );
         assert_eq!(
             loaded.record.patient_reference.as_deref(),
             Some("Patient/7")
@@ -287,6 +313,26 @@ mod tests {
         assert!(store.delete(&id).unwrap());
         assert!(!store.delete(&id).unwrap());
         assert!(store.load(&id).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_upload_stored_without_its_hash_is_hashed_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UploadStore::open(dir.path()).unwrap();
+        let id = JobId("older".into());
+        store.save(&id, &record(100), 0).unwrap();
+        // Metadata as an earlier version wrote it: no content hash.
+        let path = store.metadata_path(&id);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("content_hash");
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let loaded = store.load(&id).unwrap().unwrap();
+        let file = loaded.record.file.expect("a file reference");
+        assert_eq!(
+            file.content_hash,
+            mmt_core::content::content_hash(b"RIFF....WAVE")
+        );
     }
 
     #[test]
