@@ -8,7 +8,7 @@ use mmt_connectors::SqlJobStoreConfig;
 use mmt_core::job::{JobId, JobMeta};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::dedupe::{Dedupe, DedupeConfig};
-use mmt_operators::records::{DecodedJob, Outcome};
+use mmt_operators::records::{IdentifiedRecord, Outcome};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -19,9 +19,9 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 const JOBS: u64 = 100_000;
 const PER_EPOCH: u64 = 1_000;
 
-fn job(n: u64) -> DecodedJob {
+fn job(n: u64) -> IdentifiedRecord {
     let id = format!("{n:032x}");
-    DecodedJob {
+    IdentifiedRecord {
         meta: JobMeta {
             id: JobId(id.clone()),
             tenant: "clinic-a".into(),
@@ -33,8 +33,7 @@ fn job(n: u64) -> DecodedJob {
             received_at: 1_700_000_000,
             trace_parent: None,
         },
-        audio: Default::default(),
-        redelivered: false,
+        record: Default::default(),
     }
 }
 
@@ -45,21 +44,17 @@ fn the_window_stays_bounded_over_100_000_jobs() {
             .build(false)
             .expect("job store");
         let metrics = Metrics::new().expect("metrics");
-        let mut jobs = InputHandle::<u64, CapacityContainerBuilder<Vec<DecodedJob>>>::new();
-        let mut rejected = InputHandle::<u64, CapacityContainerBuilder<Vec<Outcome>>>::new();
+        let mut jobs = InputHandle::<u64, CapacityContainerBuilder<Vec<IdentifiedRecord>>>::new();
         let probe = ProbeHandle::new();
         let config = DedupeConfig::new(5, probe.clone());
         let window = std::sync::Arc::clone(&config.window);
         let fresh_count = Rc::new(Cell::new(0u64));
         let duplicates = Rc::new(Cell::new(0u64));
         worker.dataflow::<u64, _, _>(|scope| {
-            let (fresh, repeats) = scope.input_from(&mut jobs).dedupe(
-                scope.input_from(&mut rejected),
-                Box::new(store),
-                None,
-                metrics,
-                config,
-            );
+            let (fresh, repeats) =
+                scope
+                    .input_from(&mut jobs)
+                    .dedupe(Box::new(store), None, metrics, config);
             let counted = Rc::clone(&fresh_count);
             fresh
                 .inspect(move |_| counted.set(counted.get() + 1))
@@ -82,13 +77,12 @@ fn the_window_stays_bounded_over_100_000_jobs() {
             // One job of this epoch submitted twice: a duplicate in flight.
             jobs.send(job(first));
             jobs.advance_to(epoch + 1);
-            rejected.advance_to(epoch + 1);
             while probe.less_than(jobs.time()) {
                 worker.step();
             }
             largest = largest.max(window.load(Ordering::Relaxed));
         }
-        drop((jobs, rejected));
+        drop(jobs);
         while !probe.done() {
             worker.step();
         }

@@ -10,13 +10,13 @@
 
 use crate::chunk::{ChunkConfig, SpeechAnalyzer};
 use crate::identity::{content_hash, correlation_id, job_id};
-use crate::records::{DecodedAudio, DecodedJob, Outcome, SourceRecord};
+use crate::records::{DecodedAudio, DecodedJob, IdentifiedRecord, Outcome, SourceRecord};
 use crate::samples::SamplesWriter;
 use mmt_core::job::{DeadLetter, JobMeta, Stage};
 use mmt_core::ErrorClass;
 use mmt_whisper::audio::{stream_bytes, stream_file, SAMPLE_RATE};
 use mmt_whisper::WhisperError;
-use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::core::{Map, OkErr};
 use timely::dataflow::Stream;
 
 /// The variable that sets [`DecodeSettings::max_audio_seconds`], named in the
@@ -32,7 +32,22 @@ pub struct DecodeSettings {
     pub max_audio_seconds: Option<u32>,
 }
 
-/// Decodes each record's audio; bad input leaves on the second stream as a dead letter.
+/// Gives each record its job identity (no audio is read beyond what the
+/// source already hashed), so that the job can be taken before any work.
+pub trait IdentifyRecords<'scope> {
+    fn identify(self) -> Stream<'scope, u64, Vec<IdentifiedRecord>>;
+}
+
+impl<'scope> IdentifyRecords<'scope> for Stream<'scope, u64, Vec<SourceRecord>> {
+    fn identify(self) -> Stream<'scope, u64, Vec<IdentifiedRecord>> {
+        self.map(|record| IdentifiedRecord {
+            meta: job_meta(&record),
+            record,
+        })
+    }
+}
+
+/// Decodes each taken job's audio; bad input leaves on the second stream as a dead letter.
 pub trait DecodeAudio<'scope> {
     fn decode_audio(
         self,
@@ -43,7 +58,7 @@ pub trait DecodeAudio<'scope> {
     );
 }
 
-impl<'scope> DecodeAudio<'scope> for Stream<'scope, u64, Vec<SourceRecord>> {
+impl<'scope> DecodeAudio<'scope> for Stream<'scope, u64, Vec<IdentifiedRecord>> {
     fn decode_audio(
         self,
         settings: DecodeSettings,
@@ -51,7 +66,7 @@ impl<'scope> DecodeAudio<'scope> for Stream<'scope, u64, Vec<SourceRecord>> {
         Stream<'scope, u64, Vec<DecodedJob>>,
         Stream<'scope, u64, Vec<Outcome>>,
     ) {
-        self.ok_err(move |record| decode_record(record, &settings))
+        self.ok_err(move |job| decode_identified(job, &settings))
     }
 }
 
@@ -82,10 +97,20 @@ pub fn job_meta(record: &SourceRecord) -> JobMeta {
 
 /// Decodes one record; a record that fails leaves as its dead letter.
 pub fn decode_record(
-    mut record: SourceRecord,
+    record: SourceRecord,
     settings: &DecodeSettings,
 ) -> Result<DecodedJob, Outcome> {
     let meta = job_meta(&record);
+    decode_identified(IdentifiedRecord { meta, record }, settings)
+}
+
+/// Decodes one identified record, keeping its job's identity (and the
+/// correlation id its take gave it); one that fails leaves as its dead letter.
+pub fn decode_identified(
+    job: IdentifiedRecord,
+    settings: &DecodeSettings,
+) -> Result<DecodedJob, Outcome> {
+    let IdentifiedRecord { meta, mut record } = job;
     let _span =
         tracing::info_span!("decode", job = %meta.id, correlation_id = %meta.correlation_id)
             .entered();

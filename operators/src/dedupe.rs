@@ -18,7 +18,7 @@
 //! uses the store alone, so the filter can never drop or duplicate a job.
 
 use crate::identity::correlation_id;
-use crate::records::{route, DecodedJob, Outcome};
+use crate::records::{route, IdentifiedRecord, Outcome};
 use mmt_core::error::ErrorClass;
 use mmt_core::idempotency::{FilterAnswer, IdempotencyFilter};
 use mmt_core::job::{
@@ -58,39 +58,36 @@ impl DedupeConfig {
 }
 
 /// Routes jobs by id to the worker that owns them, takes them in the store,
-/// and drops repeats.
+/// and drops repeats. Jobs are taken before any work (dedupe runs before
+/// decoding), so that a job whose decoding stops its worker is counted too.
 ///
 /// A job already finished (completed or dead-lettered in the store) is a
 /// redelivery: it is only counted; a job in flight in this process that
-/// arrives again is a duplicate submission and is reported (audited). Jobs
-/// that decoding rejected (`rejected`, dead letters) are taken too, so that a
-/// rejected job is dead-lettered once, not at every redelivery.
+/// arrives again is a duplicate submission and is reported (audited).
 pub trait Dedupe<'scope> {
     /// `filter`: the idempotency pre-filter, if one is configured (see the module
     /// docs); its health is reported in `metrics`.
     fn dedupe(
         self,
-        rejected: Stream<'scope, u64, Vec<Outcome>>,
         store: Box<dyn JobStore>,
         filter: Option<Box<dyn IdempotencyFilter>>,
         metrics: Metrics,
         config: DedupeConfig,
     ) -> (
-        Stream<'scope, u64, Vec<DecodedJob>>,
+        Stream<'scope, u64, Vec<IdentifiedRecord>>,
         Stream<'scope, u64, Vec<Outcome>>,
     );
 }
 
-impl<'scope> Dedupe<'scope> for Stream<'scope, u64, Vec<DecodedJob>> {
+impl<'scope> Dedupe<'scope> for Stream<'scope, u64, Vec<IdentifiedRecord>> {
     fn dedupe(
         self,
-        rejected: Stream<'scope, u64, Vec<Outcome>>,
         mut store: Box<dyn JobStore>,
         filter: Option<Box<dyn IdempotencyFilter>>,
         metrics: Metrics,
         config: DedupeConfig,
     ) -> (
-        Stream<'scope, u64, Vec<DecodedJob>>,
+        Stream<'scope, u64, Vec<IdentifiedRecord>>,
         Stream<'scope, u64, Vec<Outcome>>,
     ) {
         let mut taker = Taker {
@@ -101,26 +98,17 @@ impl<'scope> Dedupe<'scope> for Stream<'scope, u64, Vec<DecodedJob>> {
         };
         let settled = config.settled;
         let window_size = config.window;
-        let verdicts: Stream<'scope, u64, Vec<Result<DecodedJob, Outcome>>> = self.binary(
-            rejected,
-            Exchange::new(|job: &DecodedJob| route(&job.meta.id)),
-            Exchange::new(|outcome: &Outcome| route(outcome.job_id())),
+        let verdicts: Stream<'scope, u64, Vec<Result<IdentifiedRecord, Outcome>>> = self.unary(
+            Exchange::new(|job: &IdentifiedRecord| route(&job.meta.id)),
             "Dedupe",
             move |_capability, _info| {
-                move |decoded, rejected, output| {
+                move |jobs, output| {
                     taker.window.forget_settled(&settled);
-                    decoded.for_each(|capability, data| {
+                    jobs.for_each(|capability, data| {
                         let epoch = capability.least().copied().unwrap_or_default();
                         let mut session = output.session(&capability);
                         for job in data.drain(..) {
                             session.give(taker.judge(job, epoch, store.as_mut()));
-                        }
-                    });
-                    rejected.for_each(|capability, data| {
-                        let epoch = capability.least().copied().unwrap_or_default();
-                        let mut session = output.session(&capability);
-                        for outcome in data.drain(..) {
-                            session.give(Err(taker.judge_rejected(outcome, epoch, store.as_mut())));
                         }
                     });
                     window_size.store(taker.window.len(), Ordering::Relaxed);
@@ -194,15 +182,15 @@ impl Taker {
     /// The job to process, or why it needs no processing.
     fn judge(
         &mut self,
-        mut job: DecodedJob,
+        mut job: IdentifiedRecord,
         epoch: u64,
         store: &mut dyn JobStore,
-    ) -> Result<DecodedJob, Outcome> {
+    ) -> Result<IdentifiedRecord, Outcome> {
         if self.in_flight(&job.meta.id, store) {
             // A broker redelivers a message whose delivery it lost track of (a
             // dropped connection): that is the same submission again, not a
             // second one, so it is not audited as a duplicate.
-            return Err(if job.redelivered {
+            return Err(if job.redelivered() {
                 Outcome::AlreadyFinished(job.meta.id)
             } else {
                 Outcome::Duplicate(job.meta)
@@ -216,7 +204,7 @@ impl Taker {
             }
             // Finished since this process started, and not a broker's
             // redelivery: the same audio submitted again in this run.
-            Taken::Finished { in_this_run: true } if !job.redelivered => {
+            Taken::Finished { in_this_run: true } if !job.redelivered() => {
                 Err(Outcome::Duplicate(job.meta))
             }
             Taken::Finished { .. } => Err(Outcome::AlreadyFinished(job.meta.id)),
@@ -226,29 +214,6 @@ impl Taker {
             } => {
                 adopt_generation(&mut job.meta, generation);
                 Err(Outcome::DeadLettered(worker_stopped(&job.meta, attempts)))
-            }
-        }
-    }
-
-    /// A job decoding rejected: dead-lettered once, with its generation.
-    fn judge_rejected(
-        &mut self,
-        outcome: Outcome,
-        epoch: u64,
-        store: &mut dyn JobStore,
-    ) -> Outcome {
-        let Outcome::DeadLettered(mut letter) = outcome else {
-            return outcome;
-        };
-        if self.in_flight(&letter.job_id, store) {
-            return Outcome::AlreadyFinished(letter.job_id);
-        }
-        let meta = letter.job_meta();
-        match self.take(&meta, epoch, store) {
-            Taken::Finished { .. } => Outcome::AlreadyFinished(letter.job_id),
-            Taken::Yes { generation } | Taken::Exhausted { generation, .. } => {
-                letter.correlation_id = correlation_id(&letter.job_id, generation as u64);
-                Outcome::DeadLettered(letter)
             }
         }
     }
@@ -600,8 +565,8 @@ mod tests {
         (taker, handle, metrics)
     }
 
-    fn job(id: &str) -> DecodedJob {
-        DecodedJob {
+    fn job(id: &str) -> IdentifiedRecord {
+        IdentifiedRecord {
             meta: JobMeta {
                 id: JobId(id.to_owned()),
                 tenant: "clinic-a".into(),
@@ -613,8 +578,7 @@ mod tests {
                 received_at: 1_700_000_000,
                 trace_parent: None,
             },
-            audio: Default::default(),
-            redelivered: false,
+            record: Default::default(),
         }
     }
 
@@ -641,7 +605,7 @@ mod tests {
             Err(Outcome::Duplicate(_))
         ));
         let mut again = job("a1");
-        again.redelivered = true;
+        again.record.redelivered = true;
         assert!(matches!(
             taker.judge(again, 1, &mut store),
             Err(Outcome::AlreadyFinished(_))
@@ -721,38 +685,10 @@ mod tests {
             Err(Outcome::Duplicate(_))
         ));
         let mut redelivered = job("w3");
-        redelivered.redelivered = true;
+        redelivered.record.redelivered = true;
         assert!(matches!(
             taker.judge(redelivered, 12, &mut store),
             Err(Outcome::AlreadyFinished(_))
-        ));
-    }
-
-    #[test]
-    fn a_rejected_job_is_dead_lettered_once() {
-        let (mut taker, _, _) = new_taker(5);
-        let mut store = MemoryStore::default();
-        let letter = DeadLetter {
-            job_id: id("r1"),
-            tenant: "clinic-a".into(),
-            correlation_id: "c".into(),
-            stage: Stage::Decode,
-            class: ErrorClass::UserInput,
-            reason: "not audio".into(),
-            attempts: 1,
-            at: 1,
-        };
-        let Outcome::DeadLettered(first) =
-            taker.judge_rejected(Outcome::DeadLettered(letter.clone()), 0, &mut store)
-        else {
-            panic!("dead-lettered the first time");
-        };
-        assert_eq!(first.correlation_id, correlation_id(&id("r1"), 1));
-        store.dead_letter(&first).expect("dead letter");
-        let (mut later, _, _) = new_taker(5);
-        assert!(matches!(
-            later.judge_rejected(Outcome::DeadLettered(letter), 0, &mut store),
-            Outcome::AlreadyFinished(_)
         ));
     }
 

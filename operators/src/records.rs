@@ -12,6 +12,21 @@ pub use mmt_core::source::SourceRecord;
 
 use crate::chunk::ChunkSpan;
 
+/// A source's record with the job it is (identity from tenant and content),
+/// before any work: what dedupe takes in the job store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentifiedRecord {
+    pub meta: JobMeta,
+    pub record: SourceRecord,
+}
+
+impl IdentifiedRecord {
+    /// The broker delivered this message before: a repeat is not a new submission.
+    pub fn redelivered(&self) -> bool {
+        self.record.redelivered
+    }
+}
+
 /// A job whose audio decoded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodedJob {

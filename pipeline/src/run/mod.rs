@@ -33,7 +33,7 @@ use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
 use mmt_operators::commit::{Commit, CommitCounters, CommitOptions, Retention, Sinks};
-use mmt_operators::decode::{job_meta, DecodeAudio, DecodeSettings};
+use mmt_operators::decode::{job_meta, DecodeAudio, DecodeSettings, IdentifyRecords};
 use mmt_operators::dedupe::{Dedupe, DedupeConfig};
 use mmt_operators::infer::Transcribe;
 use mmt_operators::records::SourceRecord;
@@ -300,20 +300,18 @@ pub fn run(
             let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
             let dead_lettered_in = Rc::clone(&dead_lettered);
             worker.dataflow::<u64, _, _>(|scope| {
-                let (decoded, rejected) =
-                    scope.input_from(&mut input).decode_audio(DecodeSettings {
-                        chunking: options_in.chunking.clone(),
-                        max_audio_seconds: options_in.max_audio_seconds,
-                    });
-                // Decoding's dead letters are taken too: once dead-lettered,
-                // a redelivery of a rejected job writes nothing again.
-                let (fresh, repeats) = decoded.dedupe(
-                    rejected,
+                // Every job is taken in the store before any work, decoding
+                // included: a job that stops its worker is counted.
+                let (taken, repeats) = scope.input_from(&mut input).identify().dedupe(
                     store,
                     filter,
                     metrics_in.clone(),
                     DedupeConfig::new(options_in.max_takes, probe.clone()),
                 );
+                let (fresh, rejected) = taken.decode_audio(DecodeSettings {
+                    chunking: options_in.chunking.clone(),
+                    max_audio_seconds: options_in.max_audio_seconds,
+                });
                 let (results, failed) = fresh.chunk_speech().transcribe(
                     engine,
                     options_in.transcribe.clone(),
@@ -322,7 +320,7 @@ pub fn run(
                 );
                 let completed = results.assemble();
                 scope
-                    .concatenate([repeats, failed, completed])
+                    .concatenate([repeats, rejected, failed, completed])
                     .commit(sinks, commit_options, counters_in, metrics_in)
                     .inspect(move |(job, settlement)| {
                         if *settlement == Settlement::DeadLettered {
