@@ -26,7 +26,7 @@ const JOBS: usize = 40;
 /// Messages the worker may hold unacknowledged: the most that can be in
 /// flight when the outage starts.
 const PREFETCH: usize = 8;
-const OUTAGE: Duration = Duration::from_secs(25);
+const OUTAGE: Duration = Duration::from_secs(60);
 /// The log lines of one outage (mmt_core::retry::Outage).
 const OUTAGE_STARTED: &str = "outage: writes are retried with backoff";
 const OUTAGE_OVER: &str = "outage over";
