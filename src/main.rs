@@ -23,10 +23,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Dependencies' log events that print values which must never reach a log,
+/// capped whatever `RUST_LOG` asks for (added after it, so they win).
+const CAPPED_LOG_TARGETS: &[&str] = &[
+    // axum's extractor rejections quote the request (a form's or JSON body's
+    // values, which may be PHI).
+    "axum::rejection=off",
+    // sqlx logs an unrecognised connect parameter with its value (a token in
+    // `DATABASE_URL`). The configuration refuses such URLs; this covers any
+    // other way a URL reaches the driver.
+    "sqlx_postgres::options=error",
+    // lapin's trace events print every frame: the credentials of
+    // connection.start-ok, and message bodies (audio, patient references).
+    "lapin=debug",
+];
+
 /// Structured JSON logs on stderr; `RUST_LOG` overrides the command's default level.
 fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    for directive in CAPPED_LOG_TARGETS {
+        match directive.parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(err) => eprintln!("mmt: a log filter directive does not parse: {err}"),
+        }
+    }
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -218,7 +218,7 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
         envelope.priority = args.priority;
         let problems = envelope.problems();
         if !problems.is_empty() {
-            anyhow::bail!("invalid job: {}", problems.join("; "));
+            anyhow::bail!("invalid job: {}", mmt_core::input::join(&problems));
         }
         let message_id = mmt_connectors::envelope::message_id_for(&bytes);
         submitter.submit(&envelope, &message_id, None)?;

@@ -8,6 +8,7 @@ use mmt_core::content::{content_hash, ContentHasher};
 use mmt_core::control::{
     IdempotencyKey, ListQuery, SpooledAudio, Submission, SubmittedAudio, MAX_PRIORITY,
 };
+use mmt_core::input::{is_trace_parent, read_json, reference_problem, JsonProblem, JsonShape};
 use mmt_core::job::{JobId, JobStatus};
 use mmt_core::transcript::TranscriptFormat;
 use sha2::{Digest, Sha256};
@@ -110,9 +111,12 @@ pub async fn submit(
         }
         return Err(refusal);
     }
+    // An invalid trace context is ignored, as W3C Trace Context asks (and
+    // whatever a client put there is not stored).
     let trace_parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| is_trace_parent(v))
         .map(str::to_owned);
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -126,9 +130,7 @@ pub async fn submit(
         let spool_dir = state.control.spool_dir();
         read_upload(multipart, state.config.max_upload_bytes, spool_dir).await?
     } else if content_type.starts_with("application/json") {
-        let Json(job) = Json::<JobRequest>::from_request(request, &state)
-            .await
-            .map_err(|rejection| ApiError::BadRequest(json_rejection(&rejection)))?;
+        let job = read_job_request(request, &state).await?;
         let reference = job.audio_reference.clone();
         check_reference_syntax(&reference)?;
         let audio = state
@@ -239,9 +241,11 @@ impl SubmissionFields {
         if let Some(declared) = &self.declared_type {
             let essence = declared.split(';').next().unwrap_or("").trim();
             if !AUDIO_CONTENT_TYPES.contains(&essence) {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "the audio part is {essence:?}; expected WAV, FLAC, MP3 or Ogg audio"
-                )));
+                return Err(ApiError::UnsupportedMediaType(
+                    "the audio part's Content-Type must be WAV, FLAC, MP3 or Ogg audio \
+                     (or application/octet-stream)"
+                        .into(),
+                ));
             }
         }
         let Some(received) = self.audio.take() else {
@@ -257,8 +261,16 @@ impl SubmissionFields {
                 "the audio is not WAV, FLAC, MP3, Ogg/Vorbis or Ogg/Opus".into(),
             )
         })?;
-        check_fhir_reference(self.patient_reference.as_deref(), "Patient")?;
-        check_fhir_reference(self.encounter_reference.as_deref(), "Encounter")?;
+        check_fhir_reference(
+            "patient_reference",
+            "Patient",
+            self.patient_reference.as_deref(),
+        )?;
+        check_fhir_reference(
+            "encounter_reference",
+            "Encounter",
+            self.encounter_reference.as_deref(),
+        )?;
         let priority = self.priority.unwrap_or(0);
         if priority > MAX_PRIORITY {
             return Err(ApiError::Unprocessable(format!(
@@ -477,15 +489,45 @@ fn non_empty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-/// Names the problem of a JSON body without quoting it (it may hold PHI).
-fn json_rejection(rejection: &axum::extract::rejection::JsonRejection) -> String {
-    use axum::extract::rejection::JsonRejection::*;
-    match rejection {
-        JsonDataError(_) => "the JSON body does not match JobRequest".into(),
-        JsonSyntaxError(_) => "the body is not valid JSON".into(),
-        MissingJsonContentType(_) => "expected Content-Type: application/json".into(),
-        _ => "unreadable JSON body".into(),
-    }
+/// What a refused JSON body's problem says of each field of [`JobRequest`].
+const JOB_REQUEST_SHAPE: JsonShape = JsonShape {
+    name: "JobRequest",
+    summary: "an object with audio_reference (required), and optionally \
+              patient_reference, encounter_reference, priority, callback_url",
+    fields: &[
+        (
+            "audio_reference",
+            "must be a string (a file:// URL or an absolute path)",
+        ),
+        ("patient_reference", "must be a string Patient/<id>"),
+        ("encounter_reference", "must be a string Encounter/<id>"),
+        ("priority", "must be an integer 0-9"),
+        ("callback_url", "must be a string (an http(s) URL)"),
+    ],
+};
+
+/// The JSON body as a [`JobRequest`]. axum's `Json` extractor is not used: its
+/// rejection quotes the body (serde's messages repeat values, which may be
+/// PHI); this names the field and its rule only.
+async fn read_job_request(request: Request, state: &AppState) -> Result<JobRequest, ApiError> {
+    // The body limit (`DefaultBodyLimit`) applies to this extractor too.
+    let body = axum::body::Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit_bytes: state.config.max_upload_bytes,
+                }
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })?;
+    read_json::<JobRequest>(&body, &JOB_REQUEST_SHAPE).map_err(|problem| match problem {
+        JsonProblem::Field { .. } => ApiError::Unprocessable(problem.to_string()),
+        JsonProblem::NotJson { .. } | JsonProblem::Shape { .. } => {
+            ApiError::BadRequest(problem.to_string())
+        }
+    })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -523,27 +565,16 @@ pub fn sniff_audio(audio: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// `Patient/<id>` or `Encounter/<id>` with a FHIR id (1–64 of `[A-Za-z0-9.-]`).
-fn check_fhir_reference(reference: Option<&str>, kind: &str) -> Result<(), ApiError> {
-    let Some(reference) = reference else {
-        return Ok(());
-    };
-    let valid = reference
-        .strip_prefix(kind)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|id| {
-            (1..=64).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::Unprocessable(format!(
-            "{} must be a FHIR reference {kind}/<id>",
-            kind.to_ascii_lowercase() + "_reference"
-        )))
+/// `Patient/<id>` or `Encounter/<id>` with a FHIR id (1–64 of `[A-Za-z0-9.-]`),
+/// checked as a broker's envelope and a sidecar are.
+fn check_fhir_reference(
+    field: &'static str,
+    kind: &str,
+    reference: Option<&str>,
+) -> Result<(), ApiError> {
+    match reference_problem(field, kind, reference) {
+        Some(problem) => Err(ApiError::Unprocessable(problem.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -807,11 +838,15 @@ mod tests {
 
     #[test]
     fn fhir_references_are_checked() {
-        assert!(check_fhir_reference(Some("Patient/p-17"), "Patient").is_ok());
-        assert!(check_fhir_reference(None, "Patient").is_ok());
-        assert!(check_fhir_reference(Some("Encounter/9"), "Patient").is_err());
-        assert!(check_fhir_reference(Some("Patient/"), "Patient").is_err());
-        assert!(check_fhir_reference(Some("Patient/a b"), "Patient").is_err());
+        let check = |reference| check_fhir_reference("patient_reference", "Patient", reference);
+        assert!(check(Some("Patient/p-17")).is_ok());
+        assert!(check(None).is_ok());
+        assert!(check(Some("Encounter/9")).is_err());
+        assert!(check(Some("Patient/")).is_err());
+        assert!(check(Some("Patient/a b")).is_err());
+        let refused = check(Some("Smith John")).unwrap_err().to_string();
+        assert!(refused.starts_with("patient_reference must"), "{refused}");
+        assert!(!refused.contains("Smith"), "{refused}");
     }
 
     #[test]

@@ -74,5 +74,46 @@ pub fn router(state: AppState) -> Router {
         // dropping the connection.
         .layer(CatchPanicLayer::new())
         .layer(middleware::from_fn(error::problem_for_every_error))
+        .layer(middleware::map_request(mark_secret_headers_sensitive))
         .with_state(state)
+}
+
+/// Marks every credential header (Authorization, Cookie, X-Api-Key…: see
+/// [`mmt_core::redact::is_secret_header`]) sensitive, so that the `Debug` of
+/// the request or its headers, in any log line or panic message, shows
+/// `Sensitive` instead of the value.
+async fn mark_secret_headers_sensitive(
+    mut request: axum::extract::Request,
+) -> axum::extract::Request {
+    for (name, value) in request.headers_mut().iter_mut() {
+        if mmt_core::redact::is_secret_header(name.as_str()) {
+            value.set_sensitive(true);
+        }
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn credential_headers_print_as_sensitive() {
+        let request = axum::http::Request::builder()
+            .header("Authorization", "Bearer s3cr3t-t0ken")
+            .header("X-Api-Key", "k3y-value")
+            .header("Cookie", "session=c00kie")
+            .header("Content-Type", "audio/wav")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let request = super::mark_secret_headers_sensitive(request).await;
+        let shown = format!("{request:?}");
+        for secret in ["s3cr3t-t0ken", "k3y-value", "c00kie"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("audio/wav"), "{shown}");
+        assert_eq!(
+            request.headers()["authorization"],
+            "Bearer s3cr3t-t0ken",
+            "the value itself is untouched"
+        );
+    }
 }

@@ -86,49 +86,6 @@ pub(crate) fn serialize_redacted_url<S: Serializer>(
     serializer.serialize_str(&redact_url(url))
 }
 
-/// `scheme://user:secret@host/db?password=x` → `scheme://user:***@host/db?password=***`.
-///
-/// Errs towards masking too much: the user info ends at the *last* `@`, so a
-/// password holding an unescaped `/`, `?` or `@` is still masked whole.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL: whatever precedes an `@` may be credentials.
-        return match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        };
-    };
-    let mut out = format!("{scheme}://");
-    let after_userinfo = match rest.rsplit_once('@') {
-        Some((userinfo, after)) => {
-            match userinfo.split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push('@');
-            after
-        }
-        None => rest,
-    };
-    match after_userinfo.split_once('?') {
-        Some((base, query)) => {
-            out.push_str(base);
-            out.push('?');
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
-                        format!("{key}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            out.push_str(&pairs.join("&"));
-        }
-        None => out.push_str(after_userinfo),
-    }
-    out
-}
+/// The one redaction of URLs (`mmt_core::redact`): every connector's
+/// `redacted_url`, `Debug` and serialized config go through it.
+pub(crate) use mmt_core::redact::redact_url;

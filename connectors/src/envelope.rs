@@ -12,6 +12,10 @@
 //! able to make the worker read arbitrary files.
 
 use base64::Engine as _;
+pub use mmt_core::input::is_trace_parent;
+use mmt_core::input::{
+    is_tenant, join, read_json, reference_problem, FieldProblem, JsonShape, TENANT_RULE,
+};
 use mmt_core::source::SourceRecord;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
@@ -90,82 +94,85 @@ impl JobEnvelope {
         }
     }
 
-    /// Every rule the JSON Schema states beyond types, as one-line reasons.
-    pub fn problems(&self) -> Vec<String> {
+    /// Every rule the JSON Schema states beyond types, each naming its field
+    /// (never its value: any field may hold PHI).
+    pub fn problems(&self) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
         if self.version != ENVELOPE_VERSION {
-            problems.push(format!(
-                "version {} is not supported (expected {ENVELOPE_VERSION})",
-                self.version
+            problems.push(FieldProblem::new(
+                "version",
+                format!("must be {ENVELOPE_VERSION}"),
             ));
         }
         if !is_tenant(&self.tenant) {
-            problems.push("tenant must be 1-64 of A-Z a-z 0-9 . _ -".into());
+            problems.push(FieldProblem::new("tenant", TENANT_RULE));
         }
         if self.priority > 9 {
-            problems.push("priority must be 0-9".into());
+            problems.push(FieldProblem::new("priority", "must be 0-9"));
         }
         if let Some(reference) = &self.client_reference {
             if reference.is_empty() || reference.len() > 128 {
-                problems.push("client_reference must be 1-128 characters".into());
-            }
-        }
-        let format = match &self.audio {
-            AudioPayload::Inline { format, .. } | AudioPayload::Reference { format, .. } => format,
-        };
-        if let Some(format) = format {
-            if !AUDIO_FORMATS.contains(&format.to_ascii_lowercase().as_str()) {
-                problems.push(format!(
-                    "audio format must be one of {}",
-                    AUDIO_FORMATS.join(", ")
+                problems.push(FieldProblem::new(
+                    "client_reference",
+                    "must be 1-128 characters",
                 ));
             }
         }
-        check_reference(
+        let (field, format) = match &self.audio {
+            AudioPayload::Inline { format, .. } => ("audio.inline.format", format),
+            AudioPayload::Reference { format, .. } => ("audio.reference.format", format),
+        };
+        if let Some(format) = format {
+            if !AUDIO_FORMATS.contains(&format.to_ascii_lowercase().as_str()) {
+                problems.push(FieldProblem::new(
+                    field,
+                    format!("must be one of {}", AUDIO_FORMATS.join(", ")),
+                ));
+            }
+        }
+        problems.extend(reference_problem(
             "patient_reference",
             "Patient",
-            &self.patient_reference,
-            &mut problems,
-        );
-        check_reference(
+            self.patient_reference.as_deref(),
+        ));
+        problems.extend(reference_problem(
             "encounter_reference",
             "Encounter",
-            &self.encounter_reference,
-            &mut problems,
-        );
+            self.encounter_reference.as_deref(),
+        ));
         problems
     }
 }
 
-fn is_tenant(tenant: &str) -> bool {
-    (1..=64).contains(&tenant.len())
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// `Type/id` with a FHIR id (`[A-Za-z0-9-.]{1,64}`). The value is PHI, so the
-/// problem names only the field.
-fn check_reference(
-    field: &str,
-    resource_type: &str,
-    reference: &Option<String>,
-    out: &mut Vec<String>,
-) {
-    let Some(reference) = reference else { return };
-    let valid = reference
-        .strip_prefix(resource_type)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|id| {
-            (1..=64).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
-        });
-    if !valid {
-        out.push(format!("{field} must look like {resource_type}/<id>"));
-    }
-}
+/// What a refused envelope's reason says of each field (see
+/// `schemas/job-envelope.schema.json`).
+const ENVELOPE_SHAPE: JsonShape = JsonShape {
+    name: "job envelope",
+    summary: "an object with tenant and audio (required), and optionally version, \
+              client_reference, patient_reference, encounter_reference, priority; audio \
+              is {\"inline\": {\"data\", \"format\"}} or {\"reference\": {\"url\", \"format\"}}",
+    fields: &[
+        ("version", "must be the number 1"),
+        ("tenant", "must be a string of 1-64 A-Z a-z 0-9 . _ -"),
+        ("client_reference", "must be a string of 1-128 characters"),
+        ("audio.inline.data", "must be a base64 string"),
+        (
+            "audio.inline.format",
+            "must be a string naming the container",
+        ),
+        (
+            "audio.reference.url",
+            "must be a string (a file:// URL or an absolute path)",
+        ),
+        (
+            "audio.reference.format",
+            "must be a string naming the container",
+        ),
+        ("patient_reference", "must be a string Patient/<id>"),
+        ("encounter_reference", "must be a string Encounter/<id>"),
+        ("priority", "must be an integer 0-9"),
+    ],
+};
 
 /// What the broker knows about a message, beside its body.
 #[derive(Debug, Clone, Default)]
@@ -207,12 +214,10 @@ impl EnvelopeReader {
             trace_parent: context.trace_parent.filter(|t| is_trace_parent(t)),
             ..SourceRecord::default()
         };
-        let envelope = match serde_json::from_slice::<JobEnvelope>(body) {
+        let envelope = match read_json::<JobEnvelope>(body, &ENVELOPE_SHAPE) {
             Ok(envelope) => envelope,
-            Err(err) => {
-                // serde's message quotes no values for these types, only
-                // positions and field names, so it carries no PHI.
-                record.read_error = Some(format!("the message is not a job envelope: {err}"));
+            Err(problem) => {
+                record.read_error = Some(problem.to_string());
                 return record;
             }
         };
@@ -221,7 +226,7 @@ impl EnvelopeReader {
         }
         let problems = envelope.problems();
         if !problems.is_empty() {
-            record.read_error = Some(format!("invalid job envelope: {}", problems.join("; ")));
+            record.read_error = Some(format!("invalid job envelope: {}", join(&problems)));
             return record;
         }
         record.patient_reference = envelope.patient_reference;
@@ -253,9 +258,10 @@ impl EnvelopeReader {
                         "inline audio is larger than {MAX_AUDIO_BYTES} bytes"
                     ));
                 }
+                // The decoder's error names the offending byte: not repeated.
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data)
-                    .map_err(|err| format!("inline audio is not valid base64: {err}"))?;
+                    .map_err(|_| "audio.inline.data must be standard base64 (padded)".to_owned())?;
                 Ok((bytes, normalized_format(format.as_deref())))
             }
             AudioPayload::Reference { url, format } => {
@@ -322,19 +328,6 @@ pub fn message_id_for(audio: &[u8]) -> String {
     format!("{:016x}-{random:016x}", content.finish())
 }
 
-/// `00-<32 hex>-<16 hex>-<2 hex>`, the W3C trace context header (version 00).
-pub fn is_trace_parent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,17 +362,20 @@ mod tests {
     fn unreadable_messages_become_records_with_a_reason_and_no_phi() {
         let reader = EnvelopeReader::new(None, "default");
         let garbage = reader.read(b"not json", context());
-        assert!(garbage.read_error.unwrap().contains("not a job envelope"));
+        assert!(garbage.read_error.unwrap().contains("not valid JSON"));
         assert_eq!(garbage.tenant, "default");
 
         let unknown_field = br#"{"tenant":"a","audio":{"inline":{"data":""}},"mood":"x"}"#;
         let record = reader.read(unknown_field, context());
-        assert!(record.read_error.unwrap().contains("unknown field"));
+        assert!(record
+            .read_error
+            .unwrap()
+            .contains("does not have the expected fields"));
 
         let bad_patient =
             br#"{"tenant":"a","audio":{"inline":{"data":""}},"patient_reference":"John Smith"}"#;
         let reason = reader.read(bad_patient, context()).read_error.unwrap();
-        assert!(reason.contains("patient_reference must look like Patient/<id>"));
+        assert!(reason.contains("patient_reference must be a FHIR reference Patient/<id>"));
         assert!(!reason.contains("John"));
 
         let bad_base64 = br#"{"tenant":"a","audio":{"inline":{"data":"@@@"}}}"#;
@@ -392,6 +388,55 @@ mod tests {
             .read_error
             .unwrap()
             .contains("priority"));
+    }
+
+    /// PHI-looking values in every field, one field at a time: the reason
+    /// names the field, never the value.
+    #[test]
+    fn no_reason_quotes_a_field() {
+        const CANARIES: [&str; 3] = ["Smith John", "Patient/MRN-4471-CANARY", "1958-03-12"];
+        let valid = serde_json::json!({
+            "version": 1, "tenant": "a", "client_reference": "c-1",
+            "audio": {"inline": {"data": "", "format": "wav"}},
+            "patient_reference": "Patient/1", "encounter_reference": "Encounter/2",
+            "priority": 1,
+        });
+        let fields: [&[&str]; 10] = [
+            &["version"],
+            &["tenant"],
+            &["client_reference"],
+            &["audio"],
+            &["audio", "inline", "data"],
+            &["audio", "inline", "format"],
+            &["patient_reference"],
+            &["encounter_reference"],
+            &["priority"],
+            &["Smith John"],
+        ];
+        let reader = EnvelopeReader::new(None, "default");
+        for canary in CANARIES {
+            for path in fields {
+                let mut body = valid.clone();
+                let (last, parents) = path.split_last().unwrap();
+                let mut target = &mut body;
+                for key in parents {
+                    target = &mut target[*key];
+                }
+                target[*last] = serde_json::Value::String(canary.into());
+                let record = reader.read(&serde_json::to_vec(&body).unwrap(), context());
+                let reason = record.read_error.unwrap_or_default();
+                // A canary that is a valid value (a FHIR reference in its own
+                // field, a client reference) is accepted, not refused.
+                if reason.is_empty() {
+                    continue;
+                }
+                assert!(!reason.contains(canary), "{path:?}: {reason}");
+                assert!(!record.tenant.contains(canary), "{path:?}");
+            }
+        }
+        let sidecar_like = br#"{"tenant":"a","audio":{"reference":{"url":"/Smith John.wav"}}}"#;
+        let reason = reader.read(sidecar_like, context()).read_error.unwrap();
+        assert!(!reason.contains("Smith"), "{reason}");
     }
 
     #[test]

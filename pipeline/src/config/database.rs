@@ -4,7 +4,10 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use super::secret::{redact_url, Secret};
+use mmt_core::redact::redact_url;
+use url::Url;
+
+use super::secret::Secret;
 use super::vars::{Echo, Vars};
 use super::{Environment, Problem};
 
@@ -20,6 +23,75 @@ pub enum DatabaseKind {
     Postgres,
     /// MySQL or MariaDB.
     Mysql,
+}
+
+impl DatabaseKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Postgres => "PostgreSQL",
+            Self::Mysql => "MySQL",
+        }
+    }
+
+    /// The query parameters sqlx 0.9 reads from a URL of this engine
+    /// (`sqlx-*/src/options/parse.rs`); PostgreSQL also reads `options[<name>]`.
+    fn parameters(self) -> &'static [&'static str] {
+        match self {
+            Self::Sqlite => &["mode", "cache", "immutable", "vfs"],
+            Self::Postgres => &[
+                "sslmode",
+                "ssl-mode",
+                "sslrootcert",
+                "ssl-root-cert",
+                "ssl-ca",
+                "sslcert",
+                "ssl-cert",
+                "sslkey",
+                "ssl-key",
+                "statement-cache-capacity",
+                "host",
+                "hostaddr",
+                "port",
+                "dbname",
+                "user",
+                "password",
+                "application_name",
+                "options",
+            ],
+            Self::Mysql => &[
+                "sslmode",
+                "ssl-mode",
+                "sslca",
+                "ssl-ca",
+                "charset",
+                "collation",
+                "sslcert",
+                "ssl-cert",
+                "sslkey",
+                "ssl-key",
+                "statement-cache-capacity",
+                "socket",
+                "timezone",
+                "time-zone",
+            ],
+        }
+    }
+}
+
+/// PostgreSQL's `options[<setting>]` parameter.
+fn is_postgres_option(name: &str) -> bool {
+    name.strip_prefix("options[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(is_parameter_name)
+}
+
+/// What a parameter name looks like: short, letters, digits, `-`, `_`, `.`.
+fn is_parameter_name(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A database URL. Its password (and any password-like query parameter) is hidden
@@ -55,10 +127,50 @@ impl DatabaseUrl {
                 .strip_prefix("//")
                 .is_some_and(|authority| !authority.is_empty()),
         };
-        well_formed.then(|| Self {
+        // The drivers read the URL with the `url` crate: so does every check here.
+        (well_formed && Url::parse(value).is_ok()).then(|| Self {
             kind,
             url: Secret::new(value),
         })
+    }
+
+    /// A problem for each query parameter the engine's driver does not read.
+    ///
+    /// sqlx ignores an unknown parameter, and its PostgreSQL driver logs it
+    /// with its value (`?token=…` would put the token in the log): so the URL
+    /// is refused instead, naming the parameter and never its value. A name
+    /// is shown only when the parameter has a value: a bare `?word` may be a
+    /// secret pasted in the wrong place.
+    pub fn parameter_problems(&self) -> Vec<String> {
+        let Ok(url) = Url::parse(self.url.expose()) else {
+            return Vec::new();
+        };
+        let accepted = self.kind.parameters();
+        url.query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(|pair| {
+                let (name, _) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
+                let known = accepted.contains(&name.as_ref())
+                    || (self.kind == DatabaseKind::Postgres && is_postgres_option(&name));
+                if known {
+                    return None;
+                }
+                let named = pair.contains('=') && is_parameter_name(&name);
+                let which = if named {
+                    format!("the parameter `{name}`")
+                } else {
+                    "a parameter (name not shown)".to_owned()
+                };
+                Some(format!(
+                    "has {which}, which the {} driver does not read: remove it (the value is \
+                     not shown); accepted: {}",
+                    self.kind.name(),
+                    accepted.join(", ")
+                ))
+            })
+            .collect()
     }
 
     /// The engine.
@@ -73,7 +185,7 @@ impl DatabaseUrl {
 
     /// The URL with its password replaced by `***`.
     pub fn redacted(&self) -> String {
-        redact_url(self.url.expose(), true)
+        redact_url(self.url.expose())
     }
 }
 
@@ -116,6 +228,9 @@ impl DatabaseConfig {
             Echo::Never,
             DatabaseUrl::parse,
         );
+        for problem in parsed.iter().flat_map(DatabaseUrl::parameter_problems) {
+            vars.report(Problem::fatal(DATABASE_URL, problem));
+        }
         let url_defaulted = !vars.is_set(DATABASE_URL);
         let url = parsed.unwrap_or_else(Self::default_url);
         Self { url, url_defaulted }
@@ -181,6 +296,28 @@ mod tests {
         ] {
             assert!(DatabaseUrl::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unknown_parameters_are_named_never_their_values() {
+        let problems = |url: &str| {
+            DatabaseUrl::parse(url)
+                .expect("a database URL")
+                .parameter_problems()
+        };
+        assert!(problems("postgres://db/mmt?sslmode=verify-full&sslrootcert=/ca.pem").is_empty());
+        assert!(problems("postgres://db/mmt?options[statement_timeout]=5s").is_empty());
+        assert!(problems("mysql://db/mmt?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem").is_empty());
+        assert!(problems("sqlite://mmt.db?mode=rwc").is_empty());
+        let found = problems("postgres://db/mmt?sslmode=require&token=SECRET123&hunter2");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("`token`"), "{}", found[0]);
+        assert!(found[1].contains("name not shown"), "{}", found[1]);
+        for problem in &found {
+            assert!(!problem.contains("SECRET123") && !problem.contains("hunter2"));
+        }
+        assert_eq!(problems("mysql://db/mmt?application_name=x").len(), 1);
+        assert_eq!(problems("sqlite://mmt.db?token=SECRET123").len(), 1);
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub use rabbitmq::RabbitMqConfig;
 pub use redis::RedisConfig;
 pub use reprocess::ReprocessConfig;
 pub use retention::RetentionConfig;
-pub use secret::{redact_url, Secret, REDACTED};
+pub use secret::{Secret, REDACTED};
 pub use security::SecurityConfig;
 pub use sources::{KafkaConfig, SinksAndIngestConfig};
 pub use telemetry::{Exporter, OtlpProtocol, Propagator, Sampler, TelemetryConfig};
@@ -329,11 +329,9 @@ impl Config {
             ("SSL_KEY_FILE", &self.security.ssl_key_file),
         ];
         for (variable, file) in tls {
-            if let Some(path) = file.as_ref().filter(|path| !path.is_file()) {
-                out.push(Problem::fatal(
-                    variable,
-                    format!("{} is not a readable file", path.display()),
-                ));
+            if file.as_ref().is_some_and(|path| !path.is_file()) {
+                // The path is not repeated: no value is (see `vars::Echo`).
+                out.push(Problem::fatal(variable, "does not name a readable file"));
             }
         }
         out

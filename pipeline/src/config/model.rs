@@ -135,7 +135,7 @@ impl ModelConfig {
             if !version.starts_with("1.31") {
                 out.push(Problem::warning(
                     ORT_DYLIB_PATH,
-                    format!("names ONNX Runtime {version}, but MMT is built against 1.31"),
+                    "names an ONNX Runtime other than 1.31, which MMT is built against",
                 ));
             }
         }
@@ -147,19 +147,19 @@ impl ModelConfig {
         if !self.model_dir.is_dir() {
             out.push(Problem::fatal(
                 MMT_MODEL_DIR,
-                format!(
-                    "{} is not a directory; export the model first (mmt model export)",
-                    self.model_dir.display()
-                ),
+                // Paths are not repeated (no value is, see `vars::Echo`);
+                // `mmt check --json` shows the effective one.
+                "is not a directory (see model.model_dir in `mmt check --json`); export \
+                 the model first (mmt model export)",
             ));
         }
         if !self.ort_library.is_file() {
             out.push(Problem::fatal(
                 ORT_DYLIB_PATH,
                 format!(
-                    "{} does not exist; install the onnxruntime==1.31.1 wheel or point \
-                     ORT_DYLIB_PATH at {ORT_LIBRARY_FILE}",
-                    self.ort_library.display()
+                    "does not name an existing file (see model.ort_library in `mmt check \
+                     --json`); install the onnxruntime==1.31.1 wheel or point ORT_DYLIB_PATH \
+                     at {ORT_LIBRARY_FILE}"
                 ),
             ));
         }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Serialize, Serializer};
 
-use super::secret::redact_url;
+use mmt_core::redact::{redact_url_with, UserName};
 
 /// A host and port, written `host`, `host:port` or `[v6-address]:port`.
 ///
@@ -158,7 +158,8 @@ impl HttpUrl {
 
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.raw, false))
+        // Some collectors take a token as the user name: it is masked too.
+        f.write_str(&redact_url_with(&self.raw, UserName::Mask))
     }
 }
 

@@ -345,7 +345,8 @@ impl TelemetryConfig {
             out.push(Problem::fatal(
                 OTEL_TRACES_SAMPLER_ARG,
                 format!(
-                    "expected a sampling ratio from 0 to 1 for OTEL_TRACES_SAMPLER={}, got {arg:?}",
+                    "expected a sampling ratio from 0 to 1 for OTEL_TRACES_SAMPLER={} \
+                     (the value is not shown)",
                     self.traces_sampler.as_str()
                 ),
             ));

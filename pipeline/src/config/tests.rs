@@ -200,7 +200,7 @@ fn an_unknown_env_is_fatal_and_judged_as_prod() {
         "{}",
         env[0].1
     );
-    assert!(env[0].1.contains("\"prdo\""));
+    assert!(!env[0].1.contains("prdo"), "no value is repeated");
     // judged as prod: the SQLite default is refused too
     assert_eq!(
         severity_of(&[("ENV", "prdo")], "DATABASE_URL"),

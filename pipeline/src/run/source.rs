@@ -13,6 +13,9 @@
 //! So a followed file is handed out only once two scans an interval apart saw
 //! the same size and modification time.
 
+use mmt_core::input::{
+    is_tenant, join, read_json, reference_problem, FieldProblem, JsonShape, TENANT_RULE,
+};
 use mmt_core::job::{unix_now, ComponentError};
 use mmt_core::source::{AudioFile, Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::ErrorClass;
@@ -41,6 +44,30 @@ struct Sidecar {
     patient: Option<String>,
     /// FHIR reference of the encounter, e.g. `Encounter/9`.
     encounter: Option<String>,
+}
+
+impl Sidecar {
+    fn problems(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        if self
+            .tenant
+            .as_deref()
+            .is_some_and(|tenant| !is_tenant(tenant))
+        {
+            problems.push(FieldProblem::new("tenant", TENANT_RULE));
+        }
+        problems.extend(reference_problem(
+            "patient",
+            "Patient",
+            self.patient.as_deref(),
+        ));
+        problems.extend(reference_problem(
+            "encounter",
+            "Encounter",
+            self.encounter.as_deref(),
+        ));
+        problems
+    }
 }
 
 /// Watches one folder and remembers what it has already handed out.
@@ -252,6 +279,21 @@ fn is_audio(path: &Path) -> bool {
         .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.as_str()))
 }
 
+/// What a refused sidecar's reason says of each field.
+const SIDECAR_SHAPE: JsonShape = JsonShape {
+    name: "sidecar",
+    summary: "an object with optional tenant, patient and encounter (strings)",
+    fields: &[
+        ("tenant", "must be a string"),
+        ("patient", "must be a string Patient/<id>"),
+        ("encounter", "must be a string Encounter/<id>"),
+    ],
+};
+
+/// The sidecar of the audio file at `path`, checked as the API checks a
+/// submission's fields: a reason names the field and its rule, never the
+/// value (a patient's name typed into the wrong field stays out of the logs,
+/// the dead letter and the job store).
 fn read_sidecar(path: &Path) -> Result<Sidecar, String> {
     let mut sidecar_path = path.as_os_str().to_owned();
     sidecar_path.push(".json");
@@ -259,8 +301,15 @@ fn read_sidecar(path: &Path) -> Result<Sidecar, String> {
     if !sidecar_path.is_file() {
         return Ok(Sidecar::default());
     }
-    let text = std::fs::read_to_string(&sidecar_path).map_err(|e| format!("sidecar: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("sidecar is not valid: {e}"))
+    let bytes = std::fs::read(&sidecar_path)
+        .map_err(|e| format!("the sidecar cannot be read: {}", e.kind()))?;
+    let sidecar: Sidecar = read_json(&bytes, &SIDECAR_SHAPE).map_err(|e| e.to_string())?;
+    let problems = sidecar.problems();
+    if problems.is_empty() {
+        Ok(sidecar)
+    } else {
+        Err(format!("invalid sidecar: {}", join(&problems)))
+    }
 }
 
 #[cfg(test)]
@@ -381,5 +430,50 @@ mod tests {
         std::fs::write(dir.path().join("a.wav.json"), b"{\"mood\": 1}").expect("write");
         let source = DirectorySource::new(dir.path(), "default");
         assert!(source.read(&dir.path().join("a.wav"), 0).is_err());
+    }
+
+    /// PHI-looking values in each sidecar field (and as a key): the file is
+    /// refused with a reason naming the field, never the value, and its
+    /// record keeps the run's tenant.
+    #[test]
+    fn a_sidecar_field_is_refused_by_name_never_by_value() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.wav"), b"x").expect("write");
+        let source = DirectorySource::new(dir.path(), "default");
+        for (sidecar, field) in [
+            (r#"{"tenant": "Smith John"}"#, Some("tenant")),
+            (r#"{"patient": "Smith John"}"#, Some("patient")),
+            (r#"{"patient": "Encounter/1958-03-12"}"#, Some("patient")),
+            (
+                r#"{"encounter": "Patient/MRN-4471-CANARY"}"#,
+                Some("encounter"),
+            ),
+            (r#"{"tenant": ["Smith John"]}"#, Some("tenant")),
+            (r#"{"patient": 19580312}"#, Some("patient")),
+            (r#"{"Smith John": "1958-03-12"}"#, None),
+            (r#"{"tenant": "Smith John"#, None),
+        ] {
+            std::fs::write(dir.path().join("a.wav.json"), sidecar).expect("write");
+            let unreadable = source
+                .read(&dir.path().join("a.wav"), 0)
+                .expect_err(sidecar);
+            let reason = &unreadable.reason;
+            for canary in ["Smith", "1958", "MRN-4471", "19580312"] {
+                assert!(!reason.contains(canary), "{sidecar}: {reason}");
+            }
+            if let Some(field) = field {
+                assert!(reason.contains(&format!("{field} must")), "{reason}");
+            }
+            let record = source.unreadable_record(unreadable, 0);
+            assert_eq!(record.tenant, "default");
+            assert_eq!(record.patient_reference, None);
+        }
+        std::fs::write(
+            dir.path().join("a.wav.json"),
+            r#"{"tenant": "clinic-b", "patient": "Patient/MRN-4471", "encounter": "Encounter/9"}"#,
+        )
+        .expect("write");
+        let record = source.read(&dir.path().join("a.wav"), 0).expect("valid");
+        assert_eq!(record.tenant, "clinic-b");
     }
 }
