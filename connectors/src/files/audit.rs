@@ -27,9 +27,10 @@ use crate::error::{ConnectorError, Result};
 /// masked to their resource type and values under keys that name free text
 /// (`text`, `transcript`, `source`, `file`, `name`) to their length.
 ///
-/// Clones share the file (one per timely worker is fine). Two sinks opened
-/// on one file (in one process or two) would each miss the other's lines and
-/// break the chain: open one per file and clone it.
+/// Clones share the file (one per timely worker is fine). Sinks opened on
+/// one file by several processes take its file lock (`flock`) for each
+/// write and first read what the others appended, so they share one chain,
+/// one set of keys and one rotation.
 #[derive(Debug, Clone)]
 pub struct AuditLogSink {
     trail: Shared<AuditTrail>,
@@ -68,51 +69,88 @@ struct AuditTrail {
     rotate_at: Option<u64>,
     /// The index the live file takes when it is next rotated.
     next_index: u64,
-    /// A writer panicked while holding the trail: re-read the file and the
-    /// chain's head before the next write.
-    relink: bool,
 }
 
+/// A writer that panicked while holding the trail: the file is re-read
+/// before the next write, and the head of the chain with it.
 impl Repair for AuditTrail {
     fn mark_needs_repair(&mut self) {
         self.log.mark_needs_repair();
-        self.relink = true;
     }
 }
 
 impl AuditTrail {
     fn open(path: &Path, rotate_at: Option<u64>) -> Result<Self> {
-        let rotated = rotated_files(path)?;
-        let mut keys = Vec::new();
-        let mut base = genesis_link();
-        for (_, file) in &rotated {
-            let (file_keys, last) = read_keys::<AuditEvents>(file)?;
-            keys.extend(file_keys);
-            if let Some(last) = last {
-                base = link_to(&last);
-            }
-        }
-        let mut log = KeyedLog::open(path, FileMode::SHARED)?;
-        log.adopt_keys(keys);
-        let prev = head(&log, &base)?;
-        Ok(Self {
-            log,
+        let mut trail = Self {
+            log: KeyedLog::open(path, FileMode::SHARED)?,
             path: path.to_owned(),
-            prev,
-            base,
+            prev: genesis_link(),
+            base: genesis_link(),
             rotate_at,
-            next_index: rotated.last().map_or(1, |(index, _)| index + 1),
-            relink: false,
-        })
+            next_index: 1,
+        };
+        trail.log.lock()?;
+        let loaded = trail.load_rotated();
+        trail.log.unlock();
+        loaded?;
+        Ok(trail)
     }
 
-    /// Appends the event unless its key is in the trail; returns whether it wrote.
-    fn record(&mut self, event: &AuditEvent) -> Result<bool> {
-        if self.relink {
-            self.log.repair_if_needed()?;
-            self.prev = head(&self.log, &self.base)?;
-            self.relink = false;
+    /// Reads the keys of the rotated files and the link the live file starts
+    /// from. Under the live file's lock, which a rotation needs: none can
+    /// happen meanwhile (one that happened since the file was opened is
+    /// followed first).
+    fn load_rotated(&mut self) -> Result<()> {
+        while !self.log.is_current()? {
+            self.log.unlock();
+            self.log.follow_path()?;
+            self.log.lock()?;
         }
+        let rotated = rotated_files(&self.path)?;
+        for (_, file) in &rotated {
+            let (keys, last) = read_keys::<AuditEvents>(file)?;
+            self.log.adopt_keys(keys);
+            if let Some(last) = last {
+                self.base = link_to(&last);
+            }
+        }
+        self.next_index = rotated.last().map_or(1, |(index, _)| index + 1);
+        self.log.catch_up()?;
+        self.prev = head(&self.log, &self.base)?;
+        Ok(())
+    }
+
+    /// Appends the event unless its key is in the trail; returns whether it
+    /// wrote. Under the file lock, so writers in other processes (a
+    /// retention CronJob beside `mmt serve`) extend the same chain.
+    fn record(&mut self, event: &AuditEvent) -> Result<bool> {
+        // Outside the file lock: a repair reopens the file, which takes it.
+        self.log.repair_if_needed()?;
+        let written = self.synchronise().and_then(|()| self.append(event));
+        self.log.unlock();
+        written
+    }
+
+    /// Takes the file lock on the live file, following a rotation another
+    /// process made, and reads what other processes appended: the keys and
+    /// the head of the chain are then the file's.
+    fn synchronise(&mut self) -> Result<()> {
+        self.log.lock()?;
+        while !self.log.is_current()? {
+            // The file was rotated away: finish reading it, then move on.
+            self.log.catch_up()?;
+            self.base = head(&self.log, &self.base)?;
+            self.log.unlock();
+            self.log.follow_path()?;
+            self.next_index = next_index(&self.path)?;
+            self.log.lock()?;
+        }
+        self.log.catch_up()?;
+        self.prev = head(&self.log, &self.base)?;
+        Ok(())
+    }
+
+    fn append(&mut self, event: &AuditEvent) -> Result<bool> {
         let key = event.key();
         if self.log.contains(&key) {
             return Ok(false);
@@ -151,6 +189,13 @@ impl AuditTrail {
         tracing::info!(rotated_to = %to.display(), "audit trail rotated");
         Ok(())
     }
+}
+
+/// The index the live file `path` takes when it is next rotated.
+fn next_index(path: &Path) -> Result<u64> {
+    Ok(rotated_files(path)?
+        .last()
+        .map_or(1, |(index, _)| index + 1))
 }
 
 /// The `prev` of the next line of `log`, whose first line carries `base`.
@@ -470,5 +515,72 @@ mod tests {
         let verified = verify(&path).expect("verify");
         assert!(verified.is_intact(), "{verified:?}");
         assert_eq!(verified.records, 100);
+    }
+
+    /// Two sinks on one file stand for two processes: each has its own
+    /// descriptor, and `flock` locks of two descriptors exclude each other
+    /// as two processes' do.
+    #[test]
+    fn writers_in_two_processes_share_one_chain_and_one_set_of_keys() {
+        let (_dir, path) = trail(0);
+        let mut serve = AuditLogSink::open(&path).expect("open");
+        let mut cron = AuditLogSink::open(&path).expect("open");
+        assert!(serve.record_event(&event(0)).expect("write"));
+        assert!(cron.record_event(&event(1)).expect("write"));
+        assert!(serve.record_event(&event(2)).expect("write"));
+        assert!(
+            !cron.record_event(&event(0)).expect("replay"),
+            "the other writer's line counts"
+        );
+        let verified = verify(&path).expect("verify");
+        assert!(verified.is_intact(), "{verified:?}");
+        assert_eq!(verified.records, 3);
+    }
+
+    #[test]
+    fn a_rotation_by_another_writer_is_followed() {
+        let (_dir, path) = trail(0);
+        let line_len = {
+            let (_d, p) = trail(1);
+            std::fs::metadata(&p).expect("meta").len()
+        };
+        let rotate_at = Some(line_len * 2 + line_len / 2);
+        let mut first = AuditLogSink::open_rotating(&path, rotate_at).expect("open");
+        let mut second = AuditLogSink::open_rotating(&path, rotate_at).expect("open");
+        for i in 0..9 {
+            let writer = if i % 3 == 0 { &mut second } else { &mut first };
+            assert!(writer.record_event(&event(i)).expect("write"), "event {i}");
+        }
+        assert!(!second.record_event(&event(1)).expect("replay"));
+        let verified = verify(&path).expect("verify");
+        assert!(verified.is_intact(), "{verified:?}");
+        assert_eq!(verified.records, 9);
+        assert_eq!(verified.files.len(), 5, "{:?}", verified.files);
+    }
+
+    #[test]
+    fn concurrent_writers_in_two_processes_keep_one_chain() {
+        let (_dir, path) = trail(0);
+        let sinks = [
+            AuditLogSink::open_rotating(&path, Some(4096)).expect("open"),
+            AuditLogSink::open_rotating(&path, Some(4096)).expect("open"),
+        ];
+        let writers: Vec<_> = (0..4u32)
+            .map(|w| {
+                let mut sink = sinks[w as usize % 2].clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        sink.record_event(&event(w * 100 + i)).expect("write");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        let verified = verify(&path).expect("verify");
+        assert!(verified.is_intact(), "{verified:?}");
+        assert_eq!(verified.records, 100);
+        assert!(verified.files.len() > 2, "rotated: {:?}", verified.files);
     }
 }

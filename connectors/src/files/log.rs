@@ -108,11 +108,17 @@ impl<R: Record> KeyedLog<R> {
         if !existed {
             sync_parent(path)?;
         }
+        // Under the file lock: a writer in another process that takes it
+        // (the audit trail's) is never caught in the middle of a line, which
+        // the scan would take for a crash's and cut off.
+        lock_file(&file, path)?;
+        let scanned = scan::<R>(path, &file, 0, Tail::CutOff);
+        unlock_file(&file);
         let Scanned {
             len,
             last_start,
             keys,
-        } = scan::<R>(path, &file, Tail::CutOff)?;
+        } = scanned?;
         Ok(Self {
             path: path.to_owned(),
             mode,
@@ -142,6 +148,76 @@ impl<R: Record> KeyedLog<R> {
             .transpose()
     }
 
+    /// Takes the exclusive lock on the file that writers in other processes
+    /// take too (advisory, `flock`); held until [`KeyedLog::unlock`] or until
+    /// the file is closed.
+    pub fn lock(&self) -> Result<()> {
+        lock_file(&self.file, &self.path)
+    }
+
+    /// Releases [`KeyedLog::lock`].
+    pub fn unlock(&self) {
+        unlock_file(&self.file);
+    }
+
+    /// Whether the log's path still names the file this log writes (another
+    /// process may have rotated it away).
+    pub fn is_current(&self) -> Result<bool> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = self
+                .file
+                .metadata()
+                .map_err(|source| ConnectorError::io("reading", &self.path, source))?;
+            match fs::metadata(&self.path) {
+                Ok(named) => Ok(named.dev() == held.dev() && named.ino() == held.ino()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(source) => Err(ConnectorError::io("reading", &self.path, source)),
+            }
+        }
+        #[cfg(not(unix))]
+        Ok(true)
+    }
+
+    /// Reads the records another process appended since this log last
+    /// looked (call it under [`KeyedLog::lock`], on a log that needs no
+    /// repair): their keys become known and the last of them is the last
+    /// record.
+    pub fn catch_up(&mut self) -> Result<()> {
+        let size = self
+            .file
+            .metadata()
+            .map_err(|source| ConnectorError::io("reading", &self.path, source))?
+            .len();
+        if size == self.len {
+            return Ok(());
+        }
+        if size < self.len {
+            return Err(ConnectorError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                reason: format!("the {} file shrank while it was open", R::NAME),
+            });
+        }
+        let Scanned {
+            len,
+            last_start,
+            keys,
+        } = scan::<R>(&self.path, &self.file, self.len, Tail::CutOff)?;
+        self.len = len;
+        self.last_start = last_start.or(self.last_start);
+        self.keys.extend(keys);
+        Ok(())
+    }
+
+    /// Leaves the file this log holds (rotated away by another process) for
+    /// the one its path names now, keeping every key.
+    pub fn follow_path(&mut self) -> Result<()> {
+        self.needs_repair = true;
+        self.repair_if_needed()
+    }
+
     /// Adds keys of records kept elsewhere (the rotated files of the same
     /// log): a key in them counts as present here.
     pub fn adopt_keys(&mut self, keys: impl IntoIterator<Item = R::Key>) {
@@ -166,7 +242,12 @@ impl<R: Record> KeyedLog<R> {
         // From here on the old file is complete; a failure to start the new
         // one is repaired (by creating it) before the next write.
         self.needs_repair = true;
-        self.file = open_append(&self.path, self.mode)?;
+        let file = open_append(&self.path, self.mode)?;
+        // The new file is locked before the old one is let go (closing it
+        // unlocks it): a writer in another process waiting on the old one
+        // then finds the new one and waits there.
+        lock_file(&file, &self.path)?;
+        self.file = file;
         sync_parent(&self.path)?;
         self.len = 0;
         self.last_start = None;
@@ -392,7 +473,7 @@ pub(crate) fn read_keys<R: Record>(path: &Path) -> Result<(HashSet<R::Key>, Opti
         len,
         last_start,
         keys,
-    } = scan::<R>(path, &file, Tail::Refuse)?;
+    } = scan::<R>(path, &file, 0, Tail::Refuse)?;
     let last = last_start
         .map(|start| read_record(&file, path, start, len))
         .transpose()?;
@@ -410,15 +491,16 @@ fn read_record(file: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u8>
     Ok(trim_newline(&record).to_vec())
 }
 
-/// Reads every record's key; cuts a crash's partial trailing record off (or
-/// refuses it, see [`Tail`]).
-fn scan<R: Record>(path: &Path, file: &File, tail: Tail) -> Result<Scanned<R::Key>> {
+/// Reads the key of every record from byte `from` on (a record boundary);
+/// cuts a crash's partial trailing record off (or refuses it, see [`Tail`]).
+/// Line numbers in errors count from `from`.
+fn scan<R: Record>(path: &Path, file: &File, from: u64, tail: Tail) -> Result<Scanned<R::Key>> {
     let mut reader = BufReader::new(file);
     reader
-        .seek(SeekFrom::Start(0))
+        .seek(SeekFrom::Start(from))
         .map_err(|source| ConnectorError::io("reading", path, source))?;
     let mut keys = HashSet::new();
-    let mut offset = 0u64;
+    let mut offset = from;
     let mut line_no = 0u64;
     let mut last_start = None;
     // The first unreadable line, if any: fine only if nothing but blanks follows it.
@@ -529,6 +611,22 @@ fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
+}
+
+/// Takes the advisory exclusive lock of `file`, waiting for it. A file
+/// system without locks is written without them (one writer per file is
+/// then the operator's to ensure).
+fn lock_file(file: &File, path: &Path) -> Result<()> {
+    match file.lock() {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::Unsupported => Ok(()),
+        Err(source) => Err(ConnectorError::io("locking", path, source)),
+    }
+}
+
+fn unlock_file(file: &File) {
+    // Fails only if the lock was not held; closing the file releases it anyway.
+    let _ = file.unlock();
 }
 
 fn open_append(path: &Path, mode: FileMode) -> Result<File> {
