@@ -8,7 +8,7 @@ use mmt_core::phi::{mask_reference, mask_text};
 use serde::Serialize;
 
 use super::chain::{genesis_link, link_to, rotated_files, rotated_name};
-use super::log::{read_keys, FileMode, KeyedLog, Record, Repair, Shared};
+use super::log::{read_closed, Closed, FileMode, KeyedLog, Record, Repair, Shared};
 use crate::error::{ConnectorError, Result};
 
 /// Appends `AuditEvent`s as JSON lines to the `AUDIT_LOG_FILE`, at most one per
@@ -108,7 +108,7 @@ impl AuditTrail {
         }
         let rotated = rotated_files(&self.path)?;
         for (_, file) in &rotated {
-            let (keys, last) = read_keys::<AuditEvents>(file)?;
+            let Closed { keys, last } = read_closed::<AuditEvents>(file)?;
             self.log.adopt_keys(keys);
             if let Some(last) = last {
                 self.base = link_to(&last);

@@ -465,9 +465,17 @@ enum Tail {
     Refuse,
 }
 
+/// What a rotated file of a log holds that its successor needs.
+pub(crate) struct Closed<K> {
+    /// The key of every record.
+    pub keys: HashSet<K>,
+    /// The last record (without its line ending), if any.
+    pub last: Option<Vec<u8>>,
+}
+
 /// The keys and last record of a complete log file that is no longer
 /// written to (a rotated file of the log), read without changing it.
-pub(crate) fn read_keys<R: Record>(path: &Path) -> Result<(HashSet<R::Key>, Option<Vec<u8>>)> {
+pub(crate) fn read_closed<R: Record>(path: &Path) -> Result<Closed<R::Key>> {
     let file = File::open(path).map_err(|source| ConnectorError::io("opening", path, source))?;
     let Scanned {
         len,
@@ -477,7 +485,7 @@ pub(crate) fn read_keys<R: Record>(path: &Path) -> Result<(HashSet<R::Key>, Opti
     let last = last_start
         .map(|start| read_record(&file, path, start, len))
         .transpose()?;
-    Ok((keys, last))
+    Ok(Closed { keys, last })
 }
 
 /// The record in bytes `start..end` of `file`, without its line ending.
@@ -613,21 +621,32 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Takes the advisory exclusive lock of `file`, waiting for it. A file
-/// system without locks is written without them (one writer per file is
-/// then the operator's to ensure).
+/// Takes the advisory exclusive lock of `file` (`flock`), waiting for it. A
+/// file system without locks is written without them (one writer per file
+/// is then the operator's to ensure).
+#[cfg(unix)]
 fn lock_file(file: &File, path: &Path) -> Result<()> {
-    match file.lock() {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(file, FlockOperation::LockExclusive) {
         Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::Unsupported => Ok(()),
-        Err(source) => Err(ConnectorError::io("locking", path, source)),
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(errno) => Err(ConnectorError::io("locking", path, errno.into())),
     }
 }
 
+#[cfg(unix)]
 fn unlock_file(file: &File) {
     // Fails only if the lock was not held; closing the file releases it anyway.
-    let _ = file.unlock();
+    let _ = rustix::fs::flock(file, rustix::fs::FlockOperation::Unlock);
 }
+
+#[cfg(not(unix))]
+fn lock_file(_file: &File, _path: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn unlock_file(_file: &File) {}
 
 fn open_append(path: &Path, mode: FileMode) -> Result<File> {
     let mut options = OpenOptions::new();
