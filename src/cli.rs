@@ -32,6 +32,9 @@ pub enum Command {
     Retention(RetentionCommand),
     /// Validate the configuration from the environment; print every problem at once.
     Check(CheckArgs),
+    /// Check the audit trail's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Export or inspect the ONNX model.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -262,6 +265,20 @@ pub struct RetentionArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every link of the audit trail (the file and its rotated
+    /// predecessors, oldest first); report the first broken one and exit 1.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The live audit file (default: AUDIT_LOG_FILE).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Print the effective configuration (secrets redacted) as JSON.
@@ -292,7 +309,7 @@ impl Command {
     /// Log level when `RUST_LOG` is unset: commands that print results stay quiet.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Self::Transcribe(_) | Self::Check(_) | Self::Model(_) => "warn",
+            Self::Transcribe(_) | Self::Check(_) | Self::Model(_) | Self::Audit(_) => "warn",
             Self::Run(_) | Self::Retention(_) | Self::Submit(_) | Self::Token(_) => "warn",
             Self::Bench(_) => "warn",
             Self::Serve(_) => "info",
@@ -308,6 +325,7 @@ impl Command {
             Self::Token(args) => crate::serve::token(args),
             Self::Retention(RetentionCommand::Purge(args)) => crate::run::retention(args),
             Self::Check(args) => check(args),
+            Self::Audit(AuditCommand::Verify(args)) => crate::audit::verify(args),
             Self::Model(ModelCommand::Export(args)) => export(args),
             Self::Model(ModelCommand::Info) => info(),
             Self::Bench(args) => crate::bench::run(args),
@@ -316,7 +334,7 @@ impl Command {
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode> {
-    let loaded = Config::load_env();
+    let loaded = Config::load_env().with_file_checks();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&loaded.config)?);
     }

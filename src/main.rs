@@ -1,5 +1,6 @@
 //! `mmt`: the command-line entry point of the MMT transcription engine.
 
+mod audit;
 mod bench;
 mod cli;
 mod run;

@@ -54,6 +54,7 @@ pub fn worker_split(
 
 pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     let config = load_config()?;
+    crate::audit::require_writable_trail(&config)?;
     let (workers, threads) = worker_split(&config, args.workers, args.threads);
     let choice = match args.source {
         SourceKind::Dir => SourceChoice::Directory {
@@ -168,6 +169,7 @@ fn print_summary(summary: &RunSummary, paths: &OutputPaths) {
 
 pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
     let config = load_config()?;
+    crate::audit::require_writable_trail(&config)?;
     let paths = OutputPaths::resolve(&config, &args.out);
     let now = mmt_core::job::unix_now();
     let metrics = Metrics::new()?;

@@ -311,7 +311,8 @@ fn key_ring(config: &Config, args: &ServeArgs) -> Result<KeyRing> {
         .internal_jwt_secret
         .as_ref()
         .map(|s| s.expose().to_owned());
-    let keys = KeyRing::new(secret.as_deref(), args.jwt_audience.clone())?;
+    let keys = KeyRing::new(secret.as_deref(), args.jwt_audience.clone())?
+        .with_leeway(u64::from(config.security.jwt_leeway_seconds));
     if let Some(dir) = &args.jwt_keys_dir {
         keys.replace_rs256(load_rs256_dir(dir)?);
     }
@@ -359,6 +360,7 @@ pub fn token(args: TokenArgs) -> Result<ExitCode> {
         roles: args.roles,
         exp: now + args.ttl,
         iat: Some(now),
+        nbf: None,
         aud: None,
     };
     println!("{}", sign_hs256(secret.expose(), &claims)?);

@@ -152,6 +152,7 @@ fn claims(tenant: &str, roles: &[&str], expires_in: i64) -> Claims {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         exp: (now + expires_in) as u64,
         iat: Some(now as u64),
+        nbf: None,
         aud: None,
     }
 }
@@ -1011,4 +1012,170 @@ fn concurrent_submissions_of_the_same_audio_make_one_job() {
     assert_eq!(api.uploads(), [format!("{id}.audio"), format!("{id}.json")]);
     let (_, listed) = api.json(get("/v1/jobs", &submitter));
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+}
+
+/// The audit trail's events with `action`.
+fn audited(api: &Api, action: &str) -> Vec<Value> {
+    read_lines(&api.dir.path().join("audit.jsonl"))
+        .into_iter()
+        .filter(|event| event["action"] == action)
+        .collect()
+}
+
+#[test]
+fn refused_tokens_are_audited_with_nothing_they_claim() {
+    let api = Api::new();
+    let no_token = Request::get("/v1/jobs").body(Body::empty()).unwrap();
+    assert_eq!(api.send(no_token).0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.send(get("/v1/jobs", "not.a.jwt")).0,
+        StatusCode::UNAUTHORIZED
+    );
+    let expired = sign_hs256(SECRET, &claims("clinic-a", ALL, -3600)).unwrap();
+    assert_eq!(
+        api.send(get("/v1/jobs/abc/transcript", &expired)).0,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut later = claims("clinic-a", ALL, 3600);
+    later.nbf = Some(mmt_core::job::unix_now() as u64 + 600);
+    let not_yet = sign_hs256(SECRET, &later).unwrap();
+    assert_eq!(
+        api.send(get("/v1/jobs", &not_yet)).0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let refusals = audited(&api, "authentication_failed");
+    let reasons: Vec<&str> = refusals
+        .iter()
+        .map(|event| event["detail"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["missing", "malformed", "expired", "not_yet_valid"]
+    );
+    assert_eq!(
+        refusals[2]["detail"]["route"], "GET /v1/jobs/{id}/transcript",
+        "the route, not the path"
+    );
+    for event in &refusals {
+        assert_eq!(event["actor"], "unauthenticated");
+        assert_eq!(event["tenant"], "");
+        assert_eq!(event["job_id"], "");
+        // A router without a socket (tests) knows no peer address.
+        assert_eq!(event["detail"]["client"], "unknown");
+        let line = event.to_string();
+        assert!(
+            !line.contains("clinic-a") && !line.contains("svc-test") && !line.contains(&expired),
+            "nothing the token claims: {line}"
+        );
+    }
+    // A valid token is not a refusal.
+    assert_eq!(
+        api.send(get("/v1/jobs", &token("clinic-a", ALL))).0,
+        StatusCode::OK
+    );
+    assert_eq!(audited(&api, "authentication_failed").len(), 4);
+}
+
+#[test]
+fn every_transcript_read_is_audited_with_its_reader() {
+    let api = Api::new();
+    let reader = token("clinic-a", &["reader", "submitter"]);
+    let (status, job) = api.json(upload(
+        &reader,
+        multipart(
+            &clip(1),
+            "audio/wav",
+            &[("patient_reference", "Patient/p-17")],
+        ),
+        None,
+    ));
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = job["id"].as_str().unwrap().to_owned();
+    let transcript = format!("/v1/jobs/{id}/transcript");
+    assert_eq!(api.send(get(&transcript, &reader)).0, StatusCode::CONFLICT);
+    assert!(
+        audited(&api, "transcript_read").is_empty(),
+        "nothing served"
+    );
+
+    // Completed behind the API's back, as the dataflow would.
+    let mut store = mmt_connectors::sql::SqlJobStoreConfig::new(format!(
+        "sqlite://{}",
+        api.dir.path().join("mmt.db").display()
+    ))
+    .build(false)
+    .unwrap();
+    let row = store
+        .get(&mmt_core::job::JobId(id.clone()))
+        .unwrap()
+        .unwrap();
+    let segment = mmt_core::Segment {
+        id: 0,
+        start: 0.0,
+        end: 1.0,
+        text: "the patient is stable".into(),
+        avg_logprob: -0.2,
+        no_speech_prob: 0.01,
+        temperature: 0.0,
+        confidence: 0.9,
+    };
+    mmt_core::job::JobStore::complete(
+        &mut store,
+        &mmt_core::job::CompletedJob {
+            meta: row.meta,
+            transcript: mmt_core::Transcript::from_segments(vec![segment], 1.0, "en"),
+            completed_at: mmt_core::job::unix_now(),
+        },
+    )
+    .unwrap();
+    drop(store);
+
+    assert_eq!(api.send(get(&transcript, &reader)).0, StatusCode::OK);
+    assert_eq!(
+        api.send(get(&format!("{transcript}?format=fhir"), &reader))
+            .0,
+        StatusCode::OK
+    );
+    // Another tenant's reader gets nothing, and nothing is recorded.
+    let other = token("clinic-b", &["reader"]);
+    assert_eq!(api.send(get(&transcript, &other)).0, StatusCode::NOT_FOUND);
+
+    let reads = audited(&api, "transcript_read");
+    assert_eq!(reads.len(), 2, "each read is its own event: {reads:?}");
+    for (read, format) in reads.iter().zip(["json", "fhir"]) {
+        assert_eq!(read["job_id"], id.as_str());
+        assert_eq!(read["tenant"], "clinic-a");
+        assert_eq!(read["actor"], "api:svc-test");
+        assert_eq!(read["detail"]["format"], format);
+        assert!(!read.to_string().contains("p-17"), "{read}");
+    }
+    assert_ne!(reads[0]["correlation_id"], reads[1]["correlation_id"]);
+    // The trail is one chain across the API's and everyone's writes.
+    let verified =
+        mmt_connectors::files::chain::verify(&api.dir.path().join("audit.jsonl")).unwrap();
+    assert!(verified.is_intact(), "{verified:?}");
+}
+
+#[test]
+fn an_rs256_only_key_ring_takes_rs256_tokens_with_an_audience_array() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (private, _) = rsa_key_pair(keys_dir.path(), "2027-01");
+    std::fs::remove_file(keys_dir.path().join("2027-01.key")).unwrap();
+    // No HS256 secret at all: the keys come from the folder, as `mmt serve` loads them.
+    let ring = KeyRing::new(None, Some("mmt".into())).unwrap();
+    ring.replace_rs256(mmt_api::auth::load_rs256_dir(keys_dir.path()).unwrap());
+    let mut audience = claims("clinic-a", ALL, 600);
+    audience.aud = Some(mmt_api::auth::Audience::Many(vec![
+        "ehr".into(),
+        "mmt".into(),
+    ]));
+    let token = sign_rs256(&private, "2027-01", &audience).unwrap();
+    assert_eq!(ring.verify(&token).unwrap().tenant, "clinic-a");
+    audience.aud = Some(mmt_api::auth::Audience::One("mmt".into()));
+    let token = sign_rs256(&private, "2027-01", &audience).unwrap();
+    assert!(ring.verify(&token).is_ok());
+    // An HS256 token has no key here.
+    let hs256 = sign_hs256(SECRET, &claims("clinic-a", ALL, 600)).unwrap();
+    assert!(ring.verify(&hs256).is_err());
 }

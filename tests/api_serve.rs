@@ -296,6 +296,14 @@ fn an_upload_is_transcribed_and_its_transcript_served() {
         "{raw}"
     );
 
+    // A request with a bad token: refused, and audited with the peer address.
+    let refused = agent
+        .get(&job_url)
+        .header("Authorization", "Bearer not-a-token")
+        .call()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+
     // Deletion by an admin: gone from the API, the documents and the uploads; audited.
     let admin = token(&["admin"]);
     let deleted = agent
@@ -308,12 +316,33 @@ fn an_upload_is_transcribed_and_its_transcript_served() {
     assert!(common::documents(out.path()).is_empty());
     let status = server.stop();
     assert!(status.success(), "a clean shutdown: {status}");
-    let actions: Vec<String> = read_lines(&out.path().join("audit.jsonl"))
+    let trail = read_lines(&out.path().join("audit.jsonl"));
+    let actions: Vec<String> = trail
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_owned())
         .collect();
-    assert!(actions.contains(&"job_completed".to_owned()), "{actions:?}");
-    assert!(actions.contains(&"job_deleted".to_owned()), "{actions:?}");
+    let count = |action: &str| actions.iter().filter(|a| *a == action).count();
+    assert_eq!(count("job_received"), 1, "{actions:?}");
+    assert_eq!(count("job_completed"), 1, "{actions:?}");
+    assert_eq!(count("job_deleted"), 1, "{actions:?}");
+    assert_eq!(
+        count("transcript_read"),
+        3,
+        "json, fhir and vtt: {actions:?}"
+    );
+    let refused = trail
+        .iter()
+        .find(|e| e["action"] == "authentication_failed")
+        .expect("the refused token is audited");
+    assert_eq!(refused["detail"]["client"], "127.0.0.1", "{refused}");
+    assert_eq!(refused["detail"]["reason"], "malformed", "{refused}");
+    let (status, verified, _) = common::mmt(&[
+        "audit",
+        "verify",
+        "--file",
+        out.path().join("audit.jsonl").to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{verified}");
     let uploads = std::fs::read_dir(out.path().join("uploads"))
         .unwrap()
         .count();

@@ -95,13 +95,7 @@ fn a_commit_whose_audit_write_fails_is_retried_and_not_settled_until_it_succeeds
                 .expect("documents"),
             ),
             audit: Box::new(FailingAudit {
-                inner: Box::new(
-                    AuditLogConfig {
-                        path: audit_in.clone(),
-                    }
-                    .build()
-                    .expect("audit"),
-                ),
+                inner: Box::new(AuditLogConfig::new(&audit_in).build().expect("audit")),
                 failures_left: Arc::clone(&failures_left),
             }),
             dead_letters: Box::new(

@@ -62,6 +62,10 @@ fn the_window_stays_bounded_over_100_000_jobs() {
             let counted = Rc::clone(&duplicates);
             repeats
                 .inspect(move |outcome| {
+                    // Every take also reports the job's reception (for the audit trail).
+                    if matches!(outcome, Outcome::Received(_)) {
+                        return;
+                    }
                     assert!(matches!(outcome, Outcome::Duplicate(_)), "{outcome:?}");
                     counted.set(counted.get() + 1);
                 })

@@ -105,6 +105,8 @@ fn duplicates_make_one_document_and_corrupt_files_one_dead_letter_each() {
     assert_eq!(by_action("job_completed"), clips.len());
     assert_eq!(by_action("job_duplicate"), clips.len());
     assert_eq!(by_action("job_dead_lettered"), corrupt);
+    // One reception per job record: the second copy of a clip is the same job.
+    assert_eq!(by_action("job_received"), clips.len() + corrupt);
     assert!(
         stdout.contains(&format!("{} transcribed", clips.len())),
         "{stdout}"
@@ -114,6 +116,14 @@ fn duplicates_make_one_document_and_corrupt_files_one_dead_letter_each() {
     let again = mmt_run(input.path(), out.path()).output().expect("mmt run");
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 transcribed"));
     assert_eq!(documents(out.path()).len(), clips.len());
+    assert_eq!(
+        read_lines(&out.path().join("audit.jsonl")).len(),
+        audit.len()
+    );
+    let trail = out.path().join("audit.jsonl");
+    let (status, verified, _) =
+        common::mmt(&["audit", "verify", "--file", trail.to_str().expect("utf-8")]);
+    assert!(status.success(), "{verified}");
 }
 
 #[test]

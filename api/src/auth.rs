@@ -1,10 +1,15 @@
 //! Bearer-token authentication: JWTs signed with HS256 (`INTERNAL_JWT_SECRET`)
 //! or RS256 (public keys by key id, so keys rotate without a restart).
 //!
-//! A token must carry `sub`, `tenant`, `roles` and `exp`. Every failure (no
-//! token, malformed, `alg: none`, unknown key id, bad signature, expired, no
-//! tenant) answers the same 401: which check failed is logged at debug level
-//! and never sent, so the API is no oracle for forging tokens.
+//! A token must carry `sub`, `tenant`, `roles` and `exp`. An `nbf` (not
+//! before) is honoured; `aud`, when the server requires one
+//! (`MMT_JWT_AUDIENCE`), may be a string or an array naming it. `exp` and
+//! `nbf` tolerate a clock skew of `MMT_JWT_LEEWAY_SECONDS` (default 60).
+//! Every failure (no token, malformed, `alg: none`, unknown key id, bad
+//! signature, expired, not yet valid, wrong audience, no tenant) answers the
+//! same 401: which check failed is logged at debug level and audited as a
+//! class ([`AuthError::class`]), never sent, so the API is no oracle for
+//! forging tokens.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,8 +55,19 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not valid before, unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: one audience or several (RFC 7519 allows both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// An authenticated caller.
@@ -84,6 +100,26 @@ pub enum AuthError {
     BadTenant,
 }
 
+impl AuthError {
+    /// A short, bounded name of the failure, for the audit trail and
+    /// metrics: never anything from the token itself.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::Rejected(reason) => match reason.as_str() {
+                "expired" => "expired",
+                "not yet valid" => "not_yet_valid",
+                "bad signature" => "bad_signature",
+                "wrong audience" => "wrong_audience",
+                _ => "rejected",
+            },
+            Self::BadTenant => "bad_tenant",
+        }
+    }
+}
+
 /// Problems with the authentication settings.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -100,8 +136,9 @@ pub enum KeyError {
 /// The shortest accepted HS256 secret (256 bits of ASCII).
 pub const MIN_SECRET_CHARS: usize = 32;
 
-/// Clock skew tolerated on `exp`, in seconds.
-const LEEWAY_SECONDS: u64 = 5;
+/// Clock skew tolerated on `exp` and `nbf` unless set otherwise
+/// ([`KeyRing::with_leeway`]), in seconds.
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 60;
 
 /// The verification keys: one HS256 secret and any number of RS256 public
 /// keys by `kid`. The RS256 set is replaced whole on rotation
@@ -110,6 +147,7 @@ pub struct KeyRing {
     hs256: Option<DecodingKey>,
     rs256: RwLock<HashMap<String, DecodingKey>>,
     audience: Option<String>,
+    leeway_seconds: u64,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -137,7 +175,14 @@ impl KeyRing {
             hs256,
             rs256: RwLock::new(HashMap::new()),
             audience,
+            leeway_seconds: DEFAULT_LEEWAY_SECONDS,
         })
+    }
+
+    /// Tolerates `seconds` of clock skew on `exp` and `nbf`.
+    pub fn with_leeway(mut self, seconds: u64) -> Self {
+        self.leeway_seconds = seconds;
+        self
     }
 
     /// Replaces the RS256 keys (rotation: the new set is live for the next request).
@@ -197,7 +242,8 @@ impl KeyRing {
         algorithm: Algorithm,
     ) -> Result<Claims, AuthError> {
         let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECONDS;
+        validation.leeway = self.leeway_seconds;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
@@ -219,6 +265,7 @@ impl KindName for jsonwebtoken::errors::Error {
         use jsonwebtoken::errors::ErrorKind;
         match self.kind() {
             ErrorKind::ExpiredSignature => "expired".to_owned(),
+            ErrorKind::ImmatureSignature => "not yet valid".to_owned(),
             ErrorKind::InvalidSignature => "bad signature".to_owned(),
             ErrorKind::InvalidAudience => "wrong audience".to_owned(),
             ErrorKind::InvalidAlgorithm => "algorithm mismatch".to_owned(),
@@ -298,6 +345,7 @@ mod tests {
             roles: vec!["submitter".into(), "auditor".into()],
             exp: (now + exp_offset) as u64,
             iat: Some(now as u64),
+            nbf: None,
             aud: None,
         }
     }
@@ -318,7 +366,7 @@ mod tests {
     #[test]
     fn expired_wrongly_signed_and_malformed_tokens_fail() {
         let ring = ring();
-        let expired = sign_hs256(SECRET, &claims(-60)).unwrap();
+        let expired = sign_hs256(SECRET, &claims(-600)).unwrap();
         assert_eq!(
             ring.verify(&expired),
             Err(AuthError::Rejected("expired".into()))
@@ -372,5 +420,63 @@ mod tests {
             Err(KeyError::ShortSecret { .. })
         ));
         assert!(KeyRing::new(None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused_beyond_the_leeway() {
+        let ring = ring();
+        let now = mmt_core::job::unix_now() as u64;
+        let mut later = claims(3600);
+        later.nbf = Some(now + 600);
+        let token = sign_hs256(SECRET, &later).unwrap();
+        let refused = ring.verify(&token).unwrap_err();
+        assert_eq!(refused, AuthError::Rejected("not yet valid".into()));
+        assert_eq!(refused.class(), "not_yet_valid");
+        // A clock a little ahead of ours is skew, not a forgery.
+        later.nbf = Some(now + 30);
+        let token = sign_hs256(SECRET, &later).unwrap();
+        assert!(ring.verify(&token).is_ok());
+        later.nbf = Some(now - 30);
+        let token = sign_hs256(SECRET, &later).unwrap();
+        assert!(ring.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn the_leeway_is_the_configured_one() {
+        // Expired 30 s ago: inside the default minute, outside a 10 s leeway.
+        let token = sign_hs256(SECRET, &claims(-30)).unwrap();
+        assert!(ring().verify(&token).is_ok());
+        let strict = KeyRing::new(Some(SECRET), None).unwrap().with_leeway(10);
+        assert_eq!(
+            strict.verify(&token),
+            Err(AuthError::Rejected("expired".into()))
+        );
+    }
+
+    #[test]
+    fn the_audience_may_be_a_string_or_an_array() {
+        let ring = KeyRing::new(Some(SECRET), Some("mmt".into())).unwrap();
+        let with_aud = |aud: Option<Audience>| {
+            let mut claims = claims(60);
+            claims.aud = aud;
+            sign_hs256(SECRET, &claims).unwrap()
+        };
+        let one = with_aud(Some(Audience::One("mmt".into())));
+        assert!(ring.verify(&one).is_ok());
+        let many = with_aud(Some(Audience::Many(vec!["ehr".into(), "mmt".into()])));
+        assert_eq!(ring.verify(&many).map(|c| c.tenant), Ok("clinic-a".into()));
+        let others = with_aud(Some(Audience::Many(vec!["ehr".into(), "billing".into()])));
+        assert_eq!(
+            ring.verify(&others),
+            Err(AuthError::Rejected("wrong audience".into()))
+        );
+        let wrong = with_aud(Some(Audience::One("ehr".into())));
+        assert_eq!(ring.verify(&wrong).unwrap_err().class(), "wrong_audience");
+        // An array is read as such in the claims, not refused as malformed.
+        let payload = serde_json::to_value(claims(60)).unwrap();
+        let mut payload = payload.as_object().unwrap().clone();
+        payload.insert("aud".into(), serde_json::json!(["mmt"]));
+        let parsed: Claims = serde_json::from_value(payload.into()).unwrap();
+        assert_eq!(parsed.aud, Some(Audience::Many(vec!["mmt".into()])));
     }
 }

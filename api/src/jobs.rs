@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mmt_core::content::{content_hash, ContentHasher};
 use mmt_core::control::{
-    IdempotencyKey, ListQuery, SpooledAudio, Submission, SubmittedAudio, MAX_PRIORITY,
+    Access, IdempotencyKey, ListQuery, SpooledAudio, Submission, SubmittedAudio, MAX_PRIORITY,
 };
 use mmt_core::input::{is_trace_parent, read_json, reference_problem, JsonProblem, JsonShape};
 use mmt_core::job::{JobId, JobStatus};
@@ -722,6 +722,7 @@ pub async fn list_jobs(
         (status = 404, description = "No such job for this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job has not completed", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant over its rate limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The read could not be recorded in the audit trail (nothing was served), or the job store is down", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -736,6 +737,12 @@ pub async fn get_transcript(
         .map_err(|_| ApiError::BadRequest("format must be json, text, srt, vtt or fhir".into()))?;
     let id = job_id(id)?;
     let format = params.format.unwrap_or_default();
+    let read = Access::TranscriptRead {
+        tenant: caller.tenant.clone(),
+        job_id: id.clone(),
+        subject: caller.subject,
+        format: format.as_str().to_owned(),
+    };
     let tenant = caller.tenant;
     let (job, transcript) = state
         .blocking({
@@ -781,6 +788,10 @@ pub async fn get_transcript(
             ("application/fhir+json", document)
         }
     };
+    // No audit line, no transcript: the read is recorded before it is served.
+    state
+        .blocking(move |control| control.audit_access(&read).map_err(ApiError::from))
+        .await?;
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 

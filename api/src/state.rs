@@ -1,17 +1,19 @@
 //! What every handler shares, and the extractor that authenticates a request.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use mmt_core::control::JobControl;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use mmt_core::control::{Access, JobControl};
 use mmt_core::telemetry::Metrics;
 
-use crate::auth::{Caller, KeyRing, Role};
+use crate::auth::{AuthError, Caller, KeyRing, Role};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 
@@ -23,6 +25,7 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub metrics: Metrics,
     limiter: Arc<TenantLimiter>,
+    refusals: Arc<RefusalAudit>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -51,6 +54,36 @@ impl AppState {
             config: Arc::new(config),
             metrics,
             limiter,
+            refusals: Arc::new(RefusalAudit::new()),
+        }
+    }
+
+    /// Records a refused token in the audit trail (see [`RefusalAudit`]).
+    /// The caller gets its 401 whatever happens here: a failure to audit is
+    /// logged by the job control.
+    async fn audit_refusal(&self, parts: &Parts, reason: &AuthError) {
+        let Some(suppressed) = self.refusals.admit() else {
+            return;
+        };
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or("(unmatched)", MatchedPath::as_str);
+        let access = Access::AuthenticationFailed {
+            reason: reason.class(),
+            client: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| peer.ip()),
+            route: format!("{} {route}", parts.method),
+            suppressed,
+        };
+        let recorded = self
+            .blocking(move |control| control.audit_access(&access).map_err(Into::into))
+            .await;
+        if recorded.is_err() {
+            // Not written: counted into the next line that is.
+            self.refusals.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -64,6 +97,42 @@ impl AppState {
         tokio::task::spawn_blocking(move || call(control.as_ref()))
             .await
             .map_err(ApiError::internal)?
+    }
+}
+
+/// Refused tokens written to the audit trail per second, all clients
+/// together, and the burst above it.
+const REFUSALS_PER_SECOND: u32 = 20;
+const REFUSAL_BURST: u32 = 100;
+
+/// Bounds the audit lines of refused tokens: each is an fsynced write, so a
+/// flood of bad tokens must not become a flood of disk syncs that slows the
+/// trail for everyone. Past the bound, refusals are counted and the count is
+/// written with the next refusal that is recorded (`suppressed_before`).
+struct RefusalAudit {
+    limiter: DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
+impl RefusalAudit {
+    fn new() -> Self {
+        let rate = NonZeroU32::new(REFUSALS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(REFUSAL_BURST).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(refusals suppressed since the last recorded one)` if this one
+    /// is to be recorded; `None` (and counted) if over the bound.
+    fn admit(&self) -> Option<u64> {
+        if self.limiter.check().is_ok() {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -94,9 +163,10 @@ impl TenantLimiter {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    /// Authenticates the bearer token, then charges the tenant's rate limit.
+    /// Authenticates the bearer token (a refusal is audited), then charges
+    /// the tenant's rate limit.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
+        let verified = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -106,11 +176,16 @@ impl FromRequestParts<AppState> for Caller {
                     .or_else(|| value.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
-        let caller = state.keys.verify(token).map_err(|reason| {
-            tracing::debug!(%reason, "token refused");
-            ApiError::Unauthorized
-        })?;
+            .ok_or(AuthError::Missing)
+            .and_then(|token| state.keys.verify(token));
+        let caller = match verified {
+            Ok(caller) => caller,
+            Err(reason) => {
+                tracing::debug!(%reason, "token refused");
+                state.audit_refusal(parts, &reason).await;
+                return Err(ApiError::Unauthorized);
+            }
+        };
         state
             .limiter
             .check(&caller.tenant)

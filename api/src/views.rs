@@ -196,6 +196,19 @@ pub enum TranscriptFormatParam {
     Fhir,
 }
 
+impl TranscriptFormatParam {
+    /// The name the query parameter spells.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+            Self::Srt => "srt",
+            Self::Vtt => "vtt",
+            Self::Fhir => "fhir",
+        }
+    }
+}
+
 /// The format of `GET /v1/jobs/{id}/transcript`.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -96,7 +96,7 @@ fn purge_rewrites_the_document_file() {
 fn audit_log_survives_a_crash_and_never_holds_phi() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit/audit.jsonl");
-    let config = AuditLogConfig { path: path.clone() };
+    let config = AuditLogConfig::new(&path);
     let mut sink = config.build().expect("open");
     sink.record(&event("a1", AuditAction::JobReceived))
         .expect("record");
@@ -134,6 +134,10 @@ fn audit_log_survives_a_crash_and_never_holds_phi() {
     assert!(!text.contains("Patient/123"), "references are masked");
     assert!(text.contains("Patient/***"));
     assert!(!text.contains(TRANSCRIPT_TEXT));
+    // The line cut off after the crash left the chain whole.
+    let verified = mmt_connectors::files::chain::verify(&path).expect("verify");
+    assert!(verified.is_intact(), "{verified:?}");
+    assert_eq!(verified.records, 3);
 }
 
 #[test]

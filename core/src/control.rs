@@ -202,6 +202,34 @@ pub struct DueCallback {
     pub attempts: u32,
 }
 
+/// An access the API records in the audit trail (besides submissions and
+/// deletions, which the job control audits itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// A caller read a transcript (in any format, FHIR included).
+    TranscriptRead {
+        tenant: String,
+        job_id: JobId,
+        /// The token's subject.
+        subject: String,
+        /// The format served (`json`, `text`, `srt`, `vtt`, `fhir`).
+        format: String,
+    },
+    /// A request was refused for want of a valid token. Nothing the token
+    /// claims is trusted or kept: only why it failed and where it came from.
+    AuthenticationFailed {
+        /// A bounded class (`missing`, `expired`, `bad_signature`, ...).
+        reason: &'static str,
+        /// The peer address of the connection, when known.
+        client: Option<std::net::IpAddr>,
+        /// The method and route template (`GET /v1/jobs/{id}`), never the path.
+        route: String,
+        /// Earlier failures not written one by one (see the API's limit on
+        /// them), counted here.
+        suppressed: u64,
+    },
+}
+
 /// Why a job-control call failed. Messages name no PHI.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -274,6 +302,10 @@ pub trait JobControl: Send + Sync {
     /// Purges the job's audio, transcript and documents and records who did it
     /// in the audit trail; `false` if `tenant` has no such job.
     fn delete(&self, tenant: &str, id: &JobId, actor: &str) -> Result<bool, ControlError>;
+
+    /// Records `access` in the audit trail. A transcript must not be served
+    /// when its read cannot be recorded: the error fails the request.
+    fn audit_access(&self, access: &Access) -> Result<(), ControlError>;
 
     /// Whether the store and the intake answer.
     fn readiness(&self) -> Vec<Readiness>;

@@ -169,6 +169,11 @@ pub enum AuditAction {
     JobDeadLettered,
     JobPurged,
     JobDeleted,
+    /// A transcript was served to a caller.
+    TranscriptRead,
+    /// A request was refused for want of a valid token (`job_id` and
+    /// `tenant` empty: nothing the token claims is trusted).
+    AuthenticationFailed,
 }
 
 /// One line of the audit trail: who/what/when by id, PHI masked.

@@ -167,7 +167,11 @@ impl<'scope> Commit<'scope> for Stream<'scope, u64, Vec<Outcome>> {
                         Ok(()) => {
                             outage.recovered();
                             blocked = None;
-                            if let Some(item) = pending.pop_front() {
+                            // A reception settles nothing: its job's outcome will.
+                            if let Some(item) = pending
+                                .pop_front()
+                                .filter(|item| !matches!(item.outcome, Outcome::Received(_)))
+                            {
                                 let (capability, settled) = settle(item, &counters);
                                 output.session(&capability).give(settled);
                             }
@@ -281,6 +285,7 @@ fn abandon(pending: &mut VecDeque<Pending>, counters: &CommitCounters) {
 
 fn count(counters: &CommitCounters, outcome: &Outcome) {
     match outcome {
+        Outcome::Received(_) => {}
         Outcome::Completed(job) => {
             counters.completed.fetch_add(1, Ordering::Relaxed);
             let millis = (job.transcript.duration_seconds * 1000.0) as u64;
@@ -305,6 +310,23 @@ fn commit_outcome(
     metrics: &Metrics,
 ) -> Result<(), SinkFailure> {
     match outcome {
+        Outcome::Received(meta) => {
+            let mut detail = BTreeMap::new();
+            detail.insert("received_at".into(), meta.received_at.to_string());
+            if let Some(trace_parent) = &meta.trace_parent {
+                detail.insert(TRACE_PARENT.into(), trace_parent.clone());
+            }
+            sinks
+                .audit
+                .record(&audit(
+                    &meta.id,
+                    &meta.tenant,
+                    &meta.correlation_id,
+                    AuditAction::JobReceived,
+                    detail,
+                ))
+                .map_err(sink(AUDIT))?;
+        }
         Outcome::Completed(job) => {
             let _span = tracing::info_span!("commit", job = %job.meta.id, correlation_id = %job.meta.correlation_id).entered();
             sinks.documents.write(job).map_err(sink(DOCUMENTS))?;

@@ -108,7 +108,11 @@ impl<'scope> Dedupe<'scope> for Stream<'scope, u64, Vec<IdentifiedRecord>> {
                         let epoch = capability.least().copied().unwrap_or_default();
                         let mut session = output.session(&capability);
                         for job in data.drain(..) {
-                            session.give(taker.judge(job, epoch, store.as_mut()));
+                            let verdict = taker.judge(job, epoch, store.as_mut());
+                            if let Ok(taken) = &verdict {
+                                session.give(Err(received(&taken.meta)));
+                            }
+                            session.give(verdict);
                         }
                     });
                     window_size.store(taker.window.len(), Ordering::Relaxed);
@@ -301,6 +305,15 @@ enum Taken {
         attempts: u32,
         generation: i64,
     },
+}
+
+/// The reception of a job taken in the store, for the audit trail: every
+/// take of a record emits it, and the trail keeps the first (its key is the
+/// job, the action and the record's correlation id), so a redelivery or a
+/// take after a crash adds nothing. This is the one place `job_received` is
+/// written, whatever the job came from (the API, a broker, a folder).
+fn received(meta: &JobMeta) -> Outcome {
+    Outcome::Received(meta.clone())
 }
 
 /// The job's events carry its generation's correlation id: the same for every

@@ -80,6 +80,10 @@ pub struct ChunkResult {
 /// What reaches the commit stage for a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
+    /// Taken in the store as this record of the job: audit its reception
+    /// (once per record, by the audit trail's key). Settles nothing: the
+    /// job's own outcome follows.
+    Received(JobMeta),
     /// Transcribed: write the document, audit it, mark it completed.
     Completed(Box<CompletedJob>),
     /// Failed for good: dead-letter it, audit it, mark it dead-lettered.
@@ -93,6 +97,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn job_id(&self) -> &JobId {
         match self {
+            Self::Received(meta) => &meta.id,
             Self::Completed(job) => &job.meta.id,
             Self::DeadLettered(letter) => &letter.job_id,
             Self::Duplicate(meta) => &meta.id,

@@ -43,20 +43,44 @@ pub struct AuditLogConfig {
     /// directory is created if missing. In production, an absolute path on the
     /// persistent audit volume.
     pub path: PathBuf,
+    /// Rotate the file (rename it `<path>.<n>`, start a new one) before a line
+    /// would take it past this many bytes; `None` never rotates.
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
 }
 
 impl AuditLogConfig {
+    /// The smallest rotation size: one line must always fit.
+    pub const MIN_ROTATE_BYTES: u64 = 64 * 1024;
+
+    /// A trail at `path` that never rotates.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            rotate_bytes: None,
+        }
+    }
+
     /// Checks the config without touching the file system.
     pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         check_file_path("path", &self.path, &mut problems);
+        if self
+            .rotate_bytes
+            .is_some_and(|bytes| bytes < Self::MIN_ROTATE_BYTES)
+        {
+            problems.push(ConfigProblem::new(
+                "rotate_bytes",
+                format!("must be at least {} bytes", Self::MIN_ROTATE_BYTES),
+            ));
+        }
         into_result(problems)
     }
 
     /// Validates, then opens (or creates) the file.
     pub fn build(&self) -> Result<AuditLogSink> {
         validated("audit log", self.validate())?;
-        AuditLogSink::open(&self.path)
+        AuditLogSink::open_rotating(&self.path, self.rotate_bytes)
     }
 }
 
@@ -96,18 +120,17 @@ mod tests {
             .validate()
             .expect_err("empty");
         assert_eq!(problems[0].field, "dir");
-        assert!(AuditLogConfig {
-            path: "/var/log/".into()
-        }
-        .validate()
-        .is_err());
-        assert!(AuditLogConfig { path: "".into() }.validate().is_err());
+        assert!(AuditLogConfig::new("/var/log/").validate().is_err());
+        assert!(AuditLogConfig::new("").validate().is_err());
+        let tiny = AuditLogConfig {
+            rotate_bytes: Some(100),
+            ..AuditLogConfig::new("/var/log/mmt/audit.jsonl")
+        };
+        assert_eq!(tiny.validate().expect_err("tiny")[0].field, "rotate_bytes");
         assert!(DeadLetterFileConfig { dir: "".into() }.validate().is_err());
-        assert!(AuditLogConfig {
-            path: "/var/log/mmt/audit.jsonl".into()
-        }
-        .validate()
-        .is_ok());
+        assert!(AuditLogConfig::new("/var/log/mmt/audit.jsonl")
+            .validate()
+            .is_ok());
     }
 
     #[test]
@@ -121,9 +144,7 @@ mod tests {
 
     #[test]
     fn build_reports_config_problems() {
-        let error = AuditLogConfig { path: "".into() }
-            .build()
-            .expect_err("invalid");
+        let error = AuditLogConfig::new("").build().expect_err("invalid");
         assert!(matches!(error, crate::error::ConnectorError::Config { .. }));
         assert_eq!(error.class(), mmt_core::ErrorClass::Internal);
     }

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::hash::Hash;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,6 +73,8 @@ pub(crate) struct KeyedLog<R: Record> {
     file: File,
     /// Bytes of complete records: where the next record starts.
     len: u64,
+    /// Where the last complete record starts (`None` while the file holds none).
+    last_start: Option<u64>,
     keys: HashSet<R::Key>,
     /// Set when a failed append could not be cut back off: reopen before the next write.
     needs_repair: bool,
@@ -106,12 +108,23 @@ impl<R: Record> KeyedLog<R> {
         if !existed {
             sync_parent(path)?;
         }
-        let (len, keys) = scan::<R>(path, &file)?;
+        // Under the file lock: a writer in another process that takes it
+        // (the audit trail's) is never caught in the middle of a line, which
+        // the scan would take for a crash's and cut off.
+        lock_file(&file, path)?;
+        let scanned = scan::<R>(path, &file, 0, Tail::CutOff);
+        unlock_file(&file);
+        let Scanned {
+            len,
+            last_start,
+            keys,
+        } = scanned?;
         Ok(Self {
             path: path.to_owned(),
             mode,
             file,
             len,
+            last_start,
             keys,
             needs_repair: false,
             record: PhantomData,
@@ -121,6 +134,125 @@ impl<R: Record> KeyedLog<R> {
     /// Whether a record with `key` is in the file.
     pub fn contains(&self, key: &R::Key) -> bool {
         self.keys.contains(key)
+    }
+
+    /// Bytes of complete records in the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The last complete record (without its `\n`), if the file holds one.
+    pub fn last_record(&self) -> Result<Option<Vec<u8>>> {
+        self.last_start
+            .map(|start| read_record(&self.file, &self.path, start, self.len))
+            .transpose()
+    }
+
+    /// Takes the exclusive lock on the file that writers in other processes
+    /// take too (advisory, `flock`); held until [`KeyedLog::unlock`] or until
+    /// the file is closed.
+    pub fn lock(&self) -> Result<()> {
+        lock_file(&self.file, &self.path)
+    }
+
+    /// Releases [`KeyedLog::lock`].
+    pub fn unlock(&self) {
+        unlock_file(&self.file);
+    }
+
+    /// Whether the log's path still names the file this log writes (another
+    /// process may have rotated it away).
+    pub fn is_current(&self) -> Result<bool> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = self
+                .file
+                .metadata()
+                .map_err(|source| ConnectorError::io("reading", &self.path, source))?;
+            match fs::metadata(&self.path) {
+                Ok(named) => Ok(named.dev() == held.dev() && named.ino() == held.ino()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(source) => Err(ConnectorError::io("reading", &self.path, source)),
+            }
+        }
+        #[cfg(not(unix))]
+        Ok(true)
+    }
+
+    /// Reads the records another process appended since this log last
+    /// looked (call it under [`KeyedLog::lock`], on a log that needs no
+    /// repair): their keys become known and the last of them is the last
+    /// record.
+    pub fn catch_up(&mut self) -> Result<()> {
+        let size = self
+            .file
+            .metadata()
+            .map_err(|source| ConnectorError::io("reading", &self.path, source))?
+            .len();
+        if size == self.len {
+            return Ok(());
+        }
+        if size < self.len {
+            return Err(ConnectorError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                reason: format!("the {} file shrank while it was open", R::NAME),
+            });
+        }
+        let Scanned {
+            len,
+            last_start,
+            keys,
+        } = scan::<R>(&self.path, &self.file, self.len, Tail::CutOff)?;
+        self.len = len;
+        self.last_start = last_start.or(self.last_start);
+        self.keys.extend(keys);
+        Ok(())
+    }
+
+    /// Leaves the file this log holds (rotated away by another process) for
+    /// the one its path names now, keeping every key.
+    pub fn follow_path(&mut self) -> Result<()> {
+        self.needs_repair = true;
+        self.repair_if_needed()
+    }
+
+    /// Adds keys of records kept elsewhere (the rotated files of the same
+    /// log): a key in them counts as present here.
+    pub fn adopt_keys(&mut self, keys: impl IntoIterator<Item = R::Key>) {
+        self.keys.extend(keys);
+    }
+
+    /// Renames the file to `to` and carries on in a new, empty file at the
+    /// log's path; the keys of the renamed file stay known (log rotation).
+    /// Both directory entries are durable before this returns.
+    pub fn rotate_to(&mut self, to: &Path) -> Result<()> {
+        self.repair_if_needed()?;
+        if to.exists() {
+            return Err(ConnectorError::io(
+                "rotating to",
+                to,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        fs::rename(&self.path, to)
+            .map_err(|source| ConnectorError::io("rotating", &self.path, source))?;
+        sync_parent(&self.path)?;
+        // From here on the old file is complete; a failure to start the new
+        // one is repaired (by creating it) before the next write.
+        self.needs_repair = true;
+        let file = open_append(&self.path, self.mode)?;
+        // The new file is locked before the old one is let go (closing it
+        // unlocks it): a writer in another process waiting on the old one
+        // then finds the new one and waits there.
+        lock_file(&file, &self.path)?;
+        self.file = file;
+        sync_parent(&self.path)?;
+        self.len = 0;
+        self.last_start = None;
+        self.needs_repair = false;
+        Ok(())
     }
 
     /// How many distinct keys the file holds.
@@ -151,6 +283,7 @@ impl<R: Record> KeyedLog<R> {
             }
             return Err(ConnectorError::io("appending to", &self.path, source));
         }
+        self.last_start = Some(self.len);
         self.len += buf.len() as u64;
         self.keys.insert(key);
         Ok(true)
@@ -164,19 +297,27 @@ impl<R: Record> KeyedLog<R> {
             return Ok(0);
         }
         let tmp = temp_path(&self.path);
-        let (kept_len, removed) = self.copy_without(&tmp, remove).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })?;
+        let (kept_len, last_start, removed) =
+            self.copy_without(&tmp, remove).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })?;
         fs::rename(&tmp, &self.path)
             .map_err(|source| ConnectorError::io("replacing", &self.path, source))?;
         sync_parent(&self.path)?;
         self.file = open_append(&self.path, self.mode)?;
         self.len = kept_len;
+        self.last_start = last_start;
         self.keys.retain(|key| !remove.contains(key));
         Ok(removed)
     }
 
-    fn copy_without(&self, tmp: &Path, remove: &HashSet<R::Key>) -> Result<(u64, u64)> {
+    /// Copies the records not in `remove` to `tmp`: the bytes kept, where the
+    /// last kept record starts, and how many records were left out.
+    fn copy_without(
+        &self,
+        tmp: &Path,
+        remove: &HashSet<R::Key>,
+    ) -> Result<(u64, Option<u64>, u64)> {
         let mut out = OpenOptions::new();
         out.write(true).create(true).truncate(true);
         set_create_mode(&mut out, self.mode.mode);
@@ -188,6 +329,7 @@ impl<R: Record> KeyedLog<R> {
             .map_err(|source| ConnectorError::io("opening", &self.path, source))?;
         let mut reader = BufReader::new(input);
         let (mut kept_len, mut removed, mut line_no) = (0u64, 0u64, 0u64);
+        let mut last_start = None;
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -215,6 +357,7 @@ impl<R: Record> KeyedLog<R> {
                 .write_all(body)
                 .and_then(|()| writer.write_all(b"\n"))
                 .map_err(|source| ConnectorError::io("writing", tmp, source))?;
+            last_start = Some(kept_len);
             kept_len += body.len() as u64 + 1;
         }
         let out = writer
@@ -222,12 +365,16 @@ impl<R: Record> KeyedLog<R> {
             .map_err(|error| ConnectorError::io("writing", tmp, error.into_error()))?;
         out.sync_all()
             .map_err(|source| ConnectorError::io("syncing", tmp, source))?;
-        Ok((kept_len, removed))
+        Ok((kept_len, last_start, removed))
     }
 
-    fn repair_if_needed(&mut self) -> Result<()> {
+    /// Re-reads the file after a failed write. Keys stay known: every one
+    /// was added after its record was durable (or came from a rotated file).
+    pub fn repair_if_needed(&mut self) -> Result<()> {
         if self.needs_repair {
-            *self = Self::open(&self.path, self.mode)?;
+            let mut reopened = Self::open(&self.path, self.mode)?;
+            reopened.keys.extend(std::mem::take(&mut self.keys));
+            *self = reopened;
         }
         Ok(())
     }
@@ -239,17 +386,39 @@ impl<R: Record> KeyedLog<R> {
     }
 }
 
-/// A [`KeyedLog`] shared by clones of one sink (one per timely worker).
-pub(crate) struct SharedLog<R: Record>(Arc<Mutex<KeyedLog<R>>>);
+/// What can be told that a writer panicked while holding it (see [`Shared::lock`]).
+pub(crate) trait Repair {
+    /// Re-read the file before the next write.
+    fn mark_needs_repair(&mut self);
+}
 
-impl<R: Record> SharedLog<R> {
+impl<R: Record> Repair for KeyedLog<R> {
+    fn mark_needs_repair(&mut self) {
+        KeyedLog::mark_needs_repair(self);
+    }
+}
+
+/// A log (or a log with state of its own, like the audit trail's chain)
+/// shared by clones of one sink (one per timely worker, the API).
+pub(crate) struct Shared<T: Repair>(Arc<Mutex<T>>);
+
+/// A [`KeyedLog`] shared by clones of one sink.
+pub(crate) type SharedLog<R> = Shared<KeyedLog<R>>;
+
+impl<R: Record> Shared<KeyedLog<R>> {
     pub fn open(path: &Path, mode: FileMode) -> Result<Self> {
-        KeyedLog::open(path, mode).map(|log| Self(Arc::new(Mutex::new(log))))
+        KeyedLog::open(path, mode).map(Shared::new)
+    }
+}
+
+impl<T: Repair> Shared<T> {
+    pub fn new(inner: T) -> Self {
+        Self(Arc::new(Mutex::new(inner)))
     }
 
     /// Locks the log. A worker that panicked while holding it may have left an
     /// append half done: the log is then re-read before its next write.
-    pub fn lock(&self) -> MutexGuard<'_, KeyedLog<R>> {
+    pub fn lock(&self) -> MutexGuard<'_, T> {
         match self.0.lock() {
             Ok(log) => log,
             Err(poisoned) => {
@@ -262,27 +431,86 @@ impl<R: Record> SharedLog<R> {
     }
 }
 
-impl<R: Record> Clone for SharedLog<R> {
+impl<T: Repair> Clone for Shared<T> {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
     }
 }
 
-impl<R: Record> fmt::Debug for SharedLog<R> {
+impl<T: Repair + fmt::Debug> fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.try_lock() {
-            Ok(log) => f.debug_tuple("SharedLog").field(&*log).finish(),
-            Err(_) => f.write_str("SharedLog(<locked>)"),
+            Ok(log) => f.debug_tuple("Shared").field(&*log).finish(),
+            Err(_) => f.write_str("Shared(<locked>)"),
         }
     }
 }
 
-/// Reads every record's key; cuts a crash's partial trailing record off.
-fn scan<R: Record>(path: &Path, file: &File) -> Result<(u64, HashSet<R::Key>)> {
+/// What reading a log found.
+struct Scanned<K> {
+    /// Bytes of complete records.
+    len: u64,
+    /// Where the last complete record starts.
+    last_start: Option<u64>,
+    keys: HashSet<K>,
+}
+
+/// What to do with an unfinished last record (what a crash in the middle of
+/// an append leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Cut it off: the file is the live one and is about to be appended to.
+    CutOff,
+    /// Refuse the file: a rotated file is complete, so it is corruption.
+    Refuse,
+}
+
+/// What a rotated file of a log holds that its successor needs.
+pub(crate) struct Closed<K> {
+    /// The key of every record.
+    pub keys: HashSet<K>,
+    /// The last record (without its line ending), if any.
+    pub last: Option<Vec<u8>>,
+}
+
+/// The keys and last record of a complete log file that is no longer
+/// written to (a rotated file of the log), read without changing it.
+pub(crate) fn read_closed<R: Record>(path: &Path) -> Result<Closed<R::Key>> {
+    let file = File::open(path).map_err(|source| ConnectorError::io("opening", path, source))?;
+    let Scanned {
+        len,
+        last_start,
+        keys,
+    } = scan::<R>(path, &file, 0, Tail::Refuse)?;
+    let last = last_start
+        .map(|start| read_record(&file, path, start, len))
+        .transpose()?;
+    Ok(Closed { keys, last })
+}
+
+/// The record in bytes `start..end` of `file`, without its line ending.
+fn read_record(file: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u8>> {
+    let mut record = vec![0; end.saturating_sub(start) as usize];
+    let mut reader = file;
+    reader
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| reader.read_exact(&mut record))
+        .map_err(|source| ConnectorError::io("reading", path, source))?;
+    Ok(trim_newline(&record).to_vec())
+}
+
+/// Reads the key of every record from byte `from` on (a record boundary);
+/// cuts a crash's partial trailing record off (or refuses it, see [`Tail`]).
+/// Line numbers in errors count from `from`.
+fn scan<R: Record>(path: &Path, file: &File, from: u64, tail: Tail) -> Result<Scanned<R::Key>> {
     let mut reader = BufReader::new(file);
+    reader
+        .seek(SeekFrom::Start(from))
+        .map_err(|source| ConnectorError::io("reading", path, source))?;
     let mut keys = HashSet::new();
-    let mut offset = 0u64;
+    let mut offset = from;
     let mut line_no = 0u64;
+    let mut last_start = None;
     // The first unreadable line, if any: fine only if nothing but blanks follows it.
     let mut bad: Option<(u64, u64, String)> = None;
     let mut truncate_at = None;
@@ -311,14 +539,25 @@ fn scan<R: Record>(path: &Path, file: &File) -> Result<(u64, HashSet<R::Key>)> {
             });
         }
         if !complete {
+            if tail == Tail::Refuse {
+                return Err(ConnectorError::Corrupt {
+                    path: path.to_owned(),
+                    line: line_no,
+                    reason: format!("the last {} is unfinished", R::NAME),
+                });
+            }
             truncate_at = Some(start);
             break;
         }
         match R::key_of(body) {
             Ok(key) => {
                 keys.insert(key);
+                last_start = Some(start);
             }
-            Err(error) if matches!(error.classify(), Category::Syntax | Category::Eof) => {
+            Err(error)
+                if tail == Tail::CutOff
+                    && matches!(error.classify(), Category::Syntax | Category::Eof) =>
+            {
                 bad = Some((
                     line_no,
                     start,
@@ -352,7 +591,11 @@ fn scan<R: Record>(path: &Path, file: &File) -> Result<(u64, HashSet<R::Key>)> {
         }
         None => offset,
     };
-    Ok((len, keys))
+    Ok(Scanned {
+        len,
+        last_start,
+        keys,
+    })
 }
 
 /// A serde_json error's category and position, without the offending text.
@@ -366,7 +609,8 @@ fn error_kind(error: &serde_json::Error) -> String {
     format!("{category} at column {}", error.column())
 }
 
-fn trim_newline(line: &[u8]) -> &[u8] {
+/// A line without its `\n` (or `\r\n`).
+pub(crate) fn trim_newline(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
@@ -376,6 +620,33 @@ fn temp_path(path: &Path) -> PathBuf {
     name.push(".tmp");
     path.with_file_name(name)
 }
+
+/// Takes the advisory exclusive lock of `file` (`flock`), waiting for it. A
+/// file system without locks is written without them (one writer per file
+/// is then the operator's to ensure).
+#[cfg(unix)]
+fn lock_file(file: &File, path: &Path) -> Result<()> {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(file, FlockOperation::LockExclusive) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(errno) => Err(ConnectorError::io("locking", path, errno.into())),
+    }
+}
+
+#[cfg(unix)]
+fn unlock_file(file: &File) {
+    // Fails only if the lock was not held; closing the file releases it anyway.
+    let _ = rustix::fs::flock(file, rustix::fs::FlockOperation::Unlock);
+}
+
+#[cfg(not(unix))]
+fn lock_file(_file: &File, _path: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn unlock_file(_file: &File) {}
 
 fn open_append(path: &Path, mode: FileMode) -> Result<File> {
     let mut options = OpenOptions::new();

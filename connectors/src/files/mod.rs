@@ -5,6 +5,7 @@
 //! `sync_data` before a write returns, a crash's partial last line cut off on open.
 
 mod audit;
+pub mod chain;
 mod config;
 mod dead_letters;
 mod documents;

@@ -15,7 +15,8 @@
 //! | rule | `dev` / `test` | `staging` | `prod` |
 //! |---|---|---|---|
 //! | `DATABASE_URL` unset (SQLite default) or SQLite | allowed | warning | fatal |
-//! | `INTERNAL_JWT_SECRET` unset | allowed | warning | fatal |
+//! | `INTERNAL_JWT_SECRET` unset (and no `MMT_JWT_PUBLIC_KEYS_DIR`) | allowed | warning | fatal |
+//! | `AUDIT_LOG_FILE` unset | allowed | warning | fatal |
 //! | `INTERNAL_JWT_SECRET` shorter than 32 characters | warning | warning | fatal |
 //! | `SSL_CERT_FILE`/`SSL_KEY_FILE` unset while `ENFORCE_TLS_IN_PRODUCTION` | n/a | n/a | fatal |
 //! | `ENFORCE_TLS_IN_PRODUCTION=false` | n/a | n/a | warning |
@@ -177,6 +178,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Adds the problems of [`Config::check_files`] (the file system) to the
+    /// report, as `mmt check` and start-up see them.
+    pub fn with_file_checks(self) -> Self {
+        let mut problems = self.report.problems().to_vec();
+        problems.extend(self.config.check_files());
+        Self {
+            report: Report::new(self.report.environment(), problems),
+            config: self.config,
+        }
+    }
+
     /// The configuration if start-up may proceed, else every problem.
     pub fn into_result(self) -> Result<Config, ConfigError> {
         if self.report.refuses_start() {
@@ -319,11 +331,14 @@ impl Config {
     }
 
     /// The checks that need the file system: the model directory and the ONNX
-    /// Runtime library exist; the TLS files, when set, exist. Separate from the pure
+    /// Runtime library exist; the TLS files, when set, exist; the audit trail
+    /// can be written. Separate from the pure
     /// [`Config::validate`]; `mmt check` runs both.
     pub fn check_files(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         self.model.check_files(&mut out);
+        self.audit.check_files(&mut out);
+        self.security.check_files(&mut out);
         let tls = [
             ("SSL_CERT_FILE", &self.security.ssl_cert_file),
             ("SSL_KEY_FILE", &self.security.ssl_key_file),
@@ -359,6 +374,8 @@ fn known_variable(name: &str) -> Option<&'static str> {
         .chain(rabbitmq::VARIABLES)
         .chain(sources::VARIABLES)
         .chain(intake::VARIABLES)
+        .chain(audit::VARIABLES)
+        .chain(security::VARIABLES)
         .find(|known| **known == name)
         .copied()
 }

@@ -531,6 +531,25 @@ fn audit_log_rules() {
         severity_of(&[("AUDIT_LOG_FILE", "audit.jsonl")], "AUDIT_LOG_FILE"),
         None
     );
+    // Mandatory in prod, a warning in staging, the `--out` default in dev.
+    let unset: Vec<_> = good_prod()
+        .into_iter()
+        .filter(|(name, _)| *name != "AUDIT_LOG_FILE")
+        .collect();
+    assert_eq!(severity_of(&unset, "AUDIT_LOG_FILE"), Some(Severity::Fatal));
+    let staging = with(unset, &[("ENV", "staging")]);
+    assert_eq!(
+        severity_of(&staging, "AUDIT_LOG_FILE"),
+        Some(Severity::Warning)
+    );
+    assert_eq!(severity_of(&[], "AUDIT_LOG_FILE"), None);
+    assert_eq!(
+        severity_of(&[("MMT_AUDIT_ROTATE_MB", "lots")], "MMT_AUDIT_ROTATE_MB"),
+        Some(Severity::Fatal)
+    );
+    let never = load(&[("MMT_AUDIT_ROTATE_MB", "0")]);
+    assert!(never.report.is_clean(), "{}", never.report);
+    assert_eq!(never.config.audit.rotate_bytes(), None);
 }
 
 #[test]
@@ -563,6 +582,7 @@ fn check_files_looks_at_the_file_system() -> std::io::Result<()> {
         pairs(&[
             ("SSL_CERT_FILE", "/nonexistent/crt"),
             ("SSL_KEY_FILE", "/nonexistent/key"),
+            ("AUDIT_LOG_FILE", "/nonexistent/audit.jsonl"),
         ]),
         &root,
     )
@@ -573,6 +593,7 @@ fn check_files_looks_at_the_file_system() -> std::io::Result<()> {
         [
             "MMT_MODEL_DIR",
             "ORT_DYLIB_PATH",
+            "AUDIT_LOG_FILE",
             "SSL_CERT_FILE",
             "SSL_KEY_FILE"
         ]
@@ -729,6 +750,7 @@ fn every_problem_is_reported_at_once() {
         .collect();
     let expected: BTreeSet<&str> = [
         "DATABASE_URL",
+        "AUDIT_LOG_FILE",
         "INTERNAL_JWT_SECRET",
         "SSL_CERT_FILE",
         "SSL_KEY_FILE",
@@ -844,4 +866,62 @@ fn print_sample_report() {
         ("EXTERNAL_RABBITMQ_ENABLED", "maybe"),
     ]);
     println!("{}\n{}", loaded.report.summary(), loaded.report);
+}
+
+// ---------------------------------------------------------------- JWT
+
+#[test]
+fn an_rs256_deployment_needs_no_hs256_secret() {
+    let without_secret = || {
+        good_prod()
+            .into_iter()
+            .filter(|(name, _)| *name != "INTERNAL_JWT_SECRET")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        severity_of(&without_secret(), "INTERNAL_JWT_SECRET"),
+        Some(Severity::Fatal),
+        "no key at all"
+    );
+    let rs256_only = with(
+        without_secret(),
+        &[("MMT_JWT_PUBLIC_KEYS_DIR", "/etc/mmt/jwt-keys")],
+    );
+    // Exactly what the HS256 production configuration gets: nothing more.
+    assert_eq!(problems(&rs256_only), problems(&good_prod()));
+    let config = load(&rs256_only).config;
+    assert!(config.security.internal_jwt_secret.is_none());
+    assert_eq!(
+        config.security.jwt_public_keys_dir,
+        Some(PathBuf::from("/etc/mmt/jwt-keys"))
+    );
+}
+
+#[test]
+fn jwt_leeway_is_validated() {
+    assert_eq!(load(&[]).config.security.jwt_leeway_seconds, 60);
+    assert_eq!(
+        load(&[("MMT_JWT_LEEWAY_SECONDS", "0")])
+            .config
+            .security
+            .jwt_leeway_seconds,
+        0
+    );
+    for bad in ["301", "-1", "a minute"] {
+        assert_eq!(
+            severity_of(&[("MMT_JWT_LEEWAY_SECONDS", bad)], "MMT_JWT_LEEWAY_SECONDS"),
+            Some(Severity::Fatal),
+            "{bad}"
+        );
+    }
+    assert!(about(&[("MMT_JWT_AUDIENCE", "mmt")], "MMT_*").is_empty());
+}
+
+#[test]
+fn a_missing_rs256_key_folder_is_a_file_problem() {
+    let config = load(&[("MMT_JWT_PUBLIC_KEYS_DIR", "/nonexistent/keys")]).config;
+    assert!(config
+        .check_files()
+        .iter()
+        .any(|p| p.variable == "MMT_JWT_PUBLIC_KEYS_DIR" && p.is_fatal()));
 }

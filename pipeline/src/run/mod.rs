@@ -110,6 +110,8 @@ pub struct RunOptions {
 pub struct OutputPaths {
     pub database_url: String,
     pub audit_log: PathBuf,
+    /// Rotation size of the audit trail (`MMT_AUDIT_ROTATE_MB`), if it rotates.
+    pub audit_rotate_bytes: Option<u64>,
     pub documents_dir: PathBuf,
     pub dead_letter_dir: PathBuf,
 }
@@ -122,15 +124,15 @@ impl OutputPaths {
         } else {
             config.database.url.expose().to_owned()
         };
-        let default_audit = Path::new(crate::config::AuditConfig::DEFAULT_LOG_FILE);
-        let audit_log = if config.audit.log_file == default_audit {
-            out.join("audit.jsonl")
+        let audit_log = if config.audit.log_file_defaulted {
+            out.join(crate::config::AuditConfig::DEFAULT_LOG_FILE)
         } else {
             config.audit.log_file.clone()
         };
         Self {
             database_url,
             audit_log,
+            audit_rotate_bytes: config.audit.rotate_bytes(),
             documents_dir: out.join("fhir"),
             dead_letter_dir: out.to_owned(),
         }
@@ -147,6 +149,7 @@ impl OutputPaths {
     pub fn audit(&self) -> AuditLogConfig {
         AuditLogConfig {
             path: self.audit_log.clone(),
+            rotate_bytes: self.audit_rotate_bytes,
         }
     }
 

@@ -35,7 +35,7 @@ use mmt_connectors::sql::{
     SqlJobStore, SqlJobStoreConfig, SubmissionOutcome,
 };
 use mmt_core::control::{
-    ControlError, DueCallback, JobControl, JobFailureView, JobPage, JobRecord, ListCursor,
+    Access, ControlError, DueCallback, JobControl, JobFailureView, JobPage, JobRecord, ListCursor,
     ListQuery, Overview, Readiness, Submission, Submitted, SubmittedAudio,
 };
 use mmt_core::job::{
@@ -49,7 +49,7 @@ use mmt_operators::identity::{correlation_id, job_id};
 use mmt_operators::records::SourceRecord;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uploads::UploadStore;
 
@@ -61,6 +61,10 @@ const THROUGHPUT_WINDOW_SECONDS: u64 = 300;
 
 /// The actor of audit events this module records, before the caller's subject.
 const ACTOR_PREFIX: &str = "api:";
+
+/// The actor of a refused request: nobody the API could identify. (Without
+/// the prefix, so no token's subject can spell it.)
+const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// Locks that serialize submissions of the same job id (by hash), so two
 /// concurrent uploads of one recording never interleave their steps.
@@ -98,6 +102,8 @@ pub struct ServiceControl {
     submission_locks: Vec<Mutex<()>>,
     /// Set when the dataflow stopped while the service was meant to run.
     dataflow_stopped: AtomicBool,
+    /// Tells audited accesses apart (see [`ServiceControl::next_occurrence`]).
+    occurrences: AtomicU64,
 }
 
 impl std::fmt::Debug for ServiceControl {
@@ -175,6 +181,7 @@ pub fn open(
         limits,
         submission_locks: (0..SUBMISSION_LOCKS).map(|_| Mutex::new(())).collect(),
         dataflow_stopped: AtomicBool::new(false),
+        occurrences: AtomicU64::new(unix_nanos()),
     });
     control
         .remove_rows_without_upload()
@@ -376,16 +383,16 @@ impl ServiceControl {
         &self,
         row: &JobRow,
         actor: &str,
-        audio_removed: bool,
-        documents: u64,
+        audio_present: bool,
     ) -> Result<(), ControlError> {
         let detail = BTreeMap::from([
             (
                 "audio".to_owned(),
-                if audio_removed { "purged" } else { "none" }.to_owned(),
+                if audio_present { "purged" } else { "none" }.to_owned(),
             ),
             ("transcript".to_owned(), "purged".to_owned()),
-            ("documents".to_owned(), documents.to_string()),
+            ("documents".to_owned(), "purged".to_owned()),
+            ("status".to_owned(), row.status.as_str().to_owned()),
         ]);
         let event = AuditEvent {
             at: unix_now(),
@@ -402,6 +409,71 @@ impl ServiceControl {
             tracing::error!(job = %row.meta.id, error = %err, "the deletion could not be audited");
             unavailable("the audit trail", err)
         })
+    }
+}
+
+/// Nanoseconds since the Unix epoch (wrapping in the year 2554).
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+impl ServiceControl {
+    /// A number no other audited access of this trail has: a counter that
+    /// starts at the start-up time in nanoseconds, so a restart (however
+    /// busy the run before it) starts past every number already used.
+    fn next_occurrence(&self) -> u64 {
+        self.occurrences.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The audit event of `access`.
+    fn access_event(&self, access: &Access) -> AuditEvent {
+        let occurrence = self.next_occurrence();
+        match access {
+            Access::TranscriptRead {
+                tenant,
+                job_id,
+                subject,
+                format,
+            } => AuditEvent {
+                at: unix_now(),
+                action: AuditAction::TranscriptRead,
+                job_id: job_id.clone(),
+                tenant: tenant.clone(),
+                correlation_id: correlation_id(job_id, occurrence),
+                actor: format!("{ACTOR_PREFIX}{subject}"),
+                detail: BTreeMap::from([("format".to_owned(), format.clone())]),
+            },
+            Access::AuthenticationFailed {
+                reason,
+                client,
+                route,
+                suppressed,
+            } => {
+                let mut detail = BTreeMap::from([
+                    ("reason".to_owned(), (*reason).to_owned()),
+                    (
+                        "client".to_owned(),
+                        client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+                    ),
+                    ("route".to_owned(), route.clone()),
+                ]);
+                if *suppressed > 0 {
+                    detail.insert("suppressed_before".to_owned(), suppressed.to_string());
+                }
+                let nobody = JobId(String::new());
+                AuditEvent {
+                    at: unix_now(),
+                    action: AuditAction::AuthenticationFailed,
+                    correlation_id: correlation_id(&nobody, occurrence),
+                    job_id: nobody,
+                    tenant: String::new(),
+                    actor: UNAUTHENTICATED.to_owned(),
+                    detail,
+                }
+            }
+        }
     }
 }
 
@@ -641,15 +713,16 @@ impl JobControl for ServiceControl {
         let Some(row) = self.row(tenant, id)? else {
             return Ok(false);
         };
+        let mut dequeued = false;
         if !row.status.is_terminal() {
             // A waiting job can be taken out of the embedded queue; one being
             // transcribed (or waiting on a broker) would be written back by
             // the dataflow after the deletion.
-            let taken = match &self.intake {
+            dequeued = match &self.intake {
                 Intake::Embedded(queue) => queue.remove(id),
                 Intake::RabbitMq(_) => false,
             };
-            if !taken {
+            if !dequeued {
                 return Err(ControlError::Conflict(format!(
                     "the job is {}; delete it once it has finished",
                     row.status.as_str()
@@ -657,21 +730,39 @@ impl JobControl for ServiceControl {
             }
             self.report_depth();
         }
-        let audio_removed = self
-            .uploads
+        // Audited before anything is removed: if the audit fails the request
+        // fails with the job as it was (back in the queue), to delete again.
+        // Once audited, a failure further on is finished by a retry, which
+        // the trail keeps once (the event's key is this record's).
+        let audio_present = self.uploads.exists(id);
+        if let Err(err) = self.audit_deletion(&row, actor, audio_present) {
+            if dequeued {
+                if let Intake::Embedded(queue) = &self.intake {
+                    queue.restore(id.clone(), &row.meta.tenant, row.priority);
+                    self.report_depth();
+                }
+            }
+            return Err(err);
+        }
+        self.uploads
             .delete(id)
             .map_err(|e| ControlError::Internal(format!("removing the upload: {}", e.kind())))?;
-        let documents = lock(&self.documents)
+        lock(&self.documents)
             .purge(std::slice::from_ref(id))
             .map_err(|e| unavailable("the document sink", e))?;
-        // Audited before the row goes: if the audit fails the request fails
-        // and the job is still there to delete again (then audited once).
-        self.audit_deletion(&row, actor, audio_removed, documents)?;
         self.store()
             .delete(id)
             .map_err(|e| unavailable("the job store", e))?;
         tracing::info!(job = %id, "job deleted");
         Ok(true)
+    }
+
+    fn audit_access(&self, access: &Access) -> Result<(), ControlError> {
+        let event = self.access_event(access);
+        lock(&self.audit).record(&event).map_err(|err| {
+            tracing::error!(action = ?event.action, error = %err, "an access could not be audited");
+            unavailable("the audit trail", err)
+        })
     }
 
     fn readiness(&self) -> Vec<Readiness> {
@@ -777,5 +868,117 @@ impl ServiceControl {
     /// Removes uploads older than `cutoff` (retention); how many.
     pub fn purge_uploads_before(&self, cutoff: i64) -> std::io::Result<u64> {
         self.uploads.purge_before(cutoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmt_core::error::ErrorClass;
+    use mmt_core::job::ComponentError;
+    use std::sync::atomic::AtomicU32;
+
+    /// The real audit trail behind a wrapper that fails while
+    /// `failures_left` is above zero, as a full disk would (a disk cannot be
+    /// filled on purpose here).
+    struct FailingAudit {
+        inner: Box<dyn AuditSink>,
+        failures_left: Arc<AtomicU32>,
+    }
+
+    impl AuditSink for FailingAudit {
+        fn record(&mut self, event: &AuditEvent) -> Result<(), ComponentError> {
+            let failing = self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Err(ComponentError::new(
+                    ErrorClass::External { retryable: true },
+                    "appending to audit.jsonl: No space left on device (os error 28)",
+                ));
+            }
+            self.inner.record(event)
+        }
+    }
+
+    fn submission(tenant: &str) -> Submission {
+        // A WAV header is all the control needs: it stores, it does not decode.
+        let mut wav = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        wav.extend_from_slice(&[0; 64]);
+        Submission {
+            tenant: tenant.to_owned(),
+            audio: SubmittedAudio::Bytes(wav),
+            format: Some("wav".to_owned()),
+            source: "upload".to_owned(),
+            patient_reference: None,
+            encounter_reference: None,
+            priority: 0,
+            callback_url: None,
+            idempotency: None,
+            trace_parent: None,
+        }
+    }
+
+    /// A failed audit write fails the deletion (the API answers the
+    /// `Unavailable` with 503) and leaves the job to delete again; the retry
+    /// is audited once.
+    #[test]
+    fn a_deletion_that_cannot_be_audited_fails_and_keeps_the_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::default();
+        let paths = OutputPaths::resolve(&config, dir.path());
+        let metrics = Metrics::new().expect("metrics");
+        let (resources, control) = open(
+            &config,
+            &paths,
+            &dir.path().join("uploads"),
+            1,
+            IntakeChoice::Embedded,
+            &metrics,
+        )
+        .expect("open");
+        drop(resources);
+        let failures_left = Arc::new(AtomicU32::new(1));
+        // The dataflow's handle is gone: the trail is reopened behind the
+        // wrapper, and the control's own handle dropped.
+        *lock(&control.audit) = Box::new(FailingAudit {
+            inner: Box::new(mmt_connectors::AuditLogSink::open(&paths.audit_log).expect("reopen")),
+            failures_left: Arc::clone(&failures_left),
+        });
+        let submitted = control.submit(submission("clinic-a")).expect("submit");
+        let id = submitted.job_id;
+
+        let refused = control.delete("clinic-a", &id, "admin-1");
+        assert!(
+            matches!(&refused, Err(ControlError::Unavailable(reason)) if reason.contains("audit trail")),
+            "{refused:?}"
+        );
+        assert!(
+            control.job("clinic-a", &id).expect("read").is_some(),
+            "the job is still there to delete again"
+        );
+        assert_eq!(
+            control.queued_jobs().expect("depth"),
+            1,
+            "and still queued for transcription, with its upload"
+        );
+        assert!(control.uploads.exists(&id));
+        assert!(control.delete("clinic-a", &id, "admin-1").expect("retry"));
+        assert!(control.job("clinic-a", &id).expect("read").is_none());
+        assert!(!control.uploads.exists(&id));
+        assert_eq!(control.queued_jobs().expect("depth"), 0);
+
+        let trail = std::fs::read_to_string(&paths.audit_log).expect("trail");
+        let deletions: Vec<&str> = trail
+            .lines()
+            .filter(|line| line.contains("\"job_deleted\""))
+            .collect();
+        assert_eq!(deletions.len(), 1, "{trail}");
+        assert!(
+            deletions[0].contains("\"actor\":\"api:admin-1\""),
+            "{trail}"
+        );
+        assert!(deletions[0].contains("\"tenant\":\"clinic-a\""), "{trail}");
     }
 }
