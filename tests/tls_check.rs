@@ -38,48 +38,55 @@ const VERIFIED: &[(&str, &str)] = &[
     ("MMT_KAFKA_TLS_CA_FILE", "/etc/mmt/kafka-ca.pem"),
 ];
 
-/// One link at a time without verified TLS: the variables that make it so,
-/// the variable the FATAL line names, and the service it names.
-const PLAINTEXT_LINKS: &[(&[(&str, &str)], &str, &str)] = &[
-    (
-        &[
+/// One link without verified TLS: the variables that make it so, the
+/// variable its FATAL line names, and the service it names.
+struct Link {
+    overrides: &'static [(&'static str, &'static str)],
+    variable: &'static str,
+    service: &'static str,
+}
+
+/// Each link in turn.
+const PLAINTEXT_LINKS: &[Link] = &[
+    Link {
+        overrides: &[
             ("MMT_RABBITMQ_TLS", "false"),
             ("MMT_RABBITMQ_TLS_CA_FILE", ""),
         ],
-        "MMT_RABBITMQ_TLS",
-        "RabbitMQ",
-    ),
-    (
-        &[("MMT_REDIS_TLS", "false"), ("MMT_REDIS_TLS_CA_FILE", "")],
-        "MMT_REDIS_TLS",
-        "Redis",
-    ),
-    (
-        &[
+        variable: "MMT_RABBITMQ_TLS",
+        service: "RabbitMQ",
+    },
+    Link {
+        overrides: &[("MMT_REDIS_TLS", "false"), ("MMT_REDIS_TLS_CA_FILE", "")],
+        variable: "MMT_REDIS_TLS",
+        service: "Redis",
+    },
+    Link {
+        overrides: &[
             ("MMT_KAFKA_SECURITY_PROTOCOL", "plaintext"),
             ("MMT_KAFKA_TLS_CA_FILE", ""),
         ],
-        "MMT_KAFKA_SECURITY_PROTOCOL",
-        "Kafka",
-    ),
-    (
-        &[("DATABASE_URL", "postgres://mmt:pw@db.internal:5432/mmt")],
-        "DATABASE_URL",
-        "PostgreSQL",
-    ),
-    (
-        &[(
+        variable: "MMT_KAFKA_SECURITY_PROTOCOL",
+        service: "Kafka",
+    },
+    Link {
+        overrides: &[("DATABASE_URL", "postgres://mmt:pw@db.internal:5432/mmt")],
+        variable: "DATABASE_URL",
+        service: "PostgreSQL",
+    },
+    Link {
+        overrides: &[(
             "DATABASE_URL",
             "postgres://mmt:pw@db.internal:5432/mmt?sslmode=require",
         )],
-        "DATABASE_URL",
-        "PostgreSQL",
-    ),
-    (
-        &[("DATABASE_URL", "mysql://mmt:pw@db.internal:3306/mmt")],
-        "DATABASE_URL",
-        "MySQL",
-    ),
+        variable: "DATABASE_URL",
+        service: "PostgreSQL",
+    },
+    Link {
+        overrides: &[("DATABASE_URL", "mysql://mmt:pw@db.internal:3306/mmt")],
+        variable: "DATABASE_URL",
+        service: "MySQL",
+    },
 ];
 
 /// `VERIFIED` with `overrides` (an empty value unsets).
@@ -129,13 +136,18 @@ fn prod_check_refuses_each_phi_link_without_verified_tls_naming_it() {
     let verified = mmt(&["check"], VERIFIED);
     let verified_out = String::from_utf8_lossy(&verified.stdout).into_owned();
     let baseline = fatal_count(&verified_out);
-    for (_, variable, _) in PLAINTEXT_LINKS {
+    for link in PLAINTEXT_LINKS {
         assert!(
-            fatal_lines(&verified_out, variable).is_empty(),
+            fatal_lines(&verified_out, link.variable).is_empty(),
             "verified links are accepted:\n{verified_out}"
         );
     }
-    for (overrides, variable, service) in PLAINTEXT_LINKS {
+    for Link {
+        overrides,
+        variable,
+        service,
+    } in PLAINTEXT_LINKS
+    {
         let output = mmt(&["check"], &vars(overrides));
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(!output.status.success(), "{overrides:?}:\n{stdout}");
@@ -172,7 +184,12 @@ fn prod_run_refuses_to_start_on_a_plaintext_broker() {
 
 #[test]
 fn development_keeps_plaintext_links() {
-    for (overrides, variable, _) in PLAINTEXT_LINKS {
+    for Link {
+        overrides,
+        variable,
+        ..
+    } in PLAINTEXT_LINKS
+    {
         let mut dev = vars(overrides);
         dev.retain(|(name, _)| *name != "ENV");
         dev.push(("ENV", "dev"));
