@@ -13,11 +13,14 @@ MODEL_DIR=${MMT_MODEL_DIR:-models/tiny.en}
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Debian packages: libopus for Ogg/Opus decoding (linked by the build),
+# Debian packages: libopus for Ogg/Opus decoding and OpenSSL (librdkafka's
+# and RabbitMQ's TLS) with pkg-config to find it (linked by the build),
 # sox and espeak-ng for tests that synthesise audio, chromium for the status
 # page test (headless) and wrk for the API load benchmark.
 need_debs=()
 dpkg -s libopus-dev >/dev/null 2>&1 || need_debs+=(libopus-dev)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_debs+=(libssl-dev)
+command -v pkg-config >/dev/null || need_debs+=(pkg-config)
 if [[ $DEV == 1 ]]; then
   command -v sox >/dev/null || need_debs+=(sox libsox-fmt-mp3)
   command -v chromium >/dev/null || need_debs+=(chromium)

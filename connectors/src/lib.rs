@@ -8,6 +8,8 @@
 //! - [`kafka`]: the Kafka job source.
 //! - [`redis`]: the Redis idempotency filter (RedisBloom, or plain Redis bitmaps).
 //! - [`envelope`]: the job message both brokers carry.
+//! - [`tls`]: the TLS files of the links to brokers, Redis and databases, and
+//!   how each link is protected ([`tls::Transport`]).
 //!
 //! One error type, [`ConnectorError`], classed for retry and dead-letter routing.
 
@@ -21,6 +23,7 @@ pub mod kafka;
 pub mod rabbitmq;
 pub mod redis;
 pub mod sql;
+pub mod tls;
 
 pub use config::ConfigProblem;
 pub use error::ConnectorError;

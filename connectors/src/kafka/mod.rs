@@ -9,7 +9,7 @@
 pub mod config;
 pub mod source;
 
-pub use config::{HealthReport, KafkaSourceConfig, SecurityProtocol};
+pub use config::{HealthReport, KafkaSasl, KafkaSourceConfig, SaslMechanism, SecurityProtocol};
 pub use source::KafkaSource;
 
 use mmt_core::error::ErrorClass;

@@ -3,11 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use mmt_core::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerPolicy;
 use crate::config::{into_result, redact_url, ConfigProblem};
+use crate::error::{ConnectorError, Result};
+use crate::tls::{TlsClientFiles, Transport};
 
 /// Where jobs are consumed from, where rejected ones go, where events are published.
 ///
@@ -18,10 +21,15 @@ use crate::config::{into_result, redact_url, ConfigProblem};
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqConfig {
-    /// `amqp://user:password@host:port/vhost` (`amqps://` for TLS; `%2f` is the
-    /// default vhost `/`). The password is never printed.
+    /// `amqp://user:password@host:port/vhost` (`amqps://` for TLS, see `tls`;
+    /// `%2f` is the default vhost `/`). The password is never printed.
     #[serde(serialize_with = "crate::config::serialize_redacted_url")]
     pub url: String,
+    /// For an `amqps://` URL: the CA the broker's certificate must chain to
+    /// (default: the system's trust store), and an optional client certificate.
+    /// The broker's host name is always verified. Refused with `amqp://`.
+    #[serde(default, skip_serializing_if = "TlsClientFiles::is_empty")]
+    pub tls: TlsClientFiles,
     /// Durable queue the jobs are consumed from. Default `mmt.jobs`.
     #[serde(default = "defaults::queue")]
     pub queue: String,
@@ -125,6 +133,7 @@ impl RabbitMqConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls: TlsClientFiles::default(),
             queue: defaults::queue(),
             dead_letter_exchange: defaults::dead_letter_exchange(),
             dead_letter_queue: defaults::dead_letter_queue(),
@@ -150,14 +159,47 @@ impl RabbitMqConfig {
         self
     }
 
+    /// Uses TLS with `files` (the URL must be `amqps://`).
+    pub fn with_tls(mut self, files: TlsClientFiles) -> Self {
+        self.tls = files;
+        self
+    }
+
+    /// How the link to the broker is protected: `amqps://` always verifies the
+    /// broker's certificate and host name.
+    pub fn transport(&self) -> Transport {
+        if self.is_amqps() {
+            Transport::VerifiedTls
+        } else {
+            Transport::Plaintext
+        }
+    }
+
+    fn is_amqps(&self) -> bool {
+        self.url
+            .split_once("://")
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("amqps"))
+    }
+
     /// Checks the config without touching the broker.
-    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+    pub fn validate(&self) -> std::result::Result<(), Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let scheme = self.url.split_once("://").map(|(scheme, _)| scheme);
         if !matches!(scheme, Some("amqp" | "amqps")) {
             problems.push(ConfigProblem::new(
                 "url",
                 "must be amqp://user:password@host:port/vhost (or amqps://)",
+            ));
+        }
+        self.tls.validate(
+            ["tls.ca_file", "tls.cert_file", "tls.key_file"],
+            &mut problems,
+        );
+        if !self.tls.is_empty() && !self.is_amqps() {
+            problems.push(ConfigProblem::new(
+                "tls",
+                "is set but the url is not amqps://: the files would be ignored and \
+                 the link left in plaintext",
             ));
         }
         for (field, name) in [
@@ -220,6 +262,29 @@ impl RabbitMqConfig {
         url
     }
 
+    /// lapin's TLS settings: the CA and client certificate, read now (so a
+    /// renewed file is used by the next connection). Empty for `amqp://`.
+    pub(crate) fn tls_config(&self) -> Result<OwnedTLSConfig> {
+        let cert_chain = match self.tls.read_ca()? {
+            Some(pem) => Some(String::from_utf8(pem).map_err(|_| ConnectorError::Amqp {
+                what: "reading the TLS CA file",
+                reason: "it is not PEM text".into(),
+            })?),
+            None => None,
+        };
+        let identity = self
+            .tls
+            .read_identity()?
+            .map(|identity| OwnedIdentity::PKCS8 {
+                pem: identity.cert_pem,
+                key: identity.key_pem,
+            });
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+
     /// The URL with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -245,6 +310,7 @@ impl fmt::Debug for RabbitMqConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqConfig")
             .field("url", &self.redacted_url())
+            .field("tls", &self.tls)
             .field("queue", &self.queue)
             .field("dead_letter_exchange", &self.dead_letter_exchange)
             .field("dead_letter_queue", &self.dead_letter_queue)
@@ -283,6 +349,34 @@ mod tests {
         assert_eq!(config.redacted_url(), "amqp://svc:***@rabbit:5672/%2f");
         assert!(!format!("{config:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&config).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_files_need_amqps_and_amqps_always_verifies() {
+        let files = TlsClientFiles::with_ca("/etc/mmt/rabbitmq-ca.pem");
+        let plain = RabbitMqConfig::new("amqp://h/%2f").with_tls(files.clone());
+        let fields: Vec<_> = plain
+            .validate()
+            .expect_err("files without amqps")
+            .iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["tls"]);
+        assert_eq!(plain.transport(), Transport::Plaintext);
+        let tls = RabbitMqConfig::new("amqps://h/%2f").with_tls(files);
+        assert_eq!(tls.validate(), Ok(()));
+        assert_eq!(tls.transport(), Transport::VerifiedTls);
+        let missing = RabbitMqConfig::new("amqps://h/%2f")
+            .with_tls(TlsClientFiles::with_ca("/nonexistent/mmt-ca.pem"));
+        let error = missing.tls_config().expect_err("unreadable CA file");
+        assert!(
+            error.to_string().contains("/nonexistent/mmt-ca.pem"),
+            "{error}"
+        );
+        let none = RabbitMqConfig::new("amqps://h/%2f")
+            .tls_config()
+            .expect("no files");
+        assert!(none.cert_chain.is_none() && none.identity.is_none());
     }
 
     #[test]

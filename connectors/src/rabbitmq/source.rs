@@ -22,7 +22,9 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    Acker, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind,
+};
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{unix_now, ComponentError};
 use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
@@ -218,7 +220,15 @@ pub(crate) async fn open_channel(
 ) -> std::result::Result<(Connection, Channel), lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("{}-{role}", config.connection_name).into());
-    let connection = Connection::connect(&config.connection_url(), properties).await?;
+    let tls = config
+        .tls_config()
+        .map_err(|error| lapin::Error::from(std::io::Error::other(error.to_string())))?;
+    let connection = DefaultConnectionBuilder::new()?
+        .with_uri_str(config.connection_url())
+        .with_properties(properties)
+        .with_tls_config(tls)
+        .connect()
+        .await?;
     let channel = connection.create_channel().await?;
     Ok((connection, channel))
 }

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::IntoConnectionInfo;
+use redis::{Client, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 use serde::{Deserialize, Serialize};
 
 use super::filter::{Backend, BitmapLayout, RedisIdempotencyFilter};
 use crate::config::{into_result, redact_url, validated, ConfigProblem};
 use crate::error::Result;
+use crate::tls::{TlsClientFiles, Transport};
 
 /// Which filter implementation to use in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,10 +36,16 @@ pub enum BackendChoice {
 #[serde(deny_unknown_fields)]
 pub struct RedisFilterConfig {
     /// `EXTERNAL_REDIS_HOST`: `host:port`, or a URL
-    /// `redis://[user][:password@]host[:port][/db]`. TLS (`rediss://`) is not
-    /// compiled into this build. A password is never printed.
+    /// `redis://[user][:password@]host[:port][/db]`, `rediss://` for TLS (see
+    /// `tls`). A password is never printed.
     #[serde(serialize_with = "crate::config::serialize_redacted_url")]
     pub url: String,
+    /// For a `rediss://` URL: the CA Redis's certificate must chain to
+    /// (default: the system's trust store), and an optional client certificate.
+    /// Redis's host name is always verified (`#insecure` is refused). Refused
+    /// with `redis://`.
+    #[serde(default, skip_serializing_if = "TlsClientFiles::is_empty")]
+    pub tls: TlsClientFiles,
     /// `REDIS_BLOOM_KEY_PREFIX`: prefix of every key the filter writes; no
     /// whitespace. Default `mmt:idem`.
     #[serde(default = "RedisFilterConfig::default_key_prefix")]
@@ -87,6 +94,7 @@ impl RedisFilterConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls: TlsClientFiles::default(),
             key_prefix: Self::default_key_prefix(),
             ttl_seconds: Self::default_ttl_seconds(),
             expected_items: Self::default_expected_items(),
@@ -170,6 +178,42 @@ impl RedisFilterConfig {
         self
     }
 
+    /// Uses TLS with `files` (the URL must be `rediss://`).
+    pub fn with_tls(mut self, files: TlsClientFiles) -> Self {
+        self.tls = files;
+        self
+    }
+
+    /// How the link to Redis is protected.
+    pub fn transport(&self) -> Transport {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("rediss") => {
+                if rest.contains('#') {
+                    Transport::UnverifiedTls
+                } else {
+                    Transport::VerifiedTls
+                }
+            }
+            _ => Transport::Plaintext,
+        }
+    }
+
+    /// A client for `url`, with the TLS files read now for `rediss://`.
+    pub(crate) fn client(&self) -> Result<Client> {
+        let url = self.normalized_url();
+        if self.transport() == Transport::Plaintext {
+            return Ok(Client::open(url)?);
+        }
+        let certificates = TlsCertificates {
+            client_tls: self.tls.read_identity()?.map(|identity| ClientTlsConfig {
+                client_cert: identity.cert_pem,
+                client_key: identity.key_pem,
+            }),
+            root_cert: self.tls.read_ca()?,
+        };
+        Ok(Client::build_with_tls(url, certificates)?)
+    }
+
     /// `url` as a URL: `host:port` becomes `redis://host:port`.
     pub fn normalized_url(&self) -> String {
         if self.url.contains("://") {
@@ -205,6 +249,23 @@ impl RedisFilterConfig {
                     error.detail().unwrap_or(error.category())
                 ),
             ));
+        }
+        self.tls.validate(
+            ["tls.ca_file", "tls.cert_file", "tls.key_file"],
+            &mut problems,
+        );
+        match self.transport() {
+            Transport::UnverifiedTls => problems.push(ConfigProblem::new(
+                "url",
+                "#insecure (no host-name check) is refused: give Redis a certificate \
+                 naming its host, and its CA in tls.ca_file",
+            )),
+            Transport::Plaintext if !self.tls.is_empty() => problems.push(ConfigProblem::new(
+                "tls",
+                "is set but the url is not rediss://: the files would be ignored and the \
+                 link left in plaintext",
+            )),
+            _ => {}
         }
         if self.key_prefix.is_empty() || self.key_prefix.chars().any(char::is_whitespace) {
             problems.push(ConfigProblem::new(
@@ -297,6 +358,7 @@ impl fmt::Debug for RedisFilterConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisFilterConfig")
             .field("url", &self.redacted_url())
+            .field("tls", &self.tls)
             .field("key_prefix", &self.key_prefix)
             .field("ttl_seconds", &self.ttl_seconds)
             .field("expected_items", &self.expected_items)
@@ -332,6 +394,7 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let config = RedisFilterConfig {
             url: String::new(),
+            tls: TlsClientFiles::default(),
             key_prefix: "has space".into(),
             ttl_seconds: 0,
             expected_items: 0,
@@ -371,10 +434,17 @@ mod tests {
             .validate()
             .expect_err("bad scheme");
         assert_eq!(problems[0].field, "url");
-        // TLS is not compiled in: refusing now beats failing at first use.
-        assert!(RedisFilterConfig::new("rediss://x:6380")
+        // TLS always verifies the host name.
+        assert_eq!(RedisFilterConfig::new("rediss://x:6380").validate(), Ok(()));
+        let problems = RedisFilterConfig::new("rediss://x:6380/#insecure")
             .validate()
-            .is_err());
+            .expect_err("no host-name check");
+        assert_eq!(problems[0].field, "url");
+        let problems = RedisFilterConfig::new("redis://x:6379")
+            .with_tls(TlsClientFiles::with_ca("/etc/mmt/ca.pem"))
+            .validate()
+            .expect_err("files without rediss");
+        assert_eq!(problems[0].field, "tls");
         let huge = RedisFilterConfig::new("x:6379").sized_for(10_000_000_000, 1e-9);
         let problems = huge.validate().expect_err("too large");
         assert_eq!(problems[0].field, "expected_items");

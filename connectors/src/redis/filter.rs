@@ -363,7 +363,7 @@ impl RedisIdempotencyFilter {
     /// Connects and picks the backend. Prefer [`RedisFilterConfig::build`], which
     /// validates first.
     pub fn connect(config: &RedisFilterConfig) -> Result<Self> {
-        let client = Client::open(config.normalized_url())?;
+        let client = config.client()?;
         let mut connection = open(&client, config)?;
         let backend = detect(&mut connection, config)?;
         tracing::info!(
@@ -384,7 +384,7 @@ impl RedisIdempotencyFilter {
     /// and dedupe uses the job store alone. Prefer
     /// [`RedisFilterConfig::build_lazy`], which validates first.
     pub fn connect_lazily(config: &RedisFilterConfig) -> Result<Self> {
-        let client = Client::open(config.normalized_url())?;
+        let client = config.client()?;
         Ok(Self::unconnected(config, client))
     }
 
@@ -411,7 +411,7 @@ impl RedisIdempotencyFilter {
 
     /// Connects, pings and detects the backend; writes nothing.
     pub(crate) fn probe(config: &RedisFilterConfig) -> Result<Backend> {
-        let client = Client::open(config.normalized_url())?;
+        let client = config.client()?;
         let mut connection = open(&client, config)?;
         redis::cmd("PING").query::<String>(&mut connection)?;
         detect(&mut connection, config)

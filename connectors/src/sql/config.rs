@@ -5,10 +5,12 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use super::SqlJobStore;
 use crate::config::{into_result, redact_url, validated, ConfigProblem};
 use crate::error::Result;
+use crate::tls::{is_local_host, Transport};
 
 /// The SQL engines the job store runs on, named by the URL's scheme. One set of
 /// statements serves all three (see the store's module notes).
@@ -136,7 +138,7 @@ impl SqlJobStoreConfig {
                     ));
                 }
             }
-            Some(Dialect::Postgres | Dialect::Mysql) => {
+            Some(dialect @ (Dialect::Postgres | Dialect::Mysql)) => {
                 if !names_server_database(&self.url) {
                     problems.push(ConfigProblem::new(
                         "url",
@@ -144,6 +146,7 @@ impl SqlJobStoreConfig {
                          mysql://mmt@db:3306/mmt)",
                     ));
                 }
+                self.validate_ssl_mode(dialect, &mut problems);
             }
         }
         if self.max_connections == 0 {
@@ -159,6 +162,107 @@ impl SqlJobStoreConfig {
             problems.push(ConfigProblem::new("acquire_timeout_ms", "must be above 0"));
         }
         into_result(problems)
+    }
+
+    /// How the link to the database server is protected, from the URL's
+    /// `sslmode` (PostgreSQL) or `ssl-mode` (MySQL) parameter; `None` for
+    /// SQLite, which has no link. Without the parameter the drivers "prefer"
+    /// TLS (use it when offered, accept any certificate, fall back to
+    /// plaintext), which is [`Transport::Plaintext`]: an attacker on the path
+    /// strips it. `pg_ssl_mode_fallback` is the `PGSSLMODE` variable, which the
+    /// PostgreSQL driver reads when the URL names no mode. Only
+    /// `verify-full`/`VERIFY_IDENTITY` verify both the CA and the host name.
+    pub fn transport(&self, pg_ssl_mode_fallback: Option<&str>) -> Option<Transport> {
+        let dialect = self.dialect()?;
+        let mode = self.ssl_mode_parameter();
+        let transport = match dialect {
+            Dialect::Sqlite => return None,
+            Dialect::Postgres => {
+                let mode = mode.or_else(|| pg_ssl_mode_fallback.map(str::to_ascii_lowercase));
+                match mode.as_deref().unwrap_or("prefer") {
+                    "verify-full" => Transport::VerifiedTls,
+                    "require" | "verify-ca" => Transport::UnverifiedTls,
+                    _ => Transport::Plaintext,
+                }
+            }
+            Dialect::Mysql => match mode.as_deref().unwrap_or("preferred") {
+                "verify_identity" => Transport::VerifiedTls,
+                "required" | "verify_ca" => Transport::UnverifiedTls,
+                _ => Transport::Plaintext,
+            },
+        };
+        Some(transport)
+    }
+
+    /// The URL's TLS mode parameter, lower-cased (the drivers ignore case); the
+    /// last one wins, as in the drivers.
+    fn ssl_mode_parameter(&self) -> Option<String> {
+        let url = Url::parse(&self.driver_url()).ok()?;
+        url.query_pairs()
+            .filter(|(key, _)| matches!(&**key, "sslmode" | "ssl-mode"))
+            .last()
+            .map(|(_, value)| value.to_ascii_lowercase())
+    }
+
+    /// Whether the server is on this machine: a loopback host, `localhost`, or
+    /// a Unix socket (`host=/path` for PostgreSQL, `socket=` for MySQL). A URL
+    /// naming no host counts as remote, since PostgreSQL's driver then takes
+    /// the host from `PGHOST`. SQLite is local.
+    pub fn server_is_local(&self) -> bool {
+        let dialect = self.dialect();
+        if dialect == Some(Dialect::Sqlite) {
+            return true;
+        }
+        let Ok(url) = Url::parse(&self.driver_url()) else {
+            return false;
+        };
+        let mut host = url
+            .host_str()
+            .map(|h| h.trim_matches(['[', ']']).to_owned());
+        for (key, value) in url.query_pairs() {
+            match (dialect, &*key) {
+                (Some(Dialect::Postgres), "host" | "hostaddr") => host = Some(value.into_owned()),
+                (Some(Dialect::Mysql), "socket") => return true,
+                _ => {}
+            }
+        }
+        host.is_some_and(|host| host.starts_with('/') || is_local_host(&host))
+    }
+
+    /// A TLS mode the driver would refuse is reported now, naming the choices
+    /// (the value itself is not echoed: it sits in a URL that holds a password).
+    fn validate_ssl_mode(&self, dialect: Dialect, problems: &mut Vec<ConfigProblem>) {
+        let Some(mode) = self.ssl_mode_parameter() else {
+            return;
+        };
+        let (known, message): (&[&str], _) = match dialect {
+            Dialect::Postgres => (
+                &[
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ],
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full \
+                 (production needs verify-full)",
+            ),
+            _ => (
+                &[
+                    "disabled",
+                    "preferred",
+                    "required",
+                    "verify_ca",
+                    "verify_identity",
+                ],
+                "ssl-mode must be DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY \
+                 (production needs VERIFY_IDENTITY)",
+            ),
+        };
+        if !known.contains(&mode.as_str()) {
+            problems.push(ConfigProblem::new("url", message));
+        }
     }
 
     /// Validates, connects, and brings the schema up to date.
@@ -305,6 +409,107 @@ mod tests {
                 .expect_err("no database");
             assert_eq!(problems.len(), 1, "{url}");
             assert!(problems[0].message.contains("names no database"), "{url}");
+        }
+    }
+
+    #[test]
+    fn only_modes_that_verify_the_host_count_as_verified_tls() {
+        let transport = |url: &str| SqlJobStoreConfig::new(url).transport(None);
+        for (url, expected) in [
+            ("postgres://db/mmt", Transport::Plaintext),
+            ("postgres://db/mmt?sslmode=prefer", Transport::Plaintext),
+            ("postgres://db/mmt?sslmode=disable", Transport::Plaintext),
+            (
+                "postgres://db/mmt?sslmode=require",
+                Transport::UnverifiedTls,
+            ),
+            (
+                "postgres://db/mmt?sslmode=verify-ca",
+                Transport::UnverifiedTls,
+            ),
+            (
+                "postgres://db/mmt?sslmode=verify-full&sslrootcert=/etc/mmt/db-ca.pem",
+                Transport::VerifiedTls,
+            ),
+            (
+                "postgresql://db/mmt?ssl-mode=VERIFY-FULL",
+                Transport::VerifiedTls,
+            ),
+            // The last parameter wins, as in the driver.
+            (
+                "postgres://db/mmt?sslmode=verify-full&sslmode=prefer",
+                Transport::Plaintext,
+            ),
+            ("mysql://db/mmt", Transport::Plaintext),
+            ("mysql://db/mmt?ssl-mode=PREFERRED", Transport::Plaintext),
+            ("mysql://db/mmt?ssl-mode=REQUIRED", Transport::UnverifiedTls),
+            (
+                "mariadb://db/mmt?ssl-mode=VERIFY_CA",
+                Transport::UnverifiedTls,
+            ),
+            (
+                "mariadb://db/mmt?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/mmt/db-ca.pem",
+                Transport::VerifiedTls,
+            ),
+        ] {
+            assert_eq!(transport(url), Some(expected), "{url}");
+        }
+        assert_eq!(transport("sqlite://mmt.db"), None);
+        // PGSSLMODE applies when the URL names no mode, never over it.
+        let pg = SqlJobStoreConfig::new("postgres://db/mmt");
+        assert_eq!(
+            pg.transport(Some("verify-full")),
+            Some(Transport::VerifiedTls)
+        );
+        let prefer = SqlJobStoreConfig::new("postgres://db/mmt?sslmode=prefer");
+        assert_eq!(
+            prefer.transport(Some("verify-full")),
+            Some(Transport::Plaintext)
+        );
+        let mysql = SqlJobStoreConfig::new("mysql://db/mmt");
+        assert_eq!(
+            mysql.transport(Some("verify-full")),
+            Some(Transport::Plaintext)
+        );
+    }
+
+    #[test]
+    fn unknown_tls_modes_are_refused_without_echoing_the_url() {
+        for url in [
+            "postgres://mmt:s3cret@db/mmt?sslmode=verify_full",
+            "mysql://mmt:s3cret@db/mmt?ssl-mode=verify-full",
+        ] {
+            let problems = SqlJobStoreConfig::new(url)
+                .validate(true)
+                .expect_err("unknown mode");
+            assert_eq!(problems.len(), 1, "{url}");
+            assert!(problems[0].message.contains("mode must be"), "{url}");
+            assert!(!problems[0].message.contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn local_servers_are_loopback_hosts_and_sockets() {
+        let local = |url: &str| SqlJobStoreConfig::new(url).server_is_local();
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://localhost/test",
+            "postgres://[::1]:5432/test",
+            "postgres:///mmt?host=/var/run/postgresql",
+            "mysql://root@127.0.0.1:3306/test",
+            "mysql://root@db/test?socket=/run/mysqld/mysqld.sock",
+            "sqlite://mmt.db",
+        ] {
+            assert!(local(url), "{url}");
+        }
+        for url in [
+            "postgres://db.internal/mmt",
+            "postgres://10.0.0.5/mmt",
+            "postgres:///mmt",
+            "postgres://127.0.0.1/mmt?host=db.internal",
+            "mariadb://db/mmt",
+        ] {
+            assert!(!local(url), "{url}");
         }
     }
 

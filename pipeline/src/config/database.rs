@@ -2,16 +2,22 @@
 
 use std::fmt;
 
+use mmt_connectors::sql::SqlJobStoreConfig;
 use serde::{Serialize, Serializer};
 
 use mmt_core::redact::redact_url;
 use url::Url;
 
 use super::secret::Secret;
+use super::tls::PhiLink;
 use super::vars::{Echo, Vars};
 use super::{Environment, Problem};
 
 const DATABASE_URL: &str = "DATABASE_URL";
+const PGSSLMODE: &str = "PGSSLMODE";
+
+/// The variables this section reads beyond DESIGN.md's.
+pub(super) const VARIABLES: &[&str] = &[PGSSLMODE];
 
 /// The job store's database engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -215,6 +221,10 @@ pub struct DatabaseConfig {
     pub url: DatabaseUrl,
     /// Whether `url` is the default because `DATABASE_URL` was not set.
     pub url_defaulted: bool,
+    /// `PGSSLMODE`: the TLS mode PostgreSQL's driver uses when `DATABASE_URL`
+    /// names none (`sslmode=` in the URL wins). `prod` needs `verify-full`
+    /// (with `sslrootcert`) for a server on another machine.
+    pub pg_ssl_mode: Option<String>,
 }
 
 impl DatabaseConfig {
@@ -233,7 +243,11 @@ impl DatabaseConfig {
         }
         let url_defaulted = !vars.is_set(DATABASE_URL);
         let url = parsed.unwrap_or_else(Self::default_url);
-        Self { url, url_defaulted }
+        Self {
+            url,
+            url_defaulted,
+            pg_ssl_mode: vars.text(PGSSLMODE),
+        }
     }
 
     fn default_url() -> DatabaseUrl {
@@ -244,6 +258,7 @@ impl DatabaseConfig {
     }
 
     pub(super) fn validate(&self, env: Environment, out: &mut Vec<Problem>) {
+        self.validate_tls(env, out);
         let Some(severity) = env.production_rule() else {
             return;
         };
@@ -262,6 +277,37 @@ impl DatabaseConfig {
             message,
             severity,
         });
+    }
+}
+
+impl DatabaseConfig {
+    /// The production rule on the link to PostgreSQL or MySQL (SQLite has none).
+    fn validate_tls(&self, env: Environment, out: &mut Vec<Problem>) {
+        let store = SqlJobStoreConfig::new(self.url.expose());
+        let Some(transport) = store.transport(self.pg_ssl_mode.as_deref()) else {
+            return;
+        };
+        let (service, fix) = match self.url.kind() {
+            DatabaseKind::Mysql => (
+                "MySQL/MariaDB (DATABASE_URL)",
+                "add ssl-mode=VERIFY_IDENTITY&ssl-ca=<CA file> to the URL (the driver's \
+                 default PREFERRED falls back to plaintext and accepts any certificate)",
+            ),
+            _ => (
+                "PostgreSQL (DATABASE_URL)",
+                "add sslmode=verify-full&sslrootcert=<CA file> to the URL (the driver's \
+                 default prefer falls back to plaintext and accepts any certificate)",
+            ),
+        };
+        PhiLink {
+            variable: DATABASE_URL,
+            service,
+            carries: "transcripts, patient references",
+            transport,
+            local: store.server_is_local(),
+            fix,
+        }
+        .validate(env, out);
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `INTERNAL_JWT_SECRET` shorter than 32 characters | warning | warning | fatal |
 //! | `SSL_CERT_FILE`/`SSL_KEY_FILE` unset while `ENFORCE_TLS_IN_PRODUCTION` | n/a | n/a | fatal |
 //! | `ENFORCE_TLS_IN_PRODUCTION=false` | n/a | n/a | warning |
+//! | RabbitMQ, Kafka, Redis or the database on another machine without verified TLS | allowed | warning | fatal |
 //! | external Redis/RabbitMQ host on the local machine | allowed | allowed | warning |
 //! | relative `AUDIT_LOG_FILE` | allowed | allowed | warning |
 //! | OTLP export with no `OTEL_EXPORTER_OTLP_ENDPOINT` | allowed | allowed | warning |
@@ -32,7 +33,18 @@
 //! `REDIS_BLOOM_TTL_SECONDS`, `MMT_API_MAX_QUEUED_JOBS` or
 //! `MMT_API_MAX_QUEUED_PER_TENANT` of 0; `EXTERNAL_*_ENABLED` without its `*_HOST`;
 //! `ENABLE_REDIS_BLOOM_IDEMPOTENCY` without external Redis; an `ORT_DYLIB_PATH` that
-//! does not name ONNX Runtime; a bad `OTEL_TRACES_SAMPLER_ARG` ratio.
+//! does not name ONNX Runtime; a bad `OTEL_TRACES_SAMPLER_ARG` ratio; a link's TLS
+//! files (`MMT_{RABBITMQ,REDIS,KAFKA}_TLS_*_FILE`) set while its TLS is off, or a
+//! client certificate without its key; Kafka SASL settings that do not match
+//! `MMT_KAFKA_SECURITY_PROTOCOL`; an unknown `sslmode`/`ssl-mode` in `DATABASE_URL`
+//! (reported when the store is opened).
+//!
+//! Verified TLS means the server's certificate is checked against a CA and its
+//! host name: `MMT_RABBITMQ_TLS=true`, `MMT_REDIS_TLS=true`,
+//! `MMT_KAFKA_SECURITY_PROTOCOL=ssl|sasl_ssl`, `sslmode=verify-full` (PostgreSQL,
+//! or `PGSSLMODE`) or `ssl-mode=VERIFY_IDENTITY` (MySQL) in `DATABASE_URL`. The
+//! drivers' `prefer` defaults, `require` and `verify-ca` do not count. A server on
+//! a loopback address or a Unix socket is exempt (nothing crosses the network).
 //!
 //! Warnings everywhere: a `*_HOST` set without its switch (ignored);
 //! `ASYNC_QUEUE_MAXSIZE` below `ASYNC_MAX_WORKERS`; task records kept longer than
@@ -65,6 +77,7 @@ mod secret;
 mod security;
 mod sources;
 mod telemetry;
+mod tls;
 mod vars;
 mod workers;
 
@@ -314,7 +327,7 @@ impl Config {
         self.workers.validate(env, &mut out);
         self.rabbitmq.validate(env, &mut out);
         self.redis.validate(env, &mut out);
-        self.kafka.validate(&mut out);
+        self.kafka.validate(env, &mut out);
         self.sinks.validate(env, &mut out);
         self.retention.validate(env, &mut out);
         self.reprocess.validate(env, &mut out);
@@ -343,8 +356,17 @@ impl Config {
             ("SSL_CERT_FILE", &self.security.ssl_cert_file),
             ("SSL_KEY_FILE", &self.security.ssl_key_file),
         ];
-        for (variable, file) in tls {
-            if file.as_ref().is_some_and(|path| !path.is_file()) {
+        let server_files = tls
+            .iter()
+            .filter_map(|(variable, file)| Some((*variable, file.as_deref()?)));
+        let client_files = self
+            .rabbitmq
+            .tls_file_paths()
+            .into_iter()
+            .chain(self.redis.tls_file_paths())
+            .chain(self.kafka.tls_file_paths());
+        for (variable, path) in server_files.chain(client_files) {
+            if !path.is_file() {
                 // The path is not repeated: no value is (see `vars::Echo`).
                 out.push(Problem::fatal(variable, "does not name a readable file"));
             }
@@ -371,7 +393,9 @@ fn known_variable(name: &str) -> Option<&'static str> {
     VARIABLES
         .iter()
         .chain(telemetry::VARIABLES)
+        .chain(database::VARIABLES)
         .chain(rabbitmq::VARIABLES)
+        .chain(redis::VARIABLES)
         .chain(sources::VARIABLES)
         .chain(intake::VARIABLES)
         .chain(audit::VARIABLES)

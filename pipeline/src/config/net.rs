@@ -45,12 +45,7 @@ impl HostPort {
     /// Whether this names the local machine (`localhost`, `127.0.0.1`, `::1`,
     /// `0.0.0.0`): fine on a laptop, a mistake in production.
     pub fn is_local(&self) -> bool {
-        let host = self.host.to_ascii_lowercase();
-        if host == "localhost" || host.ends_with(".localhost") {
-            return true;
-        }
-        host.parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+        mmt_connectors::tls::is_local_host(&self.host)
     }
 }
 

@@ -1,10 +1,14 @@
 //! RabbitMQ: where jobs are consumed from and job events published to.
 
+use std::path::Path;
+
+use mmt_connectors::tls::{TlsClientFiles, Transport};
 use serde::Serialize;
 
 use super::external::External;
 use super::net::HostPort;
 use super::secret::Secret;
+use super::tls::{PhiLink, TlsFileVars};
 use super::vars::{Echo, Vars};
 use super::{Environment, Problem};
 
@@ -15,6 +19,12 @@ const MMT_RABBITMQ_PASSWORD: &str = "MMT_RABBITMQ_PASSWORD";
 const MMT_RABBITMQ_VHOST: &str = "MMT_RABBITMQ_VHOST";
 const MMT_RABBITMQ_QUEUE: &str = "MMT_RABBITMQ_QUEUE";
 const MMT_RABBITMQ_PREFETCH: &str = "MMT_RABBITMQ_PREFETCH";
+const MMT_RABBITMQ_TLS: &str = "MMT_RABBITMQ_TLS";
+const TLS_FILES: TlsFileVars = TlsFileVars {
+    ca: "MMT_RABBITMQ_TLS_CA_FILE",
+    cert: "MMT_RABBITMQ_TLS_CERT_FILE",
+    key: "MMT_RABBITMQ_TLS_KEY_FILE",
+};
 
 /// The variables this section reads beyond DESIGN.md's.
 pub(super) const VARIABLES: &[&str] = &[
@@ -23,6 +33,10 @@ pub(super) const VARIABLES: &[&str] = &[
     MMT_RABBITMQ_VHOST,
     MMT_RABBITMQ_QUEUE,
     MMT_RABBITMQ_PREFETCH,
+    MMT_RABBITMQ_TLS,
+    TLS_FILES.ca,
+    TLS_FILES.cert,
+    TLS_FILES.key,
 ];
 
 /// RabbitMQ as the job source.
@@ -32,9 +46,18 @@ pub struct RabbitMqConfig {
     /// pods) at `EXTERNAL_RABBITMQ_HOST`; otherwise `mmt run --source rabbitmq`
     /// talks to a broker on this machine (127.0.0.1:5672). Default `false`.
     pub enabled: bool,
-    /// `EXTERNAL_RABBITMQ_HOST`: `host[:port]` of the broker (port default 5672).
-    /// Required when enabled. Credentials are not part of it.
+    /// `EXTERNAL_RABBITMQ_HOST`: `host[:port]` of the broker (port default 5672,
+    /// 5671 with TLS). Required when enabled. Credentials are not part of it.
     pub host: Option<HostPort>,
+    /// `MMT_RABBITMQ_TLS`: connect with TLS (`amqps`), verifying the broker's
+    /// certificate and host name. Default `false`; required in `prod` for a
+    /// broker on another machine (job messages carry audio and patient references).
+    pub tls: bool,
+    /// `MMT_RABBITMQ_TLS_CA_FILE` (the CA the broker's certificate must chain
+    /// to; default: the system's trust store), `MMT_RABBITMQ_TLS_CERT_FILE` and
+    /// `MMT_RABBITMQ_TLS_KEY_FILE` (a client certificate, for brokers that
+    /// authenticate clients by certificate). PEM files; only with `MMT_RABBITMQ_TLS`.
+    pub tls_files: TlsClientFiles,
     /// `MMT_RABBITMQ_USER`: user name. Default `guest`.
     pub user: String,
     /// `MMT_RABBITMQ_PASSWORD`: password. Default `guest` (which RabbitMQ only
@@ -53,16 +76,26 @@ pub struct RabbitMqConfig {
 impl RabbitMqConfig {
     /// The AMQP port used when `EXTERNAL_RABBITMQ_HOST` names none.
     pub const DEFAULT_PORT: u16 = 5672;
+    /// The AMQPS (TLS) port used when `EXTERNAL_RABBITMQ_HOST` names none.
+    pub const DEFAULT_TLS_PORT: u16 = 5671;
 
     pub(super) fn from_vars(vars: &mut Vars) -> Self {
+        let tls = vars.bool(MMT_RABBITMQ_TLS, false);
+        let default_port = if tls {
+            Self::DEFAULT_TLS_PORT
+        } else {
+            Self::DEFAULT_PORT
+        };
         Self {
             enabled: vars.bool(EXTERNAL_RABBITMQ_ENABLED, false),
             host: vars.parse(
                 EXTERNAL_RABBITMQ_HOST,
                 HostPort::EXPECTED,
                 Echo::Never,
-                |s| HostPort::parse(s, Self::DEFAULT_PORT),
+                |s| HostPort::parse(s, default_port),
             ),
+            tls,
+            tls_files: TLS_FILES.read(vars),
             user: vars
                 .text(MMT_RABBITMQ_USER)
                 .unwrap_or_else(|| "guest".into()),
@@ -96,6 +129,20 @@ impl RabbitMqConfig {
                 "must be 1-240 bytes and not start with amq.",
             ));
         }
+        TLS_FILES.validate(&self.tls_files, self.tls, "set MMT_RABBITMQ_TLS=true", out);
+        PhiLink {
+            variable: MMT_RABBITMQ_TLS,
+            service: "RabbitMQ (EXTERNAL_RABBITMQ_HOST)",
+            carries: "job messages: audio, patient references",
+            transport: if self.tls {
+                Transport::VerifiedTls
+            } else {
+                Transport::Plaintext
+            },
+            local: self.broker().is_local(),
+            fix: "set MMT_RABBITMQ_TLS=true (amqps, port 5671) and MMT_RABBITMQ_TLS_CA_FILE",
+        }
+        .validate(env, out);
         if env.is_prod() && self.enabled && self.password.expose() == "guest" {
             out.push(Problem::warning(
                 MMT_RABBITMQ_PASSWORD,
@@ -104,23 +151,42 @@ impl RabbitMqConfig {
         }
     }
 
-    /// The broker's AMQP URL (holds the password: pass it only to the client).
+    /// The broker's address: `EXTERNAL_RABBITMQ_HOST` when enabled, else this machine.
+    fn broker(&self) -> HostPort {
+        match (&self.host, self.enabled) {
+            (Some(host), true) => host.clone(),
+            _ => HostPort {
+                host: "127.0.0.1".to_owned(),
+                port: if self.tls {
+                    Self::DEFAULT_TLS_PORT
+                } else {
+                    Self::DEFAULT_PORT
+                },
+            },
+        }
+    }
+
+    /// The broker's AMQP URL, `amqps://` with TLS (holds the password: pass it
+    /// only to the client).
     pub fn url(&self) -> String {
-        let (host, port) = match (&self.host, self.enabled) {
-            (Some(host), true) => (host.host.clone(), host.port),
-            _ => ("127.0.0.1".to_owned(), Self::DEFAULT_PORT),
-        };
+        let HostPort { host, port } = self.broker();
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
             host
         };
+        let scheme = if self.tls { "amqps" } else { "amqp" };
         format!(
-            "amqp://{}:{}@{host}:{port}/{}",
+            "{scheme}://{}:{}@{host}:{port}/{}",
             percent_encode(&self.user),
             percent_encode(self.password.expose()),
             percent_encode(&self.vhost)
         )
+    }
+
+    /// The TLS files the client reads when TLS is on.
+    pub(super) fn tls_file_paths(&self) -> Vec<(&'static str, &Path)> {
+        TLS_FILES.set(&self.tls_files)
     }
 }
 

@@ -1,11 +1,14 @@
 //! Redis, and the RedisBloom idempotency filter kept in it.
 
+use std::path::Path;
 use std::time::Duration;
 
+use mmt_connectors::tls::{TlsClientFiles, Transport};
 use serde::Serialize;
 
 use super::external::External;
 use super::net::HostPort;
+use super::tls::{PhiLink, TlsFileVars};
 use super::vars::{Echo, Vars};
 use super::{Environment, Problem};
 
@@ -14,6 +17,15 @@ const EXTERNAL_REDIS_HOST: &str = "EXTERNAL_REDIS_HOST";
 const ENABLE_REDIS_BLOOM_IDEMPOTENCY: &str = "ENABLE_REDIS_BLOOM_IDEMPOTENCY";
 const REDIS_BLOOM_KEY_PREFIX: &str = "REDIS_BLOOM_KEY_PREFIX";
 const REDIS_BLOOM_TTL_SECONDS: &str = "REDIS_BLOOM_TTL_SECONDS";
+const MMT_REDIS_TLS: &str = "MMT_REDIS_TLS";
+const TLS_FILES: TlsFileVars = TlsFileVars {
+    ca: "MMT_REDIS_TLS_CA_FILE",
+    cert: "MMT_REDIS_TLS_CERT_FILE",
+    key: "MMT_REDIS_TLS_KEY_FILE",
+};
+
+/// The variables this section reads beyond DESIGN.md's.
+pub(super) const VARIABLES: &[&str] = &[MMT_REDIS_TLS, TLS_FILES.ca, TLS_FILES.cert, TLS_FILES.key];
 
 /// Redis, and the RedisBloom idempotency filter kept in it.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +36,15 @@ pub struct RedisConfig {
     /// `EXTERNAL_REDIS_HOST`: `host[:port]` of Redis (port default 6379). Required
     /// when enabled.
     pub host: Option<HostPort>,
+    /// `MMT_REDIS_TLS`: connect with TLS (`rediss`), verifying Redis's
+    /// certificate and host name. Default `false`; required in `prod` for a
+    /// Redis on another machine.
+    pub tls: bool,
+    /// `MMT_REDIS_TLS_CA_FILE` (the CA Redis's certificate must chain to;
+    /// default: the system's trust store), `MMT_REDIS_TLS_CERT_FILE` and
+    /// `MMT_REDIS_TLS_KEY_FILE` (a client certificate, for `tls-auth-clients
+    /// yes`). PEM files; only with `MMT_REDIS_TLS`.
+    pub tls_files: TlsClientFiles,
     /// `ENABLE_REDIS_BLOOM_IDEMPOTENCY`: pre-check idempotency keys against a
     /// RedisBloom filter before the job store (needs the RedisBloom module, checked
     /// by the health check, not here). Default `false`.
@@ -50,6 +71,8 @@ impl RedisConfig {
             host: vars.parse(EXTERNAL_REDIS_HOST, HostPort::EXPECTED, Echo::Never, |s| {
                 HostPort::parse(s, Self::DEFAULT_PORT)
             }),
+            tls: vars.bool(MMT_REDIS_TLS, false),
+            tls_files: TLS_FILES.read(vars),
             bloom_idempotency: vars.bool(ENABLE_REDIS_BLOOM_IDEMPOTENCY, false),
             bloom_key_prefix: vars
                 .parse(
@@ -72,6 +95,20 @@ impl RedisConfig {
             host: self.host.as_ref(),
         }
         .validate(env, out);
+        TLS_FILES.validate(&self.tls_files, self.tls, "set MMT_REDIS_TLS=true", out);
+        PhiLink {
+            variable: MMT_REDIS_TLS,
+            service: "Redis (EXTERNAL_REDIS_HOST)",
+            carries: "idempotency keys derived from tenants and recordings",
+            transport: if self.tls {
+                Transport::VerifiedTls
+            } else {
+                Transport::Plaintext
+            },
+            local: !self.enabled || self.host.as_ref().is_none_or(HostPort::is_local),
+            fix: "set MMT_REDIS_TLS=true (rediss) and MMT_REDIS_TLS_CA_FILE",
+        }
+        .validate(env, out);
         if self.bloom_idempotency && !self.enabled {
             out.push(Problem::fatal(
                 ENABLE_REDIS_BLOOM_IDEMPOTENCY,
@@ -84,5 +121,23 @@ impl RedisConfig {
                 "must be at least 1 (a zero TTL forgets every key at once)",
             ));
         }
+    }
+
+    /// The address the idempotency filter connects to: `redis://host:port`, or
+    /// `rediss://host:port` with TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        match &self.host {
+            Some(host) if host.host.contains(':') => {
+                format!("{scheme}://[{}]:{}", host.host, host.port)
+            }
+            Some(host) => format!("{scheme}://{}:{}", host.host, host.port),
+            None => format!("{scheme}://127.0.0.1:{}", Self::DEFAULT_PORT),
+        }
+    }
+
+    /// The TLS files the client reads when TLS is on.
+    pub(super) fn tls_file_paths(&self) -> Vec<(&'static str, &Path)> {
+        TLS_FILES.set(&self.tls_files)
     }
 }

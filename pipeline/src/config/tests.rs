@@ -43,7 +43,8 @@ fn good_prod() -> Vec<(&'static str, &'static str)> {
         ("ENV", "prod"),
         (
             "DATABASE_URL",
-            "postgres://mmt:db-pa55word@db.internal:5432/mmt",
+            "postgres://mmt:db-pa55word@db.internal:5432/mmt\
+             ?sslmode=verify-full&sslrootcert=/etc/mmt/db-ca.pem",
         ),
         ("INTERNAL_JWT_SECRET", SECRET),
         ("SSL_CERT_FILE", "/etc/mmt/tls.crt"),

@@ -13,7 +13,6 @@ use super::source::DirectorySource;
 use super::{setup, OutputPaths, Resources, RunError};
 use crate::config::Config;
 use mmt_connectors::envelope::EnvelopeReader;
-use mmt_connectors::kafka::KafkaSourceConfig;
 use mmt_connectors::rabbitmq::{
     RabbitMqConfig as AmqpConfig, RabbitMqEventPublisher, RabbitMqSource,
 };
@@ -127,7 +126,8 @@ fn open_source(config: &Config, choice: &SourceChoice) -> Result<Box<dyn JobSour
             let kafka = &config.kafka;
             // A short session timeout: a worker that dies hands its partitions
             // over within seconds, and a new one joins the group quickly.
-            let mut source = KafkaSourceConfig::new(&kafka.brokers, &kafka.topic, &kafka.group)
+            let mut source = kafka
+                .source_config()
                 .session_timeout(Duration::from_secs(10))
                 .fallback_tenant(UNKNOWN_TENANT);
             if let Some(root) = &config.sinks.audio_reference_root {
@@ -151,7 +151,9 @@ pub fn envelope_reader(config: &Config) -> EnvelopeReader {
 
 /// The connector's RabbitMQ settings from the environment's.
 pub fn amqp_config(config: &Config) -> AmqpConfig {
-    let mut amqp = AmqpConfig::new(config.rabbitmq.url()).with_queue(&config.rabbitmq.queue);
+    let mut amqp = AmqpConfig::new(config.rabbitmq.url())
+        .with_queue(&config.rabbitmq.queue)
+        .with_tls(config.rabbitmq.tls_files.clone());
     amqp.prefetch = u16::try_from(config.rabbitmq.prefetch).unwrap_or(u16::MAX);
     amqp
 }
@@ -171,11 +173,8 @@ fn open_filter(config: &Config) -> Result<Option<Box<dyn IdempotencyFilter>>, Ru
     if !redis.bloom_idempotency {
         return Ok(None);
     }
-    let address = redis.host.as_ref().map_or_else(
-        || "127.0.0.1:6379".to_owned(),
-        |h| format!("{}:{}", h.host, h.port),
-    );
-    let filter = RedisFilterConfig::new(address)
+    let filter = RedisFilterConfig::new(redis.url())
+        .with_tls(redis.tls_files.clone())
         .key_prefix(&redis.bloom_key_prefix)
         .ttl(redis.bloom_ttl)
         .build_lazy()
