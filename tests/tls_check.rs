@@ -155,9 +155,16 @@ fn prod_check_refuses_each_phi_link_without_verified_tls_naming_it() {
         assert_eq!(lines.len(), 1, "{overrides:?}:\n{stdout}");
         assert!(lines[0].contains(service), "{}", lines[0]);
         assert!(lines[0].contains("PHI"), "{}", lines[0]);
+        // A CA file the override unsets no longer has its own problem
+        // (the verified set-up names files this machine does not hold).
+        let unset_file_problems: usize = overrides
+            .iter()
+            .filter(|(_, value)| value.is_empty())
+            .map(|(name, _)| fatal_lines(&verified_out, name).len())
+            .sum();
         assert_eq!(
             fatal_count(&stdout),
-            baseline + 1,
+            baseline + 1 - unset_file_problems,
             "{overrides:?}: the link is the one new fatal problem:\n{stdout}"
         );
         // The URL's password is never shown.

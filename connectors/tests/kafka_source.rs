@@ -273,7 +273,7 @@ fn garbage_becomes_a_record_with_a_read_error_and_is_settled() {
         garbage
             .read_error
             .as_deref()
-            .is_some_and(|e| e.contains("not a job envelope")),
+            .is_some_and(|e| e.contains("not valid JSON")),
         "{garbage:?}"
     );
     assert_eq!(garbage.tenant, "fallback");
