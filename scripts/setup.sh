@@ -40,7 +40,9 @@ stamp="$VENV/.installed-$(basename "$requirements" .txt)-$(sha256sum requirement
 if [[ ! -f $stamp ]]; then
   say "creating $VENV from $requirements"
   [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+  # Every package is pinned by sha256 (scripts/lock_requirements.sh): pip
+  # refuses a file whose hash differs, and any package not pinned.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$requirements"
   touch "$stamp"
 fi
 

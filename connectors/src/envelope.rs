@@ -221,14 +221,14 @@ impl EnvelopeReader {
                 return record;
             }
         };
-        if is_tenant(&envelope.tenant) {
-            record.tenant.clone_from(&envelope.tenant);
-        }
         let problems = envelope.problems();
         if !problems.is_empty() {
+            // Nothing of a refused envelope is kept, its tenant included: a
+            // value in the wrong field may be a patient's (as with sidecars).
             record.read_error = Some(format!("invalid job envelope: {}", join(&problems)));
             return record;
         }
+        record.tenant.clone_from(&envelope.tenant);
         record.patient_reference = envelope.patient_reference;
         record.encounter_reference = envelope.encounter_reference;
         match self.audio(&envelope.audio) {
