@@ -8,6 +8,7 @@
 //! - [`kafka`]: the Kafka job source.
 //! - [`redis`]: the Redis idempotency filter (RedisBloom, or plain Redis bitmaps).
 //! - [`envelope`]: the job message both brokers carry.
+//! - [`reference`]: audio named by reference, per tenant under a shared root.
 //!
 //! One error type, [`ConnectorError`], classed for retry and dead-letter routing.
 
@@ -20,6 +21,7 @@ pub mod files;
 pub mod kafka;
 pub mod rabbitmq;
 pub mod redis;
+pub mod reference;
 pub mod sql;
 
 pub use config::ConfigProblem;
