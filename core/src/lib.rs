@@ -5,9 +5,11 @@ pub mod control;
 pub mod error;
 pub mod idempotency;
 pub mod job;
+pub mod owner_only;
 pub mod phi;
 pub mod retry;
 pub mod source;
+pub mod spool;
 pub mod telemetry;
 pub mod transcript;
 
