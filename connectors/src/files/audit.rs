@@ -39,7 +39,7 @@ impl AuditLogSink {
     /// last line. Most callers use [`super::AuditLogConfig::build`].
     pub fn open(path: &Path) -> Result<Self> {
         Ok(Self {
-            log: SharedLog::open(path, FileMode::SHARED)?,
+            log: SharedLog::open(path, FileMode::PHI)?,
         })
     }
 
