@@ -215,9 +215,6 @@ pub struct ServeArgs {
     /// Required `aud` claim, if any.
     #[arg(long, env = "MMT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// HMAC key signing completion webhooks; without it, callback URLs are refused.
-    #[arg(long, env = "MMT_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
     /// Timely workers (default: the worker plan from the environment).
     #[arg(long)]
     pub workers: Option<usize>,

@@ -106,7 +106,8 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     }
     let progress = Arc::new(Bar(bar.clone()));
     let metrics = Metrics::new()?;
-    std::fs::create_dir_all(&args.out)?;
+    // Documents, the audit trail and the job store go here: owner-only.
+    mmt_core::owner_only::create_dir_all(&args.out)?;
     let paths = OutputPaths::resolve(&config, &args.out);
     let resources = open_resources(&config, &choice, &paths, workers, &metrics)?;
     let summary = run(

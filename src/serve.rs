@@ -5,9 +5,9 @@ use crate::run::worker_split;
 use crate::transcribe::{load_config, model_options};
 use anyhow::{Context, Result};
 use mmt_api::auth::{load_rs256_dir, sign_hs256, Claims, KeyRing};
-use mmt_api::webhook::WebhookConfig;
+use mmt_api::webhook::target::TargetPolicy;
+use mmt_api::webhook::{CallbackStore, WebhookConfig};
 use mmt_api::{ApiConfig, AppState, TlsFiles};
-use mmt_core::control::JobControl;
 use mmt_core::telemetry::Metrics;
 use mmt_operators::chunk::ChunkConfig;
 use mmt_operators::commit::Retention;
@@ -49,6 +49,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let config = load_config()?;
     let keys = Arc::new(key_ring(&config, &args)?);
     let api_config = api_config(&config, &args);
+    let webhooks = webhook_config(&config)?;
     let (workers, threads) = worker_split(&config, args.workers, args.threads);
     let model = model_options(&config, Some(threads));
     // Before listening: a service that cannot transcribe must not look ready.
@@ -56,7 +57,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let listener = mmt_api::server::bind(&api_config)?;
     let address = listener.local_addr()?;
 
-    std::fs::create_dir_all(&args.out)?;
+    // Documents, the audit trail and the job store go here: owner-only.
+    mmt_core::owner_only::create_dir_all(&args.out)?;
     let paths = OutputPaths::resolve(&config, &args.out);
     let metrics = Metrics::new()?;
     let intake = match args.intake {
@@ -148,6 +150,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         metrics,
         listener,
         &args,
+        webhooks,
         config.retention.retention_days,
         Arc::clone(&stop),
     ));
@@ -244,17 +247,14 @@ async fn serve_api(
     metrics: Metrics,
     listener: std::net::TcpListener,
     args: &ServeArgs,
+    webhooks: Option<WebhookConfig>,
     retention_days: u32,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let (stopping, stopped) = tokio::sync::watch::channel(false);
-    if let Some(secret) = &args.webhook_secret {
-        let control: Arc<dyn JobControl> = control.clone();
-        tokio::spawn(mmt_api::webhook::run(
-            control,
-            WebhookConfig::new(secret.clone()),
-            stopped.clone(),
-        ));
+    if let Some(webhooks) = webhooks {
+        let store: Arc<dyn CallbackStore> = control.clone();
+        tokio::spawn(mmt_api::webhook::run(store, webhooks, stopped.clone()));
     }
     if let Some(dir) = args.jwt_keys_dir.clone() {
         tokio::spawn(reload_keys(Arc::clone(&keys), dir));
@@ -324,6 +324,25 @@ fn key_ring(config: &Config, args: &ServeArgs) -> Result<KeyRing> {
     Ok(keys)
 }
 
+/// The deliverer's settings, when a signing secret is set (its length was
+/// checked with the rest of the configuration).
+fn webhook_config(config: &Config) -> Result<Option<WebhookConfig>> {
+    let Some(secret) = &config.webhook.secret else {
+        return Ok(None);
+    };
+    let webhooks = WebhookConfig {
+        targets: TargetPolicy {
+            allow_private: config.webhook.allow_private_targets,
+        },
+        ..WebhookConfig::new(secret.expose())
+    };
+    if let Err(problems) = webhooks.validate() {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::bail!("cannot serve: webhooks: {}", problems.join("; "));
+    }
+    Ok(Some(webhooks))
+}
+
 fn api_config(config: &Config, args: &ServeArgs) -> ApiConfig {
     let security = &config.security;
     let tls = match (&security.ssl_cert_file, &security.ssl_key_file) {
@@ -341,7 +360,10 @@ fn api_config(config: &Config, args: &ServeArgs) -> ApiConfig {
         request_timeout: Duration::from_secs(args.request_timeout),
         tenant_requests_per_second: args.tenant_rate,
         tenant_burst: args.tenant_burst,
-        callbacks_enabled: args.webhook_secret.is_some(),
+        callbacks_enabled: config.webhook.secret.is_some(),
+        callback_targets: TargetPolicy {
+            allow_private: config.webhook.allow_private_targets,
+        },
         ..ApiConfig::default()
     }
 }

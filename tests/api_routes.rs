@@ -12,10 +12,15 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
-use common::{distinct_recordings, read_lines};
+use common::{distinct_recordings, read_lines, receivers};
 use mmt_api::auth::{sign_hs256, sign_rs256, Claims, KeyRing};
+use mmt_api::webhook::target::TargetPolicy;
+use mmt_api::webhook::{CallbackStore, WebhookConfig};
 use mmt_api::{ApiConfig, AppState};
+use mmt_connectors::SqlJobStoreConfig;
+use mmt_core::job::{CompletedJob, JobId, JobStore};
 use mmt_core::telemetry::Metrics;
+use mmt_core::Transcript;
 use mmt_pipeline::run::OutputPaths;
 use mmt_pipeline::serve::{IntakeChoice, ServiceControl};
 use mmt_pipeline::Config;
@@ -1178,4 +1183,272 @@ fn an_rs256_only_key_ring_takes_rs256_tokens_with_an_audience_array() {
     // An HS256 token has no key here.
     let hs256 = sign_hs256(SECRET, &claims("clinic-a", ALL, 600)).unwrap();
     assert!(ring.verify(&hs256).is_err());
+}
+
+// Security of what a request names: audio references and callback URLs.
+
+/// A JSON submission naming `reference`.
+fn refer(token: &str, reference: &str) -> Request<Body> {
+    Request::post("/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            serde_json::json!({ "audio_reference": reference }).to_string(),
+        ))
+        .unwrap()
+}
+
+#[test]
+fn audio_references_answer_alike_and_stay_in_the_tenants_folder() {
+    let volume = tempfile::tempdir().unwrap();
+    let folder_a = volume.path().join("clinic-a");
+    std::fs::create_dir_all(folder_a.join("2024")).unwrap();
+    std::fs::create_dir_all(volume.path().join("clinic-b")).unwrap();
+    std::fs::write(folder_a.join("2024/Smith_John.wav"), clip(0)).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(folder_a.join("pipe.wav"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::os::unix::fs::symlink("/etc/hostname", folder_a.join("host.wav")).unwrap();
+    let api = Api::open(
+        ApiConfig {
+            max_upload_bytes: 512 * 1024,
+            ..ApiConfig::default()
+        },
+        &[("MMT_AUDIO_REFERENCE_ROOT", volume.path().to_str().unwrap())],
+        tempfile::tempdir().unwrap(),
+    );
+    let a = token("clinic-a", &["submitter"]);
+    let b = token("clinic-b", &["submitter"]);
+
+    // The two probes: one file exists, the other does not.
+    let shadow = api.send(refer(&a, "/etc/shadow"));
+    let nope = api.send(refer(&a, "/etc/nope"));
+    assert_eq!(shadow.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(shadow, nope, "no existence oracle");
+    let detail: Value = serde_json::from_slice(&shadow.2).unwrap();
+    assert!(
+        !detail["detail"].as_str().unwrap().contains("etc"),
+        "{detail}"
+    );
+
+    // A FIFO (must not hang the request), a link, a folder, a missing file,
+    // climbing out: all the same answer.
+    let started = std::time::Instant::now();
+    for reference in [
+        "pipe.wav",
+        "host.wav",
+        "2024",
+        "2024/Doe_Jane.wav",
+        "../clinic-b",
+        "../../../etc/shadow",
+    ] {
+        assert_eq!(api.send(refer(&a, reference)), shadow, "{reference}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // Tenant b cannot submit tenant a's recording, by any path.
+    for reference in ["2024/Smith_John.wav", "../clinic-a/2024/Smith_John.wav"] {
+        assert_eq!(api.send(refer(&b, reference)), shadow, "{reference}");
+    }
+    assert!(api.uploads().is_empty(), "no refusal left a spool file");
+
+    // Tenant a can, relative to its folder: spooled into the upload store.
+    let (status, job) = api.json(refer(&a, "2024/Smith_John.wav"));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(api.uploads(), [format!("{id}.audio"), format!("{id}.json")]);
+    assert_eq!(
+        std::fs::read(api.dir.path().join("uploads").join(format!("{id}.audio"))).unwrap(),
+        clip(0)
+    );
+    // Over the upload limit: the same refusal as the rest.
+    std::fs::write(folder_a.join("big.wav"), vec![0u8; 600 * 1024]).unwrap();
+    assert_eq!(api.send(refer(&a, "big.wav")), shadow);
+}
+
+fn with_callbacks(allow_private: bool) -> Api {
+    Api::with(ApiConfig {
+        max_upload_bytes: 512 * 1024,
+        callbacks_enabled: true,
+        callback_targets: TargetPolicy { allow_private },
+        ..ApiConfig::default()
+    })
+}
+
+#[test]
+fn callback_urls_to_internal_addresses_are_refused_at_submission() {
+    let strict = with_callbacks(false);
+    let submitter = token("clinic-a", &["submitter"]);
+    let callback = |api: &Api, index: usize, url: &str| {
+        api.json(upload(
+            &submitter,
+            multipart(&clip(index), "audio/wav", &[("callback_url", url)]),
+            None,
+        ))
+    };
+    for (index, url) in [
+        "http://127.0.0.1:9/hook?token=abc",
+        "http://[::1]:9/hook",
+        "https://10.20.30.40/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://localhost:9/hook",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[fd00:ec2::254]/",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, problem) = callback(&strict, index, url);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("callbacks may not reach"),
+            "{url}: {detail}"
+        );
+        for part in [
+            "127.0.0.1",
+            "::1",
+            "10.20",
+            "169.254",
+            "localhost",
+            "token",
+            "hook",
+        ] {
+            assert!(
+                !detail.contains(part),
+                "{url}: the detail names the rule only: {detail}"
+            );
+        }
+    }
+    assert!(strict.uploads().is_empty(), "nothing refused was stored");
+
+    // Receivers on the premises: the operator's switch lets loopback and
+    // private targets through, never the metadata service.
+    let on_premises = with_callbacks(true);
+    let (status, job) = callback(&on_premises, 0, "http://127.0.0.1:9/hook");
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let (status, _) = callback(&on_premises, 1, "http://169.254.169.254/latest/meta-data/");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Marks the stored jobs `ids` completed, as the dataflow would.
+fn complete_jobs(api: &Api, ids: &[String]) {
+    let paths = OutputPaths::resolve(&Config::default(), api.dir.path());
+    let mut store = SqlJobStoreConfig::new(&paths.database_url)
+        .build(false)
+        .unwrap();
+    for id in ids {
+        let row = store.get(&JobId(id.clone())).unwrap().unwrap();
+        let transcript = Transcript {
+            text: "done".into(),
+            segments: Vec::new(),
+            duration_seconds: 1.0,
+            language: "en".into(),
+        };
+        store
+            .complete(&CompletedJob {
+                meta: row.meta,
+                transcript,
+                completed_at: mmt_core::job::unix_now(),
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_silent_receiver_costs_only_its_tenant_and_loopback_is_refused_again_at_delivery() {
+    let api = with_callbacks(true);
+    let silent = receivers::Silent::start();
+    let (answering, arrivals) = receivers::answering();
+    let with_hook = |tenant: &str, index: usize, url: &str| {
+        let (status, job) = api.json(upload(
+            &token(tenant, &["submitter"]),
+            multipart(&clip(index), "audio/wav", &[("callback_url", url)]),
+            None,
+        ));
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        job["id"].as_str().unwrap().to_owned()
+    };
+    // Tenant a's three callbacks, due first, go to a receiver that never answers.
+    let mut ids: Vec<String> = (0..3)
+        .map(|n| with_hook("clinic-a", n, &format!("{}/a{n}", silent.base)))
+        .collect();
+    ids.push(with_hook("clinic-b", 3, &format!("{answering}/b")));
+    complete_jobs(&api, &ids);
+
+    let store: Arc<dyn CallbackStore> = api.control.clone();
+    let config = WebhookConfig {
+        targets: TargetPolicy {
+            allow_private: true,
+        },
+        poll_interval: std::time::Duration::from_millis(50),
+        timeout: std::time::Duration::from_secs(60),
+        ..WebhookConfig::new("webhook-test-secret-0123456789abcdef")
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    runtime.spawn(mmt_api::webhook::run(
+        Arc::clone(&store),
+        config.clone(),
+        stopped,
+    ));
+    let (path, arrived) = arrivals
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("tenant b's callback arrives while tenant a's receiver hangs");
+    assert_eq!(path, "/b");
+    assert!(arrived.duration_since(started) < std::time::Duration::from_secs(5));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        silent.accepted(),
+        config.per_tenant_in_flight as usize,
+        "tenant a holds its own share of deliveries, no more"
+    );
+    stop.send(true).unwrap();
+    // Closing the silent connections ends tenant a's deliveries (retried later).
+    drop(silent);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+
+    // A loopback callback accepted under the switch is refused by a
+    // deliverer without it: checked again at connect time, never sent.
+    let late = with_hook("clinic-c", 4, &format!("{answering}/c"));
+    complete_jobs(&api, std::slice::from_ref(&late));
+    let strict = WebhookConfig {
+        targets: TargetPolicy::default(),
+        ..config
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    runtime.spawn(mmt_api::webhook::run(Arc::clone(&store), strict, stopped));
+    let given_up = std::time::Instant::now();
+    while store
+        .due(100, 100)
+        .unwrap()
+        .iter()
+        .any(|callback| callback.job.id.0 == late)
+    {
+        assert!(
+            given_up.elapsed() < std::time::Duration::from_secs(10),
+            "the refused callback is given up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop.send(true).unwrap();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    assert!(
+        arrivals
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "nothing reached the loopback receiver"
+    );
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "serve-test-secret-0123456789abcdef-01";
-const WEBHOOK_SECRET: &str = "webhook-test-secret";
+const WEBHOOK_SECRET: &str = "webhook-test-secret-0123456789abcdef";
 const BOUNDARY: &str = "mmt-serve-test-boundary";
 
 /// A running `mmt serve`, stopped (SIGTERM) when dropped.
@@ -32,6 +32,8 @@ impl Server {
             .current_dir(root())
             .env("INTERNAL_JWT_SECRET", SECRET)
             .env("MMT_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            // The test's receivers listen on loopback.
+            .env("MMT_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
             .env("RUST_LOG", "warn")
             .env_remove("DATABASE_URL")
             .env_remove("AUDIT_LOG_FILE")
@@ -580,6 +582,33 @@ fn serving_needs_a_token_key() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("INTERNAL_JWT_SECRET"), "{stderr}");
+}
+
+#[test]
+fn a_short_webhook_secret_is_refused_by_check_and_at_start() {
+    let short = [("MMT_WEBHOOK_SECRET", "too-short-secret")];
+    let (status, stdout, _) = common::mmt_with_env(&["check"], &short);
+    assert!(!status.success(), "{stdout}");
+    assert!(stdout.contains("MMT_WEBHOOK_SECRET"), "{stdout}");
+    assert!(
+        !stdout.contains("too-short-secret"),
+        "never shown: {stdout}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let (status, stderr) = serve_to_the_end(out.path(), &short);
+    assert!(!status.success());
+    assert!(stderr.contains("MMT_WEBHOOK_SECRET"), "{stderr}");
+
+    let switch = [
+        ("MMT_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("MMT_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+        ("ENV", "staging"),
+    ];
+    let (_, stdout, _) = common::mmt_with_env(&["check"], &switch);
+    assert!(
+        stdout.contains("MMT_WEBHOOK_ALLOW_PRIVATE_TARGETS"),
+        "the switch is reported: {stdout}"
+    );
 }
 
 /// Runs `mmt serve` to its end with `env`; its exit status and stderr.

@@ -403,3 +403,70 @@ fn recordings_over_the_length_limit_are_dead_lettered_naming_the_limit() {
     assert_eq!(documents(out.path()).len(), 0);
     assert!(started.elapsed() < Duration::from_secs(300), "liveness");
 }
+
+#[test]
+fn files_holding_phi_are_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    if !model_ready() {
+        return;
+    }
+    let input = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        root().join("samples/dict_001.wav"),
+        input.path().join("Smith_John.wav"),
+    )
+    .expect("copy");
+    corrupt_files(input.path());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    // A folder `mmt run` makes itself, under a permissive umask: the modes
+    // come from MMT, not from the environment.
+    let out = scratch.path().join("out");
+    let run = mmt_run(input.path(), &out);
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(run.get_program())
+        .args(run.get_args())
+        .current_dir(root())
+        .env_remove("DATABASE_URL")
+        .env_remove("AUDIT_LOG_FILE")
+        .output()
+        .expect("mmt run");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "dead letters exit 2: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for dir in [out.clone(), out.join("fhir")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    let mut files = vec![
+        out.join("mmt.db"),
+        out.join("fhir/DocumentReference.ndjson"),
+        out.join("dlq.jsonl"),
+        out.join("audit.jsonl"),
+    ];
+    // SQLite removes its -wal and -shm files when the last connection closes.
+    files.extend(
+        ["mmt.db-wal", "mmt.db-shm"]
+            .map(|name| out.join(name))
+            .into_iter()
+            .filter(|path| path.exists()),
+    );
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    // Nothing else in the output was left readable by others.
+    for entry in std::fs::read_dir(&out).expect("out") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path) & 0o077, 0, "{}", path.display());
+    }
+}

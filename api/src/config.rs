@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::webhook::target::TargetPolicy;
+
 /// A PEM certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -35,6 +37,9 @@ pub struct ApiConfig {
     /// Whether completion webhooks are delivered (a signing secret is set);
     /// without them a `callback_url` is refused rather than silently ignored.
     pub callbacks_enabled: bool,
+    /// Which addresses a `callback_url` may point at (checked at submission,
+    /// and again by the deliverer at connect time).
+    pub callback_targets: TargetPolicy,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +54,7 @@ impl Default for ApiConfig {
             tenant_burst: 100,
             max_page_size: 100,
             callbacks_enabled: false,
+            callback_targets: TargetPolicy::default(),
         }
     }
 }

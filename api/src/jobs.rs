@@ -4,15 +4,14 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mmt_core::content::{content_hash, ContentHasher};
 use mmt_core::control::{
     Access, IdempotencyKey, ListQuery, SpooledAudio, Submission, SubmittedAudio, MAX_PRIORITY,
 };
 use mmt_core::input::{is_trace_parent, read_json, reference_problem, JsonProblem, JsonShape};
 use mmt_core::job::{JobId, JobStatus};
+use mmt_core::spool::SpoolWriter;
 use mmt_core::transcript::TranscriptFormat;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::PathBuf;
 
 use crate::auth::Caller;
@@ -22,6 +21,7 @@ use crate::views::{
     decode_cursor, encode_cursor, parse_rfc3339, JobList, JobRequest, JobView, ListParams,
     TranscriptFormatParam, TranscriptParams,
 };
+use crate::webhook::target::CallbackTarget;
 
 /// The header a client retries a submission with.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -46,14 +46,8 @@ const AUDIO_CONTENT_TYPES: &[&str] = &[
 /// spool file: what one upload in flight costs, however large it is.
 const SPOOL_WRITE_BYTES: usize = 1 << 20;
 
-/// Bytes kept from the start of an upload to tell its format.
-const SNIFF_BYTES: usize = 64;
-
 /// Jobs per page when the client does not say.
 const DEFAULT_PAGE_SIZE: u32 = 20;
-
-/// Longest accepted callback URL.
-const MAX_CALLBACK_URL: usize = 2048;
 
 /// Submit a transcription job.
 ///
@@ -133,12 +127,18 @@ pub async fn submit(
         let job = read_job_request(request, &state).await?;
         let reference = job.audio_reference.clone();
         check_reference_syntax(&reference)?;
+        let tenant = caller.tenant.clone();
+        let limit = state.config.max_upload_bytes as u64;
         let audio = state
-            .blocking(move |control| control.read_reference(&reference).map_err(ApiError::from))
+            .blocking(move |control| {
+                control
+                    .read_reference(&tenant, &reference, limit)
+                    .map_err(ApiError::from)
+            })
             .await?;
         SubmissionFields {
             source: job.audio_reference,
-            audio: Some(ReceivedAudio::in_memory(audio)),
+            audio: Some(ReceivedAudio::from(audio)),
             declared_type: None,
             patient_reference: job.patient_reference,
             encounter_reference: job.encounter_reference,
@@ -156,6 +156,15 @@ pub async fn submit(
         ));
     }
     let submission = fields.into_submission(&caller.tenant, idempotency_key, trace_parent)?;
+    if let Some(url) = &submission.callback_url {
+        // Its form, and where the host resolves now; the deliverer checks the
+        // addresses again at connect time.
+        CallbackTarget::parse(url)
+            .map_err(|err| ApiError::Unprocessable(err.to_string()))?
+            .check_async(state.config.callback_targets)
+            .await
+            .map_err(|err| ApiError::Unprocessable(err.to_string()))?;
+    }
     let tenant = caller.tenant.clone();
     let (submitted, job) = state
         .blocking(move |control| {
@@ -199,7 +208,7 @@ async fn discard_body(mut body: axum::body::Body, limit: usize) {
     }
 }
 
-/// Audio as received, with what the checks need of it.
+/// Audio as received (spooled to disk), with what the checks need of it.
 struct ReceivedAudio {
     audio: SubmittedAudio,
     content_hash: String,
@@ -208,13 +217,13 @@ struct ReceivedAudio {
     head: Vec<u8>,
 }
 
-impl ReceivedAudio {
-    fn in_memory(bytes: Vec<u8>) -> Self {
+impl From<SpooledAudio> for ReceivedAudio {
+    fn from(spooled: SpooledAudio) -> Self {
         Self {
-            content_hash: content_hash(&bytes),
-            len: bytes.len() as u64,
-            head: bytes[..bytes.len().min(SNIFF_BYTES)].to_vec(),
-            audio: SubmittedAudio::Bytes(bytes),
+            content_hash: spooled.content_hash().to_owned(),
+            len: spooled.len(),
+            head: spooled.head().to_vec(),
+            audio: SubmittedAudio::Spooled(spooled),
         }
     }
 }
@@ -276,9 +285,6 @@ impl SubmissionFields {
             return Err(ApiError::Unprocessable(format!(
                 "priority must be 0-{MAX_PRIORITY}"
             )));
-        }
-        if let Some(url) = &self.callback_url {
-            check_callback_url(url)?;
         }
         let idempotency = key.map(|key| IdempotencyKey {
             request_hash: self.fingerprint(&received.content_hash, priority),
@@ -394,16 +400,7 @@ async fn spool_upload(
     limit: usize,
     dir: PathBuf,
 ) -> Result<ReceivedAudio, ApiError> {
-    let file = tempfile::Builder::new()
-        .prefix("upload-")
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|err| spool_failed(&err))?;
-    let mut spool = Spool {
-        file,
-        hasher: ContentHasher::default(),
-    };
-    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    let mut spool = off_the_async_threads(move || SpoolWriter::create(&dir)).await?;
     let mut len = 0usize;
     let mut pending = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|err| {
@@ -417,65 +414,37 @@ async fn spool_upload(
         if len > limit {
             return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
         }
-        let wanted = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
-        head.extend_from_slice(&chunk[..wanted]);
         pending.extend_from_slice(&chunk);
         if pending.len() >= SPOOL_WRITE_BYTES {
-            let written;
-            (spool, written) = spool.append(pending).await?;
-            pending = written;
+            (spool, pending) = append(spool, pending).await?;
             pending.clear();
         }
     }
-    let (spool, _) = spool.append(pending).await?;
-    let (file, content_hash) = spool.finish(dir).await?;
-    Ok(ReceivedAudio {
-        audio: SubmittedAudio::Spooled(SpooledAudio::new(file, content_hash.clone(), len as u64)),
-        content_hash,
-        len: len as u64,
-        head,
+    let (spool, _) = append(spool, pending).await?;
+    let spooled = off_the_async_threads(move || spool.finish()).await?;
+    Ok(ReceivedAudio::from(spooled))
+}
+
+/// Hashes and writes `bytes` to the spool; gives the buffer back for reuse.
+async fn append(
+    mut spool: SpoolWriter,
+    bytes: Vec<u8>,
+) -> Result<(SpoolWriter, Vec<u8>), ApiError> {
+    off_the_async_threads(move || {
+        spool.append(&bytes)?;
+        Ok((spool, bytes))
     })
+    .await
 }
 
-/// An upload's temporary file and the hash of what was written to it.
-struct Spool {
-    file: tempfile::NamedTempFile,
-    hasher: ContentHasher,
-}
-
-impl Spool {
-    /// Hashes and writes `bytes` off the async threads; gives the buffer back
-    /// for reuse.
-    async fn append(self, bytes: Vec<u8>) -> Result<(Self, Vec<u8>), ApiError> {
-        tokio::task::spawn_blocking(move || {
-            let mut spool = self;
-            spool.hasher.update(&bytes);
-            spool
-                .file
-                .write_all(&bytes)
-                .map_err(|err| spool_failed(&err))?;
-            Ok((spool, bytes))
-        })
+/// Runs a spool's file I/O on the blocking threads.
+async fn off_the_async_threads<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| ApiError::internal("spooling the upload stopped"))?
-    }
-
-    /// Makes the file and its name durable; the file's path (removed when
-    /// dropped) and the content hash.
-    async fn finish(self, dir: PathBuf) -> Result<(tempfile::TempPath, String), ApiError> {
-        tokio::task::spawn_blocking(move || {
-            self.file
-                .as_file()
-                .sync_all()
-                .map_err(|err| spool_failed(&err))?;
-            std::fs::File::open(&dir)
-                .and_then(|folder| folder.sync_all())
-                .map_err(|err| spool_failed(&err))?;
-            Ok((self.file.into_temp_path(), self.hasher.finish()))
-        })
-        .await
-        .map_err(|_| ApiError::internal("spooling the upload stopped"))?
-    }
+        .map_err(|err| spool_failed(&err))
 }
 
 /// A spool file that cannot be written: the disk (full, read-only) is a
@@ -575,21 +544,6 @@ fn check_fhir_reference(
     match reference_problem(field, kind, reference) {
         Some(problem) => Err(ApiError::Unprocessable(problem.to_string())),
         None => Ok(()),
-    }
-}
-
-fn check_callback_url(url: &str) -> Result<(), ApiError> {
-    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-    let host_ok = url
-        .split_once("://")
-        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
-        .is_some_and(|host| !host.is_empty());
-    if scheme_ok && host_ok && url.len() <= MAX_CALLBACK_URL && !url.contains(char::is_whitespace) {
-        Ok(())
-    } else {
-        Err(ApiError::Unprocessable(format!(
-            "callback_url must be an http(s) URL of at most {MAX_CALLBACK_URL} characters"
-        )))
     }
 }
 
@@ -861,14 +815,6 @@ mod tests {
     }
 
     #[test]
-    fn callback_urls_must_be_http() {
-        assert!(check_callback_url("https://ehr.example/hooks/mmt").is_ok());
-        assert!(check_callback_url("ftp://ehr.example").is_err());
-        assert!(check_callback_url("https://").is_err());
-        assert!(check_callback_url("https://a b").is_err());
-    }
-
-    #[test]
     fn the_fingerprint_tells_requests_apart() {
         let fields = |patient: Option<&str>| SubmissionFields {
             source: "a.wav".into(),
@@ -879,8 +825,8 @@ mod tests {
             priority: None,
             callback_url: None,
         };
-        let audio = content_hash(&[1, 2, 3]);
-        let other_audio = content_hash(&[1, 2, 4]);
+        let audio = mmt_core::content::content_hash(&[1, 2, 3]);
+        let other_audio = mmt_core::content::content_hash(&[1, 2, 4]);
         let print = |patient, audio: &str, priority| fields(patient).fingerprint(audio, priority);
         assert_eq!(print(None, &audio, 0), print(None, &audio, 0));
         assert_ne!(print(None, &audio, 0), print(Some("Patient/1"), &audio, 0));

@@ -129,8 +129,11 @@ pub struct JobList {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
-    /// The audio as a `file://` URL or absolute path under the server's
-    /// audio-reference root (`MMT_AUDIO_REFERENCE_ROOT`, a shared volume).
+    /// The audio as a path relative to the tenant's folder on the server's
+    /// audio volume, `<MMT_AUDIO_REFERENCE_ROOT>/<tenant>/` (e.g.
+    /// `2024-05/dictation-0042.wav`): not absolute, no `..`, no symbolic
+    /// links; a regular file no larger than the upload limit. Any reference
+    /// that cannot be submitted gets the same 422.
     pub audio_reference: String,
     /// FHIR reference of the patient, `Patient/<id>`.
     #[serde(default)]

@@ -6,10 +6,10 @@
 //! broker's message is settled: bad input is never silently dropped, and a
 //! poison message never blocks the queue.
 //!
-//! Audio travels inline (base64) or by reference to a file under a root the
-//! operator configured (a shared volume). References outside that root, and any
-//! reference when no root is configured, are refused: a message must not be
-//! able to make the worker read arbitrary files.
+//! Audio travels inline (base64) or by reference to a file in the tenant's
+//! folder under a root the operator configured (a shared volume), read by
+//! [`crate::reference`]. Any reference when no root is configured is refused:
+//! a message must not be able to make the worker read arbitrary files.
 
 use base64::Engine as _;
 pub use mmt_core::input::is_trace_parent;
@@ -18,7 +18,9 @@ use mmt_core::input::{
 };
 use mmt_core::source::SourceRecord;
 use serde::{Deserialize, Serialize};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::reference::{ReferenceConfig, ReferenceResolver};
 
 /// Largest audio a message may carry or reference (decoded bytes).
 pub const MAX_AUDIO_BYTES: usize = 256 << 20;
@@ -69,7 +71,8 @@ pub enum AudioPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<String>,
     },
-    /// A file on a volume the workers share: `file:///…` or an absolute path.
+    /// A file on a volume the workers share: a path relative to the
+    /// tenant's folder, `<MMT_AUDIO_REFERENCE_ROOT>/<tenant>/`.
     Reference {
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,16 +193,18 @@ pub struct MessageContext {
 /// Reads message bodies into source records.
 #[derive(Debug, Clone, Default)]
 pub struct EnvelopeReader {
-    /// Folder under which `reference` audio may live; `None` refuses references.
-    pub reference_root: Option<PathBuf>,
+    /// Where `reference` audio is read; `None` refuses references.
+    references: Option<ReferenceResolver>,
     /// Tenant recorded for a message whose envelope cannot be read at all.
     pub fallback_tenant: String,
 }
 
 impl EnvelopeReader {
+    /// A reader resolving references under `reference_root` (one folder per
+    /// tenant), or refusing them when it is `None`.
     pub fn new(reference_root: Option<PathBuf>, fallback_tenant: impl Into<String>) -> Self {
         Self {
-            reference_root,
+            references: reference_root.map(|root| ReferenceConfig::new(root).build()),
             fallback_tenant: fallback_tenant.into(),
         }
     }
@@ -231,7 +236,7 @@ impl EnvelopeReader {
         record.tenant.clone_from(&envelope.tenant);
         record.patient_reference = envelope.patient_reference;
         record.encounter_reference = envelope.encounter_reference;
-        match self.audio(&envelope.audio) {
+        match self.audio(&envelope.tenant, &envelope.audio) {
             Ok((bytes, extension)) => {
                 record.bytes = bytes;
                 record.extension = extension;
@@ -241,16 +246,11 @@ impl EnvelopeReader {
         record
     }
 
-    /// The audio a reference names (a `file://` URL or absolute path under the
-    /// reference root), with its format from the extension. Reasons name no path.
-    pub fn read_reference(&self, url: &str) -> Result<(Vec<u8>, Option<String>), String> {
-        self.audio(&AudioPayload::Reference {
-            url: url.to_owned(),
-            format: None,
-        })
-    }
-
-    fn audio(&self, payload: &AudioPayload) -> Result<(Vec<u8>, Option<String>), String> {
+    fn audio(
+        &self,
+        tenant: &str,
+        payload: &AudioPayload,
+    ) -> Result<(Vec<u8>, Option<String>), String> {
         match payload {
             AudioPayload::Inline { data, format } => {
                 if data.len() / 4 * 3 > MAX_AUDIO_BYTES {
@@ -265,50 +265,18 @@ impl EnvelopeReader {
                 Ok((bytes, normalized_format(format.as_deref())))
             }
             AudioPayload::Reference { url, format } => {
-                let path = self.resolve_reference(url)?;
-                let extension = normalized_format(format.as_deref()).or_else(|| {
-                    path.extension()
-                        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                });
-                let size = std::fs::metadata(&path)
-                    .map_err(|err| format!("referenced audio cannot be read: {}", err.kind()))?
-                    .len();
-                if size > MAX_AUDIO_BYTES as u64 {
-                    return Err(format!(
-                        "referenced audio is larger than {MAX_AUDIO_BYTES} bytes"
-                    ));
-                }
-                let bytes = std::fs::read(&path)
-                    .map_err(|err| format!("referenced audio cannot be read: {}", err.kind()))?;
+                let Some(references) = &self.references else {
+                    return Err("audio references are not accepted by this worker (no reference root is configured)".into());
+                };
+                let audio = references
+                    .open(tenant, url, MAX_AUDIO_BYTES as u64)
+                    .map_err(|err| err.to_string())?;
+                let extension = normalized_format(format.as_deref())
+                    .or_else(|| audio.extension().map(str::to_owned));
+                let bytes = audio.read_to_vec().map_err(|err| err.to_string())?;
                 Ok((bytes, extension))
             }
         }
-    }
-
-    /// The file a reference names, if it lies under the configured root. The
-    /// path itself may hold PHI (a patient's name in a file name), so reasons
-    /// never quote it.
-    fn resolve_reference(&self, url: &str) -> Result<PathBuf, String> {
-        let Some(root) = &self.reference_root else {
-            return Err("audio references are not accepted by this worker (no reference root is configured)".into());
-        };
-        let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
-        if !path.is_absolute() || url.contains("://") && !url.starts_with("file://") {
-            return Err("audio reference must be a file:// URL or an absolute path".into());
-        }
-        if path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err("audio reference must not contain '..'".into());
-        }
-        let resolved = path
-            .canonicalize()
-            .map_err(|err| format!("referenced audio cannot be read: {}", err.kind()))?;
-        let root = root
-            .canonicalize()
-            .map_err(|err| format!("the reference root cannot be read: {}", err.kind()))?;
-        if !resolved.starts_with(&root) {
-            return Err("audio reference lies outside the reference root".into());
-        }
-        Ok(resolved)
     }
 }
 
@@ -440,48 +408,44 @@ mod tests {
     }
 
     #[test]
-    fn references_stay_under_the_root() {
+    fn references_are_read_from_the_tenants_folder_only() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("Smith_John.wav"), b"audio").unwrap();
+        std::fs::create_dir_all(root.path().join("a/2024")).unwrap();
+        std::fs::create_dir_all(root.path().join("b")).unwrap();
+        std::fs::write(root.path().join("a/2024/Smith_John.wav"), b"audio").unwrap();
+        std::fs::write(root.path().join("b/other.wav"), b"b's audio").unwrap();
         std::fs::write(outside.path().join("secret.wav"), b"nope").unwrap();
         let reader = EnvelopeReader::new(Some(root.path().to_owned()), "default");
-        let body = |url: String| {
+        let body = |tenant: &str, url: String| {
             serde_json::to_vec(&serde_json::json!({
-                "tenant": "a", "audio": {"reference": {"url": url}}
+                "tenant": tenant, "audio": {"reference": {"url": url}}
             }))
             .unwrap()
         };
-        let inside = format!("file://{}", root.path().join("Smith_John.wav").display());
-        let record = reader.read(&body(inside), context());
+        let record = reader.read(&body("a", "2024/Smith_John.wav".into()), context());
         assert_eq!(record.read_error, None);
         assert_eq!(record.bytes, b"audio");
         assert_eq!(record.extension.as_deref(), Some("wav"));
 
-        let escape = outside.path().join("secret.wav").display().to_string();
-        let reason = reader.read(&body(escape), context()).read_error.unwrap();
-        assert!(reason.contains("outside the reference root"));
-
-        let dotdot = format!("{}/../x.wav", root.path().display());
-        assert!(reader
-            .read(&body(dotdot), context())
-            .read_error
-            .unwrap()
-            .contains(".."));
-
-        let missing = format!("{}/Doe_Jane.wav", root.path().display());
-        let reason = reader.read(&body(missing), context()).read_error.unwrap();
-        assert!(!reason.contains("Doe"), "{reason}");
+        // Outside, another tenant's, missing: the same reason, naming no path.
+        let refusals = [
+            body("a", outside.path().join("secret.wav").display().to_string()),
+            body("a", "../b/other.wav".into()),
+            body("b", "../a/2024/Smith_John.wav".into()),
+            body("a", "2024/Doe_Jane.wav".into()),
+        ];
+        for refused in &refusals {
+            let reason = reader.read(refused, context()).read_error.unwrap();
+            assert_eq!(reason, crate::reference::REFUSED);
+        }
 
         let refused = EnvelopeReader::new(None, "default");
-        let inside = format!("file://{}", root.path().join("Smith_John.wav").display());
         assert!(refused
-            .read(&body(inside), context())
+            .read(&body("a", "2024/Smith_John.wav".into()), context())
             .read_error
             .unwrap()
             .contains("not accepted"));
-        let http = reader.read(&body("http://example.org/a.wav".into()), context());
-        assert!(http.read_error.unwrap().contains("file://"));
     }
 
     #[test]
@@ -504,7 +468,7 @@ mod tests {
 
     #[test]
     fn the_schema_examples_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/examples");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/examples");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

@@ -10,6 +10,7 @@
 //! - [`envelope`]: the job message both brokers carry.
 //! - [`tls`]: the TLS files of the links to brokers, Redis and databases, and
 //!   how each link is protected ([`tls::Transport`]).
+//! - [`reference`]: audio named by reference, per tenant under a shared root.
 //!
 //! One error type, [`ConnectorError`], classed for retry and dead-letter routing.
 
@@ -22,6 +23,7 @@ pub mod files;
 pub mod kafka;
 pub mod rabbitmq;
 pub mod redis;
+pub mod reference;
 pub mod sql;
 pub mod tls;
 

@@ -256,6 +256,7 @@ on_both_servers!(
     api_submit_page_delete_and_callbacks,
     racing_submissions_agree_on_one_job,
     takes_are_counted_and_bounded,
+    due_callbacks_are_bounded_per_tenant,
 );
 
 fn takes_are_counted_and_bounded(scratch: &Scratch) {
@@ -912,7 +913,10 @@ fn api_submit_page_delete_and_callbacks(scratch: &Scratch) {
 
     // Callbacks: due once the job is final; retried, then delivered.
     let now = unix_now();
-    assert!(store.due_callbacks(now + 60, 10).expect("due").is_empty());
+    assert!(store
+        .due_callbacks(now + 60, 10, 10)
+        .expect("due")
+        .is_empty());
     let mut done = completed(&hex_id(1), 100);
     done.completed_at = now;
     store.complete(&done).expect("complete");
@@ -924,7 +928,7 @@ fn api_submit_page_delete_and_callbacks(scratch: &Scratch) {
         store.completed_since(now + 1, None).expect("since"),
         (0, 0.0)
     );
-    let due = store.due_callbacks(now + 60, 10).expect("due");
+    let due = store.due_callbacks(now + 60, 10, 10).expect("due");
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].url, "https://cb/1?t=x");
     assert_eq!(due[0].attempts, 0);
@@ -933,14 +937,20 @@ fn api_submit_page_delete_and_callbacks(scratch: &Scratch) {
     store
         .callback_failed(&id(&hex_id(1)), "HTTP 502", Some(now + 120))
         .expect("failed");
-    assert!(store.due_callbacks(now + 60, 10).expect("due").is_empty());
-    let due = store.due_callbacks(now + 120, 10).expect("due");
+    assert!(store
+        .due_callbacks(now + 60, 10, 10)
+        .expect("due")
+        .is_empty());
+    let due = store.due_callbacks(now + 120, 10, 10).expect("due");
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].attempts, 1);
     store
         .callback_delivered(&id(&hex_id(1)), now + 121)
         .expect("delivered");
-    assert!(store.due_callbacks(i64::MAX, 10).expect("due").is_empty());
+    assert!(store
+        .due_callbacks(i64::MAX, 10, 10)
+        .expect("due")
+        .is_empty());
     // A dead letter's callback is due too; giving up ends it.
     let dead = meta(&hex_id(3), 100);
     store
@@ -949,13 +959,16 @@ fn api_submit_page_delete_and_callbacks(scratch: &Scratch) {
     store
         .dead_letter(&letter(&hex_id(3), Stage::Decode, 1))
         .expect("dead letter");
-    let due = store.due_callbacks(now + 60, 10).expect("due");
+    let due = store.due_callbacks(now + 60, 10, 10).expect("due");
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].job.status, JobStatus::DeadLettered);
     store
         .callback_failed(&id(&hex_id(3)), "HTTP 410", None)
         .expect("give up");
-    assert!(store.due_callbacks(i64::MAX, 10).expect("due").is_empty());
+    assert!(store
+        .due_callbacks(i64::MAX, 10, 10)
+        .expect("due")
+        .is_empty());
 
     // Delete: the row, its keys and its callback, in one go.
     assert!(store.delete(&id(&hex_id(1))).expect("delete"));
@@ -975,6 +988,46 @@ fn api_submit_page_delete_and_callbacks(scratch: &Scratch) {
     assert_eq!(purged, [id(&hex_id(2)), id(&hex_id(3))]);
     assert_eq!(scratch.rows_in("idempotency_keys"), 0);
     assert_eq!(scratch.rows_in("job_callbacks"), 0);
+}
+
+/// A tenant's backlog of due callbacks takes at most its share of a page:
+/// the other tenant's callback is on the page however far behind it is due.
+fn due_callbacks_are_bounded_per_tenant(scratch: &Scratch) {
+    let mut store = scratch.store();
+    let mut jobs = Vec::new();
+    for (n, tenant) in [
+        (1, "clinic-a"),
+        (2, "clinic-a"),
+        (3, "clinic-a"),
+        (4, "clinic-b"),
+    ] {
+        let job = JobMeta {
+            tenant: tenant.to_owned(),
+            ..meta(&hex_id(n), 100)
+        };
+        store
+            .submit(&submission(&job, None, Some("https://cb/x")))
+            .expect("submit");
+        jobs.push(job);
+    }
+    for job in &jobs {
+        store
+            .complete(&completed(&job.id.0, 100))
+            .expect("complete");
+    }
+    let now = unix_now() + 60;
+    let tenants = |due: &[mmt_connectors::sql::DueCallback]| {
+        due.iter()
+            .map(|d| d.job.meta.tenant.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(store.due_callbacks(now, 10, 10).expect("due").len(), 4);
+    let page = store.due_callbacks(now, 10, 2).expect("due");
+    assert_eq!(tenants(&page), ["clinic-a", "clinic-a", "clinic-b"]);
+    let page = store.due_callbacks(now, 2, 1).expect("due");
+    let mut seen = tenants(&page);
+    seen.sort();
+    assert_eq!(seen, ["clinic-a", "clinic-b"]);
 }
 
 fn racing_submissions_agree_on_one_job(scratch: &Scratch) {

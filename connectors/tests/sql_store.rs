@@ -36,6 +36,43 @@ fn creates_the_file_in_wal_mode_and_answers_health_checks() {
     store.insert_queued(&meta("a1", 1)).expect("insert");
     // WAL mode keeps a -wal file beside the database while connections are open.
     assert!(dir.path().join("db/jobs.db-wal").exists());
+    // The database holds PHI: owner-only, its WAL and shared memory too, and
+    // the folder it made.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for file in ["db/jobs.db", "db/jobs.db-wal", "db/jobs.db-shm"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    assert_eq!(mode("db"), 0o700);
+}
+
+#[test]
+fn an_existing_database_with_a_wide_mode_is_narrowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    drop(
+        SqlJobStoreConfig::new(format!("sqlite://{}", path.display()))
+            .build(false)
+            .expect("create"),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut store = SqlJobStoreConfig::new(format!("sqlite://{}", path.display()))
+        .build(false)
+        .expect("reopen");
+    store.health_check().expect("healthy");
+    let mode = std::fs::metadata(&path)
+        .expect("exists")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
 }
 
 #[test]
@@ -764,7 +801,10 @@ fn callbacks_are_due_once_the_job_is_final() {
             .expect("submit");
     }
     // Nothing is final yet.
-    assert!(store.due_callbacks(now + 60, 10).expect("due").is_empty());
+    assert!(store
+        .due_callbacks(now + 60, 10, 10)
+        .expect("due")
+        .is_empty());
     store.complete(&completed("done", 100)).expect("complete");
     store
         .dead_letter(&letter("dead", Stage::Inference, 2))
@@ -777,8 +817,11 @@ fn callbacks_are_due_once_the_job_is_final() {
         .expect("t");
     store.complete(&completed("quiet", 100)).expect("complete");
     // Due from the submission on, not before.
-    assert!(store.due_callbacks(now - 60, 10).expect("due").is_empty());
-    let due = store.due_callbacks(now + 60, 10).expect("due");
+    assert!(store
+        .due_callbacks(now - 60, 10, 10)
+        .expect("due")
+        .is_empty());
+    let due = store.due_callbacks(now + 60, 10, 10).expect("due");
     let mut jobs: Vec<_> = due.iter().map(|d| d.job.meta.id.0.as_str()).collect();
     jobs.sort_unstable();
     assert_eq!(jobs, ["dead", "done"]);
@@ -794,17 +837,17 @@ fn callbacks_are_due_once_the_job_is_final() {
         !format!("{done:?}").contains("token"),
         "Debug hides the URL"
     );
-    assert_eq!(store.due_callbacks(now + 60, 1).expect("due").len(), 1);
+    assert_eq!(store.due_callbacks(now + 60, 1, 1).expect("due").len(), 1);
     // A failed delivery is tried again at the time given, not before.
     store
         .callback_failed(&id("done"), "HTTP 503", Some(now + 300))
         .expect("failed");
     assert_eq!(last_error(&dir, "done").as_deref(), Some("HTTP 503"));
     assert_eq!(
-        ids_of(&store.due_callbacks(now + 60, 10).expect("due")),
+        ids_of(&store.due_callbacks(now + 60, 10, 10).expect("due")),
         ["dead"]
     );
-    let later = store.due_callbacks(now + 300, 10).expect("due");
+    let later = store.due_callbacks(now + 300, 10, 10).expect("due");
     // Oldest due first: "dead" has been due since the submission.
     assert_eq!(ids_of(&later), ["dead", "done"]);
     assert_eq!(later[1].attempts, 1);
@@ -821,7 +864,10 @@ fn callbacks_are_due_once_the_job_is_final() {
     store
         .callback_failed(&id("dead"), &long, None)
         .expect("give up");
-    assert!(store.due_callbacks(i64::MAX, 10).expect("due").is_empty());
+    assert!(store
+        .due_callbacks(i64::MAX, 10, 10)
+        .expect("due")
+        .is_empty());
     let stored = last_error(&dir, "dead").expect("error");
     assert!(stored.len() <= 1_000 && stored.chars().all(|c| c == 'é'));
     // Unknown jobs are no error.
@@ -831,6 +877,37 @@ fn callbacks_are_due_once_the_job_is_final() {
     store
         .callback_failed(&id("ghost"), "x", Some(now))
         .expect("failed");
+}
+
+#[test]
+fn due_callbacks_are_bounded_per_tenant() {
+    let (_dir, mut store) = temp_store();
+    for (job, tenant) in [
+        ("a1", "clinic-a"),
+        ("a2", "clinic-a"),
+        ("a3", "clinic-a"),
+        ("b1", "clinic-b"),
+    ] {
+        let meta = tenant_meta(tenant, job, 100);
+        store
+            .submit(&submission(&meta, None, Some("https://hooks.example/x")))
+            .expect("submit");
+        store.complete(&completed(job, 100)).expect("complete");
+    }
+    let now = unix_now() + 60;
+    assert_eq!(
+        ids_of(&store.due_callbacks(now, 10, 10).expect("due")),
+        ["a1", "a2", "a3", "b1"]
+    );
+    // Tenant a's backlog takes at most its share; b is on the page.
+    assert_eq!(
+        ids_of(&store.due_callbacks(now, 10, 2).expect("due")),
+        ["a1", "a2", "b1"]
+    );
+    assert_eq!(
+        ids_of(&store.due_callbacks(now, 2, 1).expect("due")),
+        ["a1", "b1"]
+    );
 }
 
 fn ids_of(due: &[DueCallback]) -> Vec<&str> {

@@ -15,63 +15,24 @@ use crate::job::{JobId, JobStatus, Stage};
 use crate::transcript::Transcript;
 use serde::{Deserialize, Serialize};
 
+pub use crate::spool::SpooledAudio;
+
 /// Highest job priority (as the job envelope's and AMQP's 0–9 scale).
 pub const MAX_PRIORITY: u8 = 9;
 
 /// The encoded audio of a submission.
 #[derive(Debug)]
 pub enum SubmittedAudio {
-    /// Held in memory (audio named by reference).
+    /// Held in memory.
     Bytes(Vec<u8>),
-    /// An upload streamed to a file in the spool folder ([`JobControl::spool_dir`]).
+    /// An upload, or audio named by reference, streamed to a file in the
+    /// spool folder ([`JobControl::spool_dir`]).
     Spooled(SpooledAudio),
 }
 
 impl Default for SubmittedAudio {
     fn default() -> Self {
         Self::Bytes(Vec::new())
-    }
-}
-
-/// An upload written to a temporary file and hashed as it arrived, so its
-/// size never costs memory. The file (owner-only, named `*.partial` so that a
-/// crash's leftovers are recognised) is removed when this is dropped, unless
-/// it was [`persist`](Self::persist)ed: every refusal cleans up after itself.
-#[derive(Debug)]
-pub struct SpooledAudio {
-    file: tempfile::TempPath,
-    content_hash: String,
-    len: u64,
-}
-
-impl SpooledAudio {
-    /// A spooled file (already fsynced), its content hash and length.
-    pub fn new(file: tempfile::TempPath, content_hash: String, len: u64) -> Self {
-        Self {
-            file,
-            content_hash,
-            len,
-        }
-    }
-
-    /// The content hash of the audio (as `content::content_hash` of its bytes).
-    pub fn content_hash(&self) -> &str {
-        &self.content_hash
-    }
-
-    /// Bytes in the file.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the file is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Renames the file to `path` (in the same folder's file system), keeping it.
-    pub fn persist(self, path: &std::path::Path) -> std::io::Result<()> {
-        self.file.persist(path).map_err(|err| err.error)
     }
 }
 
@@ -279,8 +240,17 @@ pub trait JobControl: Send + Sync {
         std::env::temp_dir()
     }
 
-    /// Reads audio named by reference (a path under the configured root).
-    fn read_reference(&self, reference: &str) -> Result<Vec<u8>, ControlError>;
+    /// Spools the audio `tenant` names by reference (a path relative to the
+    /// tenant's folder under the reference root) into [`Self::spool_dir`],
+    /// refusing a file over `max_bytes`. Every refusal that depends on the
+    /// file system is one and the same `Invalid` answer, so that a reference
+    /// cannot probe which files exist.
+    fn read_reference(
+        &self,
+        tenant: &str,
+        reference: &str,
+        max_bytes: u64,
+    ) -> Result<SpooledAudio, ControlError>;
 
     /// The job, if it exists and belongs to `tenant`.
     fn job(&self, tenant: &str, id: &JobId) -> Result<Option<JobRecord>, ControlError>;
@@ -313,8 +283,10 @@ pub trait JobControl: Send + Sync {
     /// The status page's figures for `tenant`.
     fn overview(&self, tenant: &str, recent: u32) -> Result<Overview, ControlError>;
 
-    /// Completion callbacks due now, at most `limit`.
-    fn due_callbacks(&self, limit: u32) -> Result<Vec<DueCallback>, ControlError>;
+    /// Completion callbacks due now, the longest due first: at most `limit`
+    /// in all and at most `per_tenant` of each tenant, so that one tenant's
+    /// backlog never hides another tenant's callbacks.
+    fn due_callbacks(&self, limit: u32, per_tenant: u32) -> Result<Vec<DueCallback>, ControlError>;
 
     /// Records a delivery attempt: `Ok` delivered; `Err(reason)` failed, to be
     /// retried at `retry_at` (unix seconds) or given up when `None`.

@@ -6,10 +6,12 @@ pub mod error;
 pub mod idempotency;
 pub mod input;
 pub mod job;
+pub mod owner_only;
 pub mod phi;
 pub mod redact;
 pub mod retry;
 pub mod source;
+pub mod spool;
 pub mod telemetry;
 pub mod transcript;
 

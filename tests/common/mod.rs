@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod proxy;
+pub mod receivers;
 pub mod service;
 
 // Not every test binary checks a service.

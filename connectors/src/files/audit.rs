@@ -82,7 +82,7 @@ impl Repair for AuditTrail {
 impl AuditTrail {
     fn open(path: &Path, rotate_at: Option<u64>) -> Result<Self> {
         let mut trail = Self {
-            log: KeyedLog::open(path, FileMode::SHARED)?,
+            log: KeyedLog::open(path, FileMode::PHI)?,
             path: path.to_owned(),
             prev: genesis_link(),
             base: genesis_link(),

@@ -32,7 +32,7 @@ impl DeadLetterFileSink {
     /// line. Most callers use [`super::DeadLetterFileConfig::build`].
     pub fn open(path: &Path) -> Result<Self> {
         Ok(Self {
-            log: SharedLog::open(path, FileMode::SHARED)?,
+            log: SharedLog::open(path, FileMode::PHI)?,
         })
     }
 

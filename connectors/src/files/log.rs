@@ -49,15 +49,12 @@ pub(crate) struct FileMode {
 }
 
 impl FileMode {
-    /// Owner read/write only, enforced: for files holding PHI.
+    /// Owner read/write only, enforced: for files holding PHI, and for the
+    /// audit trail and dead letters too (tenants, job ids and failure reasons
+    /// of patients' recordings: a log shipper reads them as the service user).
     pub const PHI: Self = Self {
-        mode: 0o600,
+        mode: mmt_core::owner_only::FILE_MODE,
         enforce: true,
-    };
-    /// Owner read/write, group read (a log shipper): for PHI-free files.
-    pub const SHARED: Self = Self {
-        mode: 0o640,
-        enforce: false,
     };
 
     fn dir_mode(self) -> u32 {

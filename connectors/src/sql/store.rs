@@ -49,6 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mmt_core::job::{
     CompletedJob, ComponentError, DeadLetter, DueJob, JobId, JobMeta, JobStatus, JobStore, Take,
 };
+use mmt_core::owner_only;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -105,10 +106,15 @@ const COMPLETED: &str = "SELECT COUNT(*) AS n, SUM(audio_seconds) AS seconds FRO
      WHERE status = ? AND completed_at >= ?";
 
 /// Callbacks not yet delivered nor given up whose job is final (the two
-/// terminal statuses bound), soonest due first.
-const DUE_CALLBACKS_FROM: &str = "FROM job_callbacks c JOIN jobs j ON j.id = c.job_id \
+/// terminal statuses bound), each ranked within its tenant, soonest due first.
+const DUE_CALLBACKS_RANKED: &str = "FROM job_callbacks c JOIN jobs j ON j.id = c.job_id \
      WHERE c.delivered_at IS NULL AND c.gave_up_at IS NULL AND c.next_attempt_at <= ? \
-     AND j.status IN (?, ?) ORDER BY c.next_attempt_at, c.job_id LIMIT ?";
+     AND j.status IN (?, ?)";
+
+/// Of those, at most a bound number per tenant, then at most a bound number
+/// in all, soonest due first: one tenant's backlog (a receiver that is down)
+/// never fills the page and hides the other tenants' callbacks.
+const DUE_CALLBACKS_PAGE: &str = "WHERE tenant_rank <= ? ORDER BY callback_due, id LIMIT ?";
 
 const CALLBACK_DELIVERED: &str =
     "UPDATE job_callbacks SET delivered_at = ? WHERE job_id = ? AND delivered_at IS NULL";
@@ -292,8 +298,11 @@ impl Statements {
             completed_all: text(COMPLETED),
             completed_by_tenant: text(&format!("{COMPLETED} AND tenant = ?")),
             due_callbacks: text(&format!(
-                "SELECT {joined_columns}, c.url AS callback_url, \
-                 c.attempts AS callback_attempts {DUE_CALLBACKS_FROM}"
+                "SELECT * FROM (SELECT {joined_columns}, c.url AS callback_url, \
+                 c.attempts AS callback_attempts, c.next_attempt_at AS callback_due, \
+                 ROW_NUMBER() OVER (PARTITION BY j.tenant \
+                 ORDER BY c.next_attempt_at, c.job_id) AS tenant_rank \
+                 {DUE_CALLBACKS_RANKED}) due_now {DUE_CALLBACKS_PAGE}"
             )),
             callback_delivered: text(CALLBACK_DELIVERED),
             callback_retry: text(&CALLBACK_FAILED.replace("{field}", "next_attempt_at")),
@@ -937,9 +946,15 @@ impl SqlJobStore {
 
     /// Callbacks to deliver now: of jobs final (completed or dead-lettered),
     /// neither delivered nor given up, due at or before `now`; the longest due
-    /// first, at most `limit`. Several deliverers polling at once may each get
-    /// the same callback: delivery is at least once.
-    pub fn due_callbacks(&mut self, now: i64, limit: u32) -> Result<Vec<DueCallback>> {
+    /// first, at most `per_tenant` of each tenant and `limit` in all. Several
+    /// deliverers polling at once may each get the same callback: delivery is
+    /// at least once.
+    pub fn due_callbacks(
+        &mut self,
+        now: i64,
+        limit: u32,
+        per_tenant: u32,
+    ) -> Result<Vec<DueCallback>> {
         let sql = &self.sql;
         on_pool!(&self.pool, |pool| {
             let rows = self.runtime.block_on(
@@ -947,6 +962,7 @@ impl SqlJobStore {
                     .bind(now)
                     .bind(JobStatus::Completed.as_str())
                     .bind(JobStatus::DeadLettered.as_str())
+                    .bind(i64::from(per_tenant))
                     .bind(i64::from(limit))
                     .fetch_all(pool),
             )?;
@@ -1078,7 +1094,7 @@ async fn connect_sqlite(config: &SqlJobStoreConfig) -> Result<SqlitePool> {
         .busy_timeout(Duration::from_millis(config.busy_timeout_ms));
     let in_memory = config.url.contains(":memory:") || config.url.contains("mode=memory");
     if !in_memory {
-        create_parent_dir(options.get_filename())?;
+        create_owner_only(options.get_filename())?;
     }
     let mut pool_options = SqlitePoolOptions::new()
         .max_connections(config.max_connections)
@@ -1208,13 +1224,25 @@ fn unreadable(id: &JobId, column: &'static str, value: &str) -> ConnectorError {
     }
 }
 
-/// SQLite creates a missing database file but not its folder.
-fn create_parent_dir(file: &Path) -> Result<()> {
-    match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => std::fs::create_dir_all(dir)
-            .map_err(|source| ConnectorError::io("creating directory", dir, source)),
-        _ => Ok(()),
+/// The database holds PHI: its folder is made 0700 if missing, and the file
+/// 0600 before SQLite opens it (SQLite would create it 0644, and gives its
+/// `-wal` and `-shm` files the database file's mode). Files an older version
+/// left with a wider mode are narrowed.
+fn create_owner_only(file: &Path) -> Result<()> {
+    if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        owner_only::create_dir_all(dir)
+            .map_err(|source| ConnectorError::io("creating directory", dir, source))?;
     }
+    owner_only::create_file(file).map_err(|source| ConnectorError::io("creating", file, source))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = file.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = Path::new(&companion);
+        owner_only::restrict(companion).map_err(|source| {
+            ConnectorError::io("restricting permissions of", companion, source)
+        })?;
+    }
+    Ok(())
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.

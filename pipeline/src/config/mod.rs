@@ -31,7 +31,8 @@
 //! `MAX_WORKERS_PER_CORE`; `MAX_WORKERS_PER_CORE`, `ASYNC_MAX_WORKERS`,
 //! `ASYNC_QUEUE_MAXSIZE`, `RETENTION_DAYS`, `ASYNC_TASK_RETENTION_DAYS` or
 //! `REDIS_BLOOM_TTL_SECONDS`, `MMT_API_MAX_QUEUED_JOBS` or
-//! `MMT_API_MAX_QUEUED_PER_TENANT` of 0; `EXTERNAL_*_ENABLED` without its `*_HOST`;
+//! `MMT_API_MAX_QUEUED_PER_TENANT` of 0; `MMT_WEBHOOK_SECRET` shorter than 32
+//! bytes; `EXTERNAL_*_ENABLED` without its `*_HOST`;
 //! `ENABLE_REDIS_BLOOM_IDEMPOTENCY` without external Redis; an `ORT_DYLIB_PATH` that
 //! does not name ONNX Runtime; a bad `OTEL_TRACES_SAMPLER_ARG` ratio; a link's TLS
 //! files (`MMT_{RABBITMQ,REDIS,KAFKA}_TLS_*_FILE`) set while its TLS is off, or a
@@ -79,6 +80,7 @@ mod sources;
 mod telemetry;
 mod tls;
 mod vars;
+mod webhook;
 mod workers;
 
 #[cfg(test)]
@@ -106,6 +108,7 @@ pub use security::SecurityConfig;
 pub use sources::{KafkaConfig, SinksAndIngestConfig};
 pub use telemetry::{Exporter, OtlpProtocol, Propagator, Sampler, TelemetryConfig};
 pub use vars::parse_bool;
+pub use webhook::WebhookSettings;
 pub use workers::{WorkerLimit, WorkerPlan, WorkersConfig};
 
 use vars::{Echo, Vars};
@@ -179,6 +182,8 @@ pub struct Config {
     pub intake: IntakeConfig,
     /// Limits on the recordings accepted.
     pub audio: AudioConfig,
+    /// Completion webhooks of `mmt serve`.
+    pub webhook: WebhookSettings,
 }
 
 /// A configuration and every problem found reading and validating it.
@@ -313,6 +318,7 @@ impl Config {
             model: ModelConfig::from_vars(vars, root),
             intake: IntakeConfig::from_vars(vars),
             audio: AudioConfig::from_vars(vars),
+            webhook: WebhookSettings::from_vars(vars),
         }
     }
 
@@ -335,6 +341,7 @@ impl Config {
         self.model.validate(env, &mut out);
         self.intake.validate(env, &mut out);
         self.audio.validate(env, &mut out);
+        self.webhook.validate(env, &mut out);
         out
     }
 
@@ -400,6 +407,7 @@ fn known_variable(name: &str) -> Option<&'static str> {
         .chain(intake::VARIABLES)
         .chain(audit::VARIABLES)
         .chain(security::VARIABLES)
+        .chain(webhook::VARIABLES)
         .find(|known| **known == name)
         .copied()
 }

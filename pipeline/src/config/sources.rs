@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use mmt_connectors::fhir::FhirServerConfig;
 use mmt_connectors::kafka::{KafkaSasl, KafkaSourceConfig, SaslMechanism, SecurityProtocol};
+use mmt_connectors::reference::ReferenceConfig;
 use mmt_connectors::tls::{is_local_host, TlsClientFiles};
 
 use super::secret::Secret;
@@ -74,8 +75,9 @@ pub struct KafkaConfig {
 /// Where message-borne jobs may point and where documents go.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinksAndIngestConfig {
-    /// `MMT_AUDIO_REFERENCE_ROOT`: folder (a shared volume) under which a job
-    /// envelope may reference its audio; unset refuses references.
+    /// `MMT_AUDIO_REFERENCE_ROOT`: folder (a shared volume) holding one folder
+    /// per tenant, `<root>/<tenant>/`, in which a job envelope or an API
+    /// request may reference its audio by relative path; unset refuses references.
     pub audio_reference_root: Option<PathBuf>,
     /// `FHIR_SERVER_URL` and the other `FHIR_SERVER_*` variables: a FHIR R4
     /// server where DocumentReferences are created (conditional create) instead
@@ -231,11 +233,10 @@ impl SinksAndIngestConfig {
 
     pub(super) fn validate(&self, env: Environment, out: &mut Vec<Problem>) {
         if let Some(root) = &self.audio_reference_root {
-            if !root.is_absolute() {
-                out.push(Problem::fatal(
-                    MMT_AUDIO_REFERENCE_ROOT,
-                    "must be an absolute path",
-                ));
+            if let Err(problems) = ReferenceConfig::new(root).validate() {
+                for problem in problems {
+                    out.push(Problem::fatal(MMT_AUDIO_REFERENCE_ROOT, problem.message));
+                }
             }
         }
         if let Some(Err(problems)) = self.fhir.as_ref().map(|f| f.validate(env.is_prod())) {

@@ -27,16 +27,17 @@ use crate::run::plan::{
 };
 use crate::run::{setup, OutputPaths, Resources, RunError};
 use intake::{ApiQueue, ApiQueueSource, QueueLimits, Refusal, RETRY_AFTER_SECONDS};
-use mmt_connectors::envelope::{message_id_for, EnvelopeReader, JobEnvelope};
+use mmt_connectors::envelope::{message_id_for, JobEnvelope};
 use mmt_connectors::fhir::document_reference;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqSource};
+use mmt_connectors::reference::{ReferenceConfig, ReferenceError, ReferenceResolver};
 use mmt_connectors::sql::{
     DueCallback as StoredCallback, IdempotencyRecord, JobRow, NewSubmission, PageQuery,
     SqlJobStore, SqlJobStoreConfig, SubmissionOutcome,
 };
 use mmt_core::control::{
     Access, ControlError, DueCallback, JobControl, JobFailureView, JobPage, JobRecord, ListCursor,
-    ListQuery, Overview, Readiness, Submission, Submitted, SubmittedAudio,
+    ListQuery, Overview, Readiness, SpooledAudio, Submission, Submitted, SubmittedAudio,
 };
 use mmt_core::job::{
     unix_now, AuditAction, AuditEvent, AuditSink, CompletedJob, DocumentSink, JobId, JobStatus,
@@ -95,7 +96,8 @@ pub struct ServiceControl {
     uploads: UploadStore,
     documents: Mutex<Box<dyn DocumentSink>>,
     audit: Mutex<Box<dyn AuditSink>>,
-    references: EnvelopeReader,
+    /// Audio references, per tenant under `MMT_AUDIO_REFERENCE_ROOT`; `None` refuses them.
+    references: Option<ReferenceResolver>,
     metrics: Metrics,
     /// Bounds a broker intake by its queue depth (the embedded queue holds its own).
     limits: QueueLimits,
@@ -176,7 +178,11 @@ pub fn open(
         uploads,
         documents: Mutex::new(documents),
         audit: Mutex::new(audit),
-        references: envelope_reader(config),
+        references: config
+            .sinks
+            .audio_reference_root
+            .clone()
+            .map(|root| ReferenceConfig::new(root).build()),
         metrics: metrics.clone(),
         limits,
         submission_locks: (0..SUBMISSION_LOCKS).map(|_| Mutex::new(())).collect(),
@@ -642,11 +648,31 @@ impl JobControl for ServiceControl {
         self.uploads.dir().to_path_buf()
     }
 
-    fn read_reference(&self, reference: &str) -> Result<Vec<u8>, ControlError> {
-        self.references
-            .read_reference(reference)
-            .map(|(bytes, _)| bytes)
-            .map_err(ControlError::Invalid)
+    /// Streams the referenced file into the upload folder (a rename keeps it).
+    fn read_reference(
+        &self,
+        tenant: &str,
+        reference: &str,
+        max_bytes: u64,
+    ) -> Result<SpooledAudio, ControlError> {
+        let Some(references) = &self.references else {
+            return Err(ControlError::Invalid(
+                "this server accepts no audio references (MMT_AUDIO_REFERENCE_ROOT is not set)"
+                    .to_owned(),
+            ));
+        };
+        references
+            .open(tenant, reference, max_bytes)
+            .and_then(|audio| audio.spool_into(self.uploads.dir()))
+            .map_err(|err| match err {
+                ReferenceError::Refused => ControlError::Invalid(err.to_string()),
+                ReferenceError::Spool(kind) => {
+                    tracing::error!(error = %kind, "a referenced file could not be spooled to disk");
+                    ControlError::Unavailable(
+                        "the referenced audio could not be stored; retry later".to_owned(),
+                    )
+                }
+            })
     }
 
     fn job(&self, tenant: &str, id: &JobId) -> Result<Option<JobRecord>, ControlError> {
@@ -834,10 +860,10 @@ impl JobControl for ServiceControl {
         })
     }
 
-    fn due_callbacks(&self, limit: u32) -> Result<Vec<DueCallback>, ControlError> {
+    fn due_callbacks(&self, limit: u32, per_tenant: u32) -> Result<Vec<DueCallback>, ControlError> {
         let due = self
             .store()
-            .due_callbacks(unix_now(), limit)
+            .due_callbacks(unix_now(), limit, per_tenant)
             .map_err(|e| unavailable("the job store", e))?;
         Ok(due
             .into_iter()

@@ -14,13 +14,14 @@
 
 use mmt_core::control::SpooledAudio;
 use mmt_core::job::JobId;
+use mmt_core::owner_only;
 use mmt_core::source::AudioFile;
 use mmt_operators::identity::content_hash_of;
 use mmt_operators::records::SourceRecord;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What an upload's metadata file holds (PHI: references and file name).
@@ -60,10 +61,7 @@ impl UploadStore {
     /// left half-written.
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+        owner_only::create_dir_all(&dir)?;
         let store = Self { dir };
         let removed = store.remove_incomplete()?;
         if removed > 0 {
@@ -252,7 +250,7 @@ fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(owner_only::FILE_MODE)
         .open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_data()?;
