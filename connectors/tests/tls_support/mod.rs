@@ -44,13 +44,13 @@ pub fn require_binary(what: &str, path: Option<PathBuf>) -> Option<PathBuf> {
 
 /// The first of `candidates` that is a file, else `name` on `PATH`.
 pub fn find_binary(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)
                 .map(|dir| dir.join(name))
                 .collect()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     candidates
         .iter()
         .cloned()
