@@ -44,13 +44,13 @@ pub fn require_binary(what: &str, path: Option<PathBuf>) -> Option<PathBuf> {
 
 /// The first of `candidates` that is a file, else `name` on `PATH`.
 pub fn find_binary(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)
                 .map(|dir| dir.join(name))
                 .collect()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     candidates
         .iter()
         .cloned()
@@ -278,21 +278,22 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // The group: wrappers (runuser, a start script) and the server behind them.
+        // The whole group: wrappers (runuser, a start script) and the server
+        // behind them. Waits for a clean shutdown, so that nothing (shared
+        // memory, a node name) outlives the test; kills what is left after that.
         let group = format!("-{}", self.child.id());
         let signal = |name: &str| {
-            let _ = Command::new("kill")
+            Command::new("kill")
                 .args([name, "--", &group])
                 .stderr(Stdio::null())
-                .status();
+                .status()
+                .is_ok_and(|status| status.success())
         };
         signal(self.stop_signal);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                // The leader is gone; give the rest of the group a moment.
-                std::thread::sleep(Duration::from_millis(200));
-                signal("-KILL");
+            let _ = self.child.try_wait();
+            if !signal("-0") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -275,7 +275,9 @@ mod tests {
                 ("MMT_KAFKA_SASL_PASSWORD", "pw"),
             ],
         );
-        let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+        // (variables, the variable named, the service named)
+        type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             (RABBITMQ.to_vec(), "MMT_RABBITMQ_TLS", "RabbitMQ"),
             (REDIS.to_vec(), "MMT_REDIS_TLS", "Redis"),
             (KAFKA.to_vec(), "MMT_KAFKA_SECURITY_PROTOCOL", "Kafka"),
