@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
 
 use super::client::FhirServerSink;
 use super::document::JOB_ID_SYSTEM;
@@ -318,48 +319,36 @@ fn number<T: std::str::FromStr>(
 
 /// Pushes the problems of a base URL; returns its scheme when it has a known one.
 fn check_base_url(url: &str, problems: &mut Vec<ConfigProblem>) -> Option<&'static str> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        problems.push(ConfigProblem::new(
-            "base_url",
-            "must be an http:// or https:// URL (e.g. https://fhir.example.org/r4)",
-        ));
-        return None;
-    };
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "https" => "https",
-        "http" => "http",
-        _ => {
-            problems.push(ConfigProblem::new(
-                "base_url",
-                "must use http:// or https://",
-            ));
-            return None;
-        }
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        problems.push(ConfigProblem::new("base_url", "names no host"));
-    }
-    if authority.contains('@') {
-        problems.push(ConfigProblem::new(
-            "base_url",
-            "must not carry credentials: use bearer_token",
-        ));
-    }
-    if rest.contains(['?', '#']) {
-        problems.push(ConfigProblem::new(
-            "base_url",
-            "must be the FHIR base, without a query or fragment",
-        ));
-    }
+    let mut problem = |rule: &'static str| problems.push(ConfigProblem::new("base_url", rule));
+    // The parser strips surrounding whitespace and tabs silently: refuse them
+    // first, so what is configured is what is called.
     if url
         .bytes()
         .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
     {
-        problems.push(ConfigProblem::new(
-            "base_url",
-            "must not contain whitespace",
-        ));
+        problem("must not contain whitespace");
+        return None;
+    }
+    let Ok(parsed) = Url::parse(url) else {
+        problem("must be an http:// or https:// URL (e.g. https://fhir.example.org/r4)");
+        return None;
+    };
+    let scheme = match parsed.scheme() {
+        "https" => "https",
+        "http" => "http",
+        _ => {
+            problem("must use http:// or https://");
+            return None;
+        }
+    };
+    if parsed.host_str().is_none_or(str::is_empty) {
+        problem("names no host");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        problem("must not carry credentials: use bearer_token");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        problem("must be the FHIR base, without a query or fragment");
     }
     Some(scheme)
 }

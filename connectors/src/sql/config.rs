@@ -300,22 +300,16 @@ impl fmt::Debug for SqlJobStoreConfig {
 }
 
 /// Whether a server URL names its database: a path after the host, or
-/// Postgres's `dbname=` parameter. Pure text inspection (no parsing by the
-/// driver, which reads `~/.pgpass`).
+/// Postgres's `dbname=` parameter. Parsed by the `url` crate only (not by the
+/// driver, which would read `~/.pgpass`).
 fn names_server_database(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
+    let Ok(parsed) = Url::parse(url) else {
         return false;
     };
-    let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
-    let (base, query) = after_userinfo
-        .split_once('?')
-        .unwrap_or((after_userinfo, ""));
-    let database = base.split_once('/').map_or("", |(_, path)| path);
-    !database.trim_matches('/').is_empty()
-        || query.split('&').any(|pair| {
-            pair.strip_prefix("dbname=")
-                .is_some_and(|db| !db.is_empty())
-        })
+    !parsed.path().trim_matches('/').is_empty()
+        || parsed
+            .query_pairs()
+            .any(|(key, value)| key == "dbname" && !value.is_empty())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Serialize, Serializer};
+use url::Url;
 
 use mmt_core::redact::{redact_url_with, UserName};
 
@@ -94,9 +95,7 @@ impl Serialize for HostPort {
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     raw: String,
-    https: bool,
-    host: String,
-    port: Option<u16>,
+    parsed: Url,
 }
 
 impl HttpUrl {
@@ -104,29 +103,20 @@ impl HttpUrl {
     pub const EXPECTED: &'static str =
         "an http:// or https:// URL, e.g. http://otel-collector:4318";
 
-    /// Parses `value`.
+    /// Parses `value` with the `url` crate (WHATWG rules), then keeps only
+    /// what a collector or server address may be: http(s), a host, a port
+    /// other than 0, and no whitespace (which the parser would silently strip).
     pub fn parse(value: &str) -> Option<Self> {
         if value.chars().any(char::is_whitespace) {
             return None;
         }
-        let (scheme, rest) = value.split_once("://")?;
-        let https = match scheme.to_ascii_lowercase().as_str() {
-            "http" => false,
-            "https" => true,
-            _ => return None,
-        };
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let host_port = authority.rsplit('@').next().unwrap_or_default();
-        let (host, port) = split_host_port(host_port)?;
-        let port = match port {
-            Some(p) => Some(p.parse().ok().filter(|&p: &u16| p != 0)?),
-            None => None,
-        };
-        valid_host(host).then(|| Self {
+        let parsed = Url::parse(value).ok()?;
+        let acceptable = matches!(parsed.scheme(), "http" | "https")
+            && parsed.host_str().is_some_and(|host| !host.is_empty())
+            && parsed.port() != Some(0);
+        acceptable.then(|| Self {
             raw: value.to_owned(),
-            https,
-            host: host.to_owned(),
-            port,
+            parsed,
         })
     }
 
@@ -137,17 +127,22 @@ impl HttpUrl {
 
     /// Whether the scheme is `https`.
     pub fn is_https(&self) -> bool {
-        self.https
+        self.parsed.scheme() == "https"
     }
 
-    /// The host.
+    /// The host (an IPv6 address without brackets).
     pub fn host(&self) -> &str {
-        &self.host
+        let host = self.parsed.host_str().unwrap_or_default();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
     }
 
     /// The port, explicit or the scheme's default.
     pub fn port(&self) -> u16 {
-        self.port.unwrap_or(if self.https { 443 } else { 80 })
+        self.parsed
+            .port_or_known_default()
+            .unwrap_or(if self.is_https() { 443 } else { 80 })
     }
 }
 

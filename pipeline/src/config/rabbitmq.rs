@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use mmt_connectors::tls::{TlsClientFiles, Transport};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
 
 use super::external::External;
@@ -11,6 +12,13 @@ use super::secret::Secret;
 use super::tls::{PhiLink, TlsFileVars};
 use super::vars::{Echo, Vars};
 use super::{Environment, Problem};
+
+/// Everything but RFC 3986's unreserved characters is escaped in a URL component.
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 const EXTERNAL_RABBITMQ_ENABLED: &str = "EXTERNAL_RABBITMQ_ENABLED";
 const EXTERNAL_RABBITMQ_HOST: &str = "EXTERNAL_RABBITMQ_HOST";
@@ -167,7 +175,9 @@ impl RabbitMqConfig {
     }
 
     /// The broker's AMQP URL, `amqps://` with TLS (holds the password: pass it
-    /// only to the client).
+    /// only to the client). The user, password and vhost are percent-encoded
+    /// (so the default vhost `/` becomes the `%2F` AMQP expects, and a `%` in a
+    /// password is not read back as an escape).
     pub fn url(&self) -> String {
         let HostPort { host, port } = self.broker();
         let host = if host.contains(':') {
@@ -176,11 +186,12 @@ impl RabbitMqConfig {
             host
         };
         let scheme = if self.tls { "amqps" } else { "amqp" };
+        let encode = |text| utf8_percent_encode(text, URL_COMPONENT);
         format!(
             "{scheme}://{}:{}@{host}:{port}/{}",
-            percent_encode(&self.user),
-            percent_encode(self.password.expose()),
-            percent_encode(&self.vhost)
+            encode(&self.user),
+            encode(self.password.expose()),
+            encode(&self.vhost)
         )
     }
 
@@ -188,17 +199,4 @@ impl RabbitMqConfig {
     pub(super) fn tls_file_paths(&self) -> Vec<(&'static str, &Path)> {
         TLS_FILES.set(&self.tls_files)
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
