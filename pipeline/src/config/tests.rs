@@ -926,3 +926,17 @@ fn a_missing_rs256_key_folder_is_a_file_problem() {
         .iter()
         .any(|p| p.variable == "MMT_JWT_PUBLIC_KEYS_DIR" && p.is_fatal()));
 }
+
+#[test]
+fn amqp_url_escapes_credentials_and_vhost() {
+    let config = load(&[
+        ("MMT_RABBITMQ_USER", "mmt@clinic"),
+        ("MMT_RABBITMQ_PASSWORD", "p%41ss:w/rd@1"),
+        ("MMT_RABBITMQ_VHOST", "/"),
+    ])
+    .config;
+    assert_eq!(
+        config.rabbitmq.url(),
+        "amqp://mmt%40clinic:p%2541ss%3Aw%2Frd%401@127.0.0.1:5672/%2F"
+    );
+}
