@@ -100,7 +100,11 @@ overridden by .Values.env, sorted by name; then the Secret references and extraE
 {{- if eq .component "api" -}}
 {{- $_ := set $derived "MMT_API_LISTEN" (printf "0.0.0.0:%v" $v.api.port) -}}
 {{- end -}}
-{{- $all := merge (deepCopy (default (dict) $v.env)) $derived -}}
+{{- /* Not `merge`: it would let a derived "true" replace an operator's false. */ -}}
+{{- $all := $derived -}}
+{{- range $name, $value := (default (dict) $v.env) -}}
+{{- $_ := set $all $name $value -}}
+{{- end -}}
 {{- $audit := "" -}}
 {{- if $v.auditLogs.enabled -}}
 {{- $audit = include "mmt.auditFile" $root -}}
