@@ -4,6 +4,7 @@ changes the rendered manifests as docs/operations.md says."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -96,6 +97,8 @@ def test_env_AUDIT_LOG_FILE_sets_the_folder_of_the_volume_and_a_chain_per_pod():
     for _, _, container in ct.containers(moved):
         assert mounts(container)["audit"] == "/var/log/mmt"
         assert ct.literal_env(container)["AUDIT_LOG_FILE"] == "/var/log/mmt/trail-mmt-pod-0.jsonl"
+    shared = ct.render(GUIDE + ["auditLogs.perPod=false"])
+    assert all(ct.literal_env(c)["AUDIT_LOG_FILE"] == "/app/logs/audit.log" for _, _, c in ct.containers(shared))
     with pytest.raises(helm.HelmError, match="absolute"):
         ct.render(without("env.AUDIT_LOG_FILE=/app/logs/audit.log") + ["env.AUDIT_LOG_FILE=audit.log"])
 
@@ -321,9 +324,9 @@ def test_every_alert_has_a_runbook_entry():
 
 
 def test_mmt_check_accepts_the_production_environment_of_every_pod():
-    mmt = ct.ROOT / "target" / "release" / "mmt"
+    mmt = Path(os.environ.get("MMT_BIN", ct.ROOT / "target" / "release" / "mmt"))
     if not mmt.exists():
-        pytest.skip("target/release/mmt is not built (make setup builds it)")
+        pytest.skip(f"{mmt} is not built (make setup builds it; MMT_BIN names another)")
     ort = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "onnxruntime" / "capi" / "libonnxruntime.so.1.31.1"
     results = ct.prod_check(mmt, GUIDE, ct.ROOT / "models" / "tiny.en", ort)
     assert len(results) == 4

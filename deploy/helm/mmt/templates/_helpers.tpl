@@ -122,7 +122,11 @@ overridden by .Values.env, sorted by name; then the Secret references and extraE
 {{- /* One hash chain per pod: audit.log -> audit-<pod name>.log (Kubernetes expands $(POD_NAME)). */}}
 {{- $ext := ext $audit }}
 - name: AUDIT_LOG_FILE
+  {{- if $v.auditLogs.perPod }}
   value: {{ printf "%s-$(POD_NAME)%s" (trimSuffix $ext $audit) $ext | quote }}
+  {{- else }}
+  value: {{ $audit | quote }}
+  {{- end }}
 {{- end }}
 {{- range $name, $key := $v.secrets.keys }}
 {{- if $key }}
