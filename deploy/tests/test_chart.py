@@ -66,6 +66,13 @@ def test_every_rendered_manifest_validates_against_its_schema(sets):
         ct.validate(manifest)
 
 
+@pytest.mark.parametrize("sets", [[], GUIDE], ids=["defaults", "guide"])
+def test_helm_lint_strict_finds_nothing_above_info(sets):
+    report = helm.lint(str(ct.CHART), ct.values_from_sets(sets), strict=True, kube_version="v1.27.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] > 1] == []
+
+
 def test_the_validator_rejects_what_kubernetes_and_keda_would():
     manifests = ct.render(GUIDE)
     api = one(manifests, "Deployment", "mmt-api")
@@ -333,3 +340,16 @@ def test_mmt_check_accepts_the_production_environment_of_every_pod():
     for name, code, output in results:
         assert code == 0, f"ENV=prod mmt check refused {name}:\n{output}"
         assert "ENV=prod" in output
+
+
+def test_the_chart_and_the_image_agree_on_paths_and_user():
+    dockerfile = (ct.ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM "):]
+    assert re.search(r"^USER 10001:10001$", runtime, re.M), "the runtime stage must end as uid 10001"
+    env = ct.literal_env(one(ct.render(GUIDE), "Deployment", "mmt-worker")["spec"]["template"]["spec"]["containers"][0])
+    for name in ("MMT_MODEL_DIR", "ORT_DYLIB_PATH"):
+        assert f"{name}={env[name]}" in runtime, name
+    assert f"COPY --from=model /out/model {env['MMT_MODEL_DIR']}" in runtime
+    assert f"COPY --from=model /out/libonnxruntime.so.1.31.1 {env['ORT_DYLIB_PATH']}" in runtime
+    pod = one(ct.render(GUIDE), "Deployment", "mmt-api")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 10001
