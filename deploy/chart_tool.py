@@ -62,13 +62,24 @@ CRD_SCHEMAS = {
 }
 
 
+def _merge_value(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return _deep_merge(base, over)
+    if isinstance(base, list) and isinstance(over, list):
+        # `--set a[0].x=1 --set a[0].y=2` fills one element, as Helm's strvals
+        # does when it parses every flag into the same map: by index.
+        merged = copy.deepcopy(base) + [None] * max(0, len(over) - len(base))
+        for index, item in enumerate(over):
+            if item is not None:
+                merged[index] = _merge_value(merged[index], item) if merged[index] is not None else copy.deepcopy(item)
+        return merged
+    return copy.deepcopy(over)
+
+
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
+        out[key] = _merge_value(out[key], value) if key in out else copy.deepcopy(value)
     return out
 
 

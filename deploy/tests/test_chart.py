@@ -353,3 +353,17 @@ def test_the_chart_and_the_image_agree_on_paths_and_user():
     assert f"COPY --from=model /out/libonnxruntime.so.1.31.1 {env['ORT_DYLIB_PATH']}" in runtime
     pod = one(ct.render(GUIDE), "Deployment", "mmt-api")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_a_private_ca_can_be_mounted_for_the_broker():
+    manifests = ct.render(GUIDE + [
+        "extraVolumes[0].name=ca", "extraVolumes[0].configMap.name=hospital-ca",
+        "extraVolumeMounts[0].name=ca", "extraVolumeMounts[0].mountPath=/etc/mmt/ca", "extraVolumeMounts[0].readOnly=true",
+        "env.MMT_RABBITMQ_TLS_CA_FILE=/etc/mmt/ca/ca.crt",
+    ])
+    for name, pod, container in ct.containers(manifests):
+        assert {"name": "ca", "configMap": {"name": "hospital-ca"}} in pod["volumes"], name
+        assert mounts(container)["ca"] == "/etc/mmt/ca"
+        assert ct.literal_env(container)["MMT_RABBITMQ_TLS_CA_FILE"] == "/etc/mmt/ca/ca.crt"
+    for manifest in manifests:
+        ct.validate(manifest)

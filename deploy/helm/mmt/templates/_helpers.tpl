@@ -194,6 +194,9 @@ seccompProfile:
   persistentVolumeClaim:
     claimName: {{ include "mmt.auditClaim" . }}
 {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "mmt.volumeMounts" -}}
@@ -209,6 +212,9 @@ seccompProfile:
 {{- if .Values.auditLogs.enabled }}
 - name: audit
   mountPath: {{ dir (include "mmt.auditFile" .) }}
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
