@@ -2,6 +2,7 @@
 # The MMT image: `mmt` built from this repository, ONNX Runtime's shared library
 # and the exported tiny.en model, on a minimal Debian runtime, run as uid 10001.
 # Build: docker build -t mmt:$(git describe --always) .   (CI: .github/workflows/ci-cd.yml)
+# Run the API: docker run -p 8080:8080 mmt serve --listen 0.0.0.0:8080 ...
 # The Helm chart (deploy/helm/mmt) runs it with a read-only root filesystem.
 
 ARG RUST_VERSION=1.95.0
@@ -39,8 +40,7 @@ COPY --from=build /src/target/release/mmt /usr/local/bin/mmt
 COPY --from=model /out/libonnxruntime.so.1.31.1 /opt/mmt/lib/libonnxruntime.so.1.31.1
 COPY --from=model /out/model /opt/mmt/model
 ENV MMT_MODEL_DIR=/opt/mmt/model \
-    ORT_DYLIB_PATH=/opt/mmt/lib/libonnxruntime.so.1.31.1 \
-    MMT_API_LISTEN=0.0.0.0:8080
+    ORT_DYLIB_PATH=/opt/mmt/lib/libonnxruntime.so.1.31.1
 USER 10001:10001
 WORKDIR /var/lib/mmt
 EXPOSE 8080

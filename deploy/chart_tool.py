@@ -211,6 +211,16 @@ def prod_check(mmt: Path, sets: list[str] | tuple[str, ...], model_dir: Path, or
     return results
 
 
+def default_ort_lib() -> Path:
+    """ONNX Runtime's library in the repository's virtualenv (scripts/setup.sh), else in this Python's."""
+    name = "onnxruntime/capi/libonnxruntime.so.1.31.1"
+    for prefix in (ROOT / ".venv", Path(sys.prefix)):
+        found = sorted(prefix.glob(f"lib/python3*/site-packages/{name}"))
+        if found:
+            return found[-1]
+    return ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / name
+
+
 def _self_signed(folder: Path) -> None:
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mmt-api",
@@ -227,9 +237,7 @@ def main() -> int:
     parser.add_argument("--guide", action="store_true", help="prepend the operators' guide's --set flags")
     parser.add_argument("--mmt", type=Path, default=ROOT / "target" / "release" / "mmt")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "tiny.en")
-    parser.add_argument("--ort-lib", type=Path,
-                        default=Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-                        / "site-packages" / "onnxruntime" / "capi" / "libonnxruntime.so.1.31.1")
+    parser.add_argument("--ort-lib", type=Path, default=default_ort_lib())
     args = parser.parse_args()
     sets = (list(GUIDE_FLAGS) if args.guide else []) + args.sets
     if args.command == "render":

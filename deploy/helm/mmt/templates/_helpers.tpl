@@ -97,9 +97,6 @@ overridden by .Values.env, sorted by name; then the Secret references and extraE
 {{- if $v.vault.enabled -}}
 {{- $_ := set $derived "VAULT_ADDR" $v.vault.address -}}
 {{- end -}}
-{{- if eq .component "api" -}}
-{{- $_ := set $derived "MMT_API_LISTEN" (printf "0.0.0.0:%v" $v.api.port) -}}
-{{- end -}}
 {{- /* Not `merge`: it would let a derived "true" replace an operator's false. */ -}}
 {{- $all := $derived -}}
 {{- range $name, $value := (default (dict) $v.env) -}}
