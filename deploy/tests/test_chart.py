@@ -144,6 +144,7 @@ def test_keda_enabled_renders_a_scaled_object_on_the_queue_length():
     scaled = one(after, "ScaledObject", "mmt-worker")["spec"]
     assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mmt-worker"}
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"], scaled["pollingInterval"], scaled["cooldownPeriod"]) == (2, 7, 11, 99)
+    assert scaled["fallback"] == {"failureThreshold": 3, "replicas": 2}
     trigger = scaled["triggers"][0]
     assert trigger["type"] == "rabbitmq"
     assert trigger["metadata"] == {"protocol": "amqp", "queueName": "mmt.jobs", "mode": "QueueLength", "value": "20"}
