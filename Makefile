@@ -82,4 +82,5 @@ deny:
 ## Copies the alert rules into the chart, where Helm can read them (a chart
 ## cannot read files outside its folder); deploy/tests checks that they match.
 chart-alerts:
+	mkdir -p deploy/helm/mmt/files
 	cp alerts/alerts_prometheus.yml deploy/helm/mmt/files/alerts_prometheus.yml
