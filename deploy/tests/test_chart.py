@@ -368,3 +368,14 @@ def test_a_private_ca_can_be_mounted_for_the_broker():
         assert ct.literal_env(container)["MMT_RABBITMQ_TLS_CA_FILE"] == "/etc/mmt/ca/ca.crt"
     for manifest in manifests:
         ct.validate(manifest)
+
+
+def test_the_documented_command_carries_every_flag_tested_here():
+    doc = (ct.ROOT / "docs" / "operations.md").read_text()
+    command = re.search(r"helm upgrade --install mmt \./helm/mmt.*?(?=\n```)", doc, re.S).group(0)
+    flags = []
+    for line in command.replace("\\\n", "\n").splitlines():
+        for part in line.split("--set ")[1:]:
+            flags.append(part.strip().replace('"', ""))
+    for flag in GUIDE:
+        assert flag in flags, f"docs/operations.md's helm command lacks --set {flag}: {flags}"
