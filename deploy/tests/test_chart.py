@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -379,3 +380,27 @@ def test_the_documented_command_carries_every_flag_tested_here():
             flags.append(part.strip().replace('"', ""))
     for flag in GUIDE:
         assert flag in flags, f"docs/operations.md's helm command lacks --set {flag}: {flags}"
+
+
+def test_the_runtime_stage_installs_every_library_the_binary_and_onnx_runtime_link():
+    """ldd of the binary and of libonnxruntime here (the same Debian release as the
+    image's base): each library must come from a package of the runtime stage's
+    apt-get line or from debian:bookworm-slim itself."""
+    mmt = Path(os.environ.get("MMT_BIN", ct.ROOT / "target" / "release" / "mmt"))
+    if not mmt.exists() or not ct.default_ort_lib().exists():
+        pytest.skip("needs target/release/mmt and ONNX Runtime (make setup)")
+    dockerfile = (ct.ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM "):]
+    installed = set(re.search(r"apt-get install -y --no-install-recommends ([^\\\n&]+)", runtime).group(1).split())
+    in_slim_base = {"libc6", "libgcc-s1", "libstdc++6"}
+    ldd = subprocess.run(["ldd", str(mmt), str(ct.default_ort_lib())], capture_output=True, text=True, check=True).stdout
+    assert "not found" not in ldd, ldd
+    for library in sorted(set(re.findall(r"=> (/\S+)", ldd))):
+        owner = None
+        for path in (library, os.path.realpath(library)):
+            found = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True)
+            if found.returncode == 0:
+                owner = found.stdout.split(":")[0]
+                break
+        assert owner, f"{library}: no Debian package owns it"
+        assert owner in installed | in_slim_base, f"{library} comes from {owner}, which the runtime stage does not install"
