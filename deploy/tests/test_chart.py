@@ -219,7 +219,7 @@ def test_api_and_workers_run_the_documented_commands():
     worker = one(manifests, "Deployment", "mmt-worker")["spec"]["template"]["spec"]["containers"][0]
     assert worker["args"][:3] == ["run", "--source", "rabbitmq"]
     dlq = one(manifests, "CronJob", "mmt-dlq-reprocessor")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert dlq["args"] == ["dlq", "reprocess"]
+    assert dlq["args"] == ["dlq", "reprocess", "--out", "/var/lib/mmt"]
 
 
 def test_probes_hit_healthz_and_readyz():
