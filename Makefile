@@ -4,7 +4,7 @@ SHELL := /bin/bash
 MMT := target/release/mmt
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null && echo "cargo nextest run --no-fail-fast" || echo "cargo test")
 
-.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract bench bench-pipeline bench-api clean-model
+.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract bench bench-pipeline bench-api clean-model deploy-test deny chart-alerts
 
 setup:
 	scripts/setup.sh
@@ -24,8 +24,8 @@ demo: setup
 ## Everything CI checks: formatting, lints, Rust and Python tests (the
 ## integration tests use PostgreSQL, MariaDB, Redis and RabbitMQ on 127.0.0.1,
 ## started here if down; Kafka is tansu from the dev virtualenv), and the
-## API contract check.
-test: setup-dev services lint rust-test python-test api-contract
+## API contract check, and the deployment checks (deploy-test).
+test: setup-dev services lint rust-test python-test api-contract deploy-test
 
 services:
 	scripts/services.sh
@@ -61,3 +61,26 @@ fmt:
 
 clean-model:
 	rm -rf models
+
+## The deployment: the Helm chart rendered by Helm's engine and every manifest
+## validated against the Kubernetes, KEDA and Prometheus Operator schemas, each
+## flag of the guide's `helm upgrade --install` command, `ENV=prod mmt check` on
+## the chart's environment; actionlint on .github/workflows; hadolint on the
+## Dockerfile; cargo deny. (DEV_VENV: a virtualenv with requirements-dev.txt.)
+DEV_VENV ?= .venv
+deploy-test: deny
+	$(DEV_VENV)/bin/python -m pytest -q deploy/tests
+	$(DEV_VENV)/bin/actionlint
+	$(DEV_VENV)/bin/hadolint Dockerfile
+	@echo "deploy-test: chart, workflow and Dockerfile checks passed"
+
+## Licences, bans and sources of the Cargo.lock tree (deny.toml). Advisories
+## need the RustSec database from GitHub: CI runs them, this machine cannot.
+deny:
+	cargo deny check licenses bans sources
+
+## Copies the alert rules into the chart, where Helm can read them (a chart
+## cannot read files outside its folder); deploy/tests checks that they match.
+chart-alerts:
+	mkdir -p deploy/helm/mmt/files
+	cp alerts/alerts_prometheus.yml deploy/helm/mmt/files/alerts_prometheus.yml

