@@ -35,6 +35,10 @@ pub enum Command {
     /// Check the audit trail's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage the encryption keyring (MMT_ENCRYPTION_KEYS): rotate, list,
+    /// retire keys; re-encrypt stored data under the current key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Export or inspect the ONNX model.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -263,6 +267,39 @@ pub struct RetentionArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a fresh key that seals new data from now on (creates the keyring
+    /// if it does not exist); old data stays readable.
+    Rotate(KeysArgs),
+    /// List the keys (ids, states, which is current; never key material).
+    List(KeysArgs),
+    /// Retire a key: data still sealed under it is refused from now on.
+    Retire {
+        #[command(flatten)]
+        keys: KeysArgs,
+        /// The key id.
+        id: String,
+    },
+    /// Re-seal every transcript and upload not under the current key (for a
+    /// CronJob after a rotation); clear text from before encryption is sealed.
+    Reencrypt(ReencryptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The keyring file (default: MMT_ENCRYPTION_KEYS).
+    #[arg(long)]
+    pub keyring: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReencryptArgs {
+    /// The `--out` folder of `mmt run`/`mmt serve` (the embedded store and uploads).
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check every link of the audit trail (the file and its rotated
     /// predecessors, oldest first); report the first broken one and exit 1.
@@ -307,6 +344,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) | Self::Audit(_) => "warn",
+            Self::Keys(_) => "warn",
             Self::Run(_) | Self::Retention(_) | Self::Submit(_) | Self::Token(_) => "warn",
             Self::Bench(_) => "warn",
             Self::Serve(_) => "info",
@@ -323,6 +361,7 @@ impl Command {
             Self::Retention(RetentionCommand::Purge(args)) => crate::run::retention(args),
             Self::Check(args) => check(args),
             Self::Audit(AuditCommand::Verify(args)) => crate::audit::verify(args),
+            Self::Keys(command) => crate::keys::run(command),
             Self::Model(ModelCommand::Export(args)) => export(args),
             Self::Model(ModelCommand::Info) => info(),
             Self::Bench(args) => crate::bench::run(args),

@@ -81,6 +81,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         transcribe: transcribe_options(&args),
         chunking: ChunkConfig::default(),
         max_audio_seconds: Some(config.audio.max_audio_seconds),
+        sealer: mmt_pipeline::run::plan::sealer(&config)?,
         retention: Retention {
             days: config.retention.retention_days,
             interval: Duration::from_secs(3600),

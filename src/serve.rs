@@ -95,6 +95,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         },
         chunking: ChunkConfig::default(),
         max_audio_seconds: Some(config.audio.max_audio_seconds),
+        sealer: mmt_pipeline::run::plan::sealer(&config)?,
         retention: Retention {
             days: config.retention.retention_days,
             interval: UPLOAD_RETENTION_INTERVAL,

@@ -7,6 +7,7 @@ use axum::Json;
 use mmt_core::control::{
     Access, IdempotencyKey, ListQuery, SpooledAudio, Submission, SubmittedAudio, MAX_PRIORITY,
 };
+use mmt_core::crypt::Sealer;
 use mmt_core::input::{is_trace_parent, read_json, reference_problem, JsonProblem, JsonShape};
 use mmt_core::job::{JobId, JobStatus};
 use mmt_core::spool::SpoolWriter;
@@ -121,8 +122,8 @@ pub async fn submit(
         let multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|_| ApiError::BadRequest("malformed multipart body".into()))?;
-        let spool_dir = state.control.spool_dir();
-        read_upload(multipart, state.config.max_upload_bytes, spool_dir).await?
+        let spool = (state.control.spool_dir(), state.control.spool_sealer());
+        read_upload(multipart, state.config.max_upload_bytes, spool).await?
     } else if content_type.starts_with("application/json") {
         let job = read_job_request(request, &state).await?;
         let reference = job.audio_reference.clone();
@@ -328,7 +329,7 @@ impl SubmissionFields {
 async fn read_upload(
     mut multipart: Multipart,
     limit: usize,
-    spool_dir: PathBuf,
+    spool: (PathBuf, Option<Sealer>),
 ) -> Result<SubmissionFields, ApiError> {
     let mut fields = SubmissionFields {
         source: String::new(),
@@ -353,7 +354,7 @@ async fn read_upload(
                 fields.source = field.file_name().unwrap_or("upload").to_owned();
                 fields.declared_type = field.content_type().map(str::to_ascii_lowercase);
                 // A second audio part replaces the first (whose file is removed).
-                fields.audio = Some(spool_upload(field, limit, spool_dir.clone()).await?);
+                fields.audio = Some(spool_upload(field, limit, spool.clone()).await?);
             }
             "patient_reference" | "encounter_reference" | "priority" | "callback_url" => {
                 let value = field.text().await.map_err(too_large)?;
@@ -398,9 +399,11 @@ async fn read_upload(
 async fn spool_upload(
     mut field: axum::extract::multipart::Field<'_>,
     limit: usize,
-    dir: PathBuf,
+    (dir, sealer): (PathBuf, Option<Sealer>),
 ) -> Result<ReceivedAudio, ApiError> {
-    let mut spool = off_the_async_threads(move || SpoolWriter::create(&dir)).await?;
+    // Sealed from the first byte when encryption is on (MMT_ENCRYPTION_KEYS).
+    let mut spool =
+        off_the_async_threads(move || SpoolWriter::create_sealed(&dir, sealer.as_ref())).await?;
     let mut len = 0usize;
     let mut pending = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|err| {

@@ -56,6 +56,15 @@ pub enum ConnectorError {
         reason: String,
     },
 
+    /// A job's transcript could not be sealed or opened (a broken keyring,
+    /// a retired or unknown key, altered ciphertext). Names no content.
+    #[error("job {job_id}: transcript: {source}")]
+    Crypt {
+        job_id: String,
+        #[source]
+        source: mmt_core::crypt::CryptError,
+    },
+
     /// A record could not be serialised (a bug: our records always serialise).
     #[error("serialising {what}: {source}")]
     Serialize {
@@ -146,6 +155,7 @@ impl ConnectorError {
                 retryable: *retryable,
             },
             Self::FhirProtocol { .. } => ErrorClass::External { retryable: false },
+            Self::Crypt { source, .. } => source.class(),
             Self::Config { .. }
             | Self::Corrupt { .. }
             | Self::Migrate(_)

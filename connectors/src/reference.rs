@@ -240,8 +240,17 @@ impl ReferencedAudio {
     /// The file copied into a spool file in `dir`, hashed on the way, holding
     /// at most one chunk in memory.
     pub fn spool_into(self, dir: &Path) -> Result<SpooledAudio, ReferenceError> {
+        self.spool_sealed_into(dir, None)
+    }
+
+    /// [`Self::spool_into`], sealing the spool file with `sealer` when there is one.
+    pub fn spool_sealed_into(
+        self,
+        dir: &Path,
+        sealer: Option<&mmt_core::crypt::Sealer>,
+    ) -> Result<SpooledAudio, ReferenceError> {
         let spool_failed = |err: std::io::Error| ReferenceError::Spool(err.kind());
-        let mut spool = SpoolWriter::create(dir).map_err(spool_failed)?;
+        let mut spool = SpoolWriter::create_sealed(dir, sealer).map_err(spool_failed)?;
         self.read_chunks(|chunk| spool.append(chunk))?;
         spool.finish().map_err(spool_failed)
     }

@@ -240,6 +240,12 @@ pub trait JobControl: Send + Sync {
         std::env::temp_dir()
     }
 
+    /// The sealer of spooled uploads (`MMT_ENCRYPTION_KEYS`), `None` when
+    /// they are kept in clear.
+    fn spool_sealer(&self) -> Option<crate::crypt::Sealer> {
+        None
+    }
+
     /// Spools the audio `tenant` names by reference (a path relative to the
     /// tenant's folder under the reference root) into [`Self::spool_dir`],
     /// refusing a file over `max_bytes`. Every refusal that depends on the

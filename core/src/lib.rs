@@ -2,6 +2,7 @@
 
 pub mod content;
 pub mod control;
+pub mod crypt;
 pub mod error;
 pub mod idempotency;
 pub mod input;

@@ -7,11 +7,21 @@
 //! in, and [`SpoolWriter::finish`] makes it durable and hands back a
 //! [`SpooledAudio`], whose file is removed when it is dropped unless it is
 //! [`persist`](SpooledAudio::persist)ed: every refusal cleans up after itself.
+//!
+//! With a [`Sealer`] (`MMT_ENCRYPTION_KEYS`), the file is a sealed stream
+//! ([`crate::crypt::stream`], context [`SEALED_CONTEXT`]) from its first
+//! byte: the audio is never on disk in clear. The hash, length and head are
+//! the audio's own.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::content::ContentHasher;
+use crate::crypt::stream::SealedWriter;
+use crate::crypt::Sealer;
+
+/// The context (AAD) of sealed audio files: a sealed audio file opens only as one.
+pub const SEALED_CONTEXT: &[u8] = b"mmt-audio";
 
 /// Bytes kept from the start of the audio to tell its format by.
 pub const HEAD_BYTES: usize = 64;
@@ -53,10 +63,17 @@ impl SpooledAudio {
     }
 }
 
+/// The spool file, written in clear or sealed.
+#[derive(Debug)]
+enum SpoolFile {
+    Clear(tempfile::NamedTempFile),
+    Sealed(Box<SealedWriter<tempfile::NamedTempFile>>),
+}
+
 /// A spool file being written.
 #[derive(Debug)]
 pub struct SpoolWriter {
-    file: tempfile::NamedTempFile,
+    file: SpoolFile,
     dir: PathBuf,
     hasher: ContentHasher,
     len: u64,
@@ -66,10 +83,21 @@ pub struct SpoolWriter {
 impl SpoolWriter {
     /// A new, empty spool file in `dir` (mode 0600, as `tempfile` creates them).
     pub fn create(dir: &Path) -> std::io::Result<Self> {
+        Self::create_sealed(dir, None)
+    }
+
+    /// [`SpoolWriter::create`], sealing the file with `sealer` when there is one.
+    pub fn create_sealed(dir: &Path, sealer: Option<&Sealer>) -> std::io::Result<Self> {
         let file = tempfile::Builder::new()
             .prefix("upload-")
             .suffix(".partial")
             .tempfile_in(dir)?;
+        let file = match sealer {
+            Some(sealer) => SpoolFile::Sealed(Box::new(
+                SealedWriter::new(sealer, file, SEALED_CONTEXT).map_err(std::io::Error::other)?,
+            )),
+            None => SpoolFile::Clear(file),
+        };
         Ok(Self {
             file,
             dir: dir.to_owned(),
@@ -94,17 +122,24 @@ impl SpoolWriter {
         let wanted = HEAD_BYTES.saturating_sub(self.head.len()).min(bytes.len());
         self.head.extend_from_slice(&bytes[..wanted]);
         self.hasher.update(bytes);
-        self.file.write_all(bytes)?;
+        match &mut self.file {
+            SpoolFile::Clear(file) => file.write_all(bytes)?,
+            SpoolFile::Sealed(writer) => writer.write_all(bytes)?,
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }
 
     /// Makes the file and its name durable (the file, then its folder).
     pub fn finish(self) -> std::io::Result<SpooledAudio> {
-        self.file.as_file().sync_all()?;
+        let file = match self.file {
+            SpoolFile::Clear(file) => file,
+            SpoolFile::Sealed(writer) => writer.finish()?,
+        };
+        file.as_file().sync_all()?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(SpooledAudio {
-            file: self.file.into_temp_path(),
+            file: file.into_temp_path(),
             content_hash: self.hasher.finish(),
             len: self.len,
             head: self.head,
@@ -146,5 +181,38 @@ mod tests {
         let kept = dir.path().join("kept.audio");
         writer.finish().unwrap().persist(&kept).unwrap();
         assert_eq!(std::fs::read(&kept).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn a_sealed_spool_never_holds_the_audio_in_clear() {
+        use crate::crypt::stream::{is_sealed, SealedReader};
+        use crate::crypt::Keyring;
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(std::sync::Arc::new(Keyring::generate().unwrap()));
+        let mut writer = SpoolWriter::create_sealed(dir.path(), Some(&sealer)).unwrap();
+        let audio: Vec<u8> = b"RIFF....WAVE Smith John "
+            .iter()
+            .copied()
+            .cycle()
+            .take(200_000)
+            .collect();
+        for piece in audio.chunks(8192) {
+            writer.append(piece).unwrap();
+        }
+        let spooled = writer.finish().unwrap();
+        assert_eq!(spooled.len(), audio.len() as u64);
+        assert_eq!(spooled.content_hash(), content_hash(&audio));
+        assert_eq!(spooled.head(), &audio[..HEAD_BYTES]);
+        let kept = dir.path().join("kept.audio");
+        spooled.persist(&kept).unwrap();
+        let on_disk = std::fs::read(&kept).unwrap();
+        assert!(is_sealed(&on_disk));
+        assert!(!on_disk.windows(5).any(|w| w == b"Smith"));
+        let file = std::fs::File::open(&kept).unwrap();
+        let mut reader = SealedReader::new(&sealer, file, SEALED_CONTEXT).unwrap();
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).unwrap();
+        assert!(back == audio);
     }
 }

@@ -14,7 +14,7 @@ use crate::records::{DecodedAudio, DecodedJob, IdentifiedRecord, Outcome, Source
 use crate::samples::SamplesWriter;
 use mmt_core::job::{DeadLetter, JobMeta, Stage};
 use mmt_core::ErrorClass;
-use mmt_whisper::audio::{stream_bytes, stream_file, SAMPLE_RATE};
+use mmt_whisper::audio::{stream_bytes, stream_maybe_sealed_file, SAMPLE_RATE};
 use mmt_whisper::WhisperError;
 use timely::dataflow::operators::core::{Map, OkErr};
 use timely::dataflow::Stream;
@@ -30,6 +30,9 @@ pub struct DecodeSettings {
     pub chunking: ChunkConfig,
     /// The longest recording accepted, in seconds (`None`: no limit).
     pub max_audio_seconds: Option<u32>,
+    /// Opens audio files sealed at rest (uploads, with `MMT_ENCRYPTION_KEYS`);
+    /// `None` reads files in clear only.
+    pub sealer: Option<mmt_core::crypt::Sealer>,
 }
 
 /// Gives each record its job identity (no audio is read beyond what the
@@ -159,7 +162,13 @@ fn decode_audio(
     };
     let max_seconds = settings.max_audio_seconds;
     let decoded = match &record.file {
-        Some(file) => stream_file(&file.path, max_seconds, &mut sink),
+        Some(file) => stream_maybe_sealed_file(
+            &file.path,
+            settings.sealer.as_ref(),
+            mmt_core::spool::SEALED_CONTEXT,
+            max_seconds,
+            &mut sink,
+        ),
         None => stream_bytes(
             std::mem::take(&mut record.bytes),
             record.extension.as_deref(),

@@ -110,6 +110,74 @@ pub fn stream_file(
     decode_source(Box::new(file), extension, max_seconds, sink)
 }
 
+/// [`stream_file`] for a file that may be sealed at rest
+/// (`mmt_core::crypt::stream`, as the upload spool writes them with
+/// `MMT_ENCRYPTION_KEYS`): a sealed file is opened with `sealer` segment by
+/// segment as it decodes, never written out in clear; a file in clear is
+/// read as it is. A sealed file that does not open (no keyring, a retired
+/// or unknown key, altered or truncated) is [`WhisperError::InvalidAudio`]
+/// with the reason (key ids only).
+pub fn stream_maybe_sealed_file(
+    path: &Path,
+    sealer: Option<&mmt_core::crypt::Sealer>,
+    context: &[u8],
+    max_seconds: Option<u32>,
+    sink: &mut SampleSink<'_>,
+) -> Result<u64, WhisperError> {
+    use mmt_core::crypt::stream::{is_sealed, SealedReader};
+    use std::io::Read;
+    let io_err = |source| WhisperError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut head = Vec::with_capacity(4);
+    (&file).take(4).read_to_end(&mut head).map_err(io_err)?;
+    if !is_sealed(&head) {
+        return stream_file(path, max_seconds, sink);
+    }
+    let Some(sealer) = sealer else {
+        return Err(invalid(format!(
+            "the file is encrypted at rest and {} is not set",
+            mmt_core::crypt::KEYS_VARIABLE
+        )));
+    };
+    let reader = SealedReader::new(sealer, file, context).map_err(|err| match err {
+        mmt_core::crypt::CryptError::Io(source) => io_err(source),
+        other => invalid(other.to_string()),
+    })?;
+    if reader.plain_len() == 0 {
+        return Err(invalid("the file is empty (0 bytes)"));
+    }
+    let extension = path.extension().and_then(|e| e.to_str());
+    decode_source(Box::new(SealedSource(reader)), extension, max_seconds, sink)
+}
+
+/// A sealed file as symphonia reads it: seekable, of its plaintext's length.
+struct SealedSource(mmt_core::crypt::stream::SealedReader<File>);
+
+impl std::io::Read for SealedSource {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(out)
+    }
+}
+
+impl std::io::Seek for SealedSource {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
+impl MediaSource for SealedSource {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.0.plain_len())
+    }
+}
+
 /// [`stream_file`] for in-memory audio bytes.
 pub fn stream_bytes(
     bytes: Vec<u8>,

@@ -46,6 +46,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mmt_core::crypt::{sealed_text_key_id, Opened, ResealReport, Sealer};
 use mmt_core::job::{
     CompletedJob, ComponentError, DeadLetter, DueJob, JobId, JobMeta, JobStatus, JobStore, Take,
 };
@@ -134,6 +135,13 @@ const LAST_ERROR_MAX: usize = 1_000;
 /// How often a submission tries to insert or read its idempotency key when the
 /// row keeps vanishing between the two (its job deleted meanwhile).
 const KEY_TRIES: u32 = 3;
+
+/// A page of stored transcripts, by id, for re-encryption.
+const TRANSCRIPTS_PAGE: &str = "SELECT id, tenant, transcript_json FROM jobs \
+     WHERE transcript_json IS NOT NULL AND id > ? ORDER BY id LIMIT ?";
+
+/// A transcript re-sealed, unless it changed since it was read (compare and set).
+const RESEAL: &str = "UPDATE jobs SET transcript_json = ? WHERE id = ? AND transcript_json = ?";
 
 /// Slots of the `status IN (…)` lists: a status never precedes itself, so at
 /// most four precede any other.
@@ -229,6 +237,8 @@ struct Statements {
     callback_delivered: SqlStr,
     callback_retry: SqlStr,
     callback_give_up: SqlStr,
+    transcripts_page: SqlStr,
+    reseal: SqlStr,
 }
 
 impl Statements {
@@ -307,6 +317,8 @@ impl Statements {
             callback_delivered: text(CALLBACK_DELIVERED),
             callback_retry: text(&CALLBACK_FAILED.replace("{field}", "next_attempt_at")),
             callback_give_up: text(&CALLBACK_FAILED.replace("{field}", "gave_up_at")),
+            transcripts_page: text(TRANSCRIPTS_PAGE),
+            reseal: text(RESEAL),
         }
     }
 }
@@ -407,6 +419,8 @@ pub struct SqlJobStore {
     dialect: Dialect,
     runtime: Runtime,
     url: String,
+    /// Seals transcripts (`MMT_ENCRYPTION_KEYS`); `None` stores them in clear.
+    sealer: Option<Sealer>,
 }
 
 impl std::fmt::Debug for SqlJobStore {
@@ -444,7 +458,108 @@ impl SqlJobStore {
             dialect,
             runtime,
             url: config.redacted_url(),
+            sealer: None,
         })
+    }
+
+    /// Seals transcripts with `sealer` from now on (`None`: in clear). Either
+    /// way, sealed and clear transcripts already stored are read (sealed ones
+    /// need the sealer's keyring).
+    pub fn with_sealer(mut self, sealer: Option<Sealer>) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    /// Re-seals every stored transcript that is not under the current key
+    /// (sealed under an older key, or clear text from before encryption), in
+    /// pages of `page` rows: the background half of a key rotation (`mmt keys
+    /// reencrypt`). Each row is replaced only if it did not change meanwhile.
+    /// A row that cannot be opened (a retired or unknown key, altered
+    /// ciphertext) is left as it is and counted, by id, in the report.
+    pub fn reseal_transcripts(&mut self, page: u32) -> Result<ResealReport> {
+        let Some(sealer) = self.sealer.clone() else {
+            return Err(ConnectorError::Config {
+                component: "SQL job store",
+                problems: vec![ConfigProblem::new(
+                    "MMT_ENCRYPTION_KEYS",
+                    "must name a keyring to re-encrypt transcripts",
+                )],
+            });
+        };
+        let current = sealer.current_key_id();
+        let mut report = ResealReport::default();
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, String, String)> = on_pool!(&self.pool, |pool| {
+                let rows = self.runtime.block_on(
+                    sqlx::query(self.sql.transcripts_page.clone())
+                        .bind(after.as_str())
+                        .bind(i64::from(page.max(1)))
+                        .fetch_all(pool),
+                )?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get("id")?,
+                            row.try_get("tenant")?,
+                            row.try_get("transcript_json")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            let Some((last, _, _)) = rows.last() else {
+                if report.resealed > 0 {
+                    self.truncate_sqlite_wal()?;
+                }
+                return Ok(report);
+            };
+            after = last.clone();
+            for (id, tenant, stored) in rows {
+                report.examined += 1;
+                let id = JobId(id);
+                let sealed = match sealed_text_key_id(&stored) {
+                    Ok(Some(key_id)) if key_id == current => continue,
+                    Ok(_) => open_transcript_with(&sealer, &stored, &tenant, &id),
+                    Err(err) => Err(err),
+                };
+                let resealed = sealed
+                    .and_then(|text| sealer.seal_text(&text, &transcript_context(&tenant, &id.0)));
+                let resealed = match resealed {
+                    Ok(resealed) => resealed,
+                    Err(err) => {
+                        tracing::warn!(job_id = %id, error = %err, "transcript not re-encrypted");
+                        report.failed.push(id);
+                        continue;
+                    }
+                };
+                let changed = on_pool!(&self.pool, |pool| {
+                    self.runtime
+                        .block_on(retry_conflicts(|| {
+                            sqlx::query(self.sql.reseal.clone())
+                                .bind(resealed.as_str())
+                                .bind(id.0.as_str())
+                                .bind(stored.as_str())
+                                .execute(pool)
+                        }))?
+                        .rows_affected()
+                });
+                if changed > 0 {
+                    report.resealed += 1;
+                }
+            }
+        }
+    }
+
+    /// SQLite: copies the write-ahead log into the database and empties it,
+    /// so that the page images it holds of rows since re-sealed (clear text
+    /// from before encryption) do not outlive the re-encryption. Readers
+    /// that hold old pages can keep part of it; the next checkpoint ends that.
+    fn truncate_sqlite_wal(&mut self) -> Result<()> {
+        if let Pool::Sqlite(pool) = &self.pool {
+            self.runtime
+                .block_on(sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool))?;
+        }
+        Ok(())
     }
 
     /// The engine this store runs on.
@@ -468,7 +583,9 @@ impl SqlJobStore {
             let row = self
                 .runtime
                 .block_on(sqlx::query(query).bind(id.0.as_str()).fetch_optional(pool))?;
-            row.as_ref().map(decode_row).transpose()
+            row.as_ref()
+                .map(|row| decode_row(row, self.sealer.as_ref()))
+                .transpose()
         })
     }
 
@@ -483,7 +600,9 @@ impl SqlJobStore {
             let rows = self
                 .runtime
                 .block_on(query.bind(i64::from(limit)).fetch_all(pool))?;
-            rows.iter().map(decode_row).collect()
+            rows.iter()
+                .map(|row| decode_row(row, self.sealer.as_ref()))
+                .collect()
         })
     }
 
@@ -617,6 +736,18 @@ impl SqlJobStore {
                 what: "transcript",
                 source,
             })?;
+        let transcript = match &self.sealer {
+            Some(sealer) => sealer
+                .seal_text(
+                    &transcript,
+                    &transcript_context(&job.meta.tenant, &job.meta.id.0),
+                )
+                .map_err(|source| ConnectorError::Crypt {
+                    job_id: job.meta.id.0.clone(),
+                    source,
+                })?,
+            None => transcript,
+        };
         let transcript = transcript.as_str();
         let now = now();
         let from = predecessors(JobStatus::Completed);
@@ -862,7 +993,9 @@ impl SqlJobStore {
                     .bind(i64::from(query.limit))
                     .fetch_all(pool),
             )?;
-            rows.iter().map(decode_row).collect()
+            rows.iter()
+                .map(|row| decode_row(row, self.sealer.as_ref()))
+                .collect()
         })
     }
 
@@ -970,7 +1103,7 @@ impl SqlJobStore {
                 .map(|row| {
                     let attempts: i64 = row.try_get("callback_attempts")?;
                     Ok(DueCallback {
-                        job: decode_row(row)?,
+                        job: decode_row(row, self.sealer.as_ref())?,
                         url: row.try_get("callback_url")?,
                         attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
                     })
@@ -1091,6 +1224,10 @@ async fn connect_sqlite(config: &SqlJobStoreConfig) -> Result<SqlitePool> {
         .journal_mode(SqliteJournalMode::Wal)
         // FULL: a committed job survives power loss, not only a process crash.
         .synchronous(SqliteSynchronous::Full)
+        // Deleted and overwritten content is zeroed, not left in free space:
+        // a purged job, or a transcript re-sealed from clear text, leaves no
+        // PHI behind in the file.
+        .pragma("secure_delete", "ON")
         .busy_timeout(Duration::from_millis(config.busy_timeout_ms));
     let in_memory = config.url.contains(":memory:") || config.url.contains("mode=memory");
     if !in_memory {
@@ -1149,8 +1286,55 @@ async fn connect_mysql(config: &SqlJobStoreConfig) -> Result<MySqlPool> {
     Ok(pool)
 }
 
+/// What a sealed transcript is bound to: its tenant and job. A sealed value
+/// copied into another job's row does not open there.
+fn transcript_context(tenant: &str, job_id: &str) -> Vec<u8> {
+    [b"transcript\0", tenant.as_bytes(), b"\0", job_id.as_bytes()].concat()
+}
+
+/// A stored transcript's JSON text: opened when sealed, as it is when clear
+/// text (stored before encryption was on).
+fn open_transcript(
+    stored: String,
+    tenant: &str,
+    id: &JobId,
+    sealer: Option<&Sealer>,
+) -> Result<String> {
+    let crypt = |source| ConnectorError::Crypt {
+        job_id: id.0.clone(),
+        source,
+    };
+    match sealer {
+        Some(sealer) => Ok(sealer
+            .open_text(&stored, &transcript_context(tenant, &id.0))
+            .map_err(crypt)?
+            .into_text()),
+        None => match sealed_text_key_id(&stored).map_err(crypt)? {
+            None => Ok(stored),
+            Some(key_id) => Err(crypt(mmt_core::crypt::CryptError::Keyring {
+                reason: format!(
+                    "the transcript is encrypted under key {key_id:?} and {} is not set",
+                    mmt_core::crypt::KEYS_VARIABLE
+                ),
+            })),
+        },
+    }
+}
+
+/// A stored transcript's text, sealed or clear, opened with `sealer`.
+fn open_transcript_with(
+    sealer: &Sealer,
+    stored: &str,
+    tenant: &str,
+    id: &JobId,
+) -> std::result::Result<String, mmt_core::crypt::CryptError> {
+    sealer
+        .open_text(stored, &transcript_context(tenant, &id.0))
+        .map(Opened::into_text)
+}
+
 /// A stored job from a row of `SELECT {COLUMNS}`, on any driver.
-fn decode_row<R>(row: &R) -> Result<JobRow>
+fn decode_row<R>(row: &R, sealer: Option<&Sealer>) -> Result<JobRow>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
@@ -1176,8 +1360,11 @@ where
         }),
         _ => None,
     };
+    let tenant: String = row.try_get("tenant")?;
     let transcript = row
         .try_get::<Option<String>, _>("transcript_json")?
+        .map(|stored| open_transcript(stored, &tenant, &id, sealer))
+        .transpose()?
         .map(|json| {
             serde_json::from_str(&json).map_err(|error| ConnectorError::StoredValue {
                 job_id: id.0.clone(),
@@ -1192,7 +1379,7 @@ where
         .transpose()?;
     Ok(JobRow {
         meta: JobMeta {
-            tenant: row.try_get("tenant")?,
+            tenant,
             content_hash: row.try_get("content_hash")?,
             source: row.try_get("source")?,
             patient_reference: row.try_get("patient_reference")?,

@@ -24,6 +24,7 @@
 //! | external Redis/RabbitMQ host on the local machine | allowed | allowed | warning |
 //! | relative `AUDIT_LOG_FILE` | allowed | allowed | warning |
 //! | OTLP export with no `OTEL_EXPORTER_OTLP_ENDPOINT` | allowed | allowed | warning |
+//! | `MMT_ENCRYPTION_KEYS` unset (PHI stored unencrypted) | allowed | warning | fatal |
 //!
 //! Fatal everywhere: unparsable values; an unknown `ENV` (the rest is then judged as
 //! `prod`, so a typo never turns the conveniences on); only one of
@@ -64,6 +65,7 @@
 mod audio;
 mod audit;
 mod database;
+mod encryption;
 mod environment;
 mod external;
 mod intake;
@@ -94,6 +96,7 @@ use serde::{Serialize, Serializer};
 pub use audio::{AudioConfig, DEFAULT_MAX_AUDIO_SECONDS};
 pub use audit::AuditConfig;
 pub use database::{DatabaseConfig, DatabaseKind, DatabaseUrl};
+pub use encryption::EncryptionConfig;
 pub use environment::Environment;
 pub use intake::IntakeConfig;
 pub use model::{InstallRoot, ModelConfig, ORT_LIBRARY_FILE};
@@ -184,6 +187,8 @@ pub struct Config {
     pub audio: AudioConfig,
     /// Completion webhooks of `mmt serve`.
     pub webhook: WebhookSettings,
+    /// Encryption at rest (`MMT_ENCRYPTION_KEYS`).
+    pub encryption: EncryptionConfig,
 }
 
 /// A configuration and every problem found reading and validating it.
@@ -319,6 +324,7 @@ impl Config {
             intake: IntakeConfig::from_vars(vars),
             audio: AudioConfig::from_vars(vars),
             webhook: WebhookSettings::from_vars(vars),
+            encryption: EncryptionConfig::from_vars(vars),
         }
     }
 
@@ -342,6 +348,7 @@ impl Config {
         self.intake.validate(env, &mut out);
         self.audio.validate(env, &mut out);
         self.webhook.validate(env, &mut out);
+        self.encryption.validate(env, &mut out);
         out
     }
 
@@ -359,6 +366,7 @@ impl Config {
         self.model.check_files(&mut out);
         self.audit.check_files(&mut out);
         self.security.check_files(&mut out);
+        self.encryption.check_files(&mut out);
         let tls = [
             ("SSL_CERT_FILE", &self.security.ssl_cert_file),
             ("SSL_KEY_FILE", &self.security.ssl_key_file),
@@ -408,6 +416,7 @@ fn known_variable(name: &str) -> Option<&'static str> {
         .chain(audit::VARIABLES)
         .chain(security::VARIABLES)
         .chain(webhook::VARIABLES)
+        .chain(encryption::VARIABLES)
         .find(|known| **known == name)
         .copied()
 }

@@ -51,6 +51,7 @@ fn good_prod() -> Vec<(&'static str, &'static str)> {
         ("SSL_KEY_FILE", "/etc/mmt/tls.key"),
         ("AUDIT_LOG_FILE", "/var/log/mmt/audit.jsonl"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318"),
+        ("MMT_ENCRYPTION_KEYS", "/etc/mmt/keyring.json"),
     ]
 }
 

@@ -94,6 +94,8 @@ pub struct RunOptions {
     /// The longest recording accepted, in seconds (`MMT_MAX_AUDIO_SECONDS`);
     /// a longer one is dead-lettered while it decodes.
     pub max_audio_seconds: Option<u32>,
+    /// Opens uploads sealed at rest (`MMT_ENCRYPTION_KEYS`).
+    pub sealer: Option<mmt_core::crypt::Sealer>,
     /// Retention enforced while the run goes on.
     pub retention: Retention,
     /// Takes of one job before it is dead-lettered as one that stops its
@@ -314,6 +316,7 @@ pub fn run(
                 let (fresh, rejected) = taken.decode_audio(DecodeSettings {
                     chunking: options_in.chunking.clone(),
                     max_audio_seconds: options_in.max_audio_seconds,
+                    sealer: options_in.sealer.clone(),
                 });
                 let (results, failed) = fresh.chunk_speech().transcribe(
                     engine,

@@ -161,8 +161,18 @@ pub fn amqp_config(config: &Config) -> AmqpConfig {
 fn open_store(config: &Config, url: &str) -> Result<Box<dyn JobStore>, RunError> {
     let store = SqlJobStoreConfig::new(url)
         .build(config.environment.is_prod())
-        .map_err(|err| setup("job store", err))?;
+        .map_err(|err| setup("job store", err))?
+        .with_sealer(sealer(config)?);
     Ok(Box::new(store))
+}
+
+/// The sealer of transcripts and uploads (`MMT_ENCRYPTION_KEYS`), `None`
+/// when encryption is off; the keyring is loaded and checked.
+pub fn sealer(config: &Config) -> Result<Option<mmt_core::crypt::Sealer>, RunError> {
+    config
+        .encryption
+        .sealer()
+        .map_err(|err| setup("encryption keyring", err))
 }
 
 /// The Redis idempotency filter, when ENABLE_REDIS_BLOOM_IDEMPOTENCY is on. It

@@ -128,7 +128,10 @@ pub fn open(
     intake: IntakeChoice,
     metrics: &Metrics,
 ) -> Result<(Resources, Arc<ServiceControl>), RunError> {
-    let uploads = UploadStore::open(uploads_dir).map_err(|e| setup("upload store", e))?;
+    let sealer = crate::run::plan::sealer(config)?;
+    let uploads = UploadStore::open(uploads_dir)
+        .map_err(|e| setup("upload store", e))?
+        .with_sealer(sealer.clone());
     let limits = QueueLimits::from_config(&config.intake);
     let SharedSinks {
         sinks,
@@ -167,7 +170,7 @@ pub fn open(
         .map(|_| {
             SqlJobStoreConfig::new(&paths.database_url)
                 .build(config.environment.is_prod())
-                .map(Mutex::new)
+                .map(|store| Mutex::new(store.with_sealer(sealer.clone())))
                 .map_err(|e| setup("job store", e))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -648,6 +651,10 @@ impl JobControl for ServiceControl {
         self.uploads.dir().to_path_buf()
     }
 
+    fn spool_sealer(&self) -> Option<mmt_core::crypt::Sealer> {
+        self.uploads.sealer().cloned()
+    }
+
     /// Streams the referenced file into the upload folder (a rename keeps it).
     fn read_reference(
         &self,
@@ -663,7 +670,7 @@ impl JobControl for ServiceControl {
         };
         references
             .open(tenant, reference, max_bytes)
-            .and_then(|audio| audio.spool_into(self.uploads.dir()))
+            .and_then(|audio| audio.spool_sealed_into(self.uploads.dir(), self.uploads.sealer()))
             .map_err(|err| match err {
                 ReferenceError::Refused => ControlError::Invalid(err.to_string()),
                 ReferenceError::Spool(kind) => {

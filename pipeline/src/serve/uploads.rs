@@ -11,8 +11,16 @@
 //! power cut can no longer take the upload back. Whatever a crash leaves
 //! half-written (a `.partial` file, audio without its metadata) never had a
 //! job row, and [`UploadStore::open`] removes it.
+//!
+//! With a sealer (`MMT_ENCRYPTION_KEYS`) the audio files are sealed streams
+//! (`mmt_core::crypt::stream`), written sealed from the first byte (the spool
+//! seals as it receives); the decoder opens them. Files stored in clear
+//! before encryption was on are still read, and [`UploadStore::reseal_all`]
+//! (`mmt keys reencrypt`) seals them, and re-seals files under older keys.
 
 use mmt_core::control::SpooledAudio;
+use mmt_core::crypt::stream::{reseal_file, SealedReader, SealedWriter};
+use mmt_core::crypt::{ResealReport, Sealer};
 use mmt_core::job::JobId;
 use mmt_core::owner_only;
 use mmt_core::source::AudioFile;
@@ -54,6 +62,8 @@ pub struct StoredUpload {
 #[derive(Debug, Clone)]
 pub struct UploadStore {
     dir: PathBuf,
+    /// Seals new audio files; `None` writes them in clear.
+    sealer: Option<Sealer>,
 }
 
 impl UploadStore {
@@ -62,12 +72,22 @@ impl UploadStore {
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         owner_only::create_dir_all(&dir)?;
-        let store = Self { dir };
+        let store = Self { dir, sealer: None };
         let removed = store.remove_incomplete()?;
         if removed > 0 {
             tracing::info!(files = removed, "removed half-written uploads");
         }
         Ok(store)
+    }
+
+    /// The upload folder `dir` as it is, for another process than the one
+    /// receiving uploads (`mmt keys reencrypt` beside a running `mmt serve`):
+    /// nothing is created or removed, so uploads being received are left alone.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            sealer: None,
+        }
     }
 
     /// Removes temporary files and audio without metadata: uploads a crash
@@ -88,6 +108,17 @@ impl UploadStore {
         Ok(removed)
     }
 
+    /// Seals the audio of new uploads with `sealer` (`None`: in clear).
+    pub fn with_sealer(mut self, sealer: Option<Sealer>) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    /// The sealer of new uploads' audio, for the spool that receives them.
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_ref()
+    }
+
     /// The folder: uploads are spooled into it while they are received
     /// (`*.partial`, removed at open if a crash left them).
     pub fn dir(&self) -> &Path {
@@ -104,7 +135,16 @@ impl UploadStore {
 
     /// Stores the upload of job `id` (replacing an earlier one), durably.
     pub fn save(&self, id: &JobId, record: &SourceRecord, priority: u8) -> std::io::Result<()> {
-        write_owner_only(&self.audio_path(id), &record.bytes)?;
+        match &self.sealer {
+            Some(sealer) => {
+                let mut writer =
+                    SealedWriter::new(sealer, Vec::new(), mmt_core::spool::SEALED_CONTEXT)
+                        .map_err(std::io::Error::other)?;
+                writer.write_all(&record.bytes)?;
+                write_owner_only(&self.audio_path(id), &writer.finish()?)?;
+            }
+            None => write_owner_only(&self.audio_path(id), &record.bytes)?,
+        }
         let hash = mmt_core::content::content_hash(&record.bytes);
         self.save_metadata(id, record, priority, hash)
     }
@@ -185,7 +225,7 @@ impl UploadStore {
             // Checked now so that a missing file is this call's error.
             Some(hash) => fs::metadata(&path).map(|_| hash)?,
             // Stored before the hash was kept: hashed once now, as a stream.
-            None => content_hash_of(fs::File::open(&path)?)?,
+            None => self.hash_audio(&path)?,
         };
         Ok(Some(StoredUpload {
             priority: metadata.priority,
@@ -201,6 +241,56 @@ impl UploadStore {
                 ..SourceRecord::default()
             },
         }))
+    }
+
+    /// The content hash of an audio file, sealed or clear.
+    fn hash_audio(&self, path: &Path) -> std::io::Result<String> {
+        let file = fs::File::open(path)?;
+        let mut head = [0u8; 4];
+        let sealed = {
+            use std::io::Read;
+            let n = (&file).read(&mut head)?;
+            mmt_core::crypt::stream::is_sealed(&head[..n])
+        };
+        match (&self.sealer, sealed) {
+            (Some(sealer), true) => content_hash_of(
+                SealedReader::new(sealer, file, mmt_core::spool::SEALED_CONTEXT)
+                    .map_err(std::io::Error::other)?,
+            ),
+            (None, true) => Err(std::io::Error::other(
+                "the upload is encrypted and MMT_ENCRYPTION_KEYS is not set",
+            )),
+            (_, false) => content_hash_of(fs::File::open(path)?),
+        }
+    }
+
+    /// Seals every complete upload's audio under the sealer's current key:
+    /// files in clear (from before encryption) and files under older keys.
+    /// A file that cannot be opened (a retired or unknown key, altered) is
+    /// left as it is and named in the report.
+    pub fn reseal_all(&self) -> std::io::Result<ResealReport> {
+        let Some(sealer) = &self.sealer else {
+            return Err(std::io::Error::other(
+                "MMT_ENCRYPTION_KEYS must name a keyring to re-encrypt uploads",
+            ));
+        };
+        let mut report = ResealReport::default();
+        for id in self.ids()? {
+            let path = self.audio_path(&id);
+            if !path.is_file() {
+                continue;
+            }
+            report.examined += 1;
+            match reseal_file(sealer, &path, mmt_core::spool::SEALED_CONTEXT) {
+                Ok(true) => report.resealed += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(job_id = %id, error = %err, "upload not re-encrypted");
+                    report.failed.push(id);
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Removes job `id`'s upload; whether there was one.
@@ -355,6 +445,49 @@ mod tests {
             Some(("clinic-a".to_owned(), 3))
         );
         assert!(!store.exists(&JobId("torn".into())));
+    }
+
+    #[test]
+    fn sealed_uploads_round_trip_and_clear_ones_are_sealed_by_reseal() {
+        use mmt_core::crypt::stream::{sealed_file_key_id, SealedReader};
+        use mmt_core::crypt::{KeyProvider, Keyring};
+        use std::io::Read;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let clear_store = UploadStore::open(dir.path()).unwrap();
+        let old = JobId("old".into());
+        clear_store.save(&old, &record(100), 0).unwrap();
+        let mut keyring = Keyring::generate().unwrap();
+        let sealer = Sealer::new(Arc::new(keyring.clone()));
+        let store = UploadStore::open(dir.path())
+            .unwrap()
+            .with_sealer(Some(sealer.clone()));
+        let new = JobId("new".into());
+        store.save(&new, &record(100), 0).unwrap();
+        let on_disk = fs::read(store.audio_path(&new)).unwrap();
+        assert!(!on_disk.windows(4).any(|w| w == b"WAVE"), "sealed on disk");
+        // The clear upload still loads (its hash computed from clear text).
+        assert!(store.load(&old).unwrap().is_some());
+
+        keyring.rotate().unwrap();
+        let rotated = Sealer::new(Arc::new(keyring.clone()));
+        let store = store.with_sealer(Some(rotated.clone()));
+        let report = store.reseal_all().unwrap();
+        assert_eq!((report.examined, report.resealed), (2, 2));
+        assert!(report.failed.is_empty());
+        for id in [&old, &new] {
+            let bytes = fs::read(store.audio_path(id)).unwrap();
+            assert_eq!(
+                sealed_file_key_id(&bytes).unwrap(),
+                Some(keyring.current_key_id())
+            );
+            let file = fs::File::open(store.audio_path(id)).unwrap();
+            let mut reader =
+                SealedReader::new(&rotated, file, mmt_core::spool::SEALED_CONTEXT).unwrap();
+            let mut audio = Vec::new();
+            reader.read_to_end(&mut audio).unwrap();
+            assert_eq!(audio, b"RIFF....WAVE");
+        }
     }
 
     #[test]
