@@ -124,8 +124,10 @@ impl Keyring {
         Ok(keyring)
     }
 
-    /// Reads and checks the keyring file at `path`: owner-only, well formed,
-    /// every key 32 strong bytes, ids unique, at least one active key.
+    /// Reads and checks the keyring file at `path`: no access for others, well
+    /// formed, every key 32 strong bytes, ids unique, at least one active key.
+    /// Group read is allowed: Kubernetes mounts a Secret as root with the pod's
+    /// `fsGroup` as group, so `0440` is the only mode a non-root pod can read.
     pub fn load(path: &Path) -> Result<Self, CryptError> {
         let metadata = fs::metadata(path).map_err(|err| {
             keyring_error(format!(
@@ -133,9 +135,10 @@ impl Keyring {
                 KEYS = super::KEYS_VARIABLE
             ))
         })?;
-        if metadata.permissions().mode() & 0o077 != 0 {
+        if metadata.permissions().mode() & 0o027 != 0 {
             return Err(keyring_error(format!(
-                "the file {} may be read by others: make it owner-only (chmod 600)",
+                "the file {} may be read by others or written by its group: make it \
+                 owner-only (chmod 600; 440 for a Secret volume)",
                 super::KEYS_VARIABLE
             )));
         }

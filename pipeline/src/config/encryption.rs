@@ -45,7 +45,7 @@ impl EncryptionConfig {
         }
     }
 
-    /// Loads and checks the keyring: a missing, group- or world-readable,
+    /// Loads and checks the keyring: a missing, world-readable or group-writable,
     /// malformed file, or a short or weak key, is fatal.
     pub(super) fn check_files(&self, out: &mut Vec<Problem>) {
         if let Err(err) = self.sealer() {
@@ -120,7 +120,10 @@ mod tests {
             .save(&path)
             .unwrap();
         assert!(check(Environment::Prod, &[(KEYS_VARIABLE, file)]).is_empty());
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // A Kubernetes Secret volume: root-owned, readable by the pod's fsGroup.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(check(Environment::Prod, &[(KEYS_VARIABLE, file)]).is_empty());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let open = check(Environment::Prod, &[(KEYS_VARIABLE, file)]);
         assert!(
             open[0].is_fatal() && open[0].message.contains("chmod 600"),
