@@ -42,11 +42,14 @@ rust-test:
 python-test:
 	MMT_MODEL_DIR=$(CURDIR)/models/tiny.en .venv/bin/python -m pytest -q tests/python
 
-## The alert rules parse and each alert's firing and non-firing unit tests
-## (alerts/tests) pass; tests/alert_metrics.rs (rust-test) checks their metric names.
+## The alert rules and the dashboard's queries parse, and each alert's firing
+## and non-firing unit tests (alerts/tests) pass; tests/alert_metrics.rs
+## (rust-test) checks the metric names of both against the code.
 alerts-test:
 	$(PROMTOOL) check rules alerts/alerts_prometheus.yml
 	$(PROMTOOL) test rules alerts/tests/*.yml
+	@rules=$$(mktemp --suffix=.yml) && trap 'rm -f "$$rules"' EXIT && \
+	  python3 alerts/dashboard_rules.py >"$$rules" && $(PROMTOOL) check rules "$$rules"
 
 ## schemathesis against `mmt serve`'s /openapi.json: no request may get a 5xx.
 api-contract:
