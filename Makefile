@@ -2,9 +2,11 @@
 # only checks stamps and rebuilds what changed.
 SHELL := /bin/bash
 MMT := target/release/mmt
+# scripts/setup.sh --dev unpacks promtool into .tools/bin unless one is on PATH.
+PROMTOOL ?= $(shell command -v promtool || echo .tools/bin/promtool)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null && echo "cargo nextest run --no-fail-fast" || echo "cargo test")
 
-.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract bench bench-pipeline bench-api clean-model deploy-test deny chart-alerts
+.PHONY: setup setup-dev services demo test lint fmt rust-test python-test api-contract alerts-test bench bench-pipeline bench-api clean-model deploy-test deny chart-alerts
 
 setup:
 	scripts/setup.sh
@@ -24,8 +26,9 @@ demo: setup
 ## Everything CI checks: formatting, lints, Rust and Python tests (the
 ## integration tests use PostgreSQL, MariaDB, Redis and RabbitMQ on 127.0.0.1,
 ## started here if down; Kafka is tansu from the dev virtualenv), and the
-## API contract check, and the deployment checks (deploy-test).
-test: setup-dev services lint rust-test python-test api-contract deploy-test
+## API contract check, the alert rules' promtool tests and the deployment
+## checks (deploy-test).
+test: setup-dev services lint alerts-test rust-test python-test api-contract deploy-test
 
 services:
 	scripts/services.sh
@@ -39,6 +42,15 @@ rust-test:
 
 python-test:
 	MMT_MODEL_DIR=$(CURDIR)/models/tiny.en .venv/bin/python -m pytest -q tests/python
+
+## The alert rules and the dashboard's queries parse, and each alert's firing
+## and non-firing unit tests (alerts/tests) pass; tests/alert_metrics.rs
+## (rust-test) checks the metric names of both against the code.
+alerts-test:
+	$(PROMTOOL) check rules alerts/alerts_prometheus.yml
+	$(PROMTOOL) test rules alerts/tests/*.yml
+	@rules=$$(mktemp --suffix=.yml) && trap 'rm -f "$$rules"' EXIT && \
+	  python3 alerts/dashboard_rules.py >"$$rules" && $(PROMTOOL) check rules "$$rules"
 
 ## schemathesis against `mmt serve`'s /openapi.json: no request may get a 5xx.
 api-contract:

@@ -33,6 +33,23 @@ if ((${#need_debs[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
 fi
 
+# promtool (`make alerts-test`): taken out of Debian's `prometheus` package
+# into .tools/bin rather than installing the package, which would set up (and
+# on some hosts start) a Prometheus server. A promtool on PATH is used as it is.
+if [[ $DEV == 1 ]] && ! command -v promtool >/dev/null && [[ ! -x .tools/bin/promtool ]]; then
+  say "unpacking promtool from Debian's prometheus package into .tools/bin"
+  if [[ $(id -u) != 0 ]]; then SUDO=sudo; else SUDO=; fi
+  debs=$(mktemp -d)
+  # apt-get download writes as the _apt user when it can.
+  chmod 755 "$debs"
+  (cd "$debs" && { apt-get download -qq prometheus 2>/dev/null ||
+    { $SUDO apt-get update -qq && apt-get download -qq prometheus; }; })
+  dpkg-deb -x "$debs"/prometheus_*.deb "$debs/root"
+  mkdir -p .tools/bin
+  mv "$debs/root/usr/bin/promtool" .tools/bin/promtool
+  rm -rf "$debs"
+fi
+
 # Python virtualenv: ONNX Runtime's shared library and the model weights.
 requirements=requirements.txt
 [[ $DEV == 1 ]] && requirements=requirements-dev.txt

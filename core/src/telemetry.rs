@@ -3,6 +3,8 @@
 //! Names are the ones operators already alert on (see `alerts/`); labels are
 //! bounded (stage, class, route, status), never a patient or job id.
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -194,6 +196,69 @@ impl Metrics {
         &self.registry
     }
 
+    /// Every metric family exported, with its name and type, including the
+    /// labelled ones that have no child yet (which `Registry::gather` leaves
+    /// out): the names `alerts/` may use (tests/alert_metrics.rs).
+    pub fn families(&self) -> Vec<MetricFamily> {
+        self.collectors()
+            .iter()
+            .flat_map(|collector| collector.collect())
+            .collect()
+    }
+
+    /// A handle on each metric. The pattern names every field (no `..`), so a
+    /// metric added to the struct must be added here too or this fails to
+    /// compile.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        let Self {
+            registry: _,
+            transcription_queue_depth,
+            async_task_queue_size,
+            transcription_duration_seconds,
+            transcribed_audio_seconds_total,
+            api_request_duration_seconds,
+            publish_failures_total,
+            breaker_open_total,
+            reprocessor_attempts_total,
+            reprocessor_succeeded_total,
+            reprocessor_failed_total,
+            reprocessor_exhausted_total,
+            vault_refresh_failures_total,
+            vault_token_renew_success_total,
+            vault_token_renew_failure_total,
+            dlq_messages_total,
+            retention_purged_total,
+            idempotency_filter_fallback_total,
+            idempotency_filter_available,
+            model_work_total,
+            sink_outage,
+            sink_outage_total,
+        } = self;
+        vec![
+            Box::new(transcription_queue_depth.clone()),
+            Box::new(async_task_queue_size.clone()),
+            Box::new(transcription_duration_seconds.clone()),
+            Box::new(transcribed_audio_seconds_total.clone()),
+            Box::new(api_request_duration_seconds.clone()),
+            Box::new(publish_failures_total.clone()),
+            Box::new(breaker_open_total.clone()),
+            Box::new(reprocessor_attempts_total.clone()),
+            Box::new(reprocessor_succeeded_total.clone()),
+            Box::new(reprocessor_failed_total.clone()),
+            Box::new(reprocessor_exhausted_total.clone()),
+            Box::new(vault_refresh_failures_total.clone()),
+            Box::new(vault_token_renew_success_total.clone()),
+            Box::new(vault_token_renew_failure_total.clone()),
+            Box::new(dlq_messages_total.clone()),
+            Box::new(retention_purged_total.clone()),
+            Box::new(idempotency_filter_fallback_total.clone()),
+            Box::new(idempotency_filter_available.clone()),
+            Box::new(model_work_total.clone()),
+            Box::new(sink_outage.clone()),
+            Box::new(sink_outage_total.clone()),
+        ]
+    }
+
     /// Records one finished transcription.
     pub fn record_transcription(&self, wall_seconds: f64, audio_seconds: f64) {
         self.transcription_duration_seconds.observe(wall_seconds);
@@ -261,5 +326,67 @@ mod tests {
             assert!(text.contains(name), "missing {name}");
         }
         assert!(text.contains("transcribed_audio_seconds_total 30"));
+    }
+
+    #[test]
+    fn families_lists_every_registered_metric_children_or_none() {
+        let metrics = Metrics::new().expect("metrics register");
+        // Each handle is in the registry: registering it again is refused.
+        for collector in metrics.collectors() {
+            let name = collector.desc()[0].fq_name.clone();
+            assert!(
+                matches!(
+                    metrics.registry.register(collector),
+                    Err(prometheus::Error::AlreadyReg)
+                ),
+                "{name} is not registered"
+            );
+        }
+        let families = metrics.families();
+        let names: Vec<&str> = families.iter().map(MetricFamily::name).collect();
+        // A vec with no child yet, which gather() does not show.
+        assert!(names.contains(&"dlq_messages_total"));
+        assert!(!metrics.encode_text().contains("dlq_messages_total"));
+        // Nothing gather() shows escapes families(), once the vecs have children.
+        metrics
+            .api_request_duration_seconds
+            .with_label_values(&["/", "200"])
+            .observe(0.1);
+        metrics
+            .dlq_messages_total
+            .with_label_values(&["decode", "user_input"])
+            .inc();
+        metrics
+            .retention_purged_total
+            .with_label_values(&["job"])
+            .inc();
+        metrics
+            .idempotency_filter_fallback_total
+            .with_label_values(&["check_failed"])
+            .inc();
+        metrics
+            .model_work_total
+            .with_label_values(&["decoder_calls"])
+            .inc();
+        metrics.sink_outage.with_label_values(&["store"]).set(0);
+        metrics
+            .sink_outage_total
+            .with_label_values(&["store"])
+            .inc();
+        for family in metrics.registry.gather() {
+            assert!(
+                names.contains(&family.name()),
+                "{} is registered but not in families()",
+                family.name()
+            );
+        }
+        let histogram = families
+            .iter()
+            .find(|family| family.name() == "transcription_duration_seconds")
+            .expect("histogram listed");
+        assert_eq!(
+            histogram.get_field_type(),
+            prometheus::proto::MetricType::HISTOGRAM
+        );
     }
 }
