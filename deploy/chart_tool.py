@@ -169,6 +169,22 @@ SECRET_STANDINS = {
 }
 
 
+def container_key_file(env: dict[str, str], mount_path: str) -> str:
+    """The keyring's file name under its mount, from MMT_ENCRYPTION_KEYS."""
+    return env.get("MMT_ENCRYPTION_KEYS", f"{mount_path}/keyring.json")[len(mount_path) + 1 :]
+
+
+def _keyring(mmt: Path, path: Path) -> None:
+    """A keyring made by `mmt keys rotate`, as an operator makes the Secret's."""
+    subprocess.run(
+        [str(mmt), "keys", "rotate"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MMT_ENCRYPTION_KEYS": str(path)},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def prod_check(mmt: Path, sets: list[str] | tuple[str, ...], model_dir: Path, ort_lib: Path) -> list[tuple[str, int, str]]:
     """Runs `mmt check` with the environment of every rendered container.
 
@@ -191,6 +207,8 @@ def prod_check(mmt: Path, sets: list[str] | tuple[str, ...], model_dir: Path, or
                 local.mkdir(parents=True, exist_ok=True)
                 if volume == "tls":
                     _self_signed(local)
+                if volume == "keyring":
+                    _keyring(mmt, local / container_key_file(env, mount_path))
                 remap[mount_path] = str(local)
             for name, value in list(env.items()):
                 for image_path, local in sorted(remap.items(), key=lambda kv: -len(kv[0])):

@@ -203,6 +203,24 @@ def test_prod_without_tls_fails_with_a_clear_message():
         ct.render(GUIDE + ["tls.enabled=false"])
 
 
+def test_the_keyring_secret_is_mounted_read_only_and_named_by_mmt_encryption_keys():
+    for name, pod, container in ct.containers(ct.render(GUIDE)):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret = volumes["keyring"]["secret"]
+        # Group-readable (fsGroup) is what a non-root pod can read; mmt refuses other-readable.
+        assert (secret["secretName"], secret["defaultMode"]) == ("mmt-keyring", 0o440), name
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "keyring")
+        assert (mount["mountPath"], mount["readOnly"]) == ("/app/keys", True), name
+        assert ct.literal_env(container)["MMT_ENCRYPTION_KEYS"] == "/app/keys/keyring.json", name
+    off = ct.render(GUIDE + ["env.ENV=staging", "encryption.enabled=false"])
+    assert all("MMT_ENCRYPTION_KEYS" not in e for e in envs(off).values())
+
+
+def test_prod_without_encryption_fails_with_a_clear_message():
+    with pytest.raises(helm.HelmError, match=r"env.ENV=prod requires encryption.enabled=true"):
+        ct.render(GUIDE + ["encryption.enabled=false"])
+
+
 def test_prod_without_the_audit_volume_fails_with_a_clear_message():
     with pytest.raises(helm.HelmError, match=r"env.ENV=prod requires auditLogs.enabled=true"):
         ct.render(GUIDE + ["auditLogs.enabled=false"])

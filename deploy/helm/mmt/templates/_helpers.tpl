@@ -53,6 +53,9 @@ only fail later, at start-up (`mmt check`), pod by pod; say it at render time.
 {{- if not .Values.tls.enabled -}}
 {{- fail "env.ENV=prod requires tls.enabled=true: production serves the API over TLS only (SSL_CERT_FILE/SSL_KEY_FILE from the tls.secretName Secret). Set --set tls.enabled=true." -}}
 {{- end -}}
+{{- if not .Values.encryption.enabled -}}
+{{- fail "env.ENV=prod requires encryption.enabled=true: transcripts and uploads are encrypted at rest in production (MMT_ENCRYPTION_KEYS from the encryption.secretName Secret). Set --set encryption.enabled=true." -}}
+{{- end -}}
 {{- if not .Values.auditLogs.enabled -}}
 {{- fail "env.ENV=prod requires auditLogs.enabled=true: the audit trail is mandatory in production and must live on the persistent volume. Set --set auditLogs.enabled=true." -}}
 {{- end -}}
@@ -93,6 +96,9 @@ overridden by .Values.env, sorted by name; then the Secret references and extraE
 {{- $_ := set $derived "ENFORCE_TLS_IN_PRODUCTION" "true" -}}
 {{- $_ := set $derived "SSL_CERT_FILE" (printf "%s/tls.crt" $v.tls.mountPath) -}}
 {{- $_ := set $derived "SSL_KEY_FILE" (printf "%s/tls.key" $v.tls.mountPath) -}}
+{{- end -}}
+{{- if $v.encryption.enabled -}}
+{{- $_ := set $derived "MMT_ENCRYPTION_KEYS" (printf "%s/%s" $v.encryption.mountPath $v.encryption.key) -}}
 {{- end -}}
 {{- if $v.vault.enabled -}}
 {{- $_ := set $derived "VAULT_ADDR" $v.vault.address -}}
@@ -186,6 +192,15 @@ seccompProfile:
     secretName: {{ .Values.tls.secretName }}
     defaultMode: 0440
 {{- end }}
+{{- if .Values.encryption.enabled }}
+- name: keyring
+  secret:
+    secretName: {{ .Values.encryption.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.encryption.key }}
+        path: {{ .Values.encryption.key }}
+{{- end }}
 {{- if .Values.auditLogs.enabled }}
 - name: audit
   persistentVolumeClaim:
@@ -204,6 +219,11 @@ seccompProfile:
 {{- if .Values.tls.enabled }}
 - name: tls
   mountPath: {{ .Values.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.encryption.enabled }}
+- name: keyring
+  mountPath: {{ .Values.encryption.mountPath }}
   readOnly: true
 {{- end }}
 {{- if .Values.auditLogs.enabled }}
