@@ -35,6 +35,9 @@ pub enum Command {
     /// Check the audit trail's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The dead-letter queue: list, show, park, and reprocess (retry) dead letters.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
     /// Export or inspect the ONNX model.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -308,7 +311,7 @@ impl Command {
         match self {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) | Self::Audit(_) => "warn",
             Self::Run(_) | Self::Retention(_) | Self::Submit(_) | Self::Token(_) => "warn",
-            Self::Bench(_) => "warn",
+            Self::Bench(_) | Self::Dlq(_) => "warn",
             Self::Serve(_) => "info",
         }
     }
@@ -326,6 +329,7 @@ impl Command {
             Self::Model(ModelCommand::Export(args)) => export(args),
             Self::Model(ModelCommand::Info) => info(),
             Self::Bench(args) => crate::bench::run(args),
+            Self::Dlq(command) => crate::dlq::run(command),
         }
     }
 }
