@@ -169,6 +169,9 @@ fn park(args: ShowArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One pass of the reprocessor, over the folder or the broker.
+type Pass = Box<dyn FnMut(&mut Reprocessor) -> Result<PassSummary, DlqError>>;
+
 /// The pipeline over the staging folder, as `mmt run --input <folder>`.
 struct PipelineRerun {
     config: Config,
@@ -242,9 +245,7 @@ fn reprocess(args: ReprocessArgs) -> Result<ExitCode> {
         metrics.clone(),
         options,
     )?;
-    let mut pass: Box<dyn FnMut(&mut Reprocessor) -> Result<PassSummary, DlqError>> = match args
-        .source
-    {
+    let mut pass: Pass = match args.source {
         DlqSource::Dir => {
             let (workers, threads) = worker_split(&config, args.workers, args.threads);
             let mut rerun = PipelineRerun {
