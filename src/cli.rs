@@ -39,6 +39,9 @@ pub enum Command {
     /// retire keys; re-encrypt stored data under the current key.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The dead-letter queue: list, show, park, and reprocess (retry) dead letters.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
     /// Export or inspect the ONNX model.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -346,7 +349,7 @@ impl Command {
             Self::Transcribe(_) | Self::Check(_) | Self::Model(_) | Self::Audit(_) => "warn",
             Self::Keys(_) => "warn",
             Self::Run(_) | Self::Retention(_) | Self::Submit(_) | Self::Token(_) => "warn",
-            Self::Bench(_) => "warn",
+            Self::Bench(_) | Self::Dlq(_) => "warn",
             Self::Serve(_) => "info",
         }
     }
@@ -365,6 +368,7 @@ impl Command {
             Self::Model(ModelCommand::Export(args)) => export(args),
             Self::Model(ModelCommand::Info) => info(),
             Self::Bench(args) => crate::bench::run(args),
+            Self::Dlq(command) => crate::dlq::run(command),
         }
     }
 }

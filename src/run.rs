@@ -52,6 +52,36 @@ pub fn worker_split(
     (chosen_workers, threads)
 }
 
+/// The options of a run over `out` from the config, with the defaults of
+/// `mmt run`'s flags (also what `mmt dlq reprocess` retries with).
+pub fn run_options(
+    config: &mmt_pipeline::Config,
+    out: &std::path::Path,
+    workers: usize,
+    threads: usize,
+) -> Result<RunOptions> {
+    Ok(RunOptions {
+        out: out.to_owned(),
+        workers,
+        intra_op_threads: threads,
+        batch_size: 8,
+        max_batch_wait: None,
+        files_per_epoch: 64,
+        max_epochs_in_flight: 2,
+        idle_exit: None,
+        transcribe: TranscribeOptions::default(),
+        chunking: ChunkConfig::default(),
+        max_audio_seconds: Some(config.audio.max_audio_seconds),
+        sealer: mmt_pipeline::run::plan::sealer(config)?,
+        retention: Retention {
+            days: config.retention.retention_days,
+            interval: Duration::from_secs(3600),
+        },
+        max_takes: config.reprocess.max_attempts,
+        retry: config.reprocess.retry_policy(),
+    })
+}
+
 pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     let config = load_config()?;
     crate::audit::require_writable_trail(&config)?;
@@ -70,24 +100,11 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
         .map(Duration::from_secs_f64);
     let options = RunOptions {
-        out: args.out.clone(),
-        workers,
-        intra_op_threads: threads,
         batch_size: args.batch_size,
         max_batch_wait: args.max_batch_wait_ms.map(Duration::from_millis),
-        files_per_epoch: 64,
-        max_epochs_in_flight: 2,
         idle_exit,
         transcribe: transcribe_options(&args),
-        chunking: ChunkConfig::default(),
-        max_audio_seconds: Some(config.audio.max_audio_seconds),
-        sealer: mmt_pipeline::run::plan::sealer(&config)?,
-        retention: Retention {
-            days: config.retention.retention_days,
-            interval: Duration::from_secs(3600),
-        },
-        max_takes: config.reprocess.max_attempts,
-        retry: config.reprocess.retry_policy(),
+        ..run_options(&config, &args.out, workers, threads)?
     };
     // SIGTERM/SIGINT end a `--follow` run gracefully: the source stops and
     // everything already fed is committed before the process exits.

@@ -204,6 +204,46 @@ fn dead_letter_is_idempotent_and_final() {
     );
 }
 
+#[test]
+fn a_readmitted_dead_letter_is_taken_afresh_once() {
+    use mmt_core::job::Take;
+    let (_dir, mut store) = temp_store();
+    let job = meta("r1", 100);
+    let Take::Taken { generation, .. } = store.take(&job, 2).expect("take") else {
+        panic!("a new job is taken");
+    };
+    store
+        .dead_letter(&letter("r1", Stage::Decode, 2))
+        .expect("dead letter");
+    assert!(matches!(
+        store.take(&job, 2).expect("take"),
+        Take::Finished { .. }
+    ));
+    assert!(store.readmit(&id("r1")).expect("readmit"));
+    assert!(
+        !store.readmit(&id("r1")).expect("once"),
+        "only from dead_lettered"
+    );
+    let row = store.get(&id("r1")).expect("get").expect("row");
+    assert_eq!((row.status, row.attempts), (JobStatus::Failed, 0));
+    assert!(row.failure.is_none());
+    // Taken again, in the same generation: its commit is the one it never made.
+    assert_eq!(
+        store.take(&job, 2).expect("take"),
+        Take::Taken {
+            attempt: 1,
+            generation
+        }
+    );
+    store.complete(&completed("r1", 100)).expect("complete");
+    assert!(!store.readmit(&id("r1")).expect("completed stays"));
+    assert!(!store.readmit(&id("unknown")).expect("unknown"));
+    assert_eq!(
+        store.status(&id("r1")).expect("s"),
+        Some(JobStatus::Completed)
+    );
+}
+
 fn letter_for(job: &str) -> mmt_core::job::DeadLetter {
     letter(job, Stage::Sink, 1)
 }

@@ -171,6 +171,11 @@ pub enum AuditAction {
     JobDeleted,
     /// A transcript was served to a caller.
     TranscriptRead,
+    /// The DLQ reprocessor retried a dead letter and its job completed.
+    DeadLetterReprocessed,
+    /// A dead letter was parked: never retried again (a permanent failure,
+    /// its attempts exhausted, or an operator's decision).
+    DeadLetterParked,
     /// A request was refused for want of a valid token (`job_id` and
     /// `tenant` empty: nothing the token claims is trusted).
     AuthenticationFailed,

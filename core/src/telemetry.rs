@@ -38,6 +38,8 @@ pub struct Metrics {
     pub reprocessor_succeeded_total: IntCounter,
     pub reprocessor_failed_total: IntCounter,
     pub reprocessor_exhausted_total: IntCounter,
+    /// Dead letters parked for good (permanent, exhausted, or by an operator).
+    pub reprocessor_parked_total: IntCounter,
     /// Vault secret refreshes that failed.
     pub vault_refresh_failures_total: IntCounter,
     /// Vault token renewals.
@@ -134,6 +136,10 @@ impl Metrics {
             reprocessor_exhausted_total: counter(
                 "reprocessor_exhausted_total",
                 "Dead letters that ran out of attempts",
+            )?,
+            reprocessor_parked_total: counter(
+                "reprocessor_parked_total",
+                "Dead letters parked: never retried again",
             )?,
             vault_refresh_failures_total: counter(
                 "vault_refresh_failures_total",
@@ -314,6 +320,7 @@ mod tests {
             "publish_failures_total",
             "breaker_open_total",
             "reprocessor_attempts_total",
+            "reprocessor_parked_total",
             "vault_refresh_failures_total",
             "vault_token_renew_success_total",
             "dlq_messages_total",

@@ -12,7 +12,7 @@ use crate::chunk::{ChunkConfig, SpeechAnalyzer};
 use crate::identity::{content_hash, correlation_id, job_id};
 use crate::records::{DecodedAudio, DecodedJob, IdentifiedRecord, Outcome, SourceRecord};
 use crate::samples::SamplesWriter;
-use mmt_core::job::{DeadLetter, JobMeta, Stage};
+use mmt_core::job::{DeadLetter, JobId, JobMeta, Stage};
 use mmt_core::ErrorClass;
 use mmt_whisper::audio::{stream_bytes, stream_maybe_sealed_file, SAMPLE_RATE};
 use mmt_whisper::WhisperError;
@@ -73,11 +73,21 @@ impl<'scope> DecodeAudio<'scope> for Stream<'scope, u64, Vec<IdentifiedRecord>> 
     }
 }
 
+/// The job id of unreadable input from `tenant` named `source` (a file
+/// name, a message id): what names its dead letter, whatever it holds.
+pub fn unreadable_job_id(tenant: &str, source: &str) -> JobId {
+    job_id(tenant, &unreadable_hash(source))
+}
+
+fn unreadable_hash(source: &str) -> String {
+    content_hash(format!("unreadable:{source}").as_bytes())
+}
+
 /// The job a record becomes: identity from tenant and content, nothing decoded yet.
 pub fn job_meta(record: &SourceRecord) -> JobMeta {
     // Unreadable input has no content: its identity comes from its name instead.
     let hash = if record.read_error.is_some() {
-        content_hash(format!("unreadable:{}", record.source).as_bytes())
+        unreadable_hash(&record.source)
     } else if let Some(file) = &record.file {
         file.content_hash.clone()
     } else {

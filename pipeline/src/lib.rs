@@ -5,6 +5,7 @@
 //! [`retention`] purges old data.
 
 pub mod config;
+pub mod dlq;
 pub mod retention;
 pub mod run;
 pub mod serve;

@@ -8,10 +8,14 @@ mod audit;
 pub mod chain;
 mod config;
 mod dead_letters;
+mod dlq_state;
 mod documents;
 mod log;
 
 pub use audit::AuditLogSink;
 pub use config::{AuditLogConfig, DeadLetterFileConfig, FhirNdjsonConfig};
 pub use dead_letters::DeadLetterFileSink;
+pub use dlq_state::{
+    read_dead_letters, Disposition, DlqState, DlqStateFile, DlqStateLock, LetterState,
+};
 pub use documents::FhirNdjsonSink;

@@ -162,6 +162,13 @@ const DEAD_LETTER: &str = "UPDATE jobs SET status = ?, error_stage = ?, error_cl
 
 const STATUS: &str = "SELECT status FROM jobs WHERE id = ?";
 
+/// Re-admits a dead-lettered job for the reprocessor: `failed` may be taken
+/// again, and its takes start over. Its generation stays, so a replayed
+/// commit of the same processing still writes nothing twice.
+const READMIT: &str = "UPDATE jobs SET status = 'failed', attempts = 0, updated_at = ?, \
+     error_stage = NULL, error_class = NULL, error_reason = NULL \
+     WHERE id = ? AND status = 'dead_lettered'";
+
 /// A take: the job moves to processing and counts the take, unless it is
 /// finished or was taken the bound number of times already.
 const TAKE: &str = "UPDATE jobs SET status = 'processing', attempts = attempts + 1, \
@@ -214,6 +221,7 @@ struct Statements {
     complete: SqlStr,
     dead_letter: SqlStr,
     status: SqlStr,
+    readmit: SqlStr,
     take: SqlStr,
     take_state: SqlStr,
     purge_select: SqlStr,
@@ -286,6 +294,7 @@ impl Statements {
             complete: text(COMPLETE),
             dead_letter: text(DEAD_LETTER),
             status: text(STATUS),
+            readmit: text(READMIT),
             take: text(TAKE),
             take_state: text(TAKE_STATE),
             purge_select: text(PURGE_SELECT),
@@ -709,6 +718,26 @@ impl SqlJobStore {
             };
             self.runtime
                 .block_on(retry_conflicts(|| query().execute(pool)))?
+                .rows_affected()
+        });
+        Ok(moved == 1)
+    }
+
+    /// Moves a dead-lettered job back to `failed` with no takes counted, so
+    /// the next delivery of its audio takes it and runs it (the DLQ
+    /// reprocessor's retry); returns whether it was dead-lettered. A job in
+    /// any other state is left as it is.
+    pub fn readmit(&mut self, id: &JobId) -> Result<bool> {
+        let now = now();
+        let query = self.sql.readmit.clone();
+        let moved = on_pool!(&self.pool, |pool| {
+            self.runtime
+                .block_on(retry_conflicts(|| {
+                    sqlx::query(query.clone())
+                        .bind(now)
+                        .bind(id.0.as_str())
+                        .execute(pool)
+                }))?
                 .rows_affected()
         });
         Ok(moved == 1)

@@ -273,7 +273,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn is_audio(path: &Path) -> bool {
+/// Whether `path` names an audio file the folder source reads (by extension).
+pub fn is_audio(path: &Path) -> bool {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.as_str()))
