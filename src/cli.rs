@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// format, as node_exporter's textfile collector reads it).
     #[arg(long)]
     pub metrics_file: Option<PathBuf>,
+    /// Serve the Prometheus metrics at http://ADDR/metrics while the run goes
+    /// on (e.g. 0.0.0.0:9090; plain HTTP, no PHI in it).
+    #[arg(long, value_name = "ADDR", env = "MMT_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +271,10 @@ pub struct RetentionArgs {
     /// Report what would be purged without removing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write the purge's Prometheus metrics to this file when it ends
+    /// (atomically; name it `*.prom` in node_exporter's textfile directory).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

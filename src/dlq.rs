@@ -281,7 +281,9 @@ fn reprocess(args: ReprocessArgs) -> Result<ExitCode> {
             print_summary(summary);
         }
         if let Some(path) = &args.metrics_textfile {
-            write_textfile(path, &metrics.encode_text())?;
+            metrics
+                .write_textfile(path)
+                .with_context(|| format!("writing the metrics to {}", path.display()))?;
         }
         if !args.follow || stop.load(Ordering::Relaxed) {
             return Ok(ExitCode::SUCCESS);
@@ -323,13 +325,3 @@ fn sleep_unless_stopped(wait: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Writes `text` to `path` whole: a temporary file beside it, renamed over
-/// it, so a collector never reads half a file.
-fn write_textfile(path: &Path, text: &str) -> Result<()> {
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".tmp");
-    let temp = PathBuf::from(temp);
-    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}

@@ -124,6 +124,15 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     }
     let progress = Arc::new(Bar(bar.clone()));
     let metrics = Metrics::new()?;
+    // Up before the source connects: a scrape sees the worker from its start.
+    let _metrics_server = match args.metrics_listen {
+        Some(listen) => {
+            let server = mmt_api::metrics_server::MetricsServer::start(listen, metrics.clone())?;
+            eprintln!("mmt: metrics at http://{}/metrics", server.address());
+            Some(server)
+        }
+        None => None,
+    };
     // Documents, the audit trail and the job store go here: owner-only.
     mmt_core::owner_only::create_dir_all(&args.out)?;
     let paths = OutputPaths::resolve(&config, &args.out);
@@ -192,6 +201,10 @@ pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
     let paths = OutputPaths::resolve(&config, &args.out);
     let now = mmt_core::job::unix_now();
     let metrics = Metrics::new()?;
+    // A purge that finds nothing due still reports its zeros to the textfile.
+    for kind in ["job", "document"] {
+        metrics.retention_purged_total.with_label_values(&[kind]);
+    }
     let (cutoff, purged) = purge_once(
         &config,
         &paths,
@@ -201,6 +214,11 @@ pub fn retention(args: RetentionArgs) -> Result<ExitCode> {
         &metrics,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(path) = &args.metrics_textfile {
+        metrics
+            .write_textfile(path)
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?;
+    }
     let verb = if args.dry_run {
         "would purge"
     } else {

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod metrics_server;
 pub mod openapi;
 pub mod ops;
 pub mod server;

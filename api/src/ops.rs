@@ -84,9 +84,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    exposition(&state.metrics)
+}
+
+/// Every metric in Prometheus' text format: the body of both `/metrics`
+/// endpoints (the API's, and `mmt run`'s own in [`crate::metrics_server`]).
+pub fn exposition(metrics: &mmt_core::telemetry::Metrics) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.encode_text(),
+        metrics.encode_text(),
     )
         .into_response()
 }

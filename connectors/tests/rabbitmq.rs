@@ -15,7 +15,7 @@ use mmt_connectors::rabbitmq::{
     JobSubmitter, RabbitMqConfig, RabbitMqEventPublisher, RabbitMqSource,
 };
 use mmt_core::job::{AuditAction, AuditEvent, JobId};
-use mmt_core::source::{Delivery, JobSource, Settlement};
+use mmt_core::source::{Backlog, Delivery, JobSource, Settlement};
 use mmt_core::telemetry::Metrics;
 use proxy::Proxy;
 
@@ -137,6 +137,38 @@ fn messages_are_acked_rejected_or_returned_as_settled() {
     wait_for("an empty queue", || {
         submitter.queue_depth().expect("depth") == 0
     });
+    submitter.delete_queues().expect("clean up");
+}
+
+#[test]
+fn the_backlog_is_read_from_the_broker_while_consuming() {
+    if !common::require_service("RabbitMQ", BROKER) {
+        return;
+    }
+    let mut config = config(BROKER, &unique_queue("backlog"));
+    // One message out at a time: the other four stay ready on the broker.
+    config.prefetch = 1;
+    let submitter = JobSubmitter::connect(&config).expect("submitter");
+    submit_jobs(&submitter, 5);
+    let mut source =
+        RabbitMqSource::connect(&config, EnvelopeReader::new(None, "unknown")).expect("source");
+    // Read as the session opens (the one delivered message may not yet have
+    // left the ready count), then every few seconds.
+    wait_for("the first reading", || {
+        matches!(source.backlog(), Some(Backlog::Broker(4 | 5)))
+    });
+    let first = receive(&mut source, 1);
+    assert_eq!(first.len(), 1);
+    source
+        .settle(&[(first[0].tag, Settlement::Committed)])
+        .expect("settle");
+    let second = receive(&mut source, 1);
+    assert_eq!(second.len(), 1);
+    // Two delivered: one acked, one out: three ready, as the next reading says.
+    wait_for("a reading after the first ack", || {
+        source.backlog() == Some(Backlog::Broker(3))
+    });
+    drop(source);
     submitter.delete_queues().expect("clean up");
 }
 

@@ -73,6 +73,17 @@ pub enum Settlement {
     DeadLettered,
 }
 
+/// Jobs waiting in front of a source, for the queue gauges (each gauge has
+/// one meaning, so the kind of queue decides which one a reading sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// Messages ready in a broker's queue, as the broker reports them
+    /// (`transcription_queue_depth`).
+    Broker(u64),
+    /// Accepted uploads waiting in this process (`async_task_queue_size`).
+    Uploads(u64),
+}
+
 /// A source of jobs, driven by one thread (timely worker 0).
 pub trait JobSource: Send {
     /// Up to `max` new messages, waiting at most `wait` when none is ready.
@@ -87,6 +98,12 @@ pub trait JobSource: Send {
     /// its end in batch mode). Brokers never run dry by themselves.
     fn exhausted(&self) -> bool {
         false
+    }
+
+    /// What waits in front of the source now, if it knows (cheap: the driver
+    /// asks on every step; a broker reading is refreshed in the background).
+    fn backlog(&self) -> Option<Backlog> {
+        None
     }
 
     /// A short name for logs (`directory`, `rabbitmq`, `kafka`).

@@ -9,22 +9,38 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::io::Write;
+use std::path::Path;
 
 /// Buckets for work measured in seconds, from a short API call to a long dictation.
 const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Buckets for a job's whole stay, received to committed: from a short
+/// dictation on an idle worker to a long one behind a backlog (the operators'
+/// guide alerts on a p95 above 15 s).
+const END_TO_END_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
 /// The process-wide metrics, ready to be scraped at `/metrics`.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Jobs waiting to be transcribed.
+    /// The broker's backlog: messages ready in the job queue, read from the
+    /// broker (RabbitMQ) every few seconds by `mmt run`/`mmt serve` workers.
     pub transcription_queue_depth: IntGauge,
-    /// Tasks waiting in the async worker pool's queue.
+    /// Uploads `mmt serve` accepted that wait for the dataflow (embedded intake).
     pub async_task_queue_size: IntGauge,
-    /// Wall time to transcribe one job, from decoded audio to transcript.
+    /// Speech chunks waiting for a model batch, summed over the workers.
+    pub transcription_batch_pending_chunks: IntGauge,
+    /// Jobs this process received and has not committed yet.
+    pub transcription_jobs_in_flight: IntGauge,
+    /// Wall time of one batched model call (several chunks of several jobs).
     pub transcription_duration_seconds: Histogram,
+    /// A job's whole stay, from received to committed in every sink.
+    pub transcription_end_to_end_duration_seconds: Histogram,
     /// Seconds of audio transcribed.
     pub transcribed_audio_seconds_total: IntCounter,
     /// REST request latency by route template and status code.
@@ -94,6 +110,14 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(transcription_duration_seconds.clone()))?;
+        let transcription_end_to_end_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "transcription_end_to_end_duration_seconds",
+                "Wall time of one job from received to committed in every sink",
+            )
+            .buckets(END_TO_END_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(transcription_end_to_end_duration_seconds.clone()))?;
         let api_request_duration_seconds = HistogramVec::new(
             HistogramOpts::new("api_request_duration_seconds", "REST request latency")
                 .buckets(DURATION_BUCKETS.to_vec()),
@@ -104,13 +128,22 @@ impl Metrics {
         Ok(Self {
             transcription_queue_depth: gauge(
                 "transcription_queue_depth",
-                "Jobs waiting to be transcribed",
+                "Messages ready in the broker's job queue, as the broker reports them",
             )?,
             async_task_queue_size: gauge(
                 "async_task_queue_size",
-                "Tasks waiting in the async worker pool queue",
+                "Accepted uploads waiting for the transcription dataflow",
+            )?,
+            transcription_batch_pending_chunks: gauge(
+                "transcription_batch_pending_chunks",
+                "Speech chunks waiting for a model batch",
+            )?,
+            transcription_jobs_in_flight: gauge(
+                "transcription_jobs_in_flight",
+                "Jobs received and not yet committed",
             )?,
             transcription_duration_seconds,
+            transcription_end_to_end_duration_seconds,
             transcribed_audio_seconds_total: counter(
                 "transcribed_audio_seconds_total",
                 "Seconds of audio transcribed",
@@ -220,7 +253,10 @@ impl Metrics {
             registry: _,
             transcription_queue_depth,
             async_task_queue_size,
+            transcription_batch_pending_chunks,
+            transcription_jobs_in_flight,
             transcription_duration_seconds,
+            transcription_end_to_end_duration_seconds,
             transcribed_audio_seconds_total,
             api_request_duration_seconds,
             publish_failures_total,
@@ -229,6 +265,7 @@ impl Metrics {
             reprocessor_succeeded_total,
             reprocessor_failed_total,
             reprocessor_exhausted_total,
+            reprocessor_parked_total,
             vault_refresh_failures_total,
             vault_token_renew_success_total,
             vault_token_renew_failure_total,
@@ -243,7 +280,10 @@ impl Metrics {
         vec![
             Box::new(transcription_queue_depth.clone()),
             Box::new(async_task_queue_size.clone()),
+            Box::new(transcription_batch_pending_chunks.clone()),
+            Box::new(transcription_jobs_in_flight.clone()),
             Box::new(transcription_duration_seconds.clone()),
+            Box::new(transcription_end_to_end_duration_seconds.clone()),
             Box::new(transcribed_audio_seconds_total.clone()),
             Box::new(api_request_duration_seconds.clone()),
             Box::new(publish_failures_total.clone()),
@@ -252,6 +292,7 @@ impl Metrics {
             Box::new(reprocessor_succeeded_total.clone()),
             Box::new(reprocessor_failed_total.clone()),
             Box::new(reprocessor_exhausted_total.clone()),
+            Box::new(reprocessor_parked_total.clone()),
             Box::new(vault_refresh_failures_total.clone()),
             Box::new(vault_token_renew_success_total.clone()),
             Box::new(vault_token_renew_failure_total.clone()),
@@ -265,7 +306,7 @@ impl Metrics {
         ]
     }
 
-    /// Records one finished transcription.
+    /// Records one batched model call and the audio it transcribed.
     pub fn record_transcription(&self, wall_seconds: f64, audio_seconds: f64) {
         self.transcription_duration_seconds.observe(wall_seconds);
         self.transcribed_audio_seconds_total
@@ -279,6 +320,38 @@ impl Metrics {
         // which registration already rejected.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// Writes [`Self::encode_text`] to `path` for node_exporter's textfile
+    /// collector (for processes that end before a scrape: CronJobs).
+    ///
+    /// Written to a temporary file beside `path`, synced, then renamed over
+    /// it, so the collector reads the old file or the new one, never half of
+    /// one. Name it `*.prom`: the collector reads only those.
+    pub fn write_textfile(&self, path: &Path) -> std::io::Result<()> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+        })?;
+        // A dot-name the collector skips (it reads `*.prom` only), unique per
+        // process so two writers never share a temporary file.
+        let mut temporary_name = std::ffi::OsString::from(".");
+        temporary_name.push(name);
+        temporary_name.push(format!(".{}.tmp", std::process::id()));
+        let temporary = dir.join(temporary_name);
+        let written = (|| {
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(self.encode_text().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
     }
 }
 
@@ -316,6 +389,9 @@ mod tests {
             "transcription_queue_depth",
             "async_task_queue_size",
             "transcription_duration_seconds_bucket",
+            "transcription_end_to_end_duration_seconds_bucket",
+            "transcription_batch_pending_chunks",
+            "transcription_jobs_in_flight",
             "api_request_duration_seconds_bucket",
             "publish_failures_total",
             "breaker_open_total",
@@ -395,5 +471,65 @@ mod tests {
             histogram.get_field_type(),
             prometheus::proto::MetricType::HISTOGRAM
         );
+    }
+
+    #[test]
+    fn end_to_end_buckets_cover_half_a_second_to_ten_minutes() {
+        let metrics = Metrics::new().expect("metrics register");
+        metrics
+            .transcription_end_to_end_duration_seconds
+            .observe(12.0);
+        let text = metrics.encode_text();
+        assert!(text.contains("transcription_end_to_end_duration_seconds_bucket{le=\"0.5\"} 0"));
+        assert!(text.contains("transcription_end_to_end_duration_seconds_bucket{le=\"15\"} 1"));
+        assert!(text.contains("transcription_end_to_end_duration_seconds_bucket{le=\"600\"} 1"));
+        assert!(text.contains("transcription_end_to_end_duration_seconds_count 1"));
+    }
+
+    #[test]
+    fn the_textfile_holds_the_exposition_and_replaces_the_last_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mmt_retention.prom");
+        let metrics = Metrics::new().expect("metrics register");
+        metrics
+            .retention_purged_total
+            .with_label_values(&["job"])
+            .inc_by(3);
+        metrics.write_textfile(&path).expect("first write");
+        let first = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(first, metrics.encode_text());
+        assert!(first.contains("retention_purged_total{kind=\"job\"} 3"));
+
+        metrics
+            .retention_purged_total
+            .with_label_values(&["job"])
+            .inc();
+        metrics.write_textfile(&path).expect("second write");
+        let second = std::fs::read_to_string(&path).expect("read");
+        assert!(second.contains("retention_purged_total{kind=\"job\"} 4"));
+        // Only the file itself is left: no temporary the collector could read.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("mmt_retention.prom")]);
+    }
+
+    #[test]
+    fn a_textfile_that_cannot_be_written_is_an_error_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::new().expect("metrics register");
+        let missing = dir.path().join("no-such-folder").join("mmt.prom");
+        assert!(metrics.write_textfile(&missing).is_err());
+        // Renaming onto a folder fails after the temporary file was written.
+        let folder = dir.path().join("taken.prom");
+        std::fs::create_dir(&folder).expect("mkdir");
+        std::fs::write(folder.join("inside"), "x").expect("fill");
+        assert!(metrics.write_textfile(&folder).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("taken.prom")]);
     }
 }

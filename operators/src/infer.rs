@@ -87,6 +87,8 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                 // Each chunk with its capability and when it arrived (for the batch wait).
                 let mut pending: Vec<(Capability<u64>, ChunkWork, Instant)> = Vec::new();
                 let mut jobs: HashMap<JobId, JobProgress> = HashMap::new();
+                // This worker's share of the gauge, which sums every worker's.
+                let mut reported_pending: i64 = 0;
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
                         if let Some(capability) = capability.retain_least(0) {
@@ -133,7 +135,11 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                         // Come back when the oldest ready chunk has waited long enough.
                         activator.activate_after(limit.saturating_sub(waited));
                     }
-                    metrics.transcription_queue_depth.set(pending.len() as i64);
+                    let now_pending = pending.len() as i64;
+                    metrics
+                        .transcription_batch_pending_chunks
+                        .add(now_pending - reported_pending);
+                    reported_pending = now_pending;
                 }
             });
         results.ok_err(|result| result)

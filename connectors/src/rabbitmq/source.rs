@@ -9,6 +9,10 @@
 //! redelivered by the broker (flagged `redelivered`), and their late
 //! settlements are dropped, so nothing is lost and the idempotent sinks absorb
 //! the repeat.
+//!
+//! While a session is up it also reads the queue's backlog (messages ready,
+//! not yet delivered to any consumer) from the broker every few seconds, for
+//! the `transcription_queue_depth` gauge.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +31,7 @@ use lapin::{
 };
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{unix_now, ComponentError};
-use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
+use mmt_core::source::{Backlog, Delivery, DeliveryTag, JobSource, Settlement};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
@@ -35,6 +39,10 @@ use super::config::RabbitMqConfig;
 use crate::config::validated;
 use crate::envelope::{EnvelopeReader, MessageContext};
 use crate::error::{ConnectorError, Result};
+
+/// How often a consuming session asks the broker for the queue's backlog (a
+/// passive `queue.declare`: one small round trip).
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One message as the connection task hands it over.
 struct Inbound {
@@ -50,6 +58,9 @@ struct Inbound {
 pub struct SessionStatus {
     connected: AtomicBool,
     sessions: AtomicU64,
+    /// Whether `backlog` holds a reading of this session.
+    backlog_known: AtomicBool,
+    backlog: AtomicU64,
 }
 
 impl SessionStatus {
@@ -61,6 +72,22 @@ impl SessionStatus {
     /// Sessions opened so far (1 + reconnections).
     pub fn sessions(&self) -> u64 {
         self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Messages ready in the queue at the last reading, if the session up
+    /// now has read it.
+    pub fn backlog(&self) -> Option<u64> {
+        self.backlog_known
+            .load(Ordering::Relaxed)
+            .then(|| self.backlog.load(Ordering::Relaxed))
+    }
+
+    fn set_backlog(&self, messages: Option<u32>) {
+        if let Some(messages) = messages {
+            self.backlog.store(u64::from(messages), Ordering::Relaxed);
+        }
+        self.backlog_known
+            .store(messages.is_some(), Ordering::Relaxed);
     }
 }
 
@@ -170,6 +197,10 @@ impl JobSource for RabbitMqSource {
             return Ok(());
         }
         self.settle.send(settled.to_vec()).map_err(|_| task_ended())
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        self.status.backlog().map(Backlog::Broker)
     }
 
     fn kind(&self) -> &'static str {
@@ -372,8 +403,9 @@ impl Supervisor {
                     } else {
                         tracing::info!("reconnected to RabbitMQ");
                     }
-                    let end = self.consume(consumer).await;
+                    let end = self.consume(&channel, consumer).await;
                     self.status.connected.store(false, Ordering::Relaxed);
+                    self.status.set_backlog(None);
                     match end {
                         SessionEnd::SourceGone => {
                             let _ = channel.close(200, "worker stopping".into()).await;
@@ -437,11 +469,20 @@ impl Supervisor {
         Ok((connection, channel, consumer))
     }
 
-    /// Forwards deliveries and applies settlements until the session fails.
-    async fn consume(&mut self, mut consumer: lapin::Consumer) -> SessionEnd {
+    /// Forwards deliveries, applies settlements and reads the backlog until
+    /// the session fails.
+    async fn consume(&mut self, channel: &Channel, mut consumer: lapin::Consumer) -> SessionEnd {
         let mut ackers: HashMap<DeliveryTag, Acker> = HashMap::new();
+        // The first tick is immediate: the gauge is right from the start.
+        let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
+        backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = backlog_tick.tick() => match ready_messages(&self.config, channel).await {
+                    Ok(messages) => self.status.set_backlog(Some(messages)),
+                    // A failed declare closes the channel: the session is lost.
+                    Err(err) => return SessionEnd::Lost(err.to_string()),
+                },
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let tag = DeliveryTag(self.next_tag);
@@ -472,6 +513,26 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Messages ready in the job queue (not delivered to any consumer), as the
+/// broker counts them: a passive declare, which changes nothing.
+async fn ready_messages(
+    config: &RabbitMqConfig,
+    channel: &Channel,
+) -> std::result::Result<u32, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare(
+            config.queue.as_str().into(),
+            passive,
+            job_queue_arguments(config),
+        )
+        .await?;
+    Ok(queue.message_count())
 }
 
 /// Acks committed messages and rejects dead-lettered ones to the dead-letter

@@ -28,7 +28,7 @@ use mmt_connectors::files::{AuditLogConfig, DeadLetterFileConfig, FhirNdjsonConf
 use mmt_core::idempotency::IdempotencyFilter;
 use mmt_core::job::{JobId, JobStatus, JobStore};
 use mmt_core::retry::RetryPolicy;
-use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
+use mmt_core::source::{Backlog, Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::telemetry::Metrics;
 use mmt_operators::assemble::Assemble;
 use mmt_operators::chunk::ChunkConfig;
@@ -40,7 +40,7 @@ use mmt_operators::records::SourceRecord;
 use mmt_operators::split::ChunkSpeech;
 use mmt_whisper::{Engine, ModelOptions, TranscribeOptions};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -304,6 +304,11 @@ pub fn run(
             // Jobs dead-lettered by the commit stage (worker 0), for settling.
             let dead_lettered = Rc::new(RefCell::new(HashSet::new()));
             let dead_lettered_in = Rc::clone(&dead_lettered);
+            // When each job in flight was received (worker 0: the driver
+            // notes it, the commit stage's output observes it).
+            let received: Rc<RefCell<Received>> = Rc::default();
+            let received_in = Rc::clone(&received);
+            let end_to_end = metrics.transcription_end_to_end_duration_seconds.clone();
             worker.dataflow::<u64, _, _>(|scope| {
                 // Every job is taken in the store before any work, decoding
                 // included: a job that stops its worker is counted.
@@ -332,6 +337,9 @@ pub fn run(
                         if *settlement == Settlement::DeadLettered {
                             dead_lettered_in.borrow_mut().insert(job.clone());
                         }
+                        if let Some(at) = received_in.borrow_mut().committed(job) {
+                            end_to_end.observe(at.elapsed().as_secs_f64());
+                        }
                     })
                     .probe_with(&probe);
             });
@@ -350,6 +358,8 @@ pub fn run(
                         screen: screen.as_mut(),
                         suspects: VecDeque::new(),
                         dead_lettered: &dead_lettered,
+                        received: &received,
+                        metrics: &metrics,
                         open_epochs: BTreeMap::new(),
                         discovered: &discovered,
                         counters: &counters,
@@ -385,7 +395,46 @@ pub fn run(
     })
 }
 
-/// Forwards progress and keeps `async_task_queue_size` (messages fed, not yet committed).
+/// When each job in flight was received, for the end-to-end histogram. A job
+/// can be in flight more than once (a resubmission while it runs): each
+/// delivery is one entry, and each outcome committed takes the oldest.
+#[derive(Debug, Default)]
+struct Received(HashMap<JobId, VecDeque<Instant>>);
+
+impl Received {
+    fn insert(&mut self, job: JobId, at: Instant) {
+        self.0.entry(job).or_default().push_back(at);
+    }
+
+    /// When the job whose outcome was just committed was received.
+    fn committed(&mut self, job: &JobId) -> Option<Instant> {
+        let deliveries = self.0.get_mut(job)?;
+        let at = deliveries.pop_front();
+        if deliveries.is_empty() {
+            self.0.remove(job);
+        }
+        at
+    }
+}
+
+/// When a record was received, on the monotonic clock: now, or earlier by the
+/// seconds it had already waited before this poll (an upload `mmt serve`
+/// accepted before the dataflow took it, or one found at a restart).
+fn received_instant(received_at: i64, now: Instant, unix_now: i64) -> Instant {
+    // `received_at` counts whole seconds: a difference of one second may be
+    // the clock ticking between the source's reading and this one.
+    let waited = unix_now.saturating_sub(received_at);
+    if waited < 2 {
+        return now;
+    }
+    u64::try_from(waited)
+        .ok()
+        .and_then(|seconds| now.checked_sub(Duration::from_secs(seconds)))
+        .unwrap_or(now)
+}
+
+/// Forwards progress and keeps `transcription_jobs_in_flight` (messages fed,
+/// not yet committed).
 struct QueueProgress<'a> {
     inner: &'a dyn Progress,
     metrics: &'a Metrics,
@@ -394,7 +443,7 @@ struct QueueProgress<'a> {
 impl Progress for QueueProgress<'_> {
     fn update(&self, discovered: u64, done: u64) {
         self.metrics
-            .async_task_queue_size
+            .transcription_jobs_in_flight
             .set(discovered.saturating_sub(done) as i64);
         self.inner.update(discovered, done);
     }
@@ -416,6 +465,10 @@ struct Driver<'a> {
     /// Suspects waiting to run alone, oldest first.
     suspects: VecDeque<Delivery>,
     dead_lettered: &'a RefCell<HashSet<JobId>>,
+    /// When each job in flight was received.
+    received: &'a RefCell<Received>,
+    /// For the source's backlog.
+    metrics: &'a Metrics,
     /// The messages of every epoch fed and not yet settled, with their jobs.
     open_epochs: BTreeMap<u64, Vec<(DeliveryTag, JobId)>>,
     discovered: &'a std::sync::atomic::AtomicU64,
@@ -547,8 +600,15 @@ impl Driver<'_> {
         }
         let epoch = *self.input.time();
         let mut messages = Vec::with_capacity(deliveries.len());
+        let (now, unix_now) = (Instant::now(), mmt_core::job::unix_now());
+        let mut received = self.received.borrow_mut();
         for delivery in deliveries {
-            messages.push((delivery.tag, job_meta(&delivery.record).id));
+            let job = job_meta(&delivery.record).id;
+            received.insert(
+                job.clone(),
+                received_instant(delivery.record.received_at, now, unix_now),
+            );
+            messages.push((delivery.tag, job));
             self.input.send(delivery.record);
         }
         let fed = messages.len() as u64;
@@ -576,6 +636,9 @@ impl Driver<'_> {
             for epoch in passed {
                 self.open_epochs.remove(&epoch);
             }
+            if self.open_epochs.is_empty() {
+                self.received.borrow_mut().0.clear();
+            }
             return;
         }
         let mut dead_lettered = self.dead_lettered.borrow_mut();
@@ -592,6 +655,9 @@ impl Driver<'_> {
         }
         if self.open_epochs.is_empty() {
             dead_lettered.clear();
+            // Nothing is in flight: what is left was never committed (a
+            // stop during a sink outage) and must not linger.
+            self.received.borrow_mut().0.clear();
         }
         if let Err(err) = self.source.settle(&settled) {
             // The broker redelivers what was not acknowledged; the sinks are idempotent.
@@ -600,6 +666,17 @@ impl Driver<'_> {
     }
 
     fn report(&self) {
+        match self.source.backlog() {
+            Some(Backlog::Broker(messages)) => self
+                .metrics
+                .transcription_queue_depth
+                .set(i64::try_from(messages).unwrap_or(i64::MAX)),
+            Some(Backlog::Uploads(uploads)) => self
+                .metrics
+                .async_task_queue_size
+                .set(i64::try_from(uploads).unwrap_or(i64::MAX)),
+            None => {}
+        }
         let counters = self.counters;
         let done = counters.completed.load(Ordering::Relaxed)
             + counters.dead_lettered.load(Ordering::Relaxed)
@@ -614,5 +691,36 @@ pub(crate) fn setup(what: &'static str, err: impl std::fmt::Display) -> RunError
     RunError::Setup {
         what,
         reason: err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_that_waited_whole_seconds_counts_them() {
+        let now = Instant::now();
+        assert_eq!(received_instant(1_000, now, 1_000), now);
+        // One second may be the clock ticking between two readings.
+        assert_eq!(received_instant(1_000, now, 1_001), now);
+        let waited = received_instant(1_000, now, 1_030);
+        assert_eq!(now.duration_since(waited), Duration::from_secs(30));
+        // A clock set back never makes a job younger than now.
+        assert_eq!(received_instant(2_000, now, 1_000), now);
+    }
+
+    #[test]
+    fn each_committed_outcome_takes_its_jobs_oldest_delivery() {
+        let mut received = Received::default();
+        let job = JobId("a".repeat(64));
+        let first = Instant::now();
+        let second = first + Duration::from_secs(1);
+        received.insert(job.clone(), first);
+        received.insert(job.clone(), second);
+        assert_eq!(received.committed(&job), Some(first));
+        assert_eq!(received.committed(&job), Some(second));
+        assert_eq!(received.committed(&job), None);
+        assert!(received.0.is_empty(), "nothing lingers");
     }
 }

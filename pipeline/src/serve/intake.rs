@@ -15,7 +15,7 @@
 
 use crate::serve::uploads::UploadStore;
 use mmt_core::job::{ComponentError, JobId};
-use mmt_core::source::{Delivery, DeliveryTag, JobSource, Settlement};
+use mmt_core::source::{Backlog, Delivery, DeliveryTag, JobSource, Settlement};
 use mmt_core::ErrorClass;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -333,6 +333,10 @@ impl JobSource for ApiQueueSource {
             }
         }
         Ok(deliveries)
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        Some(Backlog::Uploads(self.queue.depth() as u64))
     }
 
     /// Nothing to acknowledge: the job store records each job's outcome, and

@@ -309,9 +309,7 @@ impl ServiceControl {
 
     fn report_depth(&self) {
         if let Intake::Embedded(queue) = &self.intake {
-            self.metrics
-                .transcription_queue_depth
-                .set(queue.depth() as i64);
+            self.metrics.async_task_queue_size.set(queue.depth() as i64);
         }
     }
 
