@@ -926,3 +926,35 @@ fn a_missing_rs256_key_folder_is_a_file_problem() {
         .iter()
         .any(|p| p.variable == "MMT_JWT_PUBLIC_KEYS_DIR" && p.is_fatal()));
 }
+
+#[test]
+fn traces_are_exported_only_to_a_configured_http_protobuf_endpoint() {
+    let url = |vars: &[(&str, &str)]| load(vars).config.telemetry.otlp_traces_url();
+    assert_eq!(url(&[]), None, "off when unset");
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318/");
+    assert_eq!(
+        url(&[endpoint]).as_deref(),
+        Some("http://otel-collector:4318/v1/traces")
+    );
+    assert_eq!(url(&[endpoint, ("OTEL_SDK_DISABLED", "true")]), None);
+    assert_eq!(url(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]), None);
+    let grpc = [endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    assert_eq!(url(&grpc), None);
+    assert_eq!(
+        severity_of(&grpc, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        Some(Severity::Warning)
+    );
+    let https = [("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")];
+    assert_eq!(url(&https), None);
+    assert_eq!(
+        severity_of(&https, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some(Severity::Warning)
+    );
+    assert_eq!(
+        severity_of(
+            &[endpoint, ("OTEL_TRACES_SAMPLER", "xray")],
+            "OTEL_TRACES_SAMPLER"
+        ),
+        Some(Severity::Warning)
+    );
+}
