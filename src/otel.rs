@@ -11,7 +11,6 @@
 //! dataflow (a full queue drops spans), and flushed when the command ends.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
