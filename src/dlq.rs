@@ -324,4 +324,3 @@ fn sleep_unless_stopped(wait: Duration, stop: &AtomicBool) {
         left -= nap;
     }
 }
-

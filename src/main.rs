@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod dlq;
 mod keys;
+mod otel;
 mod run;
 mod serve;
 mod transcribe;
@@ -16,7 +17,8 @@ fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     return_large_buffers_to_the_system();
     let cli = cli::Cli::parse();
-    init_logging(cli.command.default_log_level());
+    // Flushes the spans not yet exported when the command returns.
+    let _tracing = init_logging(cli.command.default_log_level());
     match cli.command.run() {
         Ok(code) => code,
         Err(err) => {
@@ -41,8 +43,13 @@ const CAPPED_LOG_TARGETS: &[&str] = &[
     "lapin=debug",
 ];
 
-/// Structured JSON logs on stderr; `RUST_LOG` overrides the command's default level.
-fn init_logging(default_level: &str) {
+/// Structured JSON logs on stderr; `RUST_LOG` overrides the command's default
+/// level. Spans go to OpenTelemetry as well (see [`otel`]); a log line inside
+/// one carries its `trace_id` and `span_id`.
+fn init_logging(default_level: &str) -> otel::Tracing {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     for directive in CAPPED_LOG_TARGETS {
@@ -51,12 +58,24 @@ fn init_logging(default_level: &str) {
             Err(err) => eprintln!("mmt: a log filter directive does not parse: {err}"),
         }
     }
-    tracing_subscriber::fmt()
+    // Problems in the OTEL_* variables are `mmt check`'s to report; here the
+    // defaults stand in for values that do not parse.
+    let telemetry = mmt_pipeline::config::Config::load_env().config.telemetry;
+    let (tracer, guard) = otel::tracer(&telemetry);
+    let spans = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
+    let json = tracing_subscriber::fmt::format()
         .json()
-        .with_env_filter(filter)
+        .with_current_span(true);
+    let logs = tracing_subscriber::fmt::layer()
+        .json()
         .with_writer(std::io::stderr)
-        .with_current_span(true)
+        .event_format(otel::WithTraceIds(json));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(spans)
+        .with(logs)
         .init();
+    guard
 }
 
 /// Buffers of 4 MB or more (audio, encoder activations, cross-attention K/V,

@@ -14,6 +14,7 @@ pub mod retry;
 pub mod source;
 pub mod spool;
 pub mod telemetry;
+pub mod trace;
 pub mod transcript;
 
 pub use error::ErrorClass;

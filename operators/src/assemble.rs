@@ -2,6 +2,7 @@
 
 use crate::records::{route, ChunkResult, Outcome};
 use mmt_core::job::{unix_now, CompletedJob, JobId};
+use mmt_core::trace::continue_trace;
 use mmt_core::{Segment, Transcript};
 use std::collections::HashMap;
 use timely::dataflow::channels::pact::Exchange;
@@ -54,6 +55,9 @@ fn add_chunk(
     chunks.sort_by_key(|c| c.seq);
     let job_seconds = chunks[0].job_seconds;
     let meta = chunks[0].meta.clone();
+    let span = tracing::info_span!("assemble", job = %meta.id, chunks = chunks.len());
+    continue_trace(&span, meta.trace_parent.as_deref());
+    let _span = span.entered();
     let segments: Vec<Segment> = chunks
         .into_iter()
         .flat_map(|c| c.segments)

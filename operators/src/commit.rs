@@ -25,6 +25,7 @@ use mmt_core::phi::mask_reference;
 use mmt_core::retry::{Backoff, Outage, RetryPolicy};
 use mmt_core::source::Settlement;
 use mmt_core::telemetry::Metrics;
+use mmt_core::trace::continue_trace;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -328,7 +329,9 @@ fn commit_outcome(
                 .map_err(sink(AUDIT))?;
         }
         Outcome::Completed(job) => {
-            let _span = tracing::info_span!("commit", job = %job.meta.id, correlation_id = %job.meta.correlation_id).entered();
+            let span = tracing::info_span!("commit", job = %job.meta.id, correlation_id = %job.meta.correlation_id);
+            continue_trace(&span, job.meta.trace_parent.as_deref());
+            let _span = span.entered();
             sinks.documents.write(job).map_err(sink(DOCUMENTS))?;
             let mut detail = BTreeMap::new();
             detail.insert(

@@ -13,6 +13,7 @@ use crate::identity::{content_hash, correlation_id, job_id};
 use crate::records::{DecodedAudio, DecodedJob, IdentifiedRecord, Outcome, SourceRecord};
 use crate::samples::SamplesWriter;
 use mmt_core::job::{DeadLetter, JobId, JobMeta, Stage};
+use mmt_core::trace::continue_trace;
 use mmt_core::ErrorClass;
 use mmt_whisper::audio::{stream_bytes, stream_maybe_sealed_file, SAMPLE_RATE};
 use mmt_whisper::WhisperError;
@@ -124,9 +125,9 @@ pub fn decode_identified(
     settings: &DecodeSettings,
 ) -> Result<DecodedJob, Outcome> {
     let IdentifiedRecord { meta, mut record } = job;
-    let _span =
-        tracing::info_span!("decode", job = %meta.id, correlation_id = %meta.correlation_id)
-            .entered();
+    let span = tracing::info_span!("decode", job = %meta.id, correlation_id = %meta.correlation_id);
+    continue_trace(&span, meta.trace_parent.as_deref());
+    let _span = span.entered();
     if let Some(reason) = &record.read_error {
         let reason = format!("cannot read the input: {reason}");
         return Err(rejected(

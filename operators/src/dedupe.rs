@@ -26,6 +26,7 @@ use mmt_core::job::{
     JobStore, Stage, Take,
 };
 use mmt_core::telemetry::Metrics;
+use mmt_core::trace::continue_trace;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -190,6 +191,9 @@ impl Taker {
         epoch: u64,
         store: &mut dyn JobStore,
     ) -> Result<IdentifiedRecord, Outcome> {
+        let span = tracing::info_span!("dedupe", job = %job.meta.id);
+        continue_trace(&span, job.meta.trace_parent.as_deref());
+        let _span = span.entered();
         if self.in_flight(&job.meta.id, store) {
             // A broker redelivers a message whose delivery it lost track of (a
             // dropped connection): that is the same submission again, not a

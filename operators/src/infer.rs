@@ -18,6 +18,7 @@
 use crate::records::{route, ChunkResult, ChunkWork, Outcome};
 use mmt_core::job::{unix_now, DeadLetter, JobId, Stage};
 use mmt_core::telemetry::Metrics;
+use mmt_core::trace::{continue_trace, link_jobs};
 use mmt_core::Segment;
 use mmt_whisper::{Engine, TranscribeOptions};
 use std::collections::HashMap;
@@ -188,6 +189,17 @@ fn run_batch(
     if speech.is_empty() {
         return out;
     }
+    // One span for the batch, linked to every job it carries; it sits in the
+    // first job's trace so that a job batched alone has all its spans in one.
+    let span = tracing::info_span!("infer_batch", chunks = speech.len());
+    let parents = || {
+        speech
+            .iter()
+            .filter_map(|(_, w)| w.meta.trace_parent.as_deref())
+    };
+    continue_trace(&span, parents().next());
+    link_jobs(&span, parents());
+    let _span = span.entered();
     // A chunk's samples are read from the job's spool only now, so that
     // waiting chunks hold no audio.
     let mut loaded = Vec::with_capacity(speech.len());

@@ -5,6 +5,7 @@
 //! the model transcribes it.
 
 use crate::records::{ChunkWork, DecodedJob, Samples};
+use mmt_core::trace::continue_trace;
 use mmt_whisper::audio::SAMPLE_RATE;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
@@ -32,6 +33,9 @@ impl<'scope> ChunkSpeech<'scope> for Stream<'scope, u64, Vec<DecodedJob>> {
 
 /// The chunks of one job; a job without speech yields one empty chunk (`total == 0`).
 pub fn chunk_job(job: DecodedJob) -> Vec<ChunkWork> {
+    let span = tracing::info_span!("chunk", job = %job.meta.id, chunks = job.audio.chunks.len());
+    continue_trace(&span, job.meta.trace_parent.as_deref());
+    let _span = span.entered();
     let job_seconds = job.duration_seconds();
     let spans = &job.audio.chunks;
     if spans.is_empty() {

@@ -64,7 +64,7 @@ fn decoder(c: &mut Criterion) {
     let front_end = MelFrontEnd::new(spec.n_mels);
     let features = front_end.log_mel(&common::sample("jfk_inaugural_1961_excerpt.wav"));
     let window = mel::window(&features, 0);
-    let cross = model
+    let mut cross = model
         .encode(stack_windows(&[window]).expect("stack").view())
         .expect("encoder");
 
@@ -79,7 +79,7 @@ fn decoder(c: &mut Criterion) {
     let max_new_tokens = spec.n_text_ctx / 2;
     let generated = generate(
         &mut model,
-        &cross,
+        &mut cross,
         std::slice::from_ref(&request),
         &rules,
         &Strategy::Greedy,
@@ -138,7 +138,7 @@ fn decoder(c: &mut Criterion) {
         b.iter(|| {
             generate(
                 &mut model,
-                &cross,
+                &mut cross,
                 black_box(std::slice::from_ref(&request)),
                 &rules,
                 &Strategy::Greedy,

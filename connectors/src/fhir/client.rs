@@ -26,6 +26,7 @@ use std::time::Duration;
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{CompletedJob, ComponentError, DocumentSink, JobId};
 use mmt_core::retry::RetryPolicy;
+use mmt_core::trace::TRACE_PARENT_HEADER;
 use serde::Deserialize;
 use ureq::http::Response;
 use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
@@ -241,7 +242,13 @@ impl FhirServerSink {
         serde_json::to_vec(&value).map_err(serialize)
     }
 
+    /// Adds the bearer token, and the `traceparent` of the current span (the
+    /// request's, see [`Self::exchange`]) so the server's work joins the job's trace.
     fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let request = match mmt_core::trace::current_trace_parent() {
+            Some(parent) => request.header(TRACE_PARENT_HEADER, parent),
+            None => request,
+        };
         match &self.authorization {
             Some(value) => request.header("Authorization", &**value),
             None => request,
@@ -256,6 +263,15 @@ impl FhirServerSink {
         operation: &'static str,
         mut send: impl FnMut() -> Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>> {
+        // One client span per operation, retries included (in the job's trace
+        // when called from its commit span).
+        let span = tracing::info_span!(
+            "fhir_request",
+            otel.kind = "client",
+            operation,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let _span = span.enter();
         let mut attempt = 0;
         let mut backoffs = self.retry.backoff();
         loop {
@@ -265,6 +281,7 @@ impl FhirServerSink {
             match send() {
                 Ok(mut response) => {
                     let status = response.status().as_u16();
+                    span.record("http.response.status_code", status);
                     if !is_retryable_status(status) {
                         return Ok(response);
                     }

@@ -174,13 +174,18 @@ impl RabbitMqEventPublisher {
 }
 
 /// Headers of an event: its tenant and correlation id, and a `traceparent`
-/// continuing the submitter's trace when the job came with one.
+/// continuing the submitter's trace when the job came with one: the span that
+/// publishes it (the job's commit span) when tracing is on, else one derived
+/// from the job's.
 fn event_headers(event: &AuditEvent) -> FieldTable {
     let mut headers = FieldTable::default();
-    let child = event
-        .detail
-        .get("traceparent")
-        .and_then(|parent| child_trace_parent(parent, &event.correlation_id));
+    let child = event.detail.get("traceparent").and_then(|parent| {
+        // The current span only where it is in the job's trace (not some
+        // enclosing span of another trace).
+        mmt_core::trace::current_trace_parent()
+            .filter(|current| current.get(3..35) == parent.get(3..35))
+            .or_else(|| child_trace_parent(parent, &event.correlation_id))
+    });
     if let Some(child) = child {
         headers.insert(
             "traceparent".into(),

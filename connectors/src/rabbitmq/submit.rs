@@ -8,6 +8,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
+use mmt_core::trace::{continue_trace, current_trace_parent, TRACE_PARENT_HEADER};
 use tokio::runtime::Runtime;
 
 use super::config::RabbitMqConfig;
@@ -70,12 +71,24 @@ impl JobSubmitter {
 
     /// Publishes one job (persistent, with its priority) and waits for the
     /// broker's confirm. `message_id` names the message in logs and dead letters.
+    /// `trace_parent` is the caller's (an HTTP client's): the job's trace starts
+    /// there, or here when there is none; the message carries the `traceparent`
+    /// of this publish's span.
     pub fn submit(
         &self,
         envelope: &JobEnvelope,
         message_id: &str,
         trace_parent: Option<&str>,
     ) -> Result<()> {
+        let span = tracing::info_span!(
+            "submit",
+            otel.kind = "producer",
+            messaging.destination.name = %self.config.queue,
+        );
+        continue_trace(&span, trace_parent);
+        let _span = span.enter();
+        let own = current_trace_parent();
+        let trace_parent = own.as_deref().or(trace_parent);
         let body = serde_json::to_vec(envelope).map_err(|source| ConnectorError::Serialize {
             what: "job envelope",
             source,
@@ -83,7 +96,7 @@ impl JobSubmitter {
         let mut headers = FieldTable::default();
         if let Some(trace_parent) = trace_parent {
             headers.insert(
-                "traceparent".into(),
+                TRACE_PARENT_HEADER.into(),
                 AMQPValue::LongString(trace_parent.into()),
             );
         }

@@ -308,6 +308,21 @@ impl TelemetryConfig {
             .unwrap_or(1.0)
     }
 
+    /// Where traces are posted (OTLP/HTTP, protobuf), or `None` when they are
+    /// not exported: the SDK is disabled, `OTEL_TRACES_EXPORTER` lacks `otlp`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is unset (tracing stays off rather than
+    /// posting to the specification's localhost default), or the protocol or
+    /// scheme is one this build does not speak (see `validate`).
+    pub fn otlp_traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        let exports = !self.sdk_disabled
+            && self.traces_exporter.contains(&Exporter::Otlp)
+            && self.otlp_protocol == OtlpProtocol::HttpProtobuf
+            && !endpoint.is_https();
+        // The specification's signal path, appended to the base URL.
+        exports.then(|| format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/')))
+    }
+
     /// Whether any signal exports over OTLP.
     pub fn exports_otlp(&self) -> bool {
         !self.sdk_disabled
@@ -322,6 +337,7 @@ impl TelemetryConfig {
 
     pub(super) fn validate(&self, env: Environment, out: &mut Vec<Problem>) {
         self.validate_sampler(out);
+        self.validate_trace_export(out);
         self.validate_endpoint(env, out);
         for (variable, list) in [
             (OTEL_TRACES_EXPORTER, &self.traces_exporter),
@@ -357,6 +373,52 @@ impl TelemetryConfig {
                     "is ignored by OTEL_TRACES_SAMPLER={}",
                     self.traces_sampler.as_str()
                 ),
+            ));
+        }
+    }
+
+    /// Trace export speaks OTLP/HTTP with protobuf bodies over plain HTTP (a
+    /// collector or agent beside the worker): anything else turns it off.
+    fn validate_trace_export(&self, out: &mut Vec<Problem>) {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return;
+        };
+        if self.sdk_disabled || !self.traces_exporter.contains(&Exporter::Otlp) {
+            return;
+        }
+        if self.otlp_protocol != OtlpProtocol::HttpProtobuf {
+            out.push(Problem::warning(
+                OTEL_EXPORTER_OTLP_PROTOCOL,
+                format!(
+                    "traces are exported with http/protobuf only; with {} they are not exported",
+                    self.otlp_protocol.as_str()
+                ),
+            ));
+        }
+        if endpoint.is_https() {
+            out.push(Problem::warning(
+                OTEL_EXPORTER_OTLP_ENDPOINT,
+                "is https: traces are exported over plain HTTP only (to a collector on the \
+                 host or in the pod); they are not exported",
+            ));
+        }
+        if self
+            .traces_exporter
+            .iter()
+            .any(|e| !matches!(e, Exporter::Otlp | Exporter::None))
+        {
+            out.push(Problem::warning(
+                OTEL_TRACES_EXPORTER,
+                "only otlp is exported; the other trace exporters are ignored",
+            ));
+        }
+        if matches!(
+            self.traces_sampler,
+            Sampler::JaegerRemote | Sampler::ParentBasedJaegerRemote | Sampler::Xray
+        ) {
+            out.push(Problem::warning(
+                OTEL_TRACES_SAMPLER,
+                "is not available in this build; parentbased_always_on is used",
             ));
         }
     }

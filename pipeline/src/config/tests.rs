@@ -941,3 +941,35 @@ fn amqp_url_escapes_credentials_and_vhost() {
         "amqp://mmt%40clinic:p%2541ss%3Aw%2Frd%401@127.0.0.1:5672/%2F"
     );
 }
+
+#[test]
+fn traces_are_exported_only_to_a_configured_http_protobuf_endpoint() {
+    let url = |vars: &[(&str, &str)]| load(vars).config.telemetry.otlp_traces_url();
+    assert_eq!(url(&[]), None, "off when unset");
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318/");
+    assert_eq!(
+        url(&[endpoint]).as_deref(),
+        Some("http://otel-collector:4318/v1/traces")
+    );
+    assert_eq!(url(&[endpoint, ("OTEL_SDK_DISABLED", "true")]), None);
+    assert_eq!(url(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]), None);
+    let grpc = [endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    assert_eq!(url(&grpc), None);
+    assert_eq!(
+        severity_of(&grpc, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        Some(Severity::Warning)
+    );
+    let https = [("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")];
+    assert_eq!(url(&https), None);
+    assert_eq!(
+        severity_of(&https, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some(Severity::Warning)
+    );
+    assert_eq!(
+        severity_of(
+            &[endpoint, ("OTEL_TRACES_SAMPLER", "xray")],
+            "OTEL_TRACES_SAMPLER"
+        ),
+        Some(Severity::Warning)
+    );
+}
