@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod cli;
+mod keys;
 mod run;
 mod serve;
 mod transcribe;
