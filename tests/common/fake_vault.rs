@@ -203,8 +203,11 @@ fn valid_token(state: &VaultState, headers: &HeaderMap) -> Option<String> {
 async fn login(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    // Vault reads a JSON body whatever its Content-Type (vaultrs sends none).
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "failed to parse JSON input"))?;
     let mut state = state.lock().unwrap();
     note_namespace(&mut state, &headers);
     let matches = body["role_id"].as_str() == Some(state.role_id.as_str())
