@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod cli;
 mod dlq;
+mod jwt_keys;
 mod keys;
 mod otel;
 mod run;

@@ -1,10 +1,11 @@
 //! `mmt serve` and `mmt token`: the REST API with the dataflow behind it.
 
 use crate::cli::{IntakeKind, ServeArgs, TokenArgs};
+use crate::jwt_keys::Refresh;
 use crate::run::worker_split;
 use crate::transcribe::{load_config, model_options};
 use anyhow::{Context, Result};
-use mmt_api::auth::{load_rs256_dir, sign_hs256, Claims, KeyRing};
+use mmt_api::auth::{sign_hs256, Claims, KeyRing};
 use mmt_api::webhook::target::TargetPolicy;
 use mmt_api::webhook::{CallbackStore, WebhookConfig};
 use mmt_api::{ApiConfig, AppState, TlsFiles};
@@ -16,14 +17,10 @@ use mmt_pipeline::serve::IntakeChoice;
 use mmt_pipeline::Config;
 use mmt_whisper::TranscribeOptions;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How often the RS256 key folder is re-read.
-const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often old uploads are purged.
 const UPLOAD_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -47,7 +44,14 @@ impl Progress for Quiet {
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let config = load_config()?;
-    let keys = Arc::new(key_ring(&config, &args)?);
+    let metrics = Metrics::new()?;
+    // Built first: the key ring's first load from Vault runs on it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (keys, key_refresh) = runtime.block_on(crate::jwt_keys::key_ring(&config, &args, &metrics))?;
+    let keys = Arc::new(keys);
     let api_config = api_config(&config, &args);
     let webhooks = webhook_config(&config)?;
     let (workers, threads) = worker_split(&config, args.workers, args.threads);
@@ -60,7 +64,6 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     // Documents, the audit trail and the job store go here: owner-only.
     mmt_core::owner_only::create_dir_all(&args.out)?;
     let paths = OutputPaths::resolve(&config, &args.out);
-    let metrics = Metrics::new()?;
     let intake = match args.intake {
         IntakeKind::Embedded => IntakeChoice::Embedded,
         IntakeKind::Rabbitmq => IntakeChoice::RabbitMq,
@@ -140,17 +143,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         "http"
     };
     eprintln!("mmt: serving the job API on {scheme}://{address} (OpenAPI at /openapi.json)");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let served = runtime.block_on(serve_api(
         Arc::clone(&control),
         keys,
+        key_refresh,
         api_config,
         metrics,
         listener,
-        &args,
         webhooks,
         config.retention.retention_days,
         Arc::clone(&stop),
@@ -244,10 +243,10 @@ fn panic_once_a_job_is_queued(control: &mmt_pipeline::serve::ServiceControl, sto
 async fn serve_api(
     control: Arc<mmt_pipeline::serve::ServiceControl>,
     keys: Arc<KeyRing>,
+    key_refresh: Option<Refresh>,
     api_config: ApiConfig,
     metrics: Metrics,
     listener: std::net::TcpListener,
-    args: &ServeArgs,
     webhooks: Option<WebhookConfig>,
     retention_days: u32,
     stop: Arc<AtomicBool>,
@@ -257,8 +256,8 @@ async fn serve_api(
         let store: Arc<dyn CallbackStore> = control.clone();
         tokio::spawn(mmt_api::webhook::run(store, webhooks, stopped.clone()));
     }
-    if let Some(dir) = args.jwt_keys_dir.clone() {
-        tokio::spawn(reload_keys(Arc::clone(&keys), dir));
+    if let Some(refresh) = key_refresh {
+        refresh.spawn(Arc::clone(&keys));
     }
     tokio::spawn(purge_old_uploads(Arc::clone(&control), retention_days));
     let state = AppState::new(control, keys, api_config.clone(), metrics);
@@ -271,24 +270,6 @@ async fn serve_api(
     };
     mmt_api::serve(listener, mmt_api::router(state), &api_config, shutdown).await?;
     Ok(())
-}
-
-/// Re-reads the RS256 key folder, so a rotated key is live within a minute.
-async fn reload_keys(keys: Arc<KeyRing>, dir: PathBuf) {
-    loop {
-        tokio::time::sleep(KEY_RELOAD_INTERVAL).await;
-        let read = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || load_rs256_dir(&dir)
-        })
-        .await;
-        match read {
-            Ok(Ok(loaded)) => keys.replace_rs256(loaded),
-            // Keep the keys held: a half-written folder must not lock everyone out.
-            Ok(Err(err)) => tracing::warn!(error = %err, "could not reload the RS256 keys"),
-            Err(err) => tracing::warn!(error = %err, "the key reload task failed"),
-        }
-    }
 }
 
 /// Removes uploads older than RETENTION_DAYS (the dataflow purges the rest).
@@ -304,25 +285,6 @@ async fn purge_old_uploads(control: Arc<mmt_pipeline::serve::ServiceControl>, da
         }
         tokio::time::sleep(UPLOAD_RETENTION_INTERVAL).await;
     }
-}
-
-fn key_ring(config: &Config, args: &ServeArgs) -> Result<KeyRing> {
-    let secret = config
-        .security
-        .internal_jwt_secret
-        .as_ref()
-        .map(|s| s.expose().to_owned());
-    let keys = KeyRing::new(secret.as_deref(), args.jwt_audience.clone())?
-        .with_leeway(u64::from(config.security.jwt_leeway_seconds));
-    if let Some(dir) = &args.jwt_keys_dir {
-        keys.replace_rs256(load_rs256_dir(dir)?);
-    }
-    if keys.is_empty() {
-        anyhow::bail!(
-            "no token key: set INTERNAL_JWT_SECRET (at least 32 characters) or MMT_JWT_PUBLIC_KEYS_DIR"
-        );
-    }
-    Ok(keys)
 }
 
 /// The deliverer's settings, when a signing secret is set (its length was

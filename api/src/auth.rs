@@ -1,6 +1,11 @@
 //! Bearer-token authentication: JWTs signed with HS256 (`INTERNAL_JWT_SECRET`)
 //! or RS256 (public keys by key id, so keys rotate without a restart).
 //!
+//! Keys come from a [`KeySource`] (a folder of PEM files, or Vault in the
+//! `mmt` binary) that [`keep_fresh`] reloads periodically: a load that fails
+//! leaves the keys held in use; one that succeeds replaces them whole, so a
+//! key removed at the source stops verifying.
+//!
 //! A token must carry `sub`, `tenant`, `roles` and `exp`. An `nbf` (not
 //! before) is honoured; `aud`, when the server requires one
 //! (`MMT_JWT_AUDIENCE`), may be a string or an array naming it. `exp` and
@@ -11,9 +16,11 @@
 //! class ([`AuthError::class`]), never sent, so the API is no oracle for
 //! forging tokens.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -131,6 +138,13 @@ pub enum KeyError {
     KeyDir { dir: PathBuf, reason: String },
     #[error("signing a token: {0}")]
     Sign(String),
+    #[error("RS256 key {kid} is not an RSA public key in PEM: {reason}")]
+    BadPublicKey { kid: String, reason: String },
+    #[error("loading the keys from {source_name}: {reason}")]
+    Source {
+        source_name: &'static str,
+        reason: String,
+    },
 }
 
 /// The shortest accepted HS256 secret (256 bits of ASCII).
@@ -144,7 +158,7 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 60;
 /// keys by `kid`. The RS256 set is replaced whole on rotation
 /// ([`KeyRing::replace_rs256`]), while requests keep verifying.
 pub struct KeyRing {
-    hs256: Option<DecodingKey>,
+    hs256: RwLock<Option<DecodingKey>>,
     rs256: RwLock<HashMap<String, DecodingKey>>,
     audience: Option<String>,
     leeway_seconds: u64,
@@ -153,7 +167,7 @@ pub struct KeyRing {
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
-            .field("hs256", &self.hs256.is_some())
+            .field("hs256", &self.has_hs256())
             .field("rs256_kids", &self.rs256_kids())
             .finish_non_exhaustive()
     }
@@ -172,7 +186,7 @@ impl KeyRing {
             None => None,
         };
         Ok(Self {
-            hs256,
+            hs256: RwLock::new(hs256),
             rs256: RwLock::new(HashMap::new()),
             audience,
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
@@ -192,6 +206,42 @@ impl KeyRing {
         }
     }
 
+    /// Replaces the keys with `material` as one change: every PEM is parsed
+    /// and the secret checked first, and on any problem (or if no key at all
+    /// would be left) nothing changes.
+    pub fn install(&self, material: &KeyMaterial) -> Result<(), KeyError> {
+        let rs256 = parse_rs256_pems(&material.rs256_pem)?;
+        let hs256 = match &material.hs256 {
+            Hs256Update::Keep => None,
+            Hs256Update::Remove => Some(None),
+            Hs256Update::Set(secret) if secret.chars().count() < MIN_SECRET_CHARS => {
+                return Err(KeyError::ShortSecret {
+                    min: MIN_SECRET_CHARS,
+                })
+            }
+            Hs256Update::Set(secret) => Some(Some(DecodingKey::from_secret(secret.as_bytes()))),
+        };
+        let hs256_left = match &hs256 {
+            Some(next) => next.is_some(),
+            None => self.has_hs256(),
+        };
+        if rs256.is_empty() && !hs256_left {
+            return Err(KeyError::NoKeys);
+        }
+        if let Some(next) = hs256 {
+            if let Ok(mut held) = self.hs256.write() {
+                *held = next;
+            }
+        }
+        self.replace_rs256(rs256);
+        Ok(())
+    }
+
+    /// Whether an HS256 secret is held.
+    pub fn has_hs256(&self) -> bool {
+        self.hs256.read().is_ok_and(|key| key.is_some())
+    }
+
     /// The key ids of the RS256 keys held now, sorted.
     pub fn rs256_kids(&self) -> Vec<String> {
         let mut kids: Vec<String> = self
@@ -205,7 +255,7 @@ impl KeyRing {
 
     /// Whether any key can verify a token.
     pub fn is_empty(&self) -> bool {
-        self.hs256.is_none() && self.rs256.read().map_or(true, |keys| keys.is_empty())
+        !self.has_hs256() && self.rs256.read().map_or(true, |keys| keys.is_empty())
     }
 
     /// Verifies `token` and returns its caller.
@@ -214,7 +264,8 @@ impl KeyRing {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let claims = match header.alg {
             Algorithm::HS256 => {
-                let key = self.hs256.as_ref().ok_or(AuthError::UnknownKey)?;
+                let held = self.hs256.read().map_err(|_| AuthError::UnknownKey)?;
+                let key = held.as_ref().ok_or(AuthError::UnknownKey)?;
                 self.decode(token, key, Algorithm::HS256)?
             }
             Algorithm::RS256 => {
@@ -285,11 +336,23 @@ pub fn is_valid_tenant(tenant: &str) -> bool {
 
 /// Reads every `<kid>.pem` RSA public key in `dir`.
 pub fn load_rs256_dir(dir: &Path) -> Result<HashMap<String, DecodingKey>, KeyError> {
+    let pems = read_rs256_pem_dir(dir)?;
+    parse_rs256_pems(&pems).map_err(|err| match err {
+        KeyError::BadPublicKey { kid, reason } => KeyError::KeyDir {
+            dir: dir.to_owned(),
+            reason: format!("{kid}.pem is not an RSA public key: {reason}"),
+        },
+        other => other,
+    })
+}
+
+/// The PEM text of every `<kid>.pem` file in `dir`, by key id (not parsed).
+pub fn read_rs256_pem_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, KeyError> {
     let problem = |reason: String| KeyError::KeyDir {
         dir: dir.to_owned(),
         reason,
     };
-    let mut keys = HashMap::new();
+    let mut pems = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| problem(e.to_string()))?;
     for entry in entries {
         let path = entry.map_err(|e| problem(e.to_string()))?.path();
@@ -300,11 +363,134 @@ pub fn load_rs256_dir(dir: &Path) -> Result<HashMap<String, DecodingKey>, KeyErr
             continue;
         };
         let pem = std::fs::read(&path).map_err(|e| problem(format!("{kid}.pem: {e}")))?;
-        let key = DecodingKey::from_rsa_pem(&pem)
-            .map_err(|e| problem(format!("{kid}.pem is not an RSA public key: {e}")))?;
-        keys.insert(kid.to_owned(), key);
+        pems.insert(kid.to_owned(), pem);
     }
-    Ok(keys)
+    Ok(pems)
+}
+
+/// Parses RSA public keys (PEM) by key id; the first that fails is named.
+pub fn parse_rs256_pems(
+    pems: &BTreeMap<String, Vec<u8>>,
+) -> Result<HashMap<String, DecodingKey>, KeyError> {
+    pems.iter()
+        .map(|(kid, pem)| {
+            DecodingKey::from_rsa_pem(pem)
+                .map(|key| (kid.clone(), key))
+                .map_err(|e| KeyError::BadPublicKey {
+                    kid: kid.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// What becomes of the HS256 secret when a [`KeyMaterial`] is installed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Hs256Update {
+    /// The source does not manage it: the ring keeps its own.
+    #[default]
+    Keep,
+    /// The source holds this secret.
+    Set(String),
+    /// The source manages it and holds none (removed): HS256 stops verifying.
+    Remove,
+}
+
+impl std::fmt::Debug for Hs256Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Keep => "Keep",
+            Self::Set(_) => "Set([REDACTED])",
+            Self::Remove => "Remove",
+        })
+    }
+}
+
+/// Every key one source holds, installed as one change ([`KeyRing::install`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyMaterial {
+    /// RS256 public keys (PEM) by key id: they replace every RS256 key held.
+    pub rs256_pem: BTreeMap<String, Vec<u8>>,
+    /// The HS256 secret, if the source manages it.
+    pub hs256: Hs256Update,
+}
+
+/// Where verification keys come from: a folder ([`KeyFolder`]), Vault (in
+/// the `mmt` binary), or anything else that can list them.
+pub trait KeySource: Send {
+    /// A short name for logs, e.g. `folder` or `vault`.
+    fn name(&self) -> &'static str;
+    /// The time between two loads.
+    fn period(&self) -> Duration;
+    /// Reads the keys the source holds now.
+    fn load(&mut self) -> impl Future<Output = Result<KeyMaterial, KeyError>> + Send;
+    /// Called when keys loaded were refused by the ring (a bad PEM, a short
+    /// secret), so the source can count it as a failed refresh.
+    fn rejected(&self) {}
+}
+
+/// Loads `source` into `ring` every period, forever. A load that fails, or
+/// keys the ring refuses, leave the keys held in use (a half-written folder
+/// or a Vault outage must not lock every caller out).
+pub async fn keep_fresh<S: KeySource>(ring: Arc<KeyRing>, mut source: S) {
+    loop {
+        tokio::time::sleep(source.period()).await;
+        refresh_once(&ring, &mut source).await;
+    }
+}
+
+/// One load of `source` into `ring`; whether the keys were replaced.
+pub async fn refresh_once<S: KeySource>(ring: &KeyRing, source: &mut S) -> bool {
+    let name = source.name();
+    match source.load().await {
+        Ok(material) => match ring.install(&material) {
+            Ok(()) => {
+                tracing::debug!(source = name, kids = ?ring.rs256_kids(), "token keys refreshed");
+                true
+            }
+            Err(err) => {
+                source.rejected();
+                tracing::warn!(source = name, error = %err, "refused the keys loaded; keeping the keys held");
+                false
+            }
+        },
+        Err(err) => {
+            tracing::warn!(source = name, error = %err, "could not reload the token keys; keeping the keys held");
+            false
+        }
+    }
+}
+
+/// A folder of `<kid>.pem` RSA public keys, re-read every period; rotation
+/// is adding and removing files. It does not manage the HS256 secret.
+#[derive(Debug, Clone)]
+pub struct KeyFolder {
+    pub dir: PathBuf,
+    pub period: Duration,
+}
+
+impl KeySource for KeyFolder {
+    fn name(&self) -> &'static str {
+        "folder"
+    }
+
+    fn period(&self) -> Duration {
+        self.period
+    }
+
+    async fn load(&mut self) -> Result<KeyMaterial, KeyError> {
+        let dir = self.dir.clone();
+        let pems = tokio::task::spawn_blocking(move || read_rs256_pem_dir(&dir))
+            .await
+            .map_err(|e| KeyError::Source {
+                source_name: "folder",
+                reason: e.to_string(),
+            })??;
+        Ok(KeyMaterial {
+            rs256_pem: pems,
+            hs256: Hs256Update::Keep,
+        })
+    }
 }
 
 /// Signs an HS256 token (for `mmt token`, tests and service-to-service calls).
@@ -451,6 +637,179 @@ mod tests {
             strict.verify(&token),
             Err(AuthError::Rejected("expired".into()))
         );
+    }
+
+    /// An RSA key pair made with the openssl command line: (private PEM, public PEM).
+    fn rsa_pair() -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("k.key");
+        let public = dir.path().join("k.pem");
+        for args in [
+            vec!["genrsa", "-out", private.to_str().unwrap(), "2048"],
+            vec![
+                "rsa",
+                "-in",
+                private.to_str().unwrap(),
+                "-pubout",
+                "-out",
+                public.to_str().unwrap(),
+            ],
+        ] {
+            let status = std::process::Command::new("openssl")
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success());
+        }
+        (
+            std::fs::read(private).unwrap(),
+            std::fs::read(public).unwrap(),
+        )
+    }
+
+    fn material(rs256: &[(&str, &[u8])], hs256: Hs256Update) -> KeyMaterial {
+        KeyMaterial {
+            rs256_pem: rs256
+                .iter()
+                .map(|(kid, pem)| ((*kid).to_owned(), pem.to_vec()))
+                .collect(),
+            hs256,
+        }
+    }
+
+    #[test]
+    fn installed_keys_replace_the_held_ones_whole() {
+        let (private_a, public_a) = rsa_pair();
+        let (private_b, public_b) = rsa_pair();
+        let by_a = sign_rs256(&private_a, "a", &claims(60)).unwrap();
+        let by_b = sign_rs256(&private_b, "b", &claims(60)).unwrap();
+        let ring = KeyRing::new(None, None).unwrap();
+        ring.install(&material(&[("a", &public_a)], Hs256Update::Remove))
+            .unwrap();
+        assert!(ring.verify(&by_a).is_ok());
+        assert_eq!(ring.verify(&by_b), Err(AuthError::UnknownKey));
+        ring.install(&material(
+            &[("a", &public_a), ("b", &public_b)],
+            Hs256Update::Remove,
+        ))
+        .unwrap();
+        assert!(ring.verify(&by_b).is_ok());
+        // A removed key stops verifying at once.
+        ring.install(&material(&[("b", &public_b)], Hs256Update::Remove))
+            .unwrap();
+        assert_eq!(ring.verify(&by_a), Err(AuthError::UnknownKey));
+        assert_eq!(ring.rs256_kids(), ["b"]);
+    }
+
+    #[test]
+    fn a_bad_key_set_changes_nothing() {
+        let (_, public) = rsa_pair();
+        let ring = ring();
+        ring.install(&material(&[("a", &public)], Hs256Update::Keep))
+            .unwrap();
+        let bad = material(&[("a", &public), ("b", b"not a pem")], Hs256Update::Remove);
+        assert!(matches!(
+            ring.install(&bad),
+            Err(KeyError::BadPublicKey { kid, .. }) if kid == "b"
+        ));
+        let short = material(&[], Hs256Update::Set("short".into()));
+        assert!(matches!(
+            ring.install(&short),
+            Err(KeyError::ShortSecret { .. })
+        ));
+        // Nothing at all left: refused, not a locked-out service.
+        assert!(matches!(
+            ring.install(&material(&[], Hs256Update::Remove)),
+            Err(KeyError::NoKeys)
+        ));
+        assert_eq!(ring.rs256_kids(), ["a"]);
+        assert!(ring.has_hs256());
+    }
+
+    #[test]
+    fn the_hs256_secret_can_be_set_and_removed() {
+        let ring = ring();
+        let old = sign_hs256(SECRET, &claims(60)).unwrap();
+        let next_secret = "the-next-secret-0123456789-abcdefghij";
+        let new = sign_hs256(next_secret, &claims(60)).unwrap();
+        let (_, public) = rsa_pair();
+        ring.install(&material(
+            &[("a", &public)],
+            Hs256Update::Set(next_secret.into()),
+        ))
+        .unwrap();
+        assert!(ring.verify(&new).is_ok());
+        assert!(ring.verify(&old).is_err());
+        ring.install(&material(&[("a", &public)], Hs256Update::Remove))
+            .unwrap();
+        assert_eq!(ring.verify(&new), Err(AuthError::UnknownKey));
+        assert!(!format!("{:?}", Hs256Update::Set(next_secret.into())).contains("next"));
+    }
+
+    /// A source that hands out what the test queued, and counts refusals.
+    struct Queued {
+        loads: Vec<Result<KeyMaterial, KeyError>>,
+        rejected: std::sync::atomic::AtomicU32,
+    }
+
+    impl KeySource for Queued {
+        fn name(&self) -> &'static str {
+            "queued"
+        }
+        fn period(&self) -> Duration {
+            Duration::from_millis(1)
+        }
+        async fn load(&mut self) -> Result<KeyMaterial, KeyError> {
+            self.loads.remove(0)
+        }
+        fn rejected(&self) {
+            self.rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_keys_and_a_refused_one_is_reported() {
+        let (_, public) = rsa_pair();
+        let ring = KeyRing::new(None, None).unwrap();
+        let mut source = Queued {
+            loads: vec![
+                Ok(material(&[("a", &public)], Hs256Update::Remove)),
+                Err(KeyError::Source {
+                    source_name: "queued",
+                    reason: "down".into(),
+                }),
+                Ok(material(&[("b", b"garbage")], Hs256Update::Remove)),
+            ],
+            rejected: Default::default(),
+        };
+        assert!(refresh_once(&ring, &mut source).await);
+        assert!(!refresh_once(&ring, &mut source).await);
+        assert!(!refresh_once(&ring, &mut source).await);
+        assert_eq!(ring.rs256_kids(), ["a"]);
+        assert_eq!(
+            source.rejected.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_folder_is_a_source_that_leaves_hs256_alone() {
+        let (_, public) = rsa_pair();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("2027-01.pem"), &public).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let mut folder = KeyFolder {
+            dir: dir.path().to_owned(),
+            period: Duration::from_secs(60),
+        };
+        let loaded = folder.load().await.unwrap();
+        assert_eq!(loaded.hs256, Hs256Update::Keep);
+        let ring = ring();
+        assert!(refresh_once(&ring, &mut folder).await);
+        assert_eq!(ring.rs256_kids(), ["2027-01"]);
+        assert!(ring.has_hs256());
     }
 
     #[test]

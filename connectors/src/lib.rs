@@ -11,6 +11,7 @@
 //! - [`tls`]: the TLS files of the links to brokers, Redis and databases, and
 //!   how each link is protected ([`tls::Transport`]).
 //! - [`reference`]: audio named by reference, per tenant under a shared root.
+//! - [`vault`]: HashiCorp Vault: AppRole login, token renewal, the API's token keys.
 //!
 //! One error type, [`ConnectorError`], classed for retry and dead-letter routing.
 
@@ -26,6 +27,7 @@ pub mod redis;
 pub mod reference;
 pub mod sql;
 pub mod tls;
+pub mod vault;
 
 pub use config::ConfigProblem;
 pub use error::ConnectorError;

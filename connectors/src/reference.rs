@@ -371,7 +371,7 @@ mod tests {
         // A FIFO (must not hang), a folder, and a file over the limit.
         rustix::fs::mknodat(
             CWD,
-            &tenant_a.join("pipe.wav"),
+            tenant_a.join("pipe.wav"),
             rustix::fs::FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,

@@ -15,12 +15,13 @@
 //! | rule | `dev` / `test` | `staging` | `prod` |
 //! |---|---|---|---|
 //! | `DATABASE_URL` unset (SQLite default) or SQLite | allowed | warning | fatal |
-//! | `INTERNAL_JWT_SECRET` unset (and no `MMT_JWT_PUBLIC_KEYS_DIR`) | allowed | warning | fatal |
+//! | `INTERNAL_JWT_SECRET` unset (and no `MMT_JWT_PUBLIC_KEYS_DIR` or `VAULT_ADDR`) | allowed | warning | fatal |
 //! | `AUDIT_LOG_FILE` unset | allowed | warning | fatal |
 //! | `INTERNAL_JWT_SECRET` shorter than 32 characters | warning | warning | fatal |
 //! | `SSL_CERT_FILE`/`SSL_KEY_FILE` unset while `ENFORCE_TLS_IN_PRODUCTION` | n/a | n/a | fatal |
 //! | `ENFORCE_TLS_IN_PRODUCTION=false` | n/a | n/a | warning |
 //! | RabbitMQ, Kafka, Redis or the database on another machine without verified TLS | allowed | warning | fatal |
+//! | `VAULT_ADDR` `http` to another machine | allowed | warning | fatal |
 //! | external Redis/RabbitMQ host on the local machine | allowed | allowed | warning |
 //! | relative `AUDIT_LOG_FILE` | allowed | allowed | warning |
 //! | OTLP export with no `OTEL_EXPORTER_OTLP_ENDPOINT` | allowed | allowed | warning |
@@ -82,6 +83,7 @@ mod sources;
 mod telemetry;
 mod tls;
 mod vars;
+mod vault;
 mod webhook;
 mod workers;
 
@@ -111,6 +113,7 @@ pub use security::SecurityConfig;
 pub use sources::{KafkaConfig, SinksAndIngestConfig};
 pub use telemetry::{Exporter, OtlpProtocol, Propagator, Sampler, TelemetryConfig};
 pub use vars::parse_bool;
+pub use vault::VaultSettings;
 pub use webhook::WebhookSettings;
 pub use workers::{WorkerLimit, WorkerPlan, WorkersConfig};
 
@@ -189,6 +192,8 @@ pub struct Config {
     pub webhook: WebhookSettings,
     /// Encryption at rest (`MMT_ENCRYPTION_KEYS`).
     pub encryption: EncryptionConfig,
+    /// Vault, the source of the API's token keys when `VAULT_ADDR` is set.
+    pub vault: VaultSettings,
 }
 
 /// A configuration and every problem found reading and validating it.
@@ -325,6 +330,7 @@ impl Config {
             audio: AudioConfig::from_vars(vars),
             webhook: WebhookSettings::from_vars(vars),
             encryption: EncryptionConfig::from_vars(vars),
+            vault: VaultSettings::from_vars(vars),
         }
     }
 
@@ -349,6 +355,8 @@ impl Config {
         self.audio.validate(env, &mut out);
         self.webhook.validate(env, &mut out);
         self.encryption.validate(env, &mut out);
+        self.vault
+            .validate(env, self.security.jwt_public_keys_dir.is_some(), &mut out);
         out
     }
 
@@ -379,7 +387,8 @@ impl Config {
             .tls_file_paths()
             .into_iter()
             .chain(self.redis.tls_file_paths())
-            .chain(self.kafka.tls_file_paths());
+            .chain(self.kafka.tls_file_paths())
+            .chain(self.vault.file_paths());
         for (variable, path) in server_files.chain(client_files) {
             if !path.is_file() {
                 // The path is not repeated: no value is (see `vars::Echo`).
@@ -417,6 +426,7 @@ fn known_variable(name: &str) -> Option<&'static str> {
         .chain(security::VARIABLES)
         .chain(webhook::VARIABLES)
         .chain(encryption::VARIABLES)
+        .chain(vault::VARIABLES)
         .find(|known| **known == name)
         .copied()
 }

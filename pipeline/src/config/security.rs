@@ -47,6 +47,9 @@ pub struct SecurityConfig {
     /// `MMT_JWT_LEEWAY_SECONDS`: clock skew tolerated on a token's `exp` and
     /// `nbf`. Default 60; at most [`SecurityConfig::MAX_JWT_LEEWAY_SECONDS`].
     pub jwt_leeway_seconds: u32,
+    /// Whether Vault (`VAULT_ADDR`) provides the token keys; then the API
+    /// verifies with Vault's keys only and `INTERNAL_JWT_SECRET` is not required.
+    pub jwt_keys_from_vault: bool,
 }
 
 impl SecurityConfig {
@@ -69,6 +72,7 @@ impl SecurityConfig {
             jwt_public_keys_dir: vars.text(MMT_JWT_PUBLIC_KEYS_DIR).map(PathBuf::from),
             jwt_audience: vars.text(MMT_JWT_AUDIENCE),
             jwt_leeway_seconds: vars.u32(MMT_JWT_LEEWAY_SECONDS, Self::DEFAULT_JWT_LEEWAY_SECONDS),
+            jwt_keys_from_vault: vars.is_set("VAULT_ADDR"),
         }
     }
 
@@ -107,8 +111,14 @@ impl SecurityConfig {
 
     fn validate_secret(&self, env: Environment, out: &mut Vec<Problem>) {
         match &self.internal_jwt_secret {
-            // RS256 only: no shared secret to require.
-            None if self.jwt_public_keys_dir.is_some() => {}
+            // RS256 only, or keys from Vault: no shared secret to require.
+            None if self.jwt_public_keys_dir.is_some() || self.jwt_keys_from_vault => {}
+            // The API takes Vault's secret; this one only signs `mmt token`.
+            Some(_) if self.jwt_keys_from_vault => out.push(Problem::warning(
+                INTERNAL_JWT_SECRET,
+                "is set but Vault (VAULT_ADDR) provides the token keys: the API verifies \
+                 HS256 tokens with the INTERNAL_JWT_SECRET field of the Vault secret only",
+            )),
             None => {
                 if let Some(severity) = env.production_rule() {
                     out.push(Problem {

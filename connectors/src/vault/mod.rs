@@ -1,0 +1,28 @@
+//! HashiCorp Vault (or OpenBao): AppRole login, token renewal, and the API's
+//! token keys read from a KV version 2 secret and refreshed periodically.
+//!
+//! - [`config`]: where to log in and what to read ([`VaultConfig`]).
+//! - [`client`]: the session ([`VaultSession`]): login, renewal before expiry,
+//!   a fresh login when renewal fails, KV v2 reads.
+//! - [`keys`]: the key source ([`VaultKeySource`]) and the secret's layout.
+//!
+//! On a failed refresh the caller keeps the keys it holds;
+//! `vault_refresh_failures_total` and `vault_token_renew_{success,failure}_total`
+//! say what happened.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod keys;
+
+pub use client::VaultSession;
+pub use config::{Credential, VaultConfig};
+pub use error::VaultError;
+pub use keys::{VaultKeySource, VaultKeys};
+
+#[cfg(test)]
+#[path = "../../../tests/common/fake_vault.rs"]
+mod fake_vault;
+
+#[cfg(test)]
+mod tests;
