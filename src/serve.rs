@@ -50,7 +50,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (keys, key_refresh) = runtime.block_on(crate::jwt_keys::key_ring(&config, &args, &metrics))?;
+    let (keys, key_refresh) =
+        runtime.block_on(crate::jwt_keys::key_ring(&config, &args, &metrics))?;
     let keys = Arc::new(keys);
     let api_config = api_config(&config, &args);
     let webhooks = webhook_config(&config)?;

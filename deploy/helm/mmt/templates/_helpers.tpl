@@ -141,12 +141,12 @@ overridden by .Values.env, sorted by name; then the Secret references and extraE
 {{- end }}
 {{- end }}
 {{- if $v.vault.enabled }}
-- name: VAULT_ROLE_ID
+- name: MMT_VAULT_ROLE_ID
   valueFrom:
     secretKeyRef:
       name: {{ $v.secrets.name }}
       key: {{ $v.vault.roleIdKey }}
-- name: VAULT_SECRET_ID
+- name: MMT_VAULT_SECRET_ID
   valueFrom:
     secretKeyRef:
       name: {{ $v.secrets.name }}
