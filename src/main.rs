@@ -71,6 +71,17 @@ fn init_logging(default_level: &str) -> otel::Tracing {
         .json()
         .with_writer(std::io::stderr)
         .event_format(otel::WithTraceIds(json));
+    // One filter for both layers (tracing-subscriber's per-layer filters lost
+    // some of the job's spans here), and it filters spans too: with export on
+    // and no RUST_LOG, MMT's own crates run at info, so `mmt run` and `mmt
+    // submit` (default `warn`) still trace, and their info lines show as well.
+    // An operator's RUST_LOG is taken as written.
+    if spans.is_some() && std::env::var_os("RUST_LOG").is_none() {
+        match "mmt=info".parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(err) => eprintln!("mmt: a log filter directive does not parse: {err}"),
+        }
+    }
     tracing_subscriber::registry()
         .with(filter)
         .with(spans)
