@@ -48,7 +48,7 @@ fn secret_vars(database_url: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "MMT_WEBHOOK_SECRET",
-            "HOOK-SECRET-7-0123456789abcdef".to_owned(),
+            "HOOK-SECRET-7-0123456789abcdef-0123456789".to_owned(),
         ),
     ]
 }

@@ -96,11 +96,17 @@ pub fn job_meta(record: &SourceRecord) -> JobMeta {
     };
     let id = job_id(&record.tenant, &hash);
     let correlation_id = correlation_id(&id, record.received_at as u64);
+    // The name of input that could not be read is whatever its sender chose
+    // (a broker message id, say), unchecked: the store keeps a digest of it.
+    let source = match &record.read_error {
+        Some(_) => format!("unreadable input {}", &hash[..hash.len().min(16)]),
+        None => record.source.clone(),
+    };
     JobMeta {
         id,
         tenant: record.tenant.clone(),
         content_hash: hash,
-        source: record.source.clone(),
+        source,
         patient_reference: record.patient_reference.clone(),
         encounter_reference: record.encounter_reference.clone(),
         correlation_id,

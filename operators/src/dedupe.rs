@@ -178,8 +178,10 @@ struct Taker {
     prefilter: Prefilter,
     max_takes: u32,
     /// Unix seconds when this process started taking jobs: a job finished
-    /// since then and submitted again is a duplicate of this run, one
-    /// finished before it a redelivery of an earlier run's.
+    /// after that second and submitted again is a duplicate of this run, one
+    /// finished before it a redelivery of an earlier run's. The second itself
+    /// counts as before: the previous run may have finished jobs in the very
+    /// second this one started (a restart right after a run).
     started_at: i64,
 }
 
@@ -263,7 +265,7 @@ impl Taker {
             Ok(Take::Finished { since }) => {
                 tracing::debug!(job = %meta.id, "already finished");
                 return Taken::Finished {
-                    in_this_run: since >= self.started_at,
+                    in_this_run: since > self.started_at,
                 };
             }
             Ok(Take::Exhausted {
@@ -696,7 +698,7 @@ mod tests {
         ));
         // Finished in this run, the same audio again is a duplicate
         // submission, unless the broker says it is a redelivery.
-        store.now = taker.started_at;
+        store.now = taker.started_at + 1;
         assert!(matches!(
             taker.judge(job("w3"), 12, &mut store),
             Err(Outcome::Duplicate(_))

@@ -762,6 +762,7 @@ fn every_problem_is_reported_at_once() {
         "EXTERNAL_REDIS_HOST",
         "EXTERNAL_RABBITMQ_ENABLED",
         "BACKOFF_BASE_SECONDS",
+        "MMT_ENCRYPTION_KEYS",
     ]
     .into_iter()
     .collect();
