@@ -25,8 +25,11 @@ fn worker(broker: &str, queue: &str, database_url: &str, out: &Path, log: &Path)
             "--source",
             "rabbitmq",
             "--no-progress",
+            // Long enough to outlast the reconnection after the cut: a
+            // worker idles while its connection is down, and under load the
+            // reconnect backoff can pass 4 s (it exited 0 mid-test once).
             "--idle-exit",
-            "4",
+            "15",
         ])
         .args(["--batch-size", "8", "--out"])
         .arg(out)
