@@ -11,6 +11,7 @@ use mmt_connectors::{JobRow, SqlJobStore, SqlJobStoreConfig};
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{unix_now, JobId, JobMeta, JobStatus, JobStore, Stage};
 use sqlx::{AssertSqlSafe, Connection};
+use std::collections::HashSet;
 
 fn open(dir: &tempfile::TempDir) -> SqlJobStore {
     let url = format!("sqlite://{}", dir.path().join("db/jobs.db").display());
@@ -287,6 +288,30 @@ fn purge_removes_old_jobs_unless_dry_run() {
         .collect();
     assert_eq!(left, [id("new")]);
     assert!(store.purge_before(500, false).expect("purge").is_empty());
+}
+
+#[test]
+fn purge_listed_deletes_only_the_listed_jobs_that_are_due() {
+    let (_dir, mut store) = temp_store();
+    for (job, at) in [("purged", 10), ("came-due-later", 20), ("new", 1_000)] {
+        store.insert_queued(&meta(job, at)).expect("insert");
+    }
+    // Retention purged the documents of "purged" only; "new" is listed by
+    // mistake but is not due.
+    let listed: HashSet<JobId> = [id("purged"), id("new")].into_iter().collect();
+    let deleted = store.purge_listed(500, &listed).expect("purge");
+    assert_eq!(deleted, [id("purged")]);
+    let left: Vec<_> = store
+        .list(None, 10)
+        .expect("list")
+        .into_iter()
+        .map(|r| r.meta.id)
+        .collect();
+    assert_eq!(
+        left,
+        [id("new"), id("came-due-later")],
+        "a due job whose documents were not purged keeps its row for the next run"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 use crate::error::ErrorClass;
 use crate::transcript::Transcript;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fmt;
 
 /// Seconds since the Unix epoch now (0 if the clock is before 1970).
@@ -302,6 +303,15 @@ pub trait JobStore: Send {
     fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), ComponentError>;
     /// Jobs received before `cutoff` (unix seconds); removed unless `dry_run`.
     fn purge_before(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<DueJob>, ComponentError>;
+    /// Removes those of `ids` that are due at `cutoff` (and only those), and
+    /// returns them: retention deletes a row only once its documents are
+    /// gone, so a job that came due after the documents were purged keeps its
+    /// row for the next run.
+    fn purge_listed(
+        &mut self,
+        cutoff: i64,
+        ids: &HashSet<JobId>,
+    ) -> Result<Vec<DueJob>, ComponentError>;
 }
 
 /// Where finished documents go (FHIR `DocumentReference` files or a FHIR server).

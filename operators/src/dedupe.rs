@@ -522,6 +522,13 @@ mod tests {
         ) -> Result<Vec<mmt_core::job::DueJob>, ComponentError> {
             Ok(Vec::new())
         }
+        fn purge_listed(
+            &mut self,
+            _: i64,
+            _: &HashSet<JobId>,
+        ) -> Result<Vec<mmt_core::job::DueJob>, ComponentError> {
+            Ok(Vec::new())
+        }
     }
 
     /// A filter double: an exact set, and a switch that makes every call fail

@@ -41,7 +41,7 @@
 //! padded by repetition, so no statement binds a NULL of unknown type.
 //! Callback URLs may hold tokens and are never logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -837,6 +837,24 @@ impl SqlJobStore {
     /// idempotency keys and callbacks) in the same transaction. Deletes by id, so exactly the ids returned are removed even
     /// if a late job with an old `received_at` arrives meanwhile.
     pub fn purge(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<DueJob>> {
+        self.purge_where(cutoff, dry_run, None)
+    }
+
+    /// Removes those of `ids` that are due at `cutoff`, and returns them (see
+    /// [`JobStore::purge_listed`]).
+    pub fn purge_listed(&mut self, cutoff: i64, ids: &HashSet<JobId>) -> Result<Vec<DueJob>> {
+        self.purge_where(cutoff, false, Some(ids))
+    }
+
+    /// The jobs due at `cutoff`, less those not in `only` when it is given;
+    /// deleted (with their keys and callbacks) unless `dry_run`, in one
+    /// transaction.
+    fn purge_where(
+        &mut self,
+        cutoff: i64,
+        dry_run: bool,
+        only: Option<&HashSet<JobId>>,
+    ) -> Result<Vec<DueJob>> {
         let sql = &self.sql;
         on_pool!(&self.pool, |pool| {
             self.runtime
@@ -856,6 +874,10 @@ impl SqlJobStore {
                             })
                         })
                         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                    let due: Vec<DueJob> = due
+                        .into_iter()
+                        .filter(|job| only.is_none_or(|only| only.contains(&job.id)))
+                        .collect();
                     let ids: Vec<&str> = due.iter().map(|job| job.id.0.as_str()).collect();
                     if dry_run || ids.is_empty() {
                         tx.rollback().await?;
@@ -1222,6 +1244,14 @@ impl JobStore for SqlJobStore {
 
     fn purge_before(&mut self, cutoff: i64, dry_run: bool) -> Result<Vec<DueJob>, ComponentError> {
         self.purge(cutoff, dry_run).map_err(Into::into)
+    }
+
+    fn purge_listed(
+        &mut self,
+        cutoff: i64,
+        ids: &HashSet<JobId>,
+    ) -> Result<Vec<DueJob>, ComponentError> {
+        SqlJobStore::purge_listed(self, cutoff, ids).map_err(Into::into)
     }
 }
 
