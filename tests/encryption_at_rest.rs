@@ -480,21 +480,31 @@ fn vault_transit_seals_the_store_survives_rotation_and_refuses_tampering() {
     let listed = succeeds(mmt_transit(&["keys", "list"], &vault));
     assert_eq!(listed.lines().count(), 2, "{listed}");
     assert!(
-        listed.lines().any(|l| l.starts_with("transit.mmt-records.v2") && l.contains("(current)")),
+        listed
+            .lines()
+            .any(|l| l.starts_with("transit.mmt-records.v2") && l.contains("(current)")),
         "{listed}"
     );
     run_one(&vault, dir.path(), "dict_005.wav", &out);
 
     // Both jobs read back (the first under v1), and are moved to v2.
     let out_arg = out.to_str().unwrap();
-    let reencrypted = succeeds(mmt_transit(&["keys", "reencrypt", "--out", out_arg], &vault));
+    let reencrypted = succeeds(mmt_transit(
+        &["keys", "reencrypt", "--out", out_arg],
+        &vault,
+    ));
     assert!(
-        reencrypted.contains("transcripts: 2 examined, 1 re-encrypted under transit.mmt-records.v2, 0 unreadable"),
+        reencrypted.contains(
+            "transcripts: 2 examined, 1 re-encrypted under transit.mmt-records.v2, 0 unreadable"
+        ),
         "{reencrypted}"
     );
     // v1 retired in Vault: nothing is left under it, everything still reads.
     vault.set_min_decryption_version("transit", TRANSIT_KEY, 2);
-    let again = succeeds(mmt_transit(&["keys", "reencrypt", "--out", out_arg], &vault));
+    let again = succeeds(mmt_transit(
+        &["keys", "reencrypt", "--out", out_arg],
+        &vault,
+    ));
     assert!(again.contains("2 examined, 0 re-encrypted"), "{again}");
     let retire = mmt_transit(&["keys", "retire", "transit.mmt-records.v1"], &vault)
         .output()

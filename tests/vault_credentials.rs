@@ -27,7 +27,12 @@ const PASSWORD: &str = "pw-CANARY-%41@/x";
 
 /// `mmt retention purge --dry-run` on the schema's store, the user from Vault
 /// when `secret_path` is given.
-fn purge(vault: &FakeVault, schema: &Schema, out: &std::path::Path, secret_path: Option<&str>) -> Output {
+fn purge(
+    vault: &FakeVault,
+    schema: &Schema,
+    out: &std::path::Path,
+    secret_path: Option<&str>,
+) -> Output {
     let url = format!(
         "postgres://{POSTGRES}/test?options[search_path]={}",
         schema.0
@@ -99,5 +104,8 @@ fn database_credentials_come_from_vault_and_are_never_printed() {
     let output = purge(&vault, &schema, dir.path(), Some("mmt/database"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("mmt/database") && stderr.contains("password"), "{stderr}");
+    assert!(
+        stderr.contains("mmt/database") && stderr.contains("password"),
+        "{stderr}"
+    );
 }

@@ -35,10 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use base64::Engine as _;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 /// What the fake holds and has seen.
@@ -400,7 +400,12 @@ fn transit_key<'s>(
 fn base64_field(body: &Value, field: &str) -> Result<Vec<u8>, Refusal> {
     b64()
         .decode(body[field].as_str().unwrap_or(""))
-        .map_err(|_| error(StatusCode::BAD_REQUEST, &format!("failed to base64-decode {field}")))
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("failed to base64-decode {field}"),
+            )
+        })
 }
 
 fn json_body(body: &axum::body::Bytes) -> Result<Value, Refusal> {
@@ -425,7 +430,13 @@ async fn transit_encrypt(
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).unwrap();
     let sealed = aes_gcm::Aes256Gcm::new(&secret.into())
-        .encrypt(&nonce.into(), Payload { msg: &plaintext, aad: &aad })
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: &plaintext,
+                aad: &aad,
+            },
+        )
         .unwrap();
     let ciphertext = format!(
         "vault:v{version}:{}",
@@ -464,18 +475,35 @@ async fn transit_decrypt(
             "ciphertext or signature version is disallowed by policy (too old)",
         ));
     }
-    let sealed = b64()
-        .decode(sealed)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "invalid ciphertext: could not decode base64"))?;
+    let sealed = b64().decode(sealed).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid ciphertext: could not decode base64",
+        )
+    })?;
     if sealed.len() < 12 + 16 {
-        return Err(error(StatusCode::BAD_REQUEST, "invalid ciphertext: too short"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid ciphertext: too short",
+        ));
     }
     let (nonce, sealed) = sealed.split_at(12);
     let nonce: [u8; 12] = nonce.try_into().unwrap();
     let (secret, _) = transit.versions[version - 1];
     let plaintext = aes_gcm::Aes256Gcm::new(&secret.into())
-        .decrypt(&nonce.into(), Payload { msg: sealed, aad: &aad })
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "cipher: message authentication failed"))?;
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: sealed,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "cipher: message authentication failed",
+            )
+        })?;
     Ok(envelope(
         json!({"plaintext": b64().encode(plaintext)}),
         Value::Null,

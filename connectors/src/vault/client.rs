@@ -198,12 +198,10 @@ impl VaultSession {
         use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
         let client = &self.client;
         match call {
-            Call::Kv(path) => {
-                vaultrs::kv2::read::<SecretData>(client, &self.config.kv_mount, path)
-                    .await
-                    .map(Reply::Secret)
-                    .map_err(|err| VaultError::from_client("reading the secret", err))
-            }
+            Call::Kv(path) => vaultrs::kv2::read::<SecretData>(client, &self.config.kv_mount, path)
+                .await
+                .map(Reply::Secret)
+                .map_err(|err| VaultError::from_client("reading the secret", err)),
             Call::Encrypt {
                 mount,
                 key,

@@ -207,7 +207,9 @@ mod transit {
         let vault = vault();
         let (sealer, provider) = new_sealer(&vault);
         assert_eq!(provider.current_key_id(), "transit.mmt-records.v1");
-        let stored = sealer.seal_text("chest pain since Tuesday", b"clinic\0job-1").unwrap();
+        let stored = sealer
+            .seal_text("chest pain since Tuesday", b"clinic\0job-1")
+            .unwrap();
         assert!(!stored.contains("chest"));
         assert_eq!(
             sealed_text_key_id(&stored).unwrap().as_deref(),
@@ -216,7 +218,10 @@ mod transit {
         assert_eq!(vault.transit_calls("encrypt"), 1);
         // Read back by this process: the data key is cached, Vault is not asked.
         for _ in 0..3 {
-            let text = sealer.open_text(&stored, b"clinic\0job-1").unwrap().into_text();
+            let text = sealer
+                .open_text(&stored, b"clinic\0job-1")
+                .unwrap()
+                .into_text();
             assert_eq!(text, "chest pain since Tuesday");
         }
         assert_eq!(vault.transit_calls("decrypt"), 0);
@@ -244,8 +249,14 @@ mod transit {
             Some("transit.mmt-records.v2")
         );
         for sealer in [&sealer, &elsewhere] {
-            assert_eq!(sealer.open_text(&old, b"ctx").unwrap().into_text(), "old note");
-            assert_eq!(sealer.open_text(&new, b"ctx").unwrap().into_text(), "new note");
+            assert_eq!(
+                sealer.open_text(&old, b"ctx").unwrap().into_text(),
+                "old note"
+            );
+            assert_eq!(
+                sealer.open_text(&new, b"ctx").unwrap().into_text(),
+                "new note"
+            );
         }
         assert_eq!(elsewhere.current_key_id(), "transit.mmt-records.v2");
         let listed = provider.summary().unwrap();
@@ -289,7 +300,11 @@ mod transit {
         // A changed byte of Vault's ciphertext: Vault's authentication fails.
         let mut altered = wrapped.clone();
         let last = altered.blob.len() - 2;
-        altered.blob[last] = if altered.blob[last] == b'A' { b'B' } else { b'A' };
+        altered.blob[last] = if altered.blob[last] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
         let err = new_provider(&vault).unwrap(&altered).unwrap_err();
         assert!(matches!(err, CryptError::Tampered { .. }), "{err}");
         // The header's version no longer that of the ciphertext.
@@ -300,7 +315,10 @@ mod transit {
         // Another transit key, or a version Vault does not have.
         for key_id in ["transit.other.v1", "k1765000000-3fa2"] {
             let err = reader.unwrap(&relabel(&wrapped, key_id)).unwrap_err();
-            assert!(matches!(err, CryptError::UnknownKey { .. }), "{key_id}: {err}");
+            assert!(
+                matches!(err, CryptError::UnknownKey { .. }),
+                "{key_id}: {err}"
+            );
         }
         let future = mmt_core::crypt::WrappedKey {
             key_id: "transit.mmt-records.v9".into(),
@@ -326,7 +344,10 @@ mod transit {
         assert!(matches!(err, CryptError::KeyService { .. }), "{err}");
         assert!(err.class().is_retryable(), "{err}");
         // Cached data keys still open what this process wrote.
-        assert_eq!(sealer.open_text(&stored, b"ctx").unwrap().into_text(), "note");
+        assert_eq!(
+            sealer.open_text(&stored, b"ctx").unwrap().into_text(),
+            "note"
+        );
         vault.with(|s| s.transit_down = false);
         sealer.seal_text("note", b"ctx").unwrap();
 
@@ -336,17 +357,17 @@ mod transit {
             Metrics::new().unwrap(),
         )
         .unwrap_err();
-        assert!(matches!(missing, VaultError::Status { code: 404, .. }), "{missing}");
+        assert!(
+            matches!(missing, VaultError::Status { code: 404, .. }),
+            "{missing}"
+        );
         vault.stop();
         let err = sealer.seal_text("note", b"ctx").unwrap_err();
         assert!(err.class().is_retryable(), "{err}");
     }
 
     /// A wrapped key under another key id (as an edited header would be).
-    fn relabel(
-        wrapped: &mmt_core::crypt::WrappedKey,
-        key_id: &str,
-    ) -> mmt_core::crypt::WrappedKey {
+    fn relabel(wrapped: &mmt_core::crypt::WrappedKey, key_id: &str) -> mmt_core::crypt::WrappedKey {
         mmt_core::crypt::WrappedKey {
             key_id: key_id.into(),
             blob: wrapped.blob.clone(),

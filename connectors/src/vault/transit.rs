@@ -28,7 +28,9 @@ use std::sync::{mpsc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use mmt_core::crypt::{is_valid_key_id, CryptError, DataKey, KeyProvider, KeyState, KeySummary, WrappedKey};
+use mmt_core::crypt::{
+    is_valid_key_id, CryptError, DataKey, KeyProvider, KeyState, KeySummary, WrappedKey,
+};
 use mmt_core::telemetry::Metrics;
 use serde::{Deserialize, Serialize};
 use vaultrs::api::transit::responses::{ReadKeyData, ReadKeyResponse};
@@ -157,12 +159,17 @@ impl KeyVersions {
             ));
         }
         let ReadKeyData::Symmetric(versions) = &response.keys else {
-            return Err(malformed("is not a symmetric key (create it as aes256-gcm96)"));
+            return Err(malformed(
+                "is not a symmetric key (create it as aes256-gcm96)",
+            ));
         };
         let created: BTreeMap<u64, i64> = versions
             .iter()
             .filter_map(|(version, at)| {
-                Some((version.parse().ok()?, i64::try_from(*at).unwrap_or(i64::MAX)))
+                Some((
+                    version.parse().ok()?,
+                    i64::try_from(*at).unwrap_or(i64::MAX),
+                ))
             })
             .collect();
         let latest = created
@@ -280,10 +287,12 @@ impl TransitKeyProvider {
         self.requests
             .send((op, reply))
             .map_err(|_| VaultError::Client("the Vault thread has stopped".into()))?;
-        answer.recv_timeout(self.wait).map_err(|_| VaultError::Unreachable {
-            during: "a transit request",
-            reason: format!("no answer within {} s", self.wait.as_secs()),
-        })?
+        answer
+            .recv_timeout(self.wait)
+            .map_err(|_| VaultError::Unreachable {
+                during: "a transit request",
+                reason: format!("no answer within {} s", self.wait.as_secs()),
+            })?
     }
 
     /// Reads the key's versions from Vault now.
@@ -397,9 +406,8 @@ impl KeyProvider for TransitKeyProvider {
 
     fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey, CryptError> {
         self.refresh(false);
-        let plaintext = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD.encode(data_key.as_bytes()),
-        );
+        let plaintext =
+            Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(data_key.as_bytes()));
         let ciphertext = match self.ask(Op::Encrypt(plaintext)) {
             Ok(Reply::Ciphertext(ciphertext)) => ciphertext,
             Ok(_) => {
@@ -434,7 +442,10 @@ impl KeyProvider for TransitKeyProvider {
         let tampered = || CryptError::Tampered {
             what: "a wrapped data key",
         };
-        let version = self.transit.version_of(&wrapped.key_id).ok_or_else(unknown)?;
+        let version = self
+            .transit
+            .version_of(&wrapped.key_id)
+            .ok_or_else(unknown)?;
         let ciphertext = std::str::from_utf8(&wrapped.blob).map_err(|_| tampered())?;
         if ciphertext_version(ciphertext) != Some(version) {
             return Err(tampered());
@@ -549,9 +560,18 @@ mod tests {
             "transit.k.v1",
             &status("ciphertext or signature version is disallowed by policy (too old)"),
         );
-        assert!(matches!(retired, CryptError::RetiredKey { .. }), "{retired}");
-        let tampered = decrypt_error("transit.k.v1", &status("cipher: message authentication failed"));
-        assert!(matches!(tampered, CryptError::Tampered { .. }), "{tampered}");
+        assert!(
+            matches!(retired, CryptError::RetiredKey { .. }),
+            "{retired}"
+        );
+        let tampered = decrypt_error(
+            "transit.k.v1",
+            &status("cipher: message authentication failed"),
+        );
+        assert!(
+            matches!(tampered, CryptError::Tampered { .. }),
+            "{tampered}"
+        );
         let down = decrypt_error(
             "transit.k.v1",
             &VaultError::Unreachable {
@@ -568,6 +588,15 @@ mod tests {
                 detail: "permission denied".into(),
             },
         );
-        assert!(matches!(denied, CryptError::KeyService { retryable: false, .. }), "{denied}");
+        assert!(
+            matches!(
+                denied,
+                CryptError::KeyService {
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{denied}"
+        );
     }
 }

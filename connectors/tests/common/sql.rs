@@ -205,17 +205,29 @@ impl Scratch {
                 match self.dialect {
                     Dialect::Sqlite => {
                         let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
-                        sqlx::query(sql).bind(value).bind(id).execute(&mut conn).await?;
+                        sqlx::query(sql)
+                            .bind(value)
+                            .bind(id)
+                            .execute(&mut conn)
+                            .await?;
                         conn.close().await
                     }
                     Dialect::Postgres => {
                         let mut conn = sqlx::PgConnection::connect(&self.url).await?;
-                        sqlx::query(sql).bind(value).bind(id).execute(&mut conn).await?;
+                        sqlx::query(sql)
+                            .bind(value)
+                            .bind(id)
+                            .execute(&mut conn)
+                            .await?;
                         conn.close().await
                     }
                     Dialect::Mysql => {
                         let mut conn = sqlx::MySqlConnection::connect(&self.url).await?;
-                        sqlx::query(sql).bind(value).bind(id).execute(&mut conn).await?;
+                        sqlx::query(sql)
+                            .bind(value)
+                            .bind(id)
+                            .execute(&mut conn)
+                            .await?;
                         conn.close().await
                     }
                 }
@@ -244,13 +256,19 @@ impl Scratch {
                 match self.dialect {
                     Dialect::Postgres => {
                         let mut conn = sqlx::PgConnection::connect(&self.url).await?;
-                        let count = sqlx::query_scalar(sql).bind(&pattern).fetch_one(&mut conn).await;
+                        let count = sqlx::query_scalar(sql)
+                            .bind(&pattern)
+                            .fetch_one(&mut conn)
+                            .await;
                         conn.close().await?;
                         count
                     }
                     _ => {
                         let mut conn = sqlx::MySqlConnection::connect(&self.url).await?;
-                        let count = sqlx::query_scalar(sql).bind(&pattern).fetch_one(&mut conn).await;
+                        let count = sqlx::query_scalar(sql)
+                            .bind(&pattern)
+                            .fetch_one(&mut conn)
+                            .await;
                         conn.close().await?;
                         count
                     }

@@ -107,7 +107,12 @@ impl EncryptionConfig {
     }
 
     /// `vault_configured`: whether Vault (`VAULT_ADDR` and an AppRole) is set.
-    pub(super) fn validate(&self, env: Environment, vault_configured: bool, out: &mut Vec<Problem>) {
+    pub(super) fn validate(
+        &self,
+        env: Environment,
+        vault_configured: bool,
+        out: &mut Vec<Problem>,
+    ) {
         match self.provider {
             None => {
                 if let Some(severity) = env.production_rule() {
@@ -132,7 +137,9 @@ impl EncryptionConfig {
                 if self.transit.is_some() {
                     out.push(Problem::warning(
                         MMT_VAULT_TRANSIT_KEY,
-                        format!("is set but {MMT_ENCRYPTION_PROVIDER} is keyring, so it is ignored"),
+                        format!(
+                            "is set but {MMT_ENCRYPTION_PROVIDER} is keyring, so it is ignored"
+                        ),
                     ));
                 }
             }
@@ -230,10 +237,13 @@ impl EncryptionConfig {
             retryable,
         };
         let vault = vault.ok_or_else(|| {
-            failed("Vault is not configured (VAULT_ADDR and an AppRole)".into(), false)
+            failed(
+                "Vault is not configured (VAULT_ADDR and an AppRole)".into(),
+                false,
+            )
         })?;
-        let metrics = mmt_core::telemetry::Metrics::new()
-            .map_err(|err| failed(err.to_string(), false))?;
+        let metrics =
+            mmt_core::telemetry::Metrics::new().map_err(|err| failed(err.to_string(), false))?;
         TransitKeyProvider::connect(vault.clone(), transit.clone(), metrics)
             .map(Some)
             .map_err(|err| failed(err.to_string(), err.class().is_retryable()))
@@ -266,7 +276,10 @@ mod tests {
     fn the_provider_follows_the_variables_set() {
         let (config, problems) = load(Environment::Prod, &[(MMT_VAULT_TRANSIT_KEY, "mmt")]);
         assert_eq!(config.provider, Some(KeyProviderKind::Transit));
-        assert_eq!(config.transit.as_ref().map(|t| t.mount.as_str()), Some("transit"));
+        assert_eq!(
+            config.transit.as_ref().map(|t| t.mount.as_str()),
+            Some("transit")
+        );
         assert!(problems.is_empty(), "{problems:?}");
         let (config, _) = load(Environment::Dev, &[(KEYS_VARIABLE, "/k.json")]);
         assert_eq!(config.provider, Some(KeyProviderKind::Keyring));
@@ -274,7 +287,9 @@ mod tests {
         let both = [(KEYS_VARIABLE, "/k.json"), (MMT_VAULT_TRANSIT_KEY, "mmt")];
         let (config, problems) = load(Environment::Dev, &both);
         assert_eq!(config.provider, None);
-        assert!(problems.iter().any(|p| p.variable == MMT_ENCRYPTION_PROVIDER && p.is_fatal()));
+        assert!(problems
+            .iter()
+            .any(|p| p.variable == MMT_ENCRYPTION_PROVIDER && p.is_fatal()));
         let chosen = [both[0], both[1], (MMT_ENCRYPTION_PROVIDER, "transit")];
         let (config, problems) = load(Environment::Dev, &chosen);
         assert_eq!(config.provider, Some(KeyProviderKind::Transit));
@@ -282,7 +297,9 @@ mod tests {
         let (_, problems) = load(Environment::Dev, &[(MMT_ENCRYPTION_PROVIDER, "kms")]);
         assert!(problems[0].is_fatal());
         let (_, problems) = load(Environment::Dev, &[(MMT_ENCRYPTION_PROVIDER, "transit")]);
-        assert!(problems.iter().any(|p| p.variable == MMT_VAULT_TRANSIT_KEY && p.is_fatal()));
+        assert!(problems
+            .iter()
+            .any(|p| p.variable == MMT_VAULT_TRANSIT_KEY && p.is_fatal()));
     }
 
     #[test]
@@ -294,10 +311,18 @@ mod tests {
         let config = EncryptionConfig::from_vars(&mut vars);
         let mut out = Vec::new();
         config.validate(Environment::Prod, false, &mut out);
-        let variables: Vec<&str> = out.iter().filter(|p| p.is_fatal()).map(|p| p.variable).collect();
+        let variables: Vec<&str> = out
+            .iter()
+            .filter(|p| p.is_fatal())
+            .map(|p| p.variable)
+            .collect();
         assert_eq!(
             variables,
-            [MMT_VAULT_TRANSIT_KEY, MMT_VAULT_TRANSIT_MOUNT, MMT_VAULT_TRANSIT_KEY]
+            [
+                MMT_VAULT_TRANSIT_KEY,
+                MMT_VAULT_TRANSIT_MOUNT,
+                MMT_VAULT_TRANSIT_KEY
+            ]
         );
         assert!(out[0].message.contains("Vault"), "{out:?}");
     }
