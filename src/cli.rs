@@ -35,8 +35,9 @@ pub enum Command {
     /// Check the audit trail's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Manage the encryption keyring (MMT_ENCRYPTION_KEYS): rotate, list,
-    /// retire keys; re-encrypt stored data under the current key.
+    /// Manage the encryption keys (the MMT_ENCRYPTION_KEYS keyring, or the
+    /// Vault transit key MMT_VAULT_TRANSIT_KEY): rotate, list, retire keys;
+    /// re-encrypt stored data under the current key.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// The dead-letter queue: list, show, park, and reprocess (retry) dead letters.
@@ -298,7 +299,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
-    /// The keyring file (default: MMT_ENCRYPTION_KEYS).
+    /// The keyring file (default: MMT_ENCRYPTION_KEYS; without it and with
+    /// MMT_VAULT_TRANSIT_KEY, the Vault transit key).
     #[arg(long)]
     pub keyring: Option<PathBuf>,
 }

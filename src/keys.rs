@@ -1,15 +1,19 @@
-//! `mmt keys`: the local encryption keyring (`MMT_ENCRYPTION_KEYS`).
+//! `mmt keys`: the keys of encryption at rest, a local keyring
+//! (`MMT_ENCRYPTION_KEYS`) or Vault's transit engine (`MMT_VAULT_TRANSIT_KEY`).
 //!
-//! `rotate` adds a key (creating the keyring if missing): new writes are
+//! `rotate` adds a key (creating the keyring if missing; with transit, it
+//! rotates the transit key in Vault, a new version): new writes are
 //! sealed under it at once, data under older keys stays readable. The
 //! background half of a rotation is `reencrypt`, run once after a rotation
 //! or on a schedule (a CronJob, like `mmt retention purge`): it re-seals every
 //! transcript and upload not under the current key, and seals what was
 //! stored in clear before encryption was on. `retire` then refuses an old
-//! key's data for good.
+//! key's data for good (with transit that is Vault's `min_decryption_version`,
+//! set in Vault: the command says how).
 
 use anyhow::{bail, Context, Result};
-use mmt_core::crypt::{Keyring, KEYS_VARIABLE};
+use mmt_connectors::vault::TransitKeyProvider;
+use mmt_core::crypt::{KeyState, KeySummary, Keyring, KEYS_VARIABLE};
 use mmt_pipeline::run::OutputPaths;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +43,28 @@ fn keyring_path(args: &KeysArgs) -> Result<PathBuf> {
     }
 }
 
+/// The transit provider when the configuration names one and no
+/// `--keyring` is given.
+fn transit(args: &KeysArgs) -> Result<Option<TransitKeyProvider>> {
+    if args.keyring.is_some() {
+        return Ok(None);
+    }
+    let config = crate::transcribe::load_config()?;
+    Ok(config
+        .encryption
+        .transit_provider(config.vault.vault.as_ref())?)
+}
+
 fn rotate(args: &KeysArgs) -> Result<ExitCode> {
+    if let Some(transit) = transit(args)? {
+        let id = transit.rotate()?;
+        println!(
+            "rotated the Vault transit key {}: new data is sealed under {id}; run \
+             `mmt keys reencrypt` to re-seal older data",
+            transit.transit().key
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = keyring_path(args)?;
     let (mut keyring, created) = if path.exists() {
         (Keyring::load(&path)?, false)
@@ -64,11 +89,14 @@ fn rotate(args: &KeysArgs) -> Result<ExitCode> {
 }
 
 fn list(args: &KeysArgs) -> Result<ExitCode> {
-    let keyring = Keyring::load(&keyring_path(args)?)?;
-    for key in keyring.summary() {
+    let keys: Vec<KeySummary> = match transit(args)? {
+        Some(transit) => transit.summary()?,
+        None => Keyring::load(&keyring_path(args)?)?.summary(),
+    };
+    for key in keys {
         let state = match key.state {
-            mmt_core::crypt::KeyState::Active => "active",
-            mmt_core::crypt::KeyState::Retired => "retired",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
         };
         let current = if key.current { " (current)" } else { "" };
         println!("{}\t{state}{current}\tcreated {}", key.id, key.created_at);
@@ -77,6 +105,22 @@ fn list(args: &KeysArgs) -> Result<ExitCode> {
 }
 
 fn retire(args: &KeysArgs, id: &str) -> Result<ExitCode> {
+    if let Some(transit) = transit(args)? {
+        let config = transit.transit();
+        let Some(version) = config.version_of(id) else {
+            bail!("{id:?} is not a version of the transit key {}", config.key);
+        };
+        // The AppRole of a worker has no business changing key policy: the
+        // operator retires versions in Vault.
+        bail!(
+            "transit key versions are retired in Vault: `vault write {}/keys/{}/config \
+             min_decryption_version={}` retires {id} and every older version (run \
+             `mmt keys reencrypt` first)",
+            config.mount,
+            config.key,
+            version + 1
+        );
+    }
     let path = keyring_path(args)?;
     let mut keyring = Keyring::load(&path)?;
     keyring.retire(id)?;
@@ -88,7 +132,10 @@ fn retire(args: &KeysArgs, id: &str) -> Result<ExitCode> {
 fn reencrypt(args: &ReencryptArgs) -> Result<ExitCode> {
     let config = crate::transcribe::load_config()?;
     let Some(sealer) = mmt_pipeline::run::plan::sealer(&config)? else {
-        bail!("{KEYS_VARIABLE} is not set: there is no key to re-encrypt under");
+        bail!(
+            "neither {KEYS_VARIABLE} nor MMT_VAULT_TRANSIT_KEY is set: there is no key to \
+             re-encrypt under"
+        );
     };
     let paths = OutputPaths::resolve(&config, &args.out);
     let mut store = mmt_connectors::sql::SqlJobStoreConfig::new(&paths.database_url)

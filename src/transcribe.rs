@@ -31,8 +31,11 @@ const BATCH_AUDIO_SECONDS: f64 = 30.0 * 60.0;
 const LONG_FORM_MAX_SECONDS: f64 = 30.0 * 60.0;
 
 /// Reads the configuration, refusing to start on fatal problems.
+/// The configuration from the environment, with the database and broker
+/// credentials held in Vault put in (`MMT_VAULT_*_SECRET_PATH`).
 pub fn load_config() -> Result<Config> {
-    Config::from_env().map_err(|err| anyhow::anyhow!("{}", err.report()))
+    let config = Config::from_env().map_err(|err| anyhow::anyhow!("{}", err.report()))?;
+    Ok(config.with_vault_credentials()?)
 }
 
 /// Model location and threading from the configuration and an optional override.

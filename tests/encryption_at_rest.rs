@@ -3,14 +3,20 @@
 //! upload folder on disk (`mmt run` over a folder, an upload through `mmt
 //! serve`); after `mmt keys rotate` every old job still reads back through
 //! the API; `mmt keys reencrypt` moves everything to the new key, after
-//! which the old key can be retired and the jobs still read back.
+//! which the old key can be retired and the jobs still read back. The same
+//! with Vault's transit engine as the key provider (`MMT_VAULT_TRANSIT_KEY`),
+//! against the in-test Vault of `common/fake_vault.rs` (no Vault or OpenBao
+//! server can be installed on these machines; the double encrypts for real).
 
 // The helpers below are test code too: a failed set-up step should panic.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/fake_vault.rs"]
+mod fake_vault;
 
 use common::{model_ready, root};
+use fake_vault::FakeVault;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -23,11 +29,24 @@ const BOUNDARY: &str = "mmt-encryption-boundary";
 /// `mmt <args…>` with the keyring, and nothing from the caller's environment
 /// that points elsewhere.
 fn mmt(args: &[&str], keyring: &Path) -> Command {
+    let mut command = mmt_bare(args);
+    command.env("MMT_ENCRYPTION_KEYS", keyring);
+    command
+}
+
+/// `mmt <args…>` with no key provider, and nothing from the caller's
+/// environment that points elsewhere.
+fn mmt_bare(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mmt"));
     command
         .args(args)
         .current_dir(root())
-        .env("MMT_ENCRYPTION_KEYS", keyring)
+        .env_remove("MMT_ENCRYPTION_KEYS")
+        .env_remove("MMT_ENCRYPTION_PROVIDER")
+        .env_remove("MMT_VAULT_TRANSIT_KEY")
+        .env_remove("MMT_VAULT_TRANSIT_MOUNT")
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
         .env("INTERNAL_JWT_SECRET", JWT_SECRET)
         .env_remove("ENV")
         .env_remove("DATABASE_URL")
@@ -42,11 +61,16 @@ fn mmt(args: &[&str], keyring: &Path) -> Command {
 }
 
 fn run_ok(args: &[&str], keyring: &Path) -> String {
-    let output: Output = mmt(args, keyring).output().unwrap();
+    succeeds(mmt(args, keyring))
+}
+
+/// Runs `command`; its standard output, once it exited 0.
+fn succeeds(mut command: Command) -> String {
+    let output: Output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "mmt {args:?}: {stdout}\n{}",
+        "{command:?}: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
@@ -383,4 +407,134 @@ fn uploads_and_transcripts_are_sealed_and_survive_rotation_and_retirement() {
     assert_eq!(transcript_of(&agent, &server.base, &token, &id), text);
     server.stop();
     assert_no_words(&out, &["medication", "prescribed", "doctor", "fever"]);
+}
+
+const ROLE_ID: &str = "mmt-role-transit";
+const SECRET_ID: &str = "mmt-secret-transit";
+const TRANSIT_KEY: &str = "mmt-records";
+
+/// `mmt <args…>` with Vault's transit engine as the key provider.
+fn mmt_transit(args: &[&str], vault: &FakeVault) -> Command {
+    let mut command = mmt_bare(args);
+    command
+        .env("VAULT_ADDR", &vault.address)
+        .env("MMT_VAULT_ROLE_ID", ROLE_ID)
+        .env("MMT_VAULT_SECRET_ID", SECRET_ID)
+        .env("MMT_VAULT_TRANSIT_KEY", TRANSIT_KEY);
+    command
+}
+
+/// `mmt run` over a folder holding one sample.
+fn run_one(vault: &FakeVault, dir: &Path, sample: &str, out: &Path) {
+    let input = dir.join(format!("in-{sample}"));
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(root().join("samples").join(sample), input.join(sample)).unwrap();
+    succeeds(mmt_transit(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        vault,
+    ));
+}
+
+#[test]
+fn vault_transit_seals_the_store_survives_rotation_and_refuses_tampering() {
+    if !model_ready() {
+        return;
+    }
+    let vault = FakeVault::start(ROLE_ID, SECRET_ID);
+    vault.create_transit_key("transit", TRANSIT_KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+
+    // `mmt check` reads the transit key from Vault; a missing key is fatal.
+    let check = mmt_transit(&["check"], &vault).output().unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(!stdout.contains("MMT_VAULT_TRANSIT_KEY"), "{stdout}");
+    let missing = mmt_transit(&["check"], &vault)
+        .env("MMT_VAULT_TRANSIT_KEY", "no-such-key")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&missing.stdout);
+    assert!(!missing.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FATAL MMT_VAULT_TRANSIT_KEY") && l.contains("404")),
+        "{stdout}"
+    );
+
+    run_one(&vault, dir.path(), "dict_001.wav", &out);
+    assert_no_words(&out, &["medication", "prescribed", "doctor", "fever"]);
+    assert!(vault.transit_calls("encrypt") >= 1);
+
+    // Rotated in Vault through `mmt keys rotate`: version 2 seals new data.
+    let rotated = succeeds(mmt_transit(&["keys", "rotate"], &vault));
+    assert!(rotated.contains("transit.mmt-records.v2"), "{rotated}");
+    assert_eq!(vault.transit_versions("transit", TRANSIT_KEY), 2);
+    let listed = succeeds(mmt_transit(&["keys", "list"], &vault));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("transit.mmt-records.v2") && l.contains("(current)")),
+        "{listed}"
+    );
+    run_one(&vault, dir.path(), "dict_005.wav", &out);
+
+    // Both jobs read back (the first under v1), and are moved to v2.
+    let out_arg = out.to_str().unwrap();
+    let reencrypted = succeeds(mmt_transit(
+        &["keys", "reencrypt", "--out", out_arg],
+        &vault,
+    ));
+    assert!(
+        reencrypted.contains(
+            "transcripts: 2 examined, 1 re-encrypted under transit.mmt-records.v2, 0 unreadable"
+        ),
+        "{reencrypted}"
+    );
+    // v1 retired in Vault: nothing is left under it, everything still reads.
+    vault.set_min_decryption_version("transit", TRANSIT_KEY, 2);
+    let again = succeeds(mmt_transit(
+        &["keys", "reencrypt", "--out", out_arg],
+        &vault,
+    ));
+    assert!(again.contains("2 examined, 0 re-encrypted"), "{again}");
+    let retire = mmt_transit(&["keys", "retire", "transit.mmt-records.v1"], &vault)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&retire.stderr);
+    assert!(!retire.status.success());
+    assert!(stderr.contains("min_decryption_version=2"), "{stderr}");
+    assert_no_words(&out, &["medication", "prescribed", "doctor", "fever"]);
+
+    // The sealed transcripts altered on disk (one base64 letter inside each
+    // copy of a sealed value in the file, same length): refused, not read.
+    let db = out.join("mmt.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let starts: Vec<usize> = bytes
+        .windows(7)
+        .enumerate()
+        .filter(|(_, w)| *w == b"mmtenc:")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!starts.is_empty(), "sealed values in the store file");
+    for at in starts {
+        let index = at + 7 + 300;
+        bytes[index] = if bytes[index] == b'A' { b'B' } else { b'A' };
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let tampered = mmt_transit(&["keys", "reencrypt", "--out", out_arg], &vault)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tampered.stdout);
+    assert!(!tampered.status.success(), "{stdout}");
+    assert!(stdout.contains("2 examined, 0 re-encrypted"), "{stdout}");
+    assert!(stdout.contains("2 unreadable"), "{stdout}");
 }

@@ -1,27 +1,27 @@
-//! Transcripts sealed at rest in the SQLite job store: nothing of the text
-//! on disk, clear rows from before encryption still read and then sealed by
-//! a re-encryption pass, rotation, retired keys, rows moved between jobs.
+//! Transcripts sealed at rest in the job store, on SQLite, PostgreSQL and
+//! MariaDB (`common/sql.rs`): nothing of the text stored, clear rows from
+//! before encryption still read and then sealed by a re-encryption pass,
+//! rotation, retired keys, rows moved between jobs.
 
 mod common;
 
 use std::sync::Arc;
 
+use common::sql::Scratch;
 use common::{completed, TRANSCRIPT_TEXT};
-use mmt_connectors::{ConnectorError, SqlJobStore, SqlJobStoreConfig};
+use mmt_connectors::{ConnectorError, SqlJobStore};
 use mmt_core::crypt::{sealed_text_key_id, CryptError, KeyProvider, Keyring, Sealer};
 use mmt_core::job::{JobStatus, JobStore};
-use sqlx::Connection;
 
-fn url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("jobs.db").display())
-}
+common::sql::on_every_store!(
+    sealed_transcripts_leave_no_text_stored_and_read_back,
+    clear_rows_stay_readable_and_rotation_reseals_everything,
+    a_retired_key_and_a_row_moved_to_another_job_are_refused,
+);
 
-fn open(dir: &tempfile::TempDir, keyring: Option<&Keyring>) -> SqlJobStore {
+fn open(db: &Scratch, keyring: Option<&Keyring>) -> SqlJobStore {
     let sealer = keyring.map(|keyring| Sealer::new(Arc::new(keyring.clone())));
-    SqlJobStoreConfig::new(url(dir))
-        .build(false)
-        .expect("connect")
-        .with_sealer(sealer)
+    db.store().with_sealer(sealer)
 }
 
 fn complete(store: &mut SqlJobStore, id: &str) -> mmt_core::job::CompletedJob {
@@ -34,71 +34,34 @@ fn complete(store: &mut SqlJobStore, id: &str) -> mmt_core::job::CompletedJob {
     job
 }
 
-/// Runs `sql` beside the store; the stored transcript of `job` after it.
-fn raw(dir: &tempfile::TempDir, sql: &str, job: &str) -> Option<String> {
-    let url = url(dir);
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let mut conn = sqlx::SqliteConnection::connect(&url).await?;
-            if !sql.0.is_empty() {
-                sqlx::query(sql).execute(&mut conn).await?;
-            }
-            let stored = sqlx::query_scalar("SELECT transcript_json FROM jobs WHERE id = ?")
-                .bind(job)
-                .fetch_one(&mut conn)
-                .await;
-            conn.close().await?;
-            stored
-        })
-        .expect("raw SQL")
+/// The key id job `id`'s stored transcript is sealed under.
+fn key_of(db: &Scratch, id: &str) -> Option<String> {
+    let stored = db.stored_transcript(id).expect("stored");
+    sealed_text_key_id(&stored).expect("sealed")
 }
 
-/// Whether any file of the folder (database, WAL) holds `needle`.
-fn on_disk(dir: &tempfile::TempDir, needle: &str) -> bool {
-    std::fs::read_dir(dir.path()).expect("dir").any(|entry| {
-        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
-        bytes
-            .windows(needle.len())
-            .any(|window| window == needle.as_bytes())
-    })
-}
-
-#[test]
-fn sealed_transcripts_leave_no_text_on_disk_and_read_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn sealed_transcripts_leave_no_text_stored_and_read_back(db: &Scratch) {
     let keyring = Keyring::generate().expect("keyring");
-    let mut store = open(&dir, Some(&keyring));
+    let mut store = open(db, Some(&keyring));
     let job = complete(&mut store, "a1");
     let row = store.get(&job.meta.id).expect("get").expect("row");
     assert_eq!(row.transcript.as_ref(), Some(&job.transcript));
-    let stored = raw(&dir, "", "a1").expect("stored");
-    assert_eq!(
-        sealed_text_key_id(&stored).expect("sealed"),
-        Some(keyring.current_key_id())
-    );
+    assert_eq!(key_of(db, "a1"), Some(keyring.current_key_id()));
     drop(store);
-    assert!(
-        !on_disk(&dir, "chest pain"),
-        "transcript text in the store files"
-    );
+    assert!(!db.holds("chest pain"), "transcript text in the store");
     assert!(TRANSCRIPT_TEXT.contains("chest pain"));
 
     // Without the keyring the row is refused, naming the variable.
-    let err = open(&dir, None).get(&job.meta.id).expect_err("refused");
+    let err = open(db, None).get(&job.meta.id).expect_err("refused");
     assert!(err.to_string().contains("MMT_ENCRYPTION_KEYS"), "{err}");
 }
 
-#[test]
-fn clear_rows_stay_readable_and_rotation_reseals_everything() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let before = complete(&mut open(&dir, None), "clear");
+fn clear_rows_stay_readable_and_rotation_reseals_everything(db: &Scratch) {
+    let before = complete(&mut open(db, None), "clear");
+    assert!(db.holds("chest pain"), "the search finds clear text");
     let mut keyring = Keyring::generate().expect("keyring");
     let first = keyring.current_key_id();
-    let mut store = open(&dir, Some(&keyring));
+    let mut store = open(db, Some(&keyring));
     let sealed = complete(&mut store, "sealed");
     let row = store.get(&before.meta.id).expect("get").expect("row");
     assert_eq!(
@@ -108,12 +71,9 @@ fn clear_rows_stay_readable_and_rotation_reseals_everything() {
     );
 
     let second = keyring.rotate().expect("rotate");
-    let mut store = open(&dir, Some(&keyring));
+    let mut store = open(db, Some(&keyring));
     let newer = complete(&mut store, "newer");
-    assert_eq!(
-        sealed_text_key_id(&raw(&dir, "", "newer").expect("stored")).expect("sealed"),
-        Some(second.clone())
-    );
+    assert_eq!(key_of(db, "newer"), Some(second.clone()));
     // Old jobs read back after the rotation, before any re-encryption.
     for job in [&before, &sealed, &newer] {
         let row = store.get(&job.meta.id).expect("get").expect("row");
@@ -123,40 +83,30 @@ fn clear_rows_stay_readable_and_rotation_reseals_everything() {
     assert_eq!((report.examined, report.resealed), (3, 2));
     assert!(report.failed.is_empty());
     for id in ["clear", "sealed", "newer"] {
-        let stored = raw(&dir, "", id).expect("stored");
-        assert_eq!(
-            sealed_text_key_id(&stored).expect("sealed"),
-            Some(second.clone())
-        );
+        assert_eq!(key_of(db, id), Some(second.clone()));
     }
     drop(store);
-    assert!(!on_disk(&dir, "chest pain"), "the clear row was sealed");
+    assert!(!db.holds("chest pain"), "the clear row was sealed");
 
     // The first key retired: nothing is left under it, everything reads.
     keyring.retire(&first).expect("retire");
-    let mut store = open(&dir, Some(&keyring));
+    let mut store = open(db, Some(&keyring));
     for job in [&before, &sealed, &newer] {
         let row = store.get(&job.meta.id).expect("get").expect("row");
         assert_eq!(row.transcript.as_ref(), Some(&job.transcript));
     }
 }
 
-#[test]
-fn a_retired_key_and_a_row_moved_to_another_job_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn a_retired_key_and_a_row_moved_to_another_job_are_refused(db: &Scratch) {
     let mut keyring = Keyring::generate().expect("keyring");
     let first = keyring.current_key_id();
-    let mut store = open(&dir, Some(&keyring));
+    let mut store = open(db, Some(&keyring));
     complete(&mut store, "a1");
     let b2 = complete(&mut store, "b2");
 
     // a1's ciphertext copied into b2's row: the AAD names the job.
-    raw(
-        &dir,
-        "UPDATE jobs SET transcript_json = (SELECT transcript_json FROM jobs WHERE id = 'a1') \
-         WHERE id = 'b2'",
-        "b2",
-    );
+    let a1 = db.stored_transcript("a1").expect("stored");
+    db.set_stored_transcript("b2", &a1);
     let err = store.get(&b2.meta.id).expect_err("moved row refused");
     assert!(
         matches!(
@@ -172,7 +122,7 @@ fn a_retired_key_and_a_row_moved_to_another_job_are_refused() {
 
     keyring.rotate().expect("rotate");
     keyring.retire(&first).expect("retire");
-    let mut store = open(&dir, Some(&keyring));
+    let mut store = open(db, Some(&keyring));
     let err = store
         .get(&mmt_core::job::JobId("a1".into()))
         .expect_err("retired key refused");

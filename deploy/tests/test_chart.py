@@ -216,6 +216,23 @@ def test_the_keyring_secret_is_mounted_read_only_and_named_by_mmt_encryption_key
     assert all("MMT_ENCRYPTION_KEYS" not in e for e in envs(off).values())
 
 
+def test_a_vault_transit_key_replaces_the_keyring():
+    transit = GUIDE + [
+        "encryption.enabled=false", "encryption.transitKey=mmt-records", "vault.enabled=true",
+        "vault.databaseSecretPath=mmt/database",
+    ]
+    for name, pod, container in ct.containers(ct.render(transit)):
+        env = ct.literal_env(container)
+        assert (env["MMT_VAULT_TRANSIT_KEY"], env["MMT_VAULT_TRANSIT_MOUNT"]) == ("mmt-records", "transit"), name
+        assert env["MMT_VAULT_DATABASE_SECRET_PATH"] == "mmt/database", name
+        assert "MMT_ENCRYPTION_KEYS" not in env, name
+        assert "keyring" not in {v["name"] for v in pod["volumes"]}, name
+    with pytest.raises(helm.HelmError, match=r"choose one"):
+        ct.render(GUIDE + ["encryption.transitKey=mmt-records", "vault.enabled=true"])
+    with pytest.raises(helm.HelmError, match=r"needs vault.enabled=true"):
+        ct.render(GUIDE + ["encryption.enabled=false", "encryption.transitKey=mmt-records"])
+
+
 def test_prod_without_encryption_fails_with_a_clear_message():
     with pytest.raises(helm.HelmError, match=r"env.ENV=prod requires encryption.enabled=true"):
         ct.render(GUIDE + ["encryption.enabled=false"])

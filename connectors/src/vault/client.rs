@@ -2,7 +2,10 @@
 //! login when renewal fails), and KV version 2 reads, through `vaultrs`.
 //!
 //! The calls used are exactly `POST auth/<approle mount>/login`,
-//! `POST auth/token/renew-self` and `GET <kv mount>/data/<path>`.
+//! `POST auth/token/renew-self`, `GET <kv mount>/data/<path>` and, for the
+//! transit key provider, `POST <transit mount>/encrypt/<key>`,
+//! `POST <transit mount>/decrypt/<key>`, `GET <transit mount>/keys/<key>`
+//! and `POST <transit mount>/keys/<key>/rotate`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -70,6 +73,60 @@ impl Lease {
     }
 }
 
+/// One request to Vault, made with the session's token.
+#[derive(Debug)]
+pub(super) enum Call<'a> {
+    /// `GET <kv mount>/data/<path>`.
+    Kv(&'a str),
+    /// `POST <mount>/encrypt/<key>`: base64 plaintext and associated data.
+    Encrypt {
+        mount: &'a str,
+        key: &'a str,
+        plaintext: &'a str,
+        associated_data: &'a str,
+    },
+    /// `POST <mount>/decrypt/<key>`.
+    Decrypt {
+        mount: &'a str,
+        key: &'a str,
+        ciphertext: &'a str,
+        associated_data: &'a str,
+    },
+    /// `GET <mount>/keys/<key>`.
+    ReadKey { mount: &'a str, key: &'a str },
+    /// `POST <mount>/keys/<key>/rotate`.
+    RotateKey { mount: &'a str, key: &'a str },
+}
+
+/// What a [`Call`] answered.
+pub(super) enum Reply {
+    Secret(SecretData),
+    /// A transit ciphertext, `vault:v<N>:<base64>`.
+    Ciphertext(String),
+    /// A transit plaintext (base64), wiped when dropped.
+    Plaintext(zeroize::Zeroizing<String>),
+    Key(Box<vaultrs::api::transit::responses::ReadKeyResponse>),
+    Done,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Secret(_) => "Secret(***)",
+            Self::Ciphertext(_) => "Ciphertext",
+            Self::Plaintext(_) => "Plaintext(***)",
+            Self::Key(_) => "Key",
+            Self::Done => "Done",
+        })
+    }
+}
+
+fn unexpected_reply() -> VaultError {
+    VaultError::Malformed {
+        reason: "Vault's answer does not match the request".into(),
+    }
+}
+
 /// A logged-in client of one Vault. Not shared: one task owns it.
 pub struct VaultSession {
     config: VaultConfig,
@@ -109,15 +166,76 @@ impl VaultSession {
     /// the token first when due. A token Vault no longer honours (403) is
     /// replaced by a fresh login once.
     pub async fn read_secret(&mut self) -> Result<SecretData, VaultError> {
+        let path = self.config.kv_path.clone();
+        self.read_secret_at(&path).await
+    }
+
+    /// Reads the KV v2 secret at `path` of the configured KV mount (another
+    /// secret than the token keys: database or broker credentials).
+    pub async fn read_secret_at(&mut self, path: &str) -> Result<SecretData, VaultError> {
+        match self.call(&Call::Kv(path)).await? {
+            Reply::Secret(data) => Ok(data),
+            _ => Err(unexpected_reply()),
+        }
+    }
+
+    /// One request with a valid token: logs in or renews first when due, and
+    /// replaces a token Vault no longer honours (403: revoked or expired
+    /// behind our back) by one fresh login, then gives up.
+    pub(super) async fn call(&mut self, call: &Call<'_>) -> Result<Reply, VaultError> {
         self.ensure_token().await?;
-        match self.read_kv().await {
+        match self.call_once(call).await {
             Err(VaultError::Status { code: 403, .. }) => {
-                // Revoked or expired behind our back: one fresh login, then give up.
                 self.lease = None;
                 self.login().await?;
-                self.read_kv().await
+                self.call_once(call).await
             }
             other => other,
+        }
+    }
+
+    async fn call_once(&self, call: &Call<'_>) -> Result<Reply, VaultError> {
+        use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
+        let client = &self.client;
+        match call {
+            Call::Kv(path) => vaultrs::kv2::read::<SecretData>(client, &self.config.kv_mount, path)
+                .await
+                .map(Reply::Secret)
+                .map_err(|err| VaultError::from_client("reading the secret", err)),
+            Call::Encrypt {
+                mount,
+                key,
+                plaintext,
+                associated_data,
+            } => {
+                let mut options = EncryptDataRequest::builder();
+                options.associated_data(associated_data.to_string());
+                vaultrs::transit::data::encrypt(client, mount, key, plaintext, Some(&mut options))
+                    .await
+                    .map(|response| Reply::Ciphertext(response.ciphertext))
+                    .map_err(|err| VaultError::from_client("transit encrypt", err))
+            }
+            Call::Decrypt {
+                mount,
+                key,
+                ciphertext,
+                associated_data,
+            } => {
+                let mut options = DecryptDataRequest::builder();
+                options.associated_data(associated_data.to_string());
+                vaultrs::transit::data::decrypt(client, mount, key, ciphertext, Some(&mut options))
+                    .await
+                    .map(|response| Reply::Plaintext(zeroize::Zeroizing::new(response.plaintext)))
+                    .map_err(|err| VaultError::from_client("transit decrypt", err))
+            }
+            Call::ReadKey { mount, key } => vaultrs::transit::key::read(client, mount, key)
+                .await
+                .map(|response| Reply::Key(Box::new(response)))
+                .map_err(|err| VaultError::from_client("reading the transit key", err)),
+            Call::RotateKey { mount, key } => vaultrs::transit::key::rotate(client, mount, key)
+                .await
+                .map(|()| Reply::Done)
+                .map_err(|err| VaultError::from_client("rotating the transit key", err)),
         }
     }
 
@@ -191,12 +309,6 @@ impl VaultSession {
                 Err(err)
             }
         }
-    }
-
-    async fn read_kv(&self) -> Result<SecretData, VaultError> {
-        vaultrs::kv2::read::<SecretData>(&self.client, &self.config.kv_mount, &self.config.kv_path)
-            .await
-            .map_err(|err| VaultError::from_client("reading the secret", err))
     }
 
     #[cfg(test)]

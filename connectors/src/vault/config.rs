@@ -234,7 +234,7 @@ impl VaultConfig {
 }
 
 /// `a/b-c/d_e.f`: non-empty segments of `[A-Za-z0-9._-]`, no `.`/`..` segment.
-fn is_vault_path(path: &str) -> bool {
+pub fn is_vault_path(path: &str) -> bool {
     !path.is_empty()
         && path.split('/').all(|segment| {
             !segment.is_empty()

@@ -4,6 +4,7 @@
 
 #[path = "../../../tests/common/service.rs"]
 mod service;
+pub mod sql;
 
 // Not every test binary checks a service.
 #[allow(unused_imports)]

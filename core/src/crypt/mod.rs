@@ -5,7 +5,8 @@
 //! a [`KeyProvider`] holds and is stored beside the ciphertext with that key's
 //! id. The provider is the local keyring file of `MMT_ENCRYPTION_KEYS`
 //! ([`Keyring`], the embedded default); a KMS such as Vault's transit engine
-//! implements the same trait (wrap and unwrap a data key). Rotating adds a
+//! implements the same trait (wrap and unwrap a data key;
+//! `mmt_connectors::vault::TransitKeyProvider`). Rotating adds a
 //! key-encryption key: new writes use it, data under the older (still
 //! active) keys stays readable and is rewrapped by `mmt keys reencrypt`. Data
 //! under a retired key is refused with [`CryptError::RetiredKey`].
@@ -76,10 +77,19 @@ pub enum CryptError {
     /// The value names a retired key: its data is refused until the key is
     /// made active again (and then re-encrypted).
     #[error(
-        "the data is encrypted under retired key {key_id:?}: it is refused; set the key \
-         active again in the keyring and run `mmt keys reencrypt` before retiring it"
+        "the data is encrypted under retired key {key_id:?}: it is refused; make the key \
+         usable again (keyring: set it active; Vault transit: lower the key's \
+         min_decryption_version) and run `mmt keys reencrypt` before retiring it"
     )]
     RetiredKey { key_id: String },
+    /// The key service (Vault's transit engine) failed or refused a request
+    /// for a reason other than the data: down, a refused token, a missing key.
+    #[error("the key service (Vault transit) {during}: {reason}")]
+    KeyService {
+        during: &'static str,
+        reason: String,
+        retryable: bool,
+    },
     /// Authentication failed: the ciphertext, its header or its context was
     /// changed (or it belongs to another record, or the key is not the one
     /// that sealed it).
@@ -109,6 +119,9 @@ impl CryptError {
             | Self::Tampered { .. }
             | Self::Malformed { .. } => ErrorClass::Internal,
             Self::Random(_) => ErrorClass::Internal,
+            Self::KeyService { retryable, .. } => ErrorClass::External {
+                retryable: *retryable,
+            },
             Self::Io(_) => ErrorClass::External { retryable: true },
         }
     }

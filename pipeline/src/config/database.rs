@@ -189,6 +189,22 @@ impl DatabaseUrl {
         self.url.expose()
     }
 
+    /// The URL with `username` and `password` as its credentials (each
+    /// percent-encoded, so a `%` or `@` in a password reads back as itself);
+    /// `None` for SQLite.
+    pub fn with_credentials(&self, username: &str, password: &str) -> Option<Self> {
+        if self.kind == DatabaseKind::Sqlite {
+            return None;
+        }
+        let encode = |text: &str| {
+            percent_encoding::utf8_percent_encode(text, super::rabbitmq::URL_COMPONENT).to_string()
+        };
+        let mut url = Url::parse(self.url.expose()).ok()?;
+        url.set_username(&encode(username)).ok()?;
+        url.set_password(Some(&encode(password))).ok()?;
+        Self::parse(url.as_str())
+    }
+
     /// The URL with its password replaced by `***`.
     pub fn redacted(&self) -> String {
         redact_url(self.url.expose())
@@ -314,6 +330,30 @@ impl DatabaseConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_percent_encoded_into_the_url() {
+        let url = DatabaseUrl::parse("postgres://db.internal:5432/mmt?sslmode=require").unwrap();
+        let with = url.with_credentials("mmt app", "p%41ss@/:x").unwrap();
+        assert_eq!(
+            with.expose(),
+            "postgres://mmt%20app:p%2541ss%40%2F%3Ax@db.internal:5432/mmt?sslmode=require"
+        );
+        assert!(!with.to_string().contains("p%2541"), "{with}");
+        let parsed = Url::parse(with.expose()).unwrap();
+        let decoded = percent_encoding::percent_decode_str(parsed.password().unwrap())
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, "p%41ss@/:x");
+        // Credentials already in the URL are replaced.
+        let old = DatabaseUrl::parse("mysql://old:secret@db:3306/mmt").unwrap();
+        let new = old.with_credentials("mmt", "pw").unwrap();
+        assert_eq!(new.expose(), "mysql://mmt:pw@db:3306/mmt");
+        assert!(DatabaseUrl::parse("sqlite://mmt.db")
+            .unwrap()
+            .with_credentials("a", "b")
+            .is_none());
+    }
 
     #[test]
     fn kinds() {

@@ -98,7 +98,7 @@ use serde::{Serialize, Serializer};
 pub use audio::{AudioConfig, DEFAULT_MAX_AUDIO_SECONDS};
 pub use audit::AuditConfig;
 pub use database::{DatabaseConfig, DatabaseKind, DatabaseUrl};
-pub use encryption::EncryptionConfig;
+pub use encryption::{EncryptionConfig, KeyProviderKind};
 pub use environment::Environment;
 pub use intake::IntakeConfig;
 pub use model::{InstallRoot, ModelConfig, ORT_LIBRARY_FILE};
@@ -113,7 +113,7 @@ pub use security::SecurityConfig;
 pub use sources::{KafkaConfig, SinksAndIngestConfig};
 pub use telemetry::{Exporter, OtlpProtocol, Propagator, Sampler, TelemetryConfig};
 pub use vars::parse_bool;
-pub use vault::VaultSettings;
+pub use vault::{VaultCredentialsError, VaultSettings};
 pub use webhook::WebhookSettings;
 pub use workers::{WorkerLimit, WorkerPlan, WorkersConfig};
 
@@ -190,7 +190,7 @@ pub struct Config {
     pub audio: AudioConfig,
     /// Completion webhooks of `mmt serve`.
     pub webhook: WebhookSettings,
-    /// Encryption at rest (`MMT_ENCRYPTION_KEYS`).
+    /// Encryption at rest (`MMT_ENCRYPTION_KEYS` or `MMT_VAULT_TRANSIT_KEY`).
     pub encryption: EncryptionConfig,
     /// Vault, the source of the API's token keys when `VAULT_ADDR` is set.
     pub vault: VaultSettings,
@@ -354,9 +354,14 @@ impl Config {
         self.intake.validate(env, &mut out);
         self.audio.validate(env, &mut out);
         self.webhook.validate(env, &mut out);
-        self.encryption.validate(env, &mut out);
-        self.vault
-            .validate(env, self.security.jwt_public_keys_dir.is_some(), &mut out);
+        self.encryption
+            .validate(env, self.vault.vault.is_some(), &mut out);
+        self.vault.validate(
+            env,
+            self.security.jwt_public_keys_dir.is_some(),
+            self.database.url.kind() == DatabaseKind::Sqlite,
+            &mut out,
+        );
         out
     }
 
@@ -374,7 +379,8 @@ impl Config {
         self.model.check_files(&mut out);
         self.audit.check_files(&mut out);
         self.security.check_files(&mut out);
-        self.encryption.check_files(&mut out);
+        self.encryption
+            .check_files(self.vault.vault.as_ref(), &mut out);
         let tls = [
             ("SSL_CERT_FILE", &self.security.ssl_cert_file),
             ("SSL_KEY_FILE", &self.security.ssl_key_file),

@@ -14,7 +14,7 @@ use super::vars::{Echo, Vars};
 use super::{Environment, Problem};
 
 /// Everything but RFC 3986's unreserved characters is escaped in a URL component.
-const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

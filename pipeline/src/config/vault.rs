@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use mmt_connectors::tls::Transport;
-use mmt_connectors::vault::{Credential, VaultConfig};
+use mmt_connectors::vault::{is_vault_path, read_credentials, Credential, VaultConfig};
 use serde::Serialize;
 
 use super::vars::{Echo, Vars};
@@ -21,6 +21,8 @@ const MMT_VAULT_APPROLE_MOUNT: &str = "MMT_VAULT_APPROLE_MOUNT";
 const MMT_VAULT_KV_MOUNT: &str = "MMT_VAULT_KV_MOUNT";
 const MMT_VAULT_KV_PATH: &str = "MMT_VAULT_KV_PATH";
 const MMT_VAULT_REFRESH_SECONDS: &str = "MMT_VAULT_REFRESH_SECONDS";
+const MMT_VAULT_DATABASE_SECRET_PATH: &str = "MMT_VAULT_DATABASE_SECRET_PATH";
+const MMT_VAULT_RABBITMQ_SECRET_PATH: &str = "MMT_VAULT_RABBITMQ_SECRET_PATH";
 
 /// The variables this section reads.
 pub(super) const VARIABLES: &[&str] = &[
@@ -35,6 +37,8 @@ pub(super) const VARIABLES: &[&str] = &[
     MMT_VAULT_KV_MOUNT,
     MMT_VAULT_KV_PATH,
     MMT_VAULT_REFRESH_SECONDS,
+    MMT_VAULT_DATABASE_SECRET_PATH,
+    MMT_VAULT_RABBITMQ_SECRET_PATH,
 ];
 
 /// Vault, when `VAULT_ADDR` is set.
@@ -49,6 +53,12 @@ pub struct VaultSettings {
     /// `MMT_VAULT_KV_MOUNT` (default `secret`), `MMT_VAULT_KV_PATH` (default
     /// `mmt/jwt`) and `MMT_VAULT_REFRESH_SECONDS` (default 60). `None`: no Vault.
     pub vault: Option<VaultConfig>,
+    /// `MMT_VAULT_DATABASE_SECRET_PATH`: a KV v2 secret (in the KV mount)
+    /// whose `username` and `password` go into `DATABASE_URL` at start.
+    pub database_secret_path: Option<String>,
+    /// `MMT_VAULT_RABBITMQ_SECRET_PATH`: a KV v2 secret whose `username` and
+    /// `password` replace `MMT_RABBITMQ_USER`/`MMT_RABBITMQ_PASSWORD` at start.
+    pub rabbitmq_secret_path: Option<String>,
 }
 
 impl VaultSettings {
@@ -94,13 +104,40 @@ impl VaultSettings {
             .unwrap_or(VaultConfig::DEFAULT_REFRESH_SECONDS);
         Self {
             vault: Some(config),
+            database_secret_path: vars.text(MMT_VAULT_DATABASE_SECRET_PATH),
+            rabbitmq_secret_path: vars.text(MMT_VAULT_RABBITMQ_SECRET_PATH),
         }
     }
 
-    pub(super) fn validate(&self, env: Environment, keys_dir_set: bool, out: &mut Vec<Problem>) {
+    /// `sqlite`: whether the job store is SQLite (which has no credentials).
+    pub(super) fn validate(
+        &self,
+        env: Environment,
+        keys_dir_set: bool,
+        sqlite: bool,
+        out: &mut Vec<Problem>,
+    ) {
         let Some(config) = &self.vault else {
             return;
         };
+        for (variable, path) in [
+            (MMT_VAULT_DATABASE_SECRET_PATH, &self.database_secret_path),
+            (MMT_VAULT_RABBITMQ_SECRET_PATH, &self.rabbitmq_secret_path),
+        ] {
+            if path.as_deref().is_some_and(|path| !is_vault_path(path)) {
+                out.push(Problem::fatal(
+                    variable,
+                    "must be a Vault path: segments of letters, digits, '-', '_' or '.', \
+                     separated by '/'",
+                ));
+            }
+        }
+        if sqlite && self.database_secret_path.is_some() {
+            out.push(Problem::fatal(
+                MMT_VAULT_DATABASE_SECRET_PATH,
+                "is set but DATABASE_URL is SQLite, which has no credentials",
+            ));
+        }
         if let Err(problems) = config.validate() {
             out.extend(
                 problems
@@ -149,6 +186,59 @@ impl VaultSettings {
         }
         paths
     }
+}
+
+impl super::Config {
+    /// Puts the database and broker credentials held in Vault
+    /// (`MMT_VAULT_DATABASE_SECRET_PATH`, `MMT_VAULT_RABBITMQ_SECRET_PATH`)
+    /// into the configuration: a no-op without them. One login, one read
+    /// each; values are never logged.
+    pub fn with_vault_credentials(mut self) -> Result<Self, VaultCredentialsError> {
+        let Some(vault) = &self.vault.vault else {
+            return Ok(self);
+        };
+        let paths: Vec<&str> = [
+            self.vault.database_secret_path.as_deref(),
+            self.vault.rabbitmq_secret_path.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if paths.is_empty() {
+            return Ok(self);
+        }
+        let mut read = read_credentials(vault, &paths)?.into_iter();
+        if self.vault.database_secret_path.is_some() {
+            if let Some(credentials) = read.next() {
+                self.database.url = self
+                    .database
+                    .url
+                    .with_credentials(&credentials.username, &credentials.password)
+                    .ok_or(VaultCredentialsError::DatabaseUrl)?;
+                tracing::info!(user = %credentials.username, "database credentials read from Vault");
+            }
+        }
+        if self.vault.rabbitmq_secret_path.is_some() {
+            if let Some(credentials) = read.next() {
+                self.rabbitmq.user = credentials.username.clone();
+                self.rabbitmq.password = super::secret::Secret::new(credentials.password.as_str());
+                tracing::info!(user = %credentials.username, "RabbitMQ credentials read from Vault");
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Why the credentials in Vault could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultCredentialsError {
+    #[error("credentials from Vault: {0}")]
+    Vault(#[from] mmt_connectors::vault::VaultError),
+    #[error(
+        "credentials from Vault: DATABASE_URL cannot take a user name and password \
+         (SQLite, or not a URL)"
+    )]
+    DatabaseUrl,
 }
 
 /// The variable behind a field of [`VaultConfig`].
@@ -290,6 +380,34 @@ mod tests {
         let problems = about(&loaded, "MMT_VAULT_KV_PATH");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].0, Severity::Warning);
+    }
+
+    #[test]
+    fn credential_secret_paths_are_checked_and_sqlite_has_none() {
+        let loaded = load(
+            "dev",
+            &[
+                ("MMT_VAULT_DATABASE_SECRET_PATH", "mmt/database"),
+                ("MMT_VAULT_RABBITMQ_SECRET_PATH", "/bad/"),
+            ],
+        );
+        assert_eq!(
+            loaded.config.vault.database_secret_path.as_deref(),
+            Some("mmt/database")
+        );
+        // DATABASE_URL defaults to SQLite, which has no credentials.
+        let database = about(&loaded, "MMT_VAULT_DATABASE_SECRET_PATH");
+        assert_eq!(database.len(), 1, "{database:?}");
+        assert!(database[0].1.contains("SQLite"));
+        assert_eq!(about(&loaded, "MMT_VAULT_RABBITMQ_SECRET_PATH").len(), 1);
+        let postgres = load(
+            "dev",
+            &[
+                ("MMT_VAULT_DATABASE_SECRET_PATH", "mmt/database"),
+                ("DATABASE_URL", "postgres://db.internal:5432/mmt"),
+            ],
+        );
+        assert!(about(&postgres, "MMT_VAULT_DATABASE_SECRET_PATH").is_empty());
     }
 
     #[test]

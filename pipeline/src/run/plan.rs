@@ -166,13 +166,14 @@ fn open_store(config: &Config, url: &str) -> Result<Box<dyn JobStore>, RunError>
     Ok(Box::new(store))
 }
 
-/// The sealer of transcripts and uploads (`MMT_ENCRYPTION_KEYS`), `None`
-/// when encryption is off; the keyring is loaded and checked.
+/// The sealer of transcripts and uploads (`MMT_ENCRYPTION_KEYS` or Vault
+/// transit), `None` when encryption is off; the keyring is loaded and
+/// checked, or the transit key read from Vault.
 pub fn sealer(config: &Config) -> Result<Option<mmt_core::crypt::Sealer>, RunError> {
     config
         .encryption
-        .sealer()
-        .map_err(|err| setup("encryption keyring", err))
+        .sealer(config.vault.vault.as_ref())
+        .map_err(|err| setup("encryption keys", err))
 }
 
 /// The Redis idempotency filter, when ENABLE_REDIS_BLOOM_IDEMPOTENCY is on. It

@@ -53,12 +53,21 @@ only fail later, at start-up (`mmt check`), pod by pod; say it at render time.
 {{- if not .Values.tls.enabled -}}
 {{- fail "env.ENV=prod requires tls.enabled=true: production serves the API over TLS only (SSL_CERT_FILE/SSL_KEY_FILE from the tls.secretName Secret). Set --set tls.enabled=true." -}}
 {{- end -}}
-{{- if not .Values.encryption.enabled -}}
-{{- fail "env.ENV=prod requires encryption.enabled=true: transcripts and uploads are encrypted at rest in production (MMT_ENCRYPTION_KEYS from the encryption.secretName Secret). Set --set encryption.enabled=true." -}}
+{{- if not (or .Values.encryption.enabled .Values.encryption.transitKey) -}}
+{{- fail "env.ENV=prod requires encryption.enabled=true (or encryption.transitKey): transcripts and uploads are encrypted at rest in production (MMT_ENCRYPTION_KEYS from the encryption.secretName Secret, or Vault's transit key). Set --set encryption.enabled=true." -}}
 {{- end -}}
 {{- if not .Values.auditLogs.enabled -}}
 {{- fail "env.ENV=prod requires auditLogs.enabled=true: the audit trail is mandatory in production and must live on the persistent volume. Set --set auditLogs.enabled=true." -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.encryption.enabled .Values.encryption.transitKey -}}
+{{- fail "encryption.enabled (the keyring) and encryption.transitKey (Vault transit) are both set: choose one (--set encryption.enabled=false for transit)." -}}
+{{- end -}}
+{{- if and .Values.encryption.transitKey (not .Values.vault.enabled) -}}
+{{- fail "encryption.transitKey needs vault.enabled=true: the transit engine is Vault's." -}}
+{{- end -}}
+{{- if and (or .Values.vault.databaseSecretPath .Values.vault.rabbitmqSecretPath) (not .Values.vault.enabled) -}}
+{{- fail "vault.databaseSecretPath and vault.rabbitmqSecretPath need vault.enabled=true." -}}
 {{- end -}}
 {{- if and .Values.auditLogs.enabled (not (isAbs (include "mmt.auditFile" .))) -}}
 {{- fail "env.AUDIT_LOG_FILE must be an absolute path: its folder is where the audit volume is mounted." -}}
@@ -100,8 +109,18 @@ overridden by .Values.env, sorted by name; then the Secret references and extraE
 {{- if $v.encryption.enabled -}}
 {{- $_ := set $derived "MMT_ENCRYPTION_KEYS" (printf "%s/%s" $v.encryption.mountPath $v.encryption.key) -}}
 {{- end -}}
+{{- with $v.encryption.transitKey -}}
+{{- $_ := set $derived "MMT_VAULT_TRANSIT_KEY" . -}}
+{{- $_ := set $derived "MMT_VAULT_TRANSIT_MOUNT" $v.encryption.transitMount -}}
+{{- end -}}
 {{- if $v.vault.enabled -}}
 {{- $_ := set $derived "VAULT_ADDR" $v.vault.address -}}
+{{- with $v.vault.databaseSecretPath -}}
+{{- $_ := set $derived "MMT_VAULT_DATABASE_SECRET_PATH" . -}}
+{{- end -}}
+{{- with $v.vault.rabbitmqSecretPath -}}
+{{- $_ := set $derived "MMT_VAULT_RABBITMQ_SECRET_PATH" . -}}
+{{- end -}}
 {{- end -}}
 {{- /* Not `merge`: it would let a derived "true" replace an operator's false. */ -}}
 {{- $all := $derived -}}
