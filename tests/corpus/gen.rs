@@ -686,7 +686,8 @@ pub fn envelope_cases() -> Vec<EnvelopeCase> {
     for (id, body) in raw {
         add(id, body);
     }
-    let wrong: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
+    type Change = Box<dyn FnOnce(&mut Value)>;
+    let wrong: Vec<(&str, Change)> = vec![
         (
             "envelope-unknown-field",
             Box::new(|v| v["Smith John"] = json!("1958-03-12")),
@@ -862,10 +863,10 @@ pub fn envelope_cases() -> Vec<EnvelopeCase> {
         envelope(
             &wav_file(1, 96_000, 2, 16, &tone_pcm(96_000, 0.2, 2, 333.0)),
             |v| {
-                v.as_object_mut().map(|o| {
+                if let Some(o) = v.as_object_mut() {
                     o.remove("client_reference");
                     o.remove("encounter_reference");
-                });
+                }
             },
         ),
     );
