@@ -5,6 +5,7 @@
 pub mod postgres;
 pub mod proxy;
 pub mod receivers;
+pub mod serve;
 pub mod service;
 
 // Not every test binary checks a service.
@@ -132,23 +133,30 @@ pub fn mmt_with_env(
 
 /// A 16 kHz mono 16-bit WAV of `samples`.
 pub fn wav_bytes(samples: &[i16]) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    wav_file(1, 16_000, 1, 16, &data)
+}
+
+/// A canonical WAV file (44-byte header) around `data`, whatever its fields
+/// say: `format` 1 is integer PCM, 3 float, 6 A-law, 7 µ-law. The byte rate
+/// and block alignment follow from the others (wrapping, for absurd values).
+pub fn wav_file(format: u16, rate: u32, channels: u16, bits: u16, data: &[u8]) -> Vec<u8> {
+    let align = channels.wrapping_mul(bits / 8);
+    let data_len = data.len() as u32;
+    let mut bytes = Vec::with_capacity(44 + data.len());
     bytes.extend_from_slice(b"RIFF");
     bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
     bytes.extend_from_slice(b"WAVEfmt ");
     bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&16_000u32.to_le_bytes());
-    bytes.extend_from_slice(&32_000u32.to_le_bytes());
-    bytes.extend_from_slice(&2u16.to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(&format.to_le_bytes());
+    bytes.extend_from_slice(&channels.to_le_bytes());
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&rate.wrapping_mul(u32::from(align)).to_le_bytes());
+    bytes.extend_from_slice(&align.to_le_bytes());
+    bytes.extend_from_slice(&bits.to_le_bytes());
     bytes.extend_from_slice(b"data");
     bytes.extend_from_slice(&data_len.to_le_bytes());
-    for sample in samples {
-        bytes.extend_from_slice(&sample.to_le_bytes());
-    }
+    bytes.extend_from_slice(data);
     bytes
 }
 
@@ -208,4 +216,19 @@ pub fn completed_events(out: &Path) -> usize {
         .iter()
         .filter(|event| event["action"] == "job_completed")
         .count()
+}
+
+/// Claims of a token for `tenant` with `roles`, valid for `expires_in`
+/// seconds from now (negative: expired that long ago).
+pub fn claims(tenant: &str, roles: &[&str], expires_in: i64) -> mmt_api::auth::Claims {
+    let now = mmt_core::job::unix_now();
+    mmt_api::auth::Claims {
+        sub: "svc-test".into(),
+        tenant: tenant.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: (now + expires_in) as u64,
+        iat: Some(now as u64),
+        nbf: None,
+        aud: None,
+    }
 }

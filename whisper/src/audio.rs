@@ -413,6 +413,11 @@ fn decode_unguarded(
                 if let Some(run) = run.as_mut() {
                     mono.clear();
                     downmix_append(&planes, &mut mono);
+                    // NaN, infinite or huge float samples make the FFT
+                    // resampler's spectrum non-finite, and rubato then
+                    // panics (found by tests/fuzz.rs): the input is
+                    // sanitised as the output is.
+                    sanitize(&mut mono);
                     run.frames += mono.len() as u64;
                     duration.check_decoded(run.frames, run.rate)?;
                     run.resampler.push(&mono, output)?;
@@ -883,6 +888,42 @@ mod tests {
         let mut x = vec![1.5, -2.0, f32::NAN, 0.25, f32::INFINITY];
         sanitize(&mut x);
         assert_eq!(x, vec![1.0, -1.0, 0.0, 0.25, 1.0]);
+    }
+
+    /// A float WAV full of NaN, infinities and huge values at a rate that
+    /// is resampled: decodes (to silence and full scale), never panics
+    /// inside the resampler (a fuzz finding; the decoder's panic guard hid
+    /// it as "the audio decoder failed on corrupt input").
+    #[test]
+    fn non_finite_float_samples_are_resampled_without_panic() {
+        let values = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3.0e38,
+            -3.0e38,
+            0.5,
+        ];
+        let data: Vec<u8> = (0..44_100)
+            .flat_map(|i| values[i % values.len()].to_le_bytes())
+            .collect();
+        let mut wav = Vec::new();
+        wav.extend_from_slice(b"RIFF");
+        wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        wav.extend_from_slice(b"WAVEfmt ");
+        wav.extend_from_slice(&16u32.to_le_bytes());
+        wav.extend_from_slice(&3u16.to_le_bytes());
+        wav.extend_from_slice(&1u16.to_le_bytes());
+        wav.extend_from_slice(&44_100u32.to_le_bytes());
+        wav.extend_from_slice(&(44_100u32 * 4).to_le_bytes());
+        wav.extend_from_slice(&4u16.to_le_bytes());
+        wav.extend_from_slice(&32u16.to_le_bytes());
+        wav.extend_from_slice(b"data");
+        wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        wav.extend_from_slice(&data);
+        let samples = decode_bytes(wav, Some("wav")).expect("decodes");
+        assert!(!samples.is_empty());
+        assert!(samples.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
     }
 
     #[test]
