@@ -112,7 +112,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub follow: bool,
     /// With a broker source: exit once no message has arrived for this many
-    /// seconds and everything received is committed (default: run until stopped).
+    /// seconds and everything received is committed (default: run until
+    /// stopped). Time with the broker connection down does not count.
     #[arg(long, value_name = "SECONDS")]
     pub idle_exit: Option<f64>,
     /// Timely workers (default: the worker plan from the environment).

@@ -7,7 +7,9 @@ mod common;
 
 use common::postgres::{psql, unique, Schema, POSTGRES};
 use common::proxy::Proxy;
-use common::{distinct_recordings, documents, model_ready, require_service, root};
+use common::{
+    distinct_recordings, documents, documents_per_id, model_ready, require_service, root,
+};
 use mmt_connectors::envelope::JobEnvelope;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqConfig};
 use std::collections::HashMap;
@@ -18,19 +20,22 @@ use std::time::{Duration, Instant};
 const BROKER: &str = "127.0.0.1:5672";
 
 fn worker(broker: &str, queue: &str, database_url: &str, out: &Path, log: &Path) -> Child {
+    worker_idling(broker, queue, database_url, out, log, "15")
+}
+
+/// A worker that exits once idle for `idle_exit` seconds.
+fn worker_idling(
+    broker: &str,
+    queue: &str,
+    database_url: &str,
+    out: &Path,
+    log: &Path,
+    idle_exit: &str,
+) -> Child {
     let log = std::fs::File::create(log).expect("worker log");
     Command::new(env!("CARGO_BIN_EXE_mmt"))
-        .args([
-            "run",
-            "--source",
-            "rabbitmq",
-            "--no-progress",
-            // Long enough to outlast the reconnection after the cut: a
-            // worker idles while its connection is down, and under load the
-            // reconnect backoff can pass 4 s (it exited 0 mid-test once).
-            "--idle-exit",
-            "15",
-        ])
+        .args(["run", "--source", "rabbitmq", "--no-progress"])
+        .args(["--idle-exit", idle_exit])
         .args(["--batch-size", "8", "--out"])
         .arg(out)
         .current_dir(root())
@@ -154,5 +159,92 @@ fn two_hundred_jobs_survive_a_dropped_connection_and_a_killed_worker() {
         .filter(|line| line.contains("\"job_completed\""))
         .count();
     assert_eq!(completed, 180, "one completion event per job");
+    submitter.delete_queues().expect("clean up");
+}
+
+/// `--idle-exit` does not count a broker outage as idle time: a worker whose
+/// connection stays down three times its idle limit is still there when the
+/// broker is back, and takes the jobs published meanwhile. (It used to exit
+/// 0 a few seconds into the outage, leaving the queue to no one.)
+#[test]
+fn idle_exit_waits_out_a_broker_outage_longer_than_its_limit() {
+    if !model_ready()
+        || !require_service("RabbitMQ", BROKER)
+        || !require_service("PostgreSQL", POSTGRES)
+    {
+        return;
+    }
+    const IDLE_EXIT: Duration = Duration::from_secs(3);
+    let queue = unique("mmt.test.idle");
+    let schema = Schema::create(&unique("mmt_idle"));
+    let out = tempfile::tempdir().expect("tempdir");
+    let log = out.path().join("worker.log");
+    let config = RabbitMqConfig::new(format!("amqp://guest:guest@{BROKER}/%2f")).with_queue(&queue);
+    let submitter = JobSubmitter::connect(&config).expect("submitter");
+    let proxy = Proxy::start(BROKER);
+    let mut child = worker_idling(
+        &proxy.address(),
+        &queue,
+        &schema.url(),
+        out.path(),
+        &log,
+        &IDLE_EXIT.as_secs().to_string(),
+    );
+    // Up and consuming: every connection (source, event publisher) is open.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("starting the dataflow")
+    {
+        assert!(Instant::now() < deadline, "the worker never started");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the worker exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    proxy.refuse(true);
+    proxy.sever();
+    let cut = Instant::now();
+    while cut.elapsed() < IDLE_EXIT * 3 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "the worker exited ({status}) {:.1} s into the broker outage:\n{log}",
+                cut.elapsed().as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let recordings = distinct_recordings(3);
+    for (i, (_, audio)) in recordings.iter().enumerate() {
+        let envelope = JobEnvelope::inline("clinic-idle", audio, Some("wav"));
+        submitter
+            .submit(&envelope, &format!("job-{i}"), None)
+            .expect("publish");
+    }
+    proxy.refuse(false);
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker never exited");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{log}");
+    assert!(proxy.accepted() >= 2, "the worker reconnected:\n{log}");
+    let per_id = documents_per_id(out.path());
+    assert_eq!(
+        per_id.len(),
+        3,
+        "the jobs published during the outage were done:\n{log}"
+    );
+    assert!(per_id.values().all(|&n| n == 1));
+    assert_eq!(submitter.queue_depth().expect("depth"), 0);
     submitter.delete_queues().expect("clean up");
 }

@@ -100,6 +100,15 @@ pub trait JobSource: Send {
         false
     }
 
+    /// Whether the source can receive messages now: `false` while a broker
+    /// connection is down and being reopened. The driver's idle clock
+    /// (`--idle-exit`) stands still meanwhile: nothing can arrive then, so
+    /// the wait says nothing about the queue, whose backlog may be waiting on
+    /// the other side of the outage.
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// What waits in front of the source now, if it knows (cheap: the driver
     /// asks on every step; a broker reading is refreshed in the background).
     fn backlog(&self) -> Option<Backlog> {

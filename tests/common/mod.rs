@@ -185,6 +185,29 @@ pub fn distinct_recordings(count: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// `count` distinct short clips (1.5 to 2.1 s of speech) cut from the shipped
+/// samples, the `first`-th onwards: each is another stretch of a sample
+/// (the sample, the start and the length vary), so each has its own content
+/// and is a job of its own, and a short clip keeps a large run affordable.
+pub fn distinct_clips(first: usize, count: usize) -> Vec<Vec<u8>> {
+    let samples: Vec<Vec<i16>> = read_manifest(&root().join("samples"))
+        .iter()
+        .map(|e| wav_samples(&root().join("samples").join(&e.audio)))
+        .collect();
+    (first..first + count)
+        .map(|i| {
+            let pcm = &samples[i % samples.len()];
+            let round = i / samples.len();
+            // 1.5 s plus 0.1 s steps; the start moves by 50 ms each time the
+            // lengths have all been used.
+            let length = (24_000 + 1_600 * (round % 7)).min(pcm.len());
+            let room = (pcm.len() - length).max(1);
+            let start = (round / 7 * 800) % room;
+            wav_bytes(&pcm[start..start + length])
+        })
+        .collect()
+}
+
 /// The JSON lines of `path` (none if it does not exist); every line must be complete.
 pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -203,6 +203,10 @@ impl JobSource for RabbitMqSource {
         self.status.backlog().map(Backlog::Broker)
     }
 
+    fn connected(&self) -> bool {
+        self.status.connected()
+    }
+
     fn kind(&self) -> &'static str {
         "rabbitmq"
     }

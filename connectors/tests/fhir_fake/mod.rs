@@ -2,8 +2,10 @@
 //!
 //! It checks requests the way a FHIR server would (method and path, media types,
 //! `resourceType`, conditional create and delete semantics) and can be told to
-//! answer the next requests with an error status, to stall, or to reject with an
-//! `OperationOutcome`. Every request is recorded. One connection per request
+//! answer the next requests with an error status, to stall, to answer late or
+//! to reject with an `OperationOutcome`, or to answer every request so while a
+//! fault lasts (`fault`: an outage, a slow or timing-out server, on a schedule
+//! the test keeps). Every request is recorded. One connection per request
 //! (`Connection: close`).
 #![allow(dead_code)]
 
@@ -27,6 +29,9 @@ pub enum Scripted {
     Stall(Duration),
     /// A status with this body.
     Outcome(u16, Value),
+    /// Wait this long, then serve the request as usual: a slow server, or,
+    /// past the client's timeout, one that commits what the client gave up on.
+    Slow(Duration),
 }
 
 /// One request as received.
@@ -57,6 +62,8 @@ pub struct State {
     pub resources: Vec<(String, Value)>,
     next_id: u64,
     pub script: VecDeque<Scripted>,
+    /// How every request is answered while set (after the script runs out).
+    pub fault: Option<Scripted>,
     pub requests: Vec<Recorded>,
     /// Requests a real FHIR server would refuse, with why (tests assert none).
     pub violations: Vec<String>,
@@ -104,6 +111,16 @@ impl FakeFhir {
         self.state().script.extend(answers);
     }
 
+    /// Answers every request with `fault` until called again with `None`.
+    pub fn fault(&self, fault: Option<Scripted>) {
+        self.state().fault = fault;
+    }
+
+    /// How many resources are stored (cheaper than `resources().len()`).
+    pub fn resource_count(&self) -> usize {
+        self.state().resources.len()
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state().requests.clone()
     }
@@ -141,7 +158,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let answer = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         state.requests.push(request.clone());
-        match state.script.pop_front() {
+        match state.script.pop_front().or_else(|| state.fault.clone()) {
             Some(scripted) => scripted,
             None => {
                 let (status, body, extra) = handle(&request, &mut state);
@@ -163,6 +180,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             respond(stream, 503, Some(&outcome), &[]);
         }
         Scripted::Outcome(status, body) => respond(stream, status, Some(&body), &[]),
+        Scripted::Slow(how_long) => {
+            thread::sleep(how_long);
+            let (status, body, extra) = {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                handle(&request, &mut state)
+            };
+            respond(stream, status, body.as_ref(), &extra);
+        }
     }
 }
 

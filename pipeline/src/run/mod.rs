@@ -395,6 +395,34 @@ pub fn run(
     })
 }
 
+/// How long the source has been idle, for `--idle-exit`: time with nothing
+/// fed and nothing in flight *while the source could receive*. A broker
+/// connection down (or a source failing) stops the clock: nothing can arrive
+/// then, so a worker must not exit during an outage that outlasts its
+/// idle limit while the queue waits on the other side.
+#[derive(Debug, Clone, Copy)]
+struct IdleClock {
+    /// The end of the last step that was busy or could not reach the source.
+    since: Instant,
+}
+
+impl IdleClock {
+    fn new(now: Instant) -> Self {
+        Self { since: now }
+    }
+
+    /// Notes one step of the driver, ending at `now`.
+    fn step(&mut self, busy: bool, reachable: bool, now: Instant) {
+        if busy || !reachable {
+            self.since = now;
+        }
+    }
+
+    fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since)
+    }
+}
+
 /// When each job in flight was received, for the end-to-end histogram. A job
 /// can be in flight more than once (a resubmission while it runs): each
 /// delivery is one entry, and each outcome committed takes the oldest.
@@ -478,7 +506,7 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
-        let mut last_activity = Instant::now();
+        let mut idle_clock = IdleClock::new(Instant::now());
         let mut source_failing = false;
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -525,13 +553,13 @@ impl Driver<'_> {
             self.worker.step_or_park(Some(Duration::from_millis(park)));
             self.settle_passed();
             self.report();
-            if busy {
-                last_activity = Instant::now();
-            }
+            let reachable = !source_failing && self.source.connected();
+            let now = Instant::now();
+            idle_clock.step(busy, reachable, now);
             let idle = self
                 .options
                 .idle_exit
-                .is_some_and(|limit| last_activity.elapsed() >= limit);
+                .is_some_and(|limit| idle_clock.idle_for(now) >= limit);
             if fed == 0
                 && (self.source.exhausted() || idle)
                 && self.open_epochs.is_empty()
@@ -611,6 +639,7 @@ impl Driver<'_> {
             messages.push((delivery.tag, job));
             self.input.send(delivery.record);
         }
+        failpoint_ack_on_receipt(&mut *self.source, &messages);
         let fed = messages.len() as u64;
         self.open_epochs.insert(epoch, messages);
         self.input.advance_to(epoch + 1);
@@ -687,6 +716,26 @@ impl Driver<'_> {
     }
 }
 
+/// Test builds only (feature `failpoints`): with
+/// `MMT_FAILPOINT_ACK_ON_RECEIPT=1`, every message is settled as committed
+/// the moment it is fed, before any sink has its job: the bug that loses
+/// work when a worker dies. tests/chaos.rs turns it on to show that its
+/// harness reports such a loss. (The settlement the probe makes later finds
+/// the message settled already and is skipped.)
+#[cfg(feature = "failpoints")]
+fn failpoint_ack_on_receipt(source: &mut dyn JobSource, messages: &[(DeliveryTag, JobId)]) {
+    if std::env::var("MMT_FAILPOINT_ACK_ON_RECEIPT").is_ok_and(|on| on == "1") {
+        let settled: Vec<(DeliveryTag, Settlement)> = messages
+            .iter()
+            .map(|(tag, _)| (*tag, Settlement::Committed))
+            .collect();
+        let _ = source.settle(&settled);
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_ack_on_receipt(_source: &mut dyn JobSource, _messages: &[(DeliveryTag, JobId)]) {}
+
 pub(crate) fn setup(what: &'static str, err: impl std::fmt::Display) -> RunError {
     RunError::Setup {
         what,
@@ -708,6 +757,30 @@ mod tests {
         assert_eq!(now.duration_since(waited), Duration::from_secs(30));
         // A clock set back never makes a job younger than now.
         assert_eq!(received_instant(2_000, now, 1_000), now);
+    }
+
+    #[test]
+    fn idle_time_does_not_accumulate_while_the_source_is_unreachable() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut clock = IdleClock::new(start);
+        clock.step(false, true, at(2));
+        assert_eq!(clock.idle_for(at(2)), Duration::from_secs(2));
+        // The broker connection drops at 3 s and is reopened at 60 s: the
+        // clock stands still for the whole outage.
+        for second in 3..60 {
+            clock.step(false, false, at(second));
+            assert_eq!(clock.idle_for(at(second)), Duration::ZERO);
+        }
+        clock.step(false, true, at(61));
+        assert_eq!(
+            clock.idle_for(at(61)),
+            Duration::from_secs(2),
+            "idle counts from the reconnection"
+        );
+        // Work restarts it as before.
+        clock.step(true, true, at(62));
+        assert_eq!(clock.idle_for(at(63)), Duration::from_secs(1));
     }
 
     #[test]
