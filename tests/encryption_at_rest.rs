@@ -516,6 +516,9 @@ fn vault_transit_seals_the_store_survives_rotation_and_refuses_tampering() {
 
     // The sealed transcripts altered on disk (one base64 letter inside each
     // copy of a sealed value in the file, same length): refused, not read.
+    // A rotation first, so that `reencrypt` must open every value (values
+    // already under the current key are left as they are, unopened).
+    succeeds(mmt_transit(&["keys", "rotate"], &vault));
     let db = out.join("mmt.db");
     let mut bytes = std::fs::read(&db).unwrap();
     let starts: Vec<usize> = bytes

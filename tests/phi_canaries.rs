@@ -19,16 +19,15 @@ mod scan;
 #[path = "common/tansu.rs"]
 mod tansu;
 
+use common::serve::Server;
 use common::{model_ready, read_lines, require_service, root};
 use mmt_connectors::envelope::JobEnvelope;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqConfig};
 use scan::{assert_absent, in_files, with_files, CANARIES, CANARY_PARTS};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// The accepted job's patient reference: stored, never logged or audited.
 const ACCEPTED: &str = "Patient/MRN-9902-ACCEPTED";
@@ -455,73 +454,6 @@ fn configuration_canaries_reach_no_problem_report() {
 const JWT_SECRET: &str = "canary-test-secret-0123456789abcdef-01";
 const BOUNDARY: &str = "mmt-canary-boundary";
 
-/// A running `mmt serve` whose every stderr line is kept.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Server {
-    fn start(out: &Path) -> Self {
-        let mut child = mmt(&["serve", "--listen", "127.0.0.1:0"], out)
-            .env("INTERNAL_JWT_SECRET", JWT_SECRET)
-            .env(
-                "MMT_WEBHOOK_SECRET",
-                "canary-webhook-secret-0123456789abcdef",
-            )
-            .env("RUST_LOG", "debug")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (found, address) = mpsc::channel();
-        let kept = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving the job API on ").nth(1) {
-                    let url = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = found.send(url);
-                }
-                let mut log = kept.lock().unwrap();
-                log.extend_from_slice(line.as_bytes());
-                log.push(b'\n');
-            }
-        });
-        let base = address
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server announces its address");
-        Self { child, base, log }
-    }
-
-    /// SIGTERM, then waits for the process to finish; its whole log.
-    fn stop(mut self) -> Vec<u8> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the server stops"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The reader thread drains what is left of the pipe.
-        std::thread::sleep(Duration::from_millis(200));
-        let log = self.log.lock().unwrap().clone();
-        log
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn token() -> String {
     let (status, stdout, stderr) = common::mmt_with_env(
         &[
@@ -678,7 +610,18 @@ fn api_canaries_reach_no_answer_log_upload_or_store() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let server = Server::start(out.path());
+    let server = Server::start(
+        out.path(),
+        &[],
+        &[
+            ("INTERNAL_JWT_SECRET", JWT_SECRET),
+            (
+                "MMT_WEBHOOK_SECRET",
+                "canary-webhook-secret-0123456789abcdef",
+            ),
+            ("RUST_LOG", "debug"),
+        ],
+    );
     let token = token();
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
@@ -729,7 +672,7 @@ fn api_canaries_reach_no_answer_log_upload_or_store() {
     });
     assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
 
-    let log = server.stop();
+    let (_, log) = server.stop();
     let mut texts = answers;
     texts.push(("the server's log".to_owned(), log.clone()));
     assert_absent(&with_files(texts, out.path()), &CANARY_PARTS);

@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::sql::{runtime, Scratch};
 use common::{completed, letter, meta, require_service};
 use mmt_connectors::sql::{
     Dialect, IdempotencyRecord, NewSubmission, PageQuery, SubmissionOutcome,

@@ -366,6 +366,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Each test function (taking `&Scratch`) as `#[test]`s in module `$module`
 /// on `$dialect`'s store.
+#[allow(unused_macros)]
 macro_rules! tests_on {
     ($module:ident, $dialect:ident, [$($name:ident),* $(,)?]) => {
         mod $module {
@@ -383,6 +384,7 @@ macro_rules! tests_on {
 }
 
 /// Each test once per server: `postgres::<name>` and `mysql::<name>`.
+#[allow(unused_macros)]
 macro_rules! on_servers {
     ($($name:ident),* $(,)?) => {
         crate::common::sql::tests_on!(postgres, Postgres, [$($name),*]);
@@ -391,6 +393,7 @@ macro_rules! on_servers {
 }
 
 /// Each test once per store: `sqlite::<name>`, `postgres::<name>`, `mysql::<name>`.
+#[allow(unused_macros)]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
         crate::common::sql::tests_on!(sqlite, Sqlite, [$($name),*]);
