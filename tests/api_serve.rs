@@ -372,15 +372,28 @@ fn submit(agent: &ureq::Agent, base: &str, token: &str, audio: &[u8]) -> (u16, S
 
 /// The job once it is final (completed or dead-lettered).
 fn wait_until_final(agent: &ureq::Agent, job_url: &str, token: &str) -> serde_json::Value {
+    wait_for_job(agent, job_url, token, |status| {
+        status == "completed" || status == "dead_lettered"
+    })
+}
+
+/// The job once its status is one that `wanted` accepts (polled, for at most
+/// three minutes).
+fn wait_for_job(
+    agent: &ureq::Agent,
+    job_url: &str,
+    token: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let started = Instant::now();
     loop {
         let (status, job) = get_json(agent, job_url, token);
-        assert_eq!(status, 200);
-        if job["status"] == "completed" || job["status"] == "dead_lettered" {
+        assert_eq!(status, 200, "{job}");
+        if wanted(&job["status"]) {
             return job;
         }
         assert!(started.elapsed() < Duration::from_secs(180), "still {job}");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -741,39 +754,8 @@ fn a_backlog_left_at_a_restart_completes_exactly_once() {
     if !model_ready() {
         return;
     }
-    use mmt_core::control::{JobControl, Submission, SubmittedAudio};
     let out = tempfile::tempdir().unwrap();
-    // The backlog: jobs accepted by a service whose dataflow never ran.
-    let ids: Vec<String> = {
-        let settings = mmt_pipeline::Config::from_vars(Vec::<(String, String)>::new()).unwrap();
-        let paths = mmt_pipeline::run::OutputPaths::resolve(&settings, out.path());
-        let metrics = mmt_core::telemetry::Metrics::new().unwrap();
-        let (_resources, control) = mmt_pipeline::serve::open(
-            &settings,
-            &paths,
-            &out.path().join("uploads"),
-            1,
-            mmt_pipeline::serve::IntakeChoice::Embedded,
-            &metrics,
-        )
-        .unwrap();
-        common::distinct_recordings(4)
-            .into_iter()
-            .map(|(name, audio)| {
-                let submitted = control
-                    .submit(Submission {
-                        tenant: "clinic-a".into(),
-                        audio: SubmittedAudio::Bytes(audio),
-                        format: Some("wav".into()),
-                        source: name,
-                        ..Submission::default()
-                    })
-                    .unwrap();
-                assert!(submitted.created);
-                submitted.job_id.0
-            })
-            .collect()
-    };
+    let ids = accept_backlog(out.path(), common::distinct_recordings(4));
     let agent = agent();
     let reader = token(&["reader"]);
     let server = Server::start(out.path(), &[]);
@@ -796,4 +778,96 @@ fn a_backlog_left_at_a_restart_completes_exactly_once() {
     let documents = common::documents_per_id(out.path());
     assert_eq!(documents.len(), ids.len());
     assert!(documents.values().all(|&n| n == 1), "{documents:?}");
+}
+
+/// The backlog of a service whose dataflow never ran: `recordings` accepted
+/// for tenant clinic-a into `out` (as `mmt serve` accepts uploads); their ids.
+fn accept_backlog(out: &Path, recordings: Vec<(String, Vec<u8>)>) -> Vec<String> {
+    use mmt_core::control::{JobControl, Submission, SubmittedAudio};
+    let settings = mmt_pipeline::Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+    let paths = mmt_pipeline::run::OutputPaths::resolve(&settings, out);
+    let metrics = mmt_core::telemetry::Metrics::new().unwrap();
+    let (_resources, control) = mmt_pipeline::serve::open(
+        &settings,
+        &paths,
+        &out.join("uploads"),
+        1,
+        mmt_pipeline::serve::IntakeChoice::Embedded,
+        &metrics,
+    )
+    .unwrap();
+    recordings
+        .into_iter()
+        .map(|(name, audio)| {
+            let submitted = control
+                .submit(Submission {
+                    tenant: "clinic-a".into(),
+                    audio: SubmittedAudio::Bytes(audio),
+                    format: Some("wav".into()),
+                    source: name,
+                    ..Submission::default()
+                })
+                .unwrap();
+            assert!(submitted.created);
+            submitted.job_id.0
+        })
+        .collect()
+}
+
+/// About `seconds` of speech: the shipped samples one after another, again
+/// and again, with half a second of silence between them.
+fn long_recording(seconds: usize) -> Vec<u8> {
+    let samples: Vec<Vec<i16>> = common::read_manifest(&root().join("samples"))
+        .iter()
+        .map(|e| common::wav_samples(&root().join("samples").join(&e.audio)))
+        .collect();
+    let mut pcm = Vec::with_capacity(seconds * 16_000);
+    for sample in samples.iter().cycle() {
+        if pcm.len() >= seconds * 16_000 {
+            break;
+        }
+        pcm.extend_from_slice(sample);
+        pcm.extend(std::iter::repeat_n(0i16, 8_000));
+    }
+    common::wav_bytes(&pcm)
+}
+
+/// A rollout (SIGTERM, then SIGKILL once a short grace period is over) in
+/// the middle of a long job, again and again: a stop on request is not a
+/// crash, so the job's takes are handed back each time and it is neither
+/// dead-lettered as a poison job nor taken as a suspect; the next start
+/// completes it on its first counted take.
+#[test]
+fn rollouts_in_the_middle_of_a_long_job_do_not_count_against_it() {
+    if !model_ready() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    // Minutes of inference on the test machines: the drain outlasts the grace.
+    let ids = accept_backlog(
+        out.path(),
+        vec![("long.wav".to_owned(), long_recording(150))],
+    );
+    let agent = agent();
+    let reader = token(&["reader"]);
+    let max_takes = 2;
+    let env = [("MAX_REPROCESS_ATTEMPTS", "2")];
+    for _ in 0..=max_takes {
+        let server = Server::start(out.path(), &env);
+        let job_url = format!("{}/v1/jobs/{}", server.base, ids[0]);
+        wait_for_job(&agent, &job_url, &reader, |status| status == "processing");
+        signal(&server.child, "TERM");
+        std::thread::sleep(Duration::from_millis(500));
+        drop(server);
+    }
+    let server = Server::start(out.path(), &env);
+    // Completed, on a take counted once (`attempts` 1), not dead-lettered.
+    wait_until_completed(&agent, &server.base, &reader, &ids);
+    assert!(server.stop().success());
+    let letters = out.path().join("dlq.jsonl");
+    assert!(
+        !letters.exists() || read_lines(&letters).is_empty(),
+        "{:?}",
+        read_lines(&letters)
+    );
 }

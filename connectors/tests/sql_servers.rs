@@ -1,5 +1,6 @@
-//! The job store on the real PostgreSQL and MariaDB/MySQL servers, each test
-//! in a scratch schema or database of its own (`common/sql.rs`).
+//! The job store on the real PostgreSQL and MariaDB/MySQL servers (and SQLite,
+//! for the tests run on every store), each test in a scratch schema or
+//! database of its own (`common/sql.rs`).
 
 mod common;
 
@@ -11,11 +12,11 @@ use common::{completed, letter, meta, require_service};
 use mmt_connectors::sql::{
     Dialect, IdempotencyRecord, NewSubmission, PageQuery, SubmissionOutcome,
 };
-use mmt_connectors::{SqlJobStore, SqlJobStoreConfig};
+use mmt_connectors::SqlJobStoreConfig;
 use mmt_core::error::ErrorClass;
 use mmt_core::job::{unix_now, CompletedJob, JobId, JobMeta, JobStatus, JobStore, Stage};
 use mmt_core::{Segment, Transcript};
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::Connection;
 
 fn id(text: &str) -> JobId {
     JobId(text.to_owned())
@@ -43,7 +44,44 @@ common::sql::on_servers!(
     racing_submissions_agree_on_one_job,
     takes_are_counted_and_bounded,
     due_callbacks_are_bounded_per_tenant,
+    a_released_take_is_no_longer_counted,
 );
+
+// And on SQLite, the embedded default.
+common::sql::tests_on!(sqlite, Sqlite, [a_released_take_is_no_longer_counted]);
+
+/// A graceful stop hands its takes back: the job is queued again with its
+/// count as before the take, so stops never exhaust it; only a job still
+/// processing moves.
+fn a_released_take_is_no_longer_counted(scratch: &Scratch) {
+    use mmt_core::job::Take;
+    let job = hex_id(22);
+    let mut store = scratch.store();
+    assert!(
+        !store.release(&id(&job)).expect("release"),
+        "an unknown job has no take to hand back"
+    );
+    for _ in 0..5 {
+        let taken = store.take(&meta(&job, 100), 2).expect("take");
+        assert!(matches!(taken, Take::Taken { attempt: 1, .. }), "{taken:?}");
+        assert!(store.release(&id(&job)).expect("release"));
+        let row = store.get(&id(&job)).expect("get").expect("row");
+        assert_eq!((row.status, row.attempts), (JobStatus::Queued, 0));
+        assert!(
+            !store.release(&id(&job)).expect("release"),
+            "a queued job has no take to hand back"
+        );
+    }
+    // A crash after a take leaves it counted; a finished job stays finished.
+    assert!(matches!(
+        store.take(&meta(&job, 100), 2).expect("take"),
+        Take::Taken { attempt: 1, .. }
+    ));
+    store.complete(&completed(&job, 100)).expect("complete");
+    assert!(!store.release(&id(&job)).expect("release"));
+    let row = store.get(&id(&job)).expect("get").expect("row");
+    assert_eq!((row.status, row.attempts), (JobStatus::Completed, 1));
+}
 
 fn takes_are_counted_and_bounded(scratch: &Scratch) {
     use mmt_core::job::Take;

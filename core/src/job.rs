@@ -295,6 +295,12 @@ pub trait JobStore: Send {
     /// `max_takes`); one still processing elsewhere in this process must be
     /// told apart by the caller.
     fn take(&mut self, meta: &JobMeta, max_takes: u32) -> Result<Take, ComponentError>;
+    /// Hands back a take that a stop on request (SIGTERM) may leave
+    /// unfinished: a job still processing goes back to queued and its take is
+    /// no longer counted, so that rollouts never add up to a poison job's
+    /// count. Only a crash counts against a job. Returns whether it moved; a
+    /// job that completes afterwards is completed all the same.
+    fn release(&mut self, id: &JobId) -> Result<bool, ComponentError>;
     /// Moves a job to `status` if that is a forward transition; returns whether it moved.
     fn transition(&mut self, id: &JobId, status: JobStatus) -> Result<bool, ComponentError>;
     /// Stores the transcript and marks the job completed (idempotent).

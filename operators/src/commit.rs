@@ -606,6 +606,10 @@ mod tests {
             })
         }
 
+        fn release(&mut self, _id: &JobId) -> Result<bool, ComponentError> {
+            Ok(false)
+        }
+
         fn transition(&mut self, _id: &JobId, _status: JobStatus) -> Result<bool, ComponentError> {
             Ok(true)
         }

@@ -500,6 +500,16 @@ mod tests {
                 }
             })
         }
+        fn release(&mut self, id: &JobId) -> Result<bool, ComponentError> {
+            Ok(match self.jobs.get_mut(id) {
+                Some(job) if job.0 == JobStatus::Processing && job.1 > 0 => {
+                    job.0 = JobStatus::Queued;
+                    job.1 -= 1;
+                    true
+                }
+                _ => false,
+            })
+        }
         fn transition(&mut self, _: &JobId, _: JobStatus) -> Result<bool, ComponentError> {
             Ok(false)
         }

@@ -175,6 +175,11 @@ const TAKE: &str = "UPDATE jobs SET status = 'processing', attempts = attempts +
      updated_at = ? WHERE id = ? AND status IN ('queued', 'processing', 'failed') \
      AND attempts < ?";
 
+/// Hands a take back (a graceful stop): processing goes back to queued and
+/// the take is uncounted.
+const RELEASE: &str = "UPDATE jobs SET status = 'queued', attempts = attempts - 1, \
+     updated_at = ? WHERE id = ? AND status = 'processing' AND attempts > 0";
+
 /// Where a job stands after a take.
 const TAKE_STATE: &str = "SELECT status, attempts, generation, updated_at FROM jobs WHERE id = ?";
 
@@ -223,6 +228,7 @@ struct Statements {
     status: SqlStr,
     readmit: SqlStr,
     take: SqlStr,
+    release: SqlStr,
     take_state: SqlStr,
     purge_select: SqlStr,
     /// `DELETE … WHERE id IN (…)` with [`PURGE_CHUNK`] slots, of the purged
@@ -296,6 +302,7 @@ impl Statements {
             status: text(STATUS),
             readmit: text(READMIT),
             take: text(TAKE),
+            release: text(RELEASE),
             take_state: text(TAKE_STATE),
             purge_select: text(PURGE_SELECT),
             purge_delete_keys: text(&format!(
@@ -728,8 +735,21 @@ impl SqlJobStore {
     /// reprocessor's retry); returns whether it was dead-lettered. A job in
     /// any other state is left as it is.
     pub fn readmit(&mut self, id: &JobId) -> Result<bool> {
-        let now = now();
         let query = self.sql.readmit.clone();
+        self.update_row(query, id)
+    }
+
+    /// Hands back the take of a job still processing (see
+    /// [`JobStore::release`]); returns whether it moved.
+    pub fn release_take(&mut self, id: &JobId) -> Result<bool> {
+        let query = self.sql.release.clone();
+        self.update_row(query, id)
+    }
+
+    /// Runs `query`, an `UPDATE jobs SET …, updated_at = ? WHERE id = ? …`
+    /// of one job, with now and `id`; returns whether it moved the row.
+    fn update_row(&mut self, query: SqlStr, id: &JobId) -> Result<bool> {
+        let now = now();
         let moved = on_pool!(&self.pool, |pool| {
             self.runtime
                 .block_on(retry_conflicts(|| {
@@ -1228,6 +1248,10 @@ impl JobStore for SqlJobStore {
 
     fn take(&mut self, meta: &JobMeta, max_takes: u32) -> Result<Take, ComponentError> {
         self.take_job(meta, max_takes).map_err(Into::into)
+    }
+
+    fn release(&mut self, id: &JobId) -> Result<bool, ComponentError> {
+        self.release_take(id).map_err(Into::into)
     }
 
     fn transition(&mut self, id: &JobId, status: JobStatus) -> Result<bool, ComponentError> {

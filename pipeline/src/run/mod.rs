@@ -511,6 +511,7 @@ impl Driver<'_> {
         loop {
             if stop.load(Ordering::Relaxed) {
                 tracing::info!("stopping: draining what was fed");
+                self.hand_back_takes();
                 break;
             }
             let mut fed = 0;
@@ -578,6 +579,40 @@ impl Driver<'_> {
         self.settle_passed();
         self.report();
         Ok(())
+    }
+
+    /// A stop on request (SIGTERM, a rollout) is not a crash: every job fed
+    /// and not yet settled has its take handed back in the store before the
+    /// drain. If the drain outlasts the orchestrator's grace period and the
+    /// process is killed, the next start takes those jobs as fresh ones, not
+    /// as suspects one take nearer `max_takes`: otherwise a long recording
+    /// caught by a few rollouts would be dead-lettered as a poison job. A job
+    /// the drain finishes is completed all the same (queued may become
+    /// completed). Not handed back: a job fed in the last epoch that dedupe
+    /// takes only after this (its take counts, once).
+    fn hand_back_takes(&mut self) {
+        let in_flight: HashSet<&JobId> = self
+            .open_epochs
+            .values()
+            .flatten()
+            .map(|(_, job)| job)
+            .collect();
+        let mut handed_back = 0usize;
+        for job in in_flight {
+            match self.screen.release(job) {
+                Ok(moved) => handed_back += usize::from(moved),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not hand back the takes of the jobs in flight; they stay counted");
+                    break;
+                }
+            }
+        }
+        if handed_back > 0 {
+            tracing::info!(
+                jobs = handed_back,
+                "handed back the takes of the jobs in flight"
+            );
+        }
     }
 
     /// Sends one batch of messages as a new epoch, less the suspects, which
