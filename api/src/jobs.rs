@@ -89,23 +89,18 @@ pub async fn submit(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    require(&caller, SUBMITTERS)?;
-    let idempotency_key = idempotency_key(&headers)?;
-    // Refuse before the body is read: a full queue costs a refused upload
-    // neither memory nor disk.
-    let tenant = caller.tenant.clone();
-    let admitted = state
-        .blocking(move |control| control.admits(&tenant).map_err(ApiError::from))
-        .await;
-    if let Err(refusal) = admitted {
-        // A client that did not wait for `100 Continue` is sending the body
-        // anyway: read it into nothing, so it gets the answer rather than a
-        // reset connection. One that waits is spared sending it.
-        if !expects_continue(&headers) {
-            discard_body(request.into_body(), state.config.max_upload_bytes).await;
+    let (idempotency_key, body) = match check_before_reading(&state, &caller, &headers).await {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            // A client that did not wait for `100 Continue` is sending the body
+            // anyway: read it into nothing, so it gets the answer rather than a
+            // reset connection. One that waits is spared sending it.
+            if !expects_continue(&headers) {
+                discard_body(request.into_body(), state.config.max_upload_bytes).await;
+            }
+            return Err(refusal);
         }
-        return Err(refusal);
-    }
+    };
     // An invalid trace context is ignored, as W3C Trace Context asks (and
     // whatever a client put there is not stored).
     let trace_parent = headers
@@ -113,43 +108,37 @@ pub async fn submit(
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_trace_parent(v))
         .map(str::to_owned);
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let fields = if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|_| ApiError::BadRequest("malformed multipart body".into()))?;
-        let spool = (state.control.spool_dir(), state.control.spool_sealer());
-        read_upload(multipart, state.config.max_upload_bytes, spool).await?
-    } else if content_type.starts_with("application/json") {
-        let job = read_job_request(request, &state).await?;
-        let reference = job.audio_reference.clone();
-        check_reference_syntax(&reference)?;
-        let tenant = caller.tenant.clone();
-        let limit = state.config.max_upload_bytes as u64;
-        let audio = state
-            .blocking(move |control| {
-                control
-                    .read_reference(&tenant, &reference, limit)
-                    .map_err(ApiError::from)
-            })
-            .await?;
-        SubmissionFields {
-            source: job.audio_reference,
-            audio: Some(ReceivedAudio::from(audio)),
-            declared_type: None,
-            patient_reference: job.patient_reference,
-            encounter_reference: job.encounter_reference,
-            priority: job.priority,
-            callback_url: job.callback_url,
+    let fields = match body {
+        BodyKind::Upload => {
+            let multipart = Multipart::from_request(request, &state)
+                .await
+                .map_err(|_| ApiError::BadRequest("malformed multipart body".into()))?;
+            let spool = (state.control.spool_dir(), state.control.spool_sealer());
+            read_upload(multipart, state.config.max_upload_bytes, spool).await?
         }
-    } else {
-        return Err(ApiError::UnsupportedMediaType(
-            "send multipart/form-data (an upload) or application/json (an audio reference)".into(),
-        ));
+        BodyKind::Reference => {
+            let job = read_job_request(request, &state).await?;
+            let reference = job.audio_reference.clone();
+            check_reference_syntax(&reference)?;
+            let tenant = caller.tenant.clone();
+            let limit = state.config.max_upload_bytes as u64;
+            let audio = state
+                .blocking(move |control| {
+                    control
+                        .read_reference(&tenant, &reference, limit)
+                        .map_err(ApiError::from)
+                })
+                .await?;
+            SubmissionFields {
+                source: job.audio_reference,
+                audio: Some(ReceivedAudio::from(audio)),
+                declared_type: None,
+                patient_reference: job.patient_reference,
+                encounter_reference: job.encounter_reference,
+                priority: job.priority,
+                callback_url: job.callback_url,
+            }
+        }
     };
     if fields.callback_url.is_some() && !state.config.callbacks_enabled {
         return Err(ApiError::Unprocessable(
@@ -186,6 +175,46 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// What a submission's body holds, by its content type.
+enum BodyKind {
+    /// `multipart/form-data`: the audio itself.
+    Upload,
+    /// `application/json`: a reference to audio the server reads.
+    Reference,
+}
+
+/// What is checked before the body is read, so that a refusal costs neither
+/// memory nor disk: the caller's role, the `Idempotency-Key`, the content
+/// type, and room in the queue for the caller's tenant. The key, if any, and
+/// the kind of body.
+async fn check_before_reading(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<(Option<String>, BodyKind), ApiError> {
+    require(caller, SUBMITTERS)?;
+    let idempotency_key = idempotency_key(headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = if content_type.starts_with("multipart/form-data") {
+        BodyKind::Upload
+    } else if content_type.starts_with("application/json") {
+        BodyKind::Reference
+    } else {
+        return Err(ApiError::UnsupportedMediaType(
+            "send multipart/form-data (an upload) or application/json (an audio reference)".into(),
+        ));
+    };
+    let tenant = caller.tenant.clone();
+    state
+        .blocking(move |control| control.admits(&tenant).map_err(ApiError::from))
+        .await?;
+    Ok((idempotency_key, body))
 }
 
 fn expects_continue(headers: &HeaderMap) -> bool {
@@ -328,6 +357,30 @@ impl SubmissionFields {
 
 async fn read_upload(
     mut multipart: Multipart,
+    limit: usize,
+    spool: (PathBuf, Option<Sealer>),
+) -> Result<SubmissionFields, ApiError> {
+    let read = read_form(&mut multipart, limit, spool).await;
+    if matches!(
+        read,
+        Err(ApiError::BadRequest(_) | ApiError::Unprocessable(_))
+    ) {
+        discard_rest(&mut multipart).await;
+    }
+    read
+}
+
+/// Reads what is left of a form refused on an early field and drops it (at
+/// most the upload limit, which the body limit enforces): a client still
+/// sending its audio then reads the refusal, not a reset connection.
+async fn discard_rest(multipart: &mut Multipart) {
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
+    }
+}
+
+async fn read_form(
+    multipart: &mut Multipart,
     limit: usize,
     spool: (PathBuf, Option<Sealer>),
 ) -> Result<SubmissionFields, ApiError> {
