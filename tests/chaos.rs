@@ -22,6 +22,7 @@
 //! | `MMT_CHAOS_THROUGHPUT_JOBS` | 0 | jobs per throughput run with 1, 2 and 3 workers (0: none) |
 //! | `MMT_CHAOS_SEED` | the clock | which workers are killed |
 //! | `MMT_CHAOS_REPORT` | none | also write the report (JSON) to this file |
+//! | `MMT_CHAOS_RESTART_SERVICES` | 0 | 1: also restart the machine's RabbitMQ and PostgreSQL (only when nothing else uses them) |
 //!
 //! The full size (docs/RELIABILITY.md):
 //! `MMT_CHAOS_JOBS=1000 MMT_CHAOS_KILLS=50 MMT_CHAOS_OUTAGE_SECONDS=15
@@ -77,6 +78,8 @@ struct Plan {
     ack_on_receipt: bool,
     /// Where the clips begin (runs in one process use different ones).
     first_clip: usize,
+    /// Also restart the machine's RabbitMQ and PostgreSQL (the full run, alone).
+    restart_services: bool,
 }
 
 impl Plan {
@@ -102,6 +105,7 @@ impl Plan {
             seed: number("MMT_CHAOS_SEED", clock) | 1,
             ack_on_receipt: false,
             first_clip: 0,
+            restart_services: number("MMT_CHAOS_RESTART_SERVICES", 0) == 1,
         }
     }
 
@@ -143,8 +147,10 @@ struct Services {
     store: Proxy,
     redis: Proxy,
     redis_prefix: String,
-    /// On the broker itself, not the proxy: it sees the queue through every fault.
-    submitter: Option<JobSubmitter>,
+    /// On the broker itself, not the proxy: it sees the queue through every
+    /// cut, and connects again after a restart of the broker.
+    submitter: Mutex<Option<JobSubmitter>>,
+    broker_config: RabbitMqConfig,
 }
 
 impl Services {
@@ -153,7 +159,8 @@ impl Services {
         let config =
             RabbitMqConfig::new(format!("amqp://guest:guest@{BROKER}/%2f")).with_queue(&queue);
         Self {
-            submitter: Some(JobSubmitter::connect(&config).expect("submitter")),
+            submitter: Mutex::new(Some(JobSubmitter::connect(&config).expect("submitter"))),
+            broker_config: config,
             queue,
             schema: Schema::create(&unique(&format!("mmt_{name}"))),
             fhir: FakeFhir::start(),
@@ -164,8 +171,18 @@ impl Services {
         }
     }
 
-    fn submitter(&self) -> &JobSubmitter {
-        self.submitter.as_ref().expect("open until dropped")
+    /// `query` on the broker, connecting again first if the last query
+    /// failed (the broker restarted); `None` while the broker cannot answer.
+    fn on_broker<T, E>(&self, query: impl Fn(&JobSubmitter) -> Result<T, E>) -> Option<T> {
+        let mut submitter = self.submitter.lock().expect("not poisoned");
+        if submitter.is_none() {
+            *submitter = JobSubmitter::connect(&self.broker_config).ok();
+        }
+        let answer = query(submitter.as_ref()?).ok();
+        if answer.is_none() {
+            *submitter = None;
+        }
+        answer
     }
 
     /// Publishes one job per clip; returns the job ids expected.
@@ -173,8 +190,7 @@ impl Services {
         let mut expected = HashSet::new();
         for (i, audio) in clips.iter().enumerate() {
             let envelope = JobEnvelope::inline(TENANT, audio, Some("wav"));
-            self.submitter()
-                .submit(&envelope, &format!("job-{i:05}"), None)
+            self.on_broker(|submitter| submitter.submit(&envelope, &format!("job-{i:05}"), None))
                 .expect("publish");
             let hash = mmt_operators::identity::content_hash(audio);
             expected.insert(mmt_operators::identity::job_id(TENANT, &hash).0);
@@ -228,8 +244,12 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
-        if let Some(submitter) = self.submitter.take() {
-            let _ = submitter.delete_queues();
+        // After a restart of the broker the kept connection may be dead.
+        let kept = self.submitter.get_mut().ok().and_then(Option::take);
+        if !kept.is_some_and(|submitter| submitter.delete_queues().is_ok()) {
+            if let Ok(submitter) = JobSubmitter::connect(&self.broker_config) {
+                let _ = submitter.delete_queues();
+            }
         }
     }
 }
@@ -332,10 +352,49 @@ const FAULTS: [(&str, f64); 6] = [
     ("fhir_slow", 0.75),
 ];
 
+/// Restarts of the real services (`MMT_CHAOS_RESTART_SERVICES=1`), after the
+/// cuts: the broker recovers its durable queue from disk, the database its
+/// committed rows, and every connection of every worker breaks.
+const RESTARTS: [(&str, f64); 2] = [("rabbitmq_restart", 0.80), ("postgresql_restart", 0.87)];
+
+/// The faults of a run, in order, with the share of documents each waits for.
+fn fault_plan(restart_services: bool) -> Vec<(&'static str, f64)> {
+    let restarts = if restart_services { &RESTARTS[..] } else { &[] };
+    FAULTS.iter().chain(restarts).copied().collect()
+}
+
+/// Stops (`start` false) or starts the machine's own service, as
+/// `scripts/services.sh` does.
+fn service(name: &str, start: bool) {
+    let action = if start { "start" } else { "stop" };
+    let status = match name {
+        "rabbitmq_restart" => Command::new("rabbitmqctl")
+            .arg(if start { "start_app" } else { "stop_app" })
+            .stdout(Stdio::null())
+            .status(),
+        _ => {
+            let version = std::fs::read_dir("/etc/postgresql")
+                .expect("PostgreSQL's configuration")
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .next()
+                .expect("a PostgreSQL cluster");
+            Command::new("pg_ctlcluster")
+                .args(["--skip-systemctl-redirect", &version, "main", action])
+                .args(if start { &[][..] } else { &["-m", "fast"][..] })
+                .status()
+        }
+    };
+    assert!(
+        status.is_ok_and(|status| status.success()),
+        "{name}: {action} failed"
+    );
+}
+
 /// Runs the faults one after the other on their own thread.
 fn inject_faults(
     services: &Services,
-    jobs: usize,
+    plan: &Plan,
     outage: Duration,
     done: &AtomicBool,
     reports: &Mutex<Vec<FaultReport>>,
@@ -352,21 +411,23 @@ fn inject_faults(
         }
         true
     };
-    for (fault, at) in FAULTS {
-        let threshold = ((at * jobs as f64).ceil() as usize).max(1);
+    for (fault, at) in fault_plan(plan.restart_services) {
+        let threshold = ((at * plan.jobs as f64).ceil() as usize).max(1);
         if !wait_until(&|| documents() >= threshold, Duration::from_secs(3600)) {
             return;
         }
         let proxy = match fault {
-            "rabbitmq" => Some(&services.broker),
-            "postgresql" => Some(&services.store),
+            "rabbitmq" | "rabbitmq_restart" => Some(&services.broker),
+            "postgresql" | "postgresql_restart" => Some(&services.store),
             "redis" => Some(&services.redis),
             _ => None,
         };
+        let restart = fault.ends_with("_restart");
         let documents_at_start = documents();
         eprintln!("chaos: {fault} fault begins at {documents_at_start} documents");
         let began = Instant::now();
         match (fault, proxy) {
+            _ if restart => service(fault, false),
             (_, Some(proxy)) => {
                 proxy.refuse(true);
                 proxy.sever();
@@ -381,6 +442,7 @@ fn inject_faults(
         std::thread::sleep(outage);
         let accepted = proxy.map(Proxy::accepted);
         match proxy {
+            _ if restart => service(fault, true),
             Some(proxy) => proxy.refuse(false),
             None => services.fhir.fault(None),
         }
@@ -434,7 +496,7 @@ fn run(plan: &Plan) -> Report {
     std::thread::scope(|scope| {
         let faults = plan.outage.map(|outage| {
             let (services, done, reports) = (&services, &done, &fault_reports);
-            scope.spawn(move || inject_faults(services, plan.jobs, outage, done, reports))
+            scope.spawn(move || inject_faults(services, plan, outage, done, reports))
         });
         let mut last_depth_check = Instant::now() - Duration::from_secs(10);
         let mut queue_waiting = true;
@@ -443,7 +505,9 @@ fn run(plan: &Plan) -> Report {
             let documents = services.fhir.resource_count();
             if now.duration_since(last_depth_check) >= Duration::from_millis(500) {
                 last_depth_check = now;
-                queue_waiting = services.submitter().queue_depth().map_or(true, |n| n > 0);
+                queue_waiting = services
+                    .on_broker(JobSubmitter::queue_depth)
+                    .is_none_or(|n| n > 0);
             }
             // Reap: a worker that died is started again; one that ran out of
             // work only while work is left.
@@ -595,7 +659,9 @@ fn count(services: &Services, expected: &HashSet<String>, slots: &[Slot]) -> Rep
         rows_by_status,
         duplicate_completion_events: completions.values().map(|n| n - 1).sum(),
         dead_letters,
-        dead_letter_queue_depth: services.submitter().dead_letter_depth().expect("depth"),
+        dead_letter_queue_depth: services
+            .on_broker(JobSubmitter::dead_letter_depth)
+            .expect("depth"),
         lost: expected.iter().filter(|id| !finished(id)).count(),
         unexpected_documents: per_job.keys().filter(|id| !expected.contains(*id)).count(),
         fhir_violations: services.fhir.violations(),
@@ -672,7 +738,10 @@ fn chaos_loses_nothing_and_duplicates_nothing() {
     }
     assert_eq!(report.kills, plan.kills, "every kill was made");
     let faults: Vec<&str> = report.faults.iter().map(|f| f.fault).collect();
-    let planned: Vec<&str> = FAULTS.iter().map(|(name, _)| *name).collect();
+    let planned: Vec<&str> = fault_plan(plan.restart_services)
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
     assert_eq!(faults, planned, "every fault was injected");
     assert!(
         report
