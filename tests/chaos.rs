@@ -246,7 +246,7 @@ impl Drop for Services {
     fn drop(&mut self) {
         // After a restart of the broker the kept connection may be dead.
         let kept = self.submitter.get_mut().ok().and_then(Option::take);
-        if !kept.is_some_and(|submitter| submitter.delete_queues().is_ok()) {
+        if kept.is_none_or(|submitter| submitter.delete_queues().is_err()) {
             if let Ok(submitter) = JobSubmitter::connect(&self.broker_config) {
                 let _ = submitter.delete_queues();
             }
