@@ -64,6 +64,25 @@ impl Server {
         self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits (at most `limit`) until the log holds `needle`; whether it does.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if String::from_utf8_lossy(&self.log()).contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// SIGTERM, then waits (at most a minute) for the process to finish;
     /// its exit status and whole log.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<u8>) {
