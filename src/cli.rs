@@ -143,6 +143,12 @@ pub struct RunArgs {
     /// prompt), so one long recording fills whole batches on every worker.
     #[arg(long)]
     pub independent_chunks: bool,
+    /// Chunks (≤ 30 s of speech each) per conditioned stream: a longer
+    /// recording is cut into streams of consecutive chunks that are each
+    /// decoded with their own previous-text prompt, side by side (0: the whole
+    /// recording is one stream). The cut depends on the recording alone.
+    #[arg(long, value_name = "CHUNKS", env = "MMT_STREAM_CHUNKS", default_value_t = mmt_whisper::DEFAULT_STREAM_CHUNKS)]
+    pub stream_chunks: u32,
     /// Decode every window once, never again at a higher temperature (as
     /// faster-whisper's batched pipeline does): faster on hard audio, but a
     /// window that repeats itself or is unlikely keeps that text.
@@ -241,6 +247,12 @@ pub struct ServeArgs {
     /// batch runs (default: until no more chunks can come for its ingest epoch).
     #[arg(long, value_name = "MS", env = "MMT_MAX_BATCH_WAIT_MS")]
     pub max_batch_wait_ms: Option<u64>,
+    /// Chunks (≤ 30 s of speech each) per conditioned stream: a longer
+    /// recording is cut into streams of consecutive chunks that are each
+    /// decoded with their own previous-text prompt, side by side (0: the whole
+    /// recording is one stream). The cut depends on the recording alone.
+    #[arg(long, value_name = "CHUNKS", env = "MMT_STREAM_CHUNKS", default_value_t = mmt_whisper::DEFAULT_STREAM_CHUNKS)]
+    pub stream_chunks: u32,
 }
 
 #[derive(Debug, Args)]

@@ -284,6 +284,7 @@ fn transcribe_options(args: &RunArgs) -> TranscribeOptions {
         // recordings. Packing splits a window by its timestamps, so it needs them.
         packing: args.packing && !args.without_timestamps,
         condition_on_previous_text: !args.independent_chunks,
+        stream_chunks: args.stream_chunks,
         without_timestamps: args.without_timestamps,
         ..TranscribeOptions::default()
     };

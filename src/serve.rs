@@ -95,6 +95,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         idle_exit: None,
         transcribe: TranscribeOptions {
             batch_size: args.batch_size,
+            stream_chunks: args.stream_chunks,
             ..TranscribeOptions::default()
         },
         chunking: ChunkConfig::default(),

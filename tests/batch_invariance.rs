@@ -137,6 +137,33 @@ fn mmt_run_gives_a_recording_the_same_text_alone_and_in_any_batch() {
     }
 }
 
+/// A long recording cut into conditioned streams (here every chunk its own
+/// stream, each started by a lead-in decoding of the chunk before it) still
+/// gets the same text alone and among others: the cut is the recording's own.
+#[test]
+fn mmt_run_cuts_streams_by_the_recording_alone() {
+    let Some((_dir, files)) = test_recordings() else {
+        return;
+    };
+    let long: Vec<PathBuf> = files
+        .iter()
+        .filter(|file| file.to_string_lossy().contains("long_"))
+        .cloned()
+        .collect();
+    let streams = ["--stream-chunks", "1"];
+    let alone = each_alone(&long, |file| {
+        run_texts(file, &[&streams[..], &["--workers", "1"]].concat())
+    });
+    let mixed = run_texts(
+        &files,
+        &[&streams[..], &["--workers", "2", "--batch-size", "3"]].concat(),
+    );
+    for (id, text) in &alone {
+        assert_eq!(mixed.get(id), Some(text), "job {id} changed in a mixed run");
+        assert!(!text.trim().is_empty(), "job {id} has no text");
+    }
+}
+
 /// `mmt transcribe --format json` lines (text, timed segments, their
 /// log-probabilities and confidences) per file.
 fn transcribe_lines(files: &[PathBuf], batch_size: &str) -> BTreeMap<String, String> {

@@ -41,6 +41,7 @@ fn chunk() -> ChunkWork {
         offset_seconds: 0.0,
         job_seconds: seconds,
         samples: samples.into(),
+        preceding: None,
     }
 }
 

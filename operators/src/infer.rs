@@ -9,8 +9,13 @@
 //!
 //! The chunks of one job are transcribed in order, each prompted with the text
 //! before it (Whisper's previous-text conditioning, worth several WER points on
-//! long dictations); a batch therefore holds at most one chunk per job, and
-//! batching happens across jobs. Without conditioning
+//! long dictations); a batch therefore holds at most one chunk per stream, and
+//! batching happens across streams and jobs. A long recording is cut into
+//! several conditioned streams (`TranscribeOptions::stream_chunks`), runs of
+//! consecutive chunks that are each conditioned on their own text only and
+//! spread over the workers, so one long recording still fills batches. Where
+//! the cuts fall depends on the recording alone, never on what else is being
+//! transcribed, so the same audio gives the same text. Without conditioning
 //! (`condition_on_previous_text: false`) a job's chunks are independent: they
 //! are spread over the workers and batched together, so one long recording
 //! fills whole batches (as faster-whisper's batched pipeline does).
@@ -72,14 +77,15 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                 1
             };
         let independent = !options.condition_on_previous_text;
-        // Conditioned chunks stay with their job's worker (dedupe routed the
-        // job there), in order; independent ones go wherever there is room.
+        let stream_chunks = options.stream_chunks;
+        // A conditioned stream's chunks stay together on one worker, in
+        // order; independent chunks go wherever there is room.
         let pact = Exchange::new(move |work: &ChunkWork| {
             let job = route(&work.meta.id);
             if independent {
                 job.wrapping_add(u64::from(work.seq))
             } else {
-                job
+                job.wrapping_add(u64::from(StreamKey::of(work, stream_chunks).stream))
             }
         });
         let results: Stream<'scope, u64, Vec<Result<ChunkResult, Outcome>>> =
@@ -87,7 +93,7 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                 let activator = scope.activator_for(info.address);
                 // Each chunk with its capability and when it arrived (for the batch wait).
                 let mut pending: Vec<(Capability<u64>, ChunkWork, Instant)> = Vec::new();
-                let mut jobs: HashMap<JobId, JobProgress> = HashMap::new();
+                let mut streams: HashMap<StreamKey, StreamProgress> = HashMap::new();
                 // This worker's share of the gauge, which sums every worker's.
                 let mut reported_pending: i64 = 0;
                 move |(input, frontier), output| {
@@ -101,7 +107,7 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                     // Oldest epoch first, so a frontier-complete epoch flushes early.
                     pending.sort_by_key(|(capability, work, _)| (*capability.time(), work.seq));
                     let ready: Vec<usize> = (0..pending.len())
-                        .filter(|&i| independent || is_next(&jobs, &pending[i].1))
+                        .filter(|&i| independent || is_next(&streams, &pending[i].1, stream_chunks))
                         .take(batch_size)
                         .collect();
                     let oldest_complete = ready
@@ -125,7 +131,7 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
                             .rev()
                             .collect();
                         for (capability, result) in
-                            run_batch(&mut engine, &options, &metrics, &mut jobs, batch)
+                            run_batch(&mut engine, &options, &metrics, &mut streams, batch)
                         {
                             output.session(&capability).give(result);
                         }
@@ -149,27 +155,125 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
 
 type Tagged = (Capability<u64>, Result<ChunkResult, Outcome>);
 
-/// How far a job's chunks have been transcribed, and the text context they leave.
+/// One conditioned stream of a recording: a run of consecutive chunks decoded
+/// in order, each prompted with the stream's text so far.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StreamKey {
+    job: JobId,
+    stream: u32,
+    /// The stream's first chunk.
+    first_seq: u32,
+    /// One past the stream's last chunk.
+    end_seq: u32,
+}
+
+impl StreamKey {
+    fn of(work: &ChunkWork, stream_chunks: u32) -> Self {
+        let (stream, first_seq, end_seq) = stream_bounds(work.seq, work.total, stream_chunks);
+        Self {
+            job: work.meta.id.clone(),
+            stream,
+            first_seq,
+            end_seq,
+        }
+    }
+}
+
+/// The stream of chunk `seq` of a recording of `total` chunks: its number and
+/// its chunks `first..end`. The recording is cut into `ceil(total /
+/// stream_chunks)` streams of near-equal length (16 chunks at 6 per stream:
+/// 6, 5, 5, not 6, 6, 4); `stream_chunks` 0 keeps one stream.
+fn stream_bounds(seq: u32, total: u32, stream_chunks: u32) -> (u32, u32, u32) {
+    let total = u64::from(total.max(1));
+    let seq = u64::from(seq).min(total - 1);
+    let count = match u64::from(stream_chunks) {
+        0 => 1,
+        per_stream => total.div_ceil(per_stream),
+    };
+    // Stream k holds chunks ceil(k·total/count) .. ceil((k+1)·total/count);
+    // a chunk's stream is therefore floor(seq·count/total).
+    let start = |k: u64| (k * total).div_ceil(count) as u32;
+    let stream = seq * count / total;
+    (stream as u32, start(stream), start(stream + 1))
+}
+
+/// How far a stream's chunks have been transcribed, and the text context they leave.
 #[derive(Debug, Default)]
-struct JobProgress {
+struct StreamProgress {
     next_seq: u32,
     context: Vec<u32>,
 }
 
-/// Whether `work` is its job's next chunk (chunks of a job go in order).
-fn is_next(jobs: &HashMap<JobId, JobProgress>, work: &ChunkWork) -> bool {
-    work.total == 0 || work.seq == jobs.get(&work.meta.id).map_or(0, |p| p.next_seq)
+/// Whether `work` is its stream's next chunk (chunks of a stream go in order).
+fn is_next(
+    streams: &HashMap<StreamKey, StreamProgress>,
+    work: &ChunkWork,
+    stream_chunks: u32,
+) -> bool {
+    let key = StreamKey::of(work, stream_chunks);
+    work.total == 0 || work.seq == streams.get(&key).map_or(key.first_seq, |p| p.next_seq)
 }
 
-/// Records that `work` is done; forgets the job after its last chunk.
-fn advance(jobs: &mut HashMap<JobId, JobProgress>, work: &ChunkWork, context: Vec<u32>) {
-    if work.seq + 1 >= work.total {
-        jobs.remove(&work.meta.id);
+/// Records that `work` is done; forgets the stream after its last chunk.
+fn advance(
+    streams: &mut HashMap<StreamKey, StreamProgress>,
+    work: &ChunkWork,
+    stream_chunks: u32,
+    context: Vec<u32>,
+) {
+    let key = StreamKey::of(work, stream_chunks);
+    if work.seq + 1 >= key.end_seq {
+        streams.remove(&key);
     } else {
-        let progress = jobs.entry(work.meta.id.clone()).or_default();
+        let progress = streams.entry(key).or_default();
         progress.next_seq = work.seq + 1;
         progress.context = context;
     }
+}
+
+/// The stream that `work` starts, when it needs a lead-in: a conditioned
+/// stream that begins mid-recording has no text of its own before it, so the
+/// chunk before it is decoded first (its text stays the other stream's) and
+/// prompts the stream's first chunk as long-form decoding would have.
+fn lead_in_key(
+    streams: &HashMap<StreamKey, StreamProgress>,
+    work: &ChunkWork,
+    options: &TranscribeOptions,
+) -> Option<StreamKey> {
+    let key = StreamKey::of(work, options.stream_chunks);
+    let starts = options.condition_on_previous_text
+        && key.stream > 0
+        && work.seq == key.first_seq
+        && work.preceding.is_some()
+        && !streams.contains_key(&key);
+    starts.then_some(key)
+}
+
+/// Decodes the lead-in chunks (alone: no prompt) and keeps each one's text as
+/// its stream's context.
+fn decode_lead_ins(
+    engine: &mut Engine,
+    options: &TranscribeOptions,
+    streams: &mut HashMap<StreamKey, StreamProgress>,
+    lead_ins: Vec<(StreamKey, Vec<f32>)>,
+) -> Result<(), mmt_whisper::WhisperError> {
+    if lead_ins.is_empty() {
+        return Ok(());
+    }
+    let inputs: Vec<&[f32]> = lead_ins.iter().map(|(_, audio)| audio.as_slice()).collect();
+    let prompts = vec![&[][..]; inputs.len()];
+    let decoded = engine.transcribe_continuing(&inputs, &prompts, options)?;
+    for ((key, _), continued) in lead_ins.into_iter().zip(decoded) {
+        let next_seq = key.first_seq;
+        streams.insert(
+            key,
+            StreamProgress {
+                next_seq,
+                context: continued.context,
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Runs one batch; every chunk yields a result or, if the model failed, a dead letter.
@@ -177,7 +281,7 @@ fn run_batch(
     engine: &mut Engine,
     options: &TranscribeOptions,
     metrics: &Metrics,
-    jobs: &mut HashMap<JobId, JobProgress>,
+    streams: &mut HashMap<StreamKey, StreamProgress>,
     batch: Vec<(Capability<u64>, ChunkWork)>,
 ) -> Vec<Tagged> {
     // Jobs without speech complete without the model.
@@ -203,13 +307,26 @@ fn run_batch(
     // A chunk's samples are read from the job's spool only now, so that
     // waiting chunks hold no audio.
     let mut loaded = Vec::with_capacity(speech.len());
+    let mut lead_ins = Vec::new();
     for (capability, work) in speech {
-        match work.samples.read() {
+        let lead_in = lead_in_key(streams, &work, options);
+        let read = work.samples.read().and_then(|samples| match &lead_in {
+            Some(key) => {
+                let preceding = work
+                    .preceding
+                    .as_ref()
+                    .map_or(Ok(Vec::new()), |p| p.read())?;
+                lead_ins.push((key.clone(), preceding));
+                Ok(samples)
+            }
+            None => Ok(samples),
+        });
+        match read {
             Ok(samples) => loaded.push((capability, work, samples)),
             Err(err) => {
                 tracing::error!(error = %err, "reading a chunk's audio back failed");
                 if options.condition_on_previous_text {
-                    advance(jobs, &work, Vec::new());
+                    advance(streams, &work, options.stream_chunks, Vec::new());
                 }
                 let reason = format!("cannot read the decoded audio back: {err}");
                 let class = mmt_core::ErrorClass::External { retryable: true };
@@ -227,14 +344,17 @@ fn run_batch(
     let inputs: Vec<&[f32]> = audio.iter().map(Vec::as_slice).collect();
     let started = Instant::now();
     let work_before = engine.work();
-    let prompts: Vec<&[u32]> = speech
-        .iter()
-        .map(|(_, w)| {
-            jobs.get(&w.meta.id)
-                .map_or(&[][..], |p| p.context.as_slice())
-        })
-        .collect();
-    let transcribed = engine.transcribe_continuing(&inputs, &prompts, options);
+    let transcribed = decode_lead_ins(engine, options, streams, lead_ins).and_then(|()| {
+        let prompts: Vec<&[u32]> = speech
+            .iter()
+            .map(|(_, w)| {
+                streams
+                    .get(&StreamKey::of(w, options.stream_chunks))
+                    .map_or(&[][..], |p| p.context.as_slice())
+            })
+            .collect();
+        engine.transcribe_continuing(&inputs, &prompts, options)
+    });
     for (kind, count) in engine.work().since(&work_before).labelled() {
         metrics
             .model_work_total
@@ -250,7 +370,7 @@ fn run_batch(
             metrics.record_transcription(started.elapsed().as_secs_f64(), audio);
             for ((capability, work), continued) in speech.into_iter().zip(transcripts) {
                 if options.condition_on_previous_text {
-                    advance(jobs, &work, continued.context);
+                    advance(streams, &work, options.stream_chunks, continued.context);
                 }
                 let segments = shift(
                     continued.transcript.segments,
@@ -264,7 +384,7 @@ fn run_batch(
             tracing::error!(error = %err, chunks = speech.len(), "inference failed");
             for (capability, work) in speech {
                 if options.condition_on_previous_text {
-                    advance(jobs, &work, Vec::new());
+                    advance(streams, &work, options.stream_chunks, Vec::new());
                 }
                 let letter = dead_letter(&work, err.class(), err.to_string());
                 out.push((capability, Err(letter)));
@@ -307,4 +427,43 @@ fn shift(segments: Vec<Segment>, offset: f64, job_seconds: f64) -> Vec<Segment> 
             segment
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_bounds;
+
+    /// Every chunk's stream, as (stream, first, end) per chunk.
+    fn plan(total: u32, stream_chunks: u32) -> Vec<(u32, u32, u32)> {
+        (0..total)
+            .map(|seq| stream_bounds(seq, total, stream_chunks))
+            .collect()
+    }
+
+    #[test]
+    fn streams_are_near_equal_runs_of_consecutive_chunks() {
+        let lengths = |total, per| {
+            let mut runs: Vec<u32> = Vec::new();
+            for (seq, (stream, first, end)) in plan(total, per).into_iter().enumerate() {
+                assert!(first as usize <= seq && seq < end as usize);
+                if runs.len() as u32 == stream {
+                    assert_eq!(first as usize, seq, "a stream starts at its first chunk");
+                    runs.push(end - first);
+                }
+            }
+            runs
+        };
+        assert_eq!(lengths(16, 6), vec![6, 5, 5]);
+        assert_eq!(lengths(12, 6), vec![6, 6]);
+        assert_eq!(lengths(13, 6), vec![5, 4, 4]);
+        assert_eq!(lengths(5, 6), vec![5]);
+        assert_eq!(lengths(40, 0), vec![40]);
+        assert_eq!(lengths(7, 1), vec![1; 7]);
+    }
+
+    #[test]
+    fn a_silent_recording_and_stray_numbers_stay_in_bounds() {
+        assert_eq!(stream_bounds(0, 0, 6), (0, 0, 1));
+        assert_eq!(stream_bounds(9, 4, 2), (1, 2, 4));
+    }
 }

@@ -65,6 +65,10 @@ pub struct ChunkWork {
     pub job_seconds: f64,
     /// The chunk's samples, read when the model is about to transcribe them.
     pub samples: Samples,
+    /// The samples of the chunk before it (none for a recording's first):
+    /// a conditioned stream that starts mid-recording decodes them first to
+    /// have its previous-text prompt (see `infer`).
+    pub preceding: Option<Samples>,
 }
 
 /// The transcript of one chunk, timestamps already relative to the job's audio.

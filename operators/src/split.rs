@@ -4,6 +4,7 @@
 //! each chunk here is a view of the job's spooled samples, read only when
 //! the model transcribes it.
 
+use crate::chunk::ChunkSpan;
 use crate::records::{ChunkWork, DecodedJob, Samples};
 use mmt_core::trace::continue_trace;
 use mmt_whisper::audio::SAMPLE_RATE;
@@ -46,18 +47,22 @@ pub fn chunk_job(job: DecodedJob) -> Vec<ChunkWork> {
             offset_seconds: 0.0,
             job_seconds,
             samples: Samples::default(),
+            preceding: None,
         }];
     }
     let total = spans.len() as u32;
+    let view = |span: &ChunkSpan| job.audio.samples.slice(span.start..span.end);
     spans
         .iter()
-        .map(|span| ChunkWork {
+        .enumerate()
+        .map(|(index, span)| ChunkWork {
             meta: job.meta.clone(),
             seq: span.seq,
             total,
             offset_seconds: span.start as f64 / f64::from(SAMPLE_RATE),
             job_seconds,
-            samples: job.audio.samples.slice(span.start..span.end),
+            samples: view(span),
+            preceding: index.checked_sub(1).map(|before| view(&spans[before])),
         })
         .collect()
 }

@@ -24,5 +24,5 @@ pub mod work;
 
 pub use error::WhisperError;
 pub use model::ModelOptions;
-pub use transcribe::{Continued, Engine, TranscribeOptions};
+pub use transcribe::{Continued, Engine, TranscribeOptions, DEFAULT_STREAM_CHUNKS};
 pub use work::WorkCounters;

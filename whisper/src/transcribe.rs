@@ -25,6 +25,10 @@ const TIME_PRECISION: f64 = 0.02;
 /// Mel frames per timestamp token.
 const FRAMES_PER_TIMESTAMP: usize = 2;
 
+/// Chunks per conditioned stream of `mmt run` and `mmt serve` (see
+/// [`TranscribeOptions::stream_chunks`]).
+pub const DEFAULT_STREAM_CHUNKS: u32 = 8;
+
 /// Decoding options; the defaults are Whisper's (and faster-whisper's).
 #[derive(Debug, Clone)]
 pub struct TranscribeOptions {
@@ -44,6 +48,13 @@ pub struct TranscribeOptions {
     pub no_speech_threshold: Option<f32>,
     /// Give the previous window's text as a prompt to the next.
     pub condition_on_previous_text: bool,
+    /// Chunks per conditioned stream when a recording arrives as speech
+    /// chunks (the pipeline): a recording of more chunks is cut into
+    /// `ceil(chunks / stream_chunks)` runs of consecutive chunks of near-equal
+    /// length, each decoded as its own stream, conditioned on its own previous
+    /// text only, so that the runs of one long recording decode side by side.
+    /// The cut depends on the recording alone. 0: one stream per recording.
+    pub stream_chunks: u32,
     /// Stop conditioning after a window needed a temperature above this.
     pub prompt_reset_on_temperature: f32,
     /// Text that primes the first window (spelling of names, style).
@@ -73,6 +84,7 @@ impl Default for TranscribeOptions {
             log_prob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
             condition_on_previous_text: true,
+            stream_chunks: 0,
             prompt_reset_on_temperature: 0.5,
             initial_prompt: None,
             suppress_blank: true,
