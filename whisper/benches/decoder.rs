@@ -75,6 +75,7 @@ fn decoder(c: &mut Criterion) {
         prompt: vec![spec.sot],
         sot_index: 0,
         end_not_before: None,
+        max_new_tokens: None,
     };
     let max_new_tokens = spec.n_text_ctx / 2;
     let generated = generate(

@@ -25,6 +25,22 @@ const TIME_PRECISION: f64 = 0.02;
 /// Mel frames per timestamp token.
 const FRAMES_PER_TIMESTAMP: usize = 2;
 
+/// Tokens a window may generate per second of audio in it. Dictation runs at
+/// about three words a second, five tokens with punctuation and timestamps;
+/// a decoding far past that is a loop or a ramble, typically a sample at a
+/// high fallback temperature, which Whisper would run on to half the text
+/// context (224 tokens) only to reject it. A full 30 s window keeps that
+/// limit; a 5 s clip stops at 60 tokens.
+const TOKENS_PER_AUDIO_SECOND: f64 = 12.0;
+/// The budget of the shortest windows.
+const MIN_TOKEN_BUDGET: usize = 32;
+
+/// The most tokens a window holding `seconds` of audio may generate. It
+/// depends on the window alone, so a row's limit is its own (ADR 6).
+fn token_budget(seconds: f64) -> usize {
+    MIN_TOKEN_BUDGET.max((seconds.max(0.0) * TOKENS_PER_AUDIO_SECOND).ceil() as usize)
+}
+
 /// Chunks per conditioned stream of `mmt run` and `mmt serve` (see
 /// [`TranscribeOptions::stream_chunks`]).
 pub const DEFAULT_STREAM_CHUNKS: u32 = 8;
@@ -367,6 +383,9 @@ impl Engine {
             prompt,
             sot_index,
             end_not_before,
+            max_new_tokens: Some(token_budget(
+                stream.segment_frames() as f64 * SECONDS_PER_FRAME,
+            )),
         }
     }
 
@@ -760,6 +779,16 @@ mod tests {
     use super::*;
 
     const TB: u32 = 1000;
+
+    #[test]
+    fn a_window_may_generate_tokens_in_proportion_to_its_audio() {
+        assert_eq!(token_budget(0.0), MIN_TOKEN_BUDGET);
+        assert_eq!(token_budget(1.5), MIN_TOKEN_BUDGET);
+        assert_eq!(token_budget(5.0), 60);
+        assert_eq!(token_budget(-1.0), MIN_TOKEN_BUDGET);
+        // A full window keeps Whisper's own limit, half the text context.
+        assert!(token_budget(30.0) > 448 / 2);
+    }
 
     #[test]
     fn pairs_of_timestamps_split_segments() {

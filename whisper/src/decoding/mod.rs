@@ -53,6 +53,9 @@ pub struct Request {
     /// where Whisper would sometimes stop at a pause and leave the rest to a
     /// further window.
     pub end_not_before: Option<u32>,
+    /// The most tokens this window may generate, below the call's limit
+    /// (see `transcribe::token_budget`); `None`: only the call's limit.
+    pub max_new_tokens: Option<usize>,
 }
 
 /// The decoded tokens of one window.
@@ -410,7 +413,11 @@ pub fn generate(
         eot: spec.eot,
         max_new_tokens: requests
             .iter()
-            .map(|r| max_new_tokens.min(spec.n_text_ctx.saturating_sub(r.prompt.len())))
+            .map(|r| {
+                max_new_tokens
+                    .min(spec.n_text_ctx.saturating_sub(r.prompt.len()))
+                    .min(r.max_new_tokens.unwrap_or(usize::MAX))
+            })
             .collect(),
     };
     let finished = match strategy {
