@@ -20,7 +20,7 @@
 //! are spread over the workers and batched together, so one long recording
 //! fills whole batches (as faster-whisper's batched pipeline does).
 
-use crate::records::{route, ChunkResult, ChunkWork, Outcome};
+use crate::records::{route, ChunkResult, ChunkWork, Outcome, Samples};
 use mmt_core::job::{unix_now, DeadLetter, JobId, Stage};
 use mmt_core::telemetry::Metrics;
 use mmt_core::trace::{continue_trace, link_jobs};
@@ -85,7 +85,8 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
             if independent {
                 job.wrapping_add(u64::from(work.seq))
             } else {
-                job.wrapping_add(u64::from(StreamKey::of(work, stream_chunks).stream))
+                let (stream, _, _) = stream_bounds(work.seq, work.total, stream_chunks);
+                job.wrapping_add(u64::from(stream))
             }
         });
         let results: Stream<'scope, u64, Vec<Result<ChunkResult, Outcome>>> =
@@ -231,22 +232,23 @@ fn advance(
     }
 }
 
-/// The stream that `work` starts, when it needs a lead-in: a conditioned
-/// stream that begins mid-recording has no text of its own before it, so the
-/// chunk before it is decoded first (its text stays the other stream's) and
-/// prompts the stream's first chunk as long-form decoding would have.
-fn lead_in_key(
+/// The stream that `work` starts and the chunk before it, when it needs a
+/// lead-in: a conditioned stream that begins mid-recording has no text of its
+/// own before it, so the chunk before it is decoded first (its text stays the
+/// other stream's) and prompts the stream's first chunk as long-form decoding
+/// would have.
+fn lead_in<'w>(
     streams: &HashMap<StreamKey, StreamProgress>,
-    work: &ChunkWork,
+    work: &'w ChunkWork,
     options: &TranscribeOptions,
-) -> Option<StreamKey> {
+) -> Option<(StreamKey, &'w Samples)> {
     let key = StreamKey::of(work, options.stream_chunks);
+    let preceding = work.preceding.as_ref()?;
     let starts = options.condition_on_previous_text
         && key.stream > 0
         && work.seq == key.first_seq
-        && work.preceding.is_some()
         && !streams.contains_key(&key);
-    starts.then_some(key)
+    starts.then_some((key, preceding))
 }
 
 /// Decodes the lead-in chunks (alone: no prompt) and keeps each one's text as
@@ -309,17 +311,11 @@ fn run_batch(
     let mut loaded = Vec::with_capacity(speech.len());
     let mut lead_ins = Vec::new();
     for (capability, work) in speech {
-        let lead_in = lead_in_key(streams, &work, options);
-        let read = work.samples.read().and_then(|samples| match &lead_in {
-            Some(key) => {
-                let preceding = work
-                    .preceding
-                    .as_ref()
-                    .map_or(Ok(Vec::new()), |p| p.read())?;
-                lead_ins.push((key.clone(), preceding));
-                Ok(samples)
+        let read = work.samples.read().and_then(|samples| {
+            if let Some((key, preceding)) = lead_in(streams, &work, options) {
+                lead_ins.push((key, preceding.read()?));
             }
-            None => Ok(samples),
+            Ok(samples)
         });
         match read {
             Ok(samples) => loaded.push((capability, work, samples)),
