@@ -67,8 +67,9 @@ pub struct RabbitMqConfig {
     /// milliseconds. Default 10000.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// How long a publish waits for the broker's confirm, in milliseconds.
-    /// Default 5000.
+    /// How long a publish waits for the broker's confirm, and a consumer for
+    /// the answer to an ack or a backlog query before it takes the session
+    /// for lost and reconnects, in milliseconds. Default 5000.
     #[serde(default = "defaults::publish_timeout_ms")]
     pub publish_timeout_ms: u64,
     /// Consecutive publish failures that open the circuit breaker. Default 5.

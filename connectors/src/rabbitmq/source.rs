@@ -407,7 +407,7 @@ impl Supervisor {
                     } else {
                         tracing::info!("reconnected to RabbitMQ");
                     }
-                    let end = self.consume(&channel, consumer).await;
+                    let end = self.consume(&connection, &channel, consumer).await;
                     self.status.connected.store(false, Ordering::Relaxed);
                     self.status.set_backlog(None);
                     match end {
@@ -475,17 +475,35 @@ impl Supervisor {
 
     /// Forwards deliveries, applies settlements and reads the backlog until
     /// the session fails.
-    async fn consume(&mut self, channel: &Channel, mut consumer: lapin::Consumer) -> SessionEnd {
+    ///
+    /// Every round trip to the broker (a backlog query, an ack) is bounded
+    /// by `publish_timeout_ms`, and the connection's state is checked on each
+    /// backlog tick: a request sent into a connection that has just failed
+    /// may never be answered, and a session stuck awaiting it would neither
+    /// reconnect nor report itself down, so the worker would take the silence
+    /// for an empty queue and exit on `--idle-exit` with the queue still full.
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        channel: &Channel,
+        mut consumer: lapin::Consumer,
+    ) -> SessionEnd {
+        let reply_timeout = Duration::from_millis(self.config.publish_timeout_ms);
         let mut ackers: HashMap<DeliveryTag, Acker> = HashMap::new();
         // The first tick is immediate: the gauge is right from the start.
         let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
         backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = backlog_tick.tick() => match ready_messages(&self.config, channel).await {
-                    Ok(messages) => self.status.set_backlog(Some(messages)),
-                    // A failed declare closes the channel: the session is lost.
-                    Err(err) => return SessionEnd::Lost(err.to_string()),
+                _ = backlog_tick.tick() => {
+                    if !connection.status().connected() {
+                        return SessionEnd::Lost("the connection is closed".into());
+                    }
+                    match bounded(reply_timeout, ready_messages(&self.config, channel)).await {
+                        Ok(messages) => self.status.set_backlog(Some(messages)),
+                        // A failed declare closes the channel: the session is lost.
+                        Err(reason) => return SessionEnd::Lost(reason),
+                    }
                 },
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
@@ -509,13 +527,27 @@ impl Supervisor {
                 batch = self.settle.recv() => match batch {
                     None => return SessionEnd::SourceGone,
                     Some(batch) => {
-                        if let Err(reason) = apply(&mut ackers, batch).await {
+                        if let Err(reason) = bounded(reply_timeout, apply(&mut ackers, batch)).await {
                             return SessionEnd::Lost(reason);
                         }
                     }
                 },
             }
         }
+    }
+}
+
+/// `request`, failed if the broker has not answered within `limit`.
+async fn bounded<T, E: std::fmt::Display>(
+    limit: Duration,
+    request: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(answer) => answer.map_err(|err| err.to_string()),
+        Err(_) => Err(format!(
+            "no answer from the broker in {} ms",
+            limit.as_millis()
+        )),
     }
 }
 
