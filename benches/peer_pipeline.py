@@ -65,7 +65,6 @@ says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -85,7 +84,8 @@ from typing import Iterable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wer import ErrorCounts, corpus_wer, edit_distance  # noqa: E402
+from wer import ErrorCounts, corpus_wer  # noqa: E402
+from medwer_score import MedwerScore, medwer_score, medwer_scorer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = Path(os.environ.get("MMT_SHARED_EVAL", REPO.parent / "shared" / "eval"))
@@ -329,67 +329,6 @@ def wer_from_store(db_path: Path, clips: Sequence[Clip]) -> tuple[ErrorCounts, S
     """Corpus WER of the transcripts a run left in its job store."""
     store = read_job_store(db_path, [clip.name for clip in clips])
     return score(clips, store.texts), store
-
-
-@dataclass(frozen=True)
-class MedwerScore:
-    """Corpus WER and medical-term WER under the ``medwer`` 1.0.0 protocol."""
-
-    edits: int
-    reference_words: int
-    medical_edits: int
-    medical_reference_words: int
-
-    @property
-    def rate(self) -> float:
-        return self.edits / self.reference_words if self.reference_words else float("nan")
-
-    @property
-    def medical_rate(self) -> float:
-        if not self.medical_reference_words:
-            return float("nan")
-        return self.medical_edits / self.medical_reference_words
-
-
-@functools.lru_cache(maxsize=1)
-def medwer_scorer():
-    """medwer's ``Scorer`` (normaliser and bundled term list), or None if not installed."""
-    try:
-        from medwer import Scorer
-    except ImportError:
-        return None
-    return Scorer()
-
-
-def medwer_score(clips: Sequence[Clip], texts: dict[str, str]) -> Optional[MedwerScore]:
-    """``medwer.Scorer.corpus`` of ``texts`` (by file name; missing = empty), or None.
-
-    The same protocol: medwer's normaliser on both sides, clips whose normalised
-    reference is empty skipped, ``medwer.keep_medical`` with the bundled term
-    list for the medical-term WER, edits and words summed over the corpus. Only
-    the Levenshtein distance is ``wer.edit_distance`` (the same number in
-    O(words) memory: medwer's keeps the whole matrix of Python ints, about
-    0.2 GB for the 20-minute file's 2,400 words). Checked equal to
-    ``Scorer.corpus`` on clips of the unseen short set.
-    """
-    scorer = medwer_scorer()
-    if scorer is None:
-        return None
-    from medwer import keep_medical
-
-    edits = words = medical_edits = medical_words = 0
-    for clip in clips:
-        reference = scorer.norm(clip.reference)
-        if not reference.strip():
-            continue
-        hypothesis = scorer.norm(texts.get(clip.name, ""))
-        edits += edit_distance(reference.split(), hypothesis.split())
-        words += len(reference.split())
-        medical_ref = keep_medical(reference, scorer.entries, scorer.max_tokens).split()
-        medical_hyp = keep_medical(hypothesis, scorer.entries, scorer.max_tokens).split()
-        medical_edits += edit_distance(medical_ref, medical_hyp)
-        medical_words += len(medical_ref)
-    return MedwerScore(edits, words, medical_edits, medical_words)
 
 
 def median(values: Iterable[float]) -> float:

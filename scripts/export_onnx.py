@@ -4,7 +4,8 @@
 Reads ``model.bin`` (CTranslate2 binary format, spec ``WhisperSpec``) with
 :mod:`ct2_reader`, builds ``encoder.onnx`` and ``decoder.onnx`` directly with
 ``onnx.helper`` (opset 17, float32), copies ``tokenizer.json`` and writes
-``mmt-model.json``.  Every dimension is derived from the weights, so any Whisper
+``mmt-model.json``, and ``sgemm.onnx`` (one MatMul, which ``mmt bench`` times
+for the machine's sgemm rate).  Every dimension is derived from the weights, so any Whisper
 size (English-only or multilingual) works.
 
 Usage::
@@ -509,6 +510,16 @@ def _special_token_ids(tokenizer: dict[str, Any]) -> dict[str, int]:
     return ids
 
 
+def build_sgemm() -> onnx.ModelProto:
+    """One MatMul of two ``[n, n]`` float32 inputs: ``mmt bench`` times it for the
+    machine's sgemm rate, against which it reports the encoder's and decoder's."""
+    g = GraphBuilder()
+    g.op("MatMul", ["a", "b"], outputs=["c"])
+    f32 = TensorProto.FLOAT
+    return g.to_model("sgemm", [_tensor("a", f32, ["n", "n"]), _tensor("b", f32, ["n", "n"])],
+                      [_tensor("c", f32, ["n", "n"])])
+
+
 def build_config(name: str, dims: WhisperDims, ct2_dir: Path) -> dict[str, Any]:
     """The mmt-model.json contents."""
     tokenizer = json.loads((ct2_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -603,6 +614,7 @@ def export(ct2_dir: Path, out_dir: Path, name: str) -> dict[str, Any]:
     try:
         save_model(build_encoder(ct2, dims), staging / "encoder.onnx")
         save_model(build_decoder(ct2, dims), staging / "decoder.onnx")
+        onnx.save_model(build_sgemm(), str(staging / "sgemm.onnx"))
         shutil.copyfile(ct2_dir / "tokenizer.json", staging / "tokenizer.json")
         config = build_config(name, dims, ct2_dir)
         (staging / "mmt-model.json").write_text(json.dumps(config, indent=2) + "\n",

@@ -298,11 +298,20 @@ fn transcribe_options(args: &RunArgs) -> TranscribeOptions {
 /// What the model did, on stderr (the summary on stdout stays machine-readable).
 fn print_model_work(metrics: &Metrics) {
     let count = |kind: &str| metrics.model_work_total.with_label_values(&[kind]).get();
+    let seconds = |stage: &str| {
+        metrics
+            .model_compute_seconds_total
+            .with_label_values(&[stage])
+            .get()
+    };
     eprintln!(
-        "mmt: model work: {} windows encoded, {} decoder calls, {} windows decoded again \
-         at a higher temperature, {} packs split, {} packs decoded again unpacked",
+        "mmt: model work: {} windows encoded in {:.1} s, {} decoder calls in {:.1} s \
+         (all workers), {} windows decoded again at a higher temperature, {} packs split, \
+         {} packs decoded again unpacked",
         count("windows_encoded"),
+        seconds("encoder"),
         count("decoder_calls"),
+        seconds("decoder"),
         count("fallback_windows"),
         count("packs_split"),
         count("packs_redone"),

@@ -6,8 +6,8 @@
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::io::Write;
 use std::path::Path;
@@ -72,8 +72,12 @@ pub struct Metrics {
     /// when none is configured).
     pub idempotency_filter_available: IntGauge,
     /// Model work by kind (`windows_encoded`, `decoder_calls`,
-    /// `fallback_windows`, `packs_split`, `packs_redone`): what the audio cost.
+    /// `decoder_rows`, `decoder_tokens`, `fallback_windows`, `packs_split`,
+    /// `packs_redone`): what the audio cost.
     pub model_work_total: IntCounterVec,
+    /// Seconds inside the model's graphs, by stage (`encoder`, `decoder`),
+    /// summed over workers: where a batch's time goes.
+    pub model_compute_seconds_total: CounterVec,
     /// 1 while writes to a sink (`documents`, `audit`, `dead_letters`,
     /// `store`) fail transiently and the commit stage holds the source back.
     pub sink_outage: IntGaugeVec,
@@ -203,9 +207,20 @@ impl Metrics {
             )?,
             model_work_total: counter_vec(
                 "model_work_total",
-                "Model work done: windows encoded, decoder calls, fallbacks, packs",
+                "Model work done: windows encoded, decoder calls, rows and tokens, fallbacks, packs",
                 &["kind"],
             )?,
+            model_compute_seconds_total: {
+                let metric = CounterVec::new(
+                    Opts::new(
+                        "model_compute_seconds_total",
+                        "Seconds inside the encoder and decoder graphs, summed over workers",
+                    ),
+                    &["stage"],
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            },
             idempotency_filter_available: gauge(
                 "idempotency_filter_available",
                 "Whether the idempotency filter answers (1) or is bypassed (0)",
@@ -274,6 +289,7 @@ impl Metrics {
             idempotency_filter_fallback_total,
             idempotency_filter_available,
             model_work_total,
+            model_compute_seconds_total,
             sink_outage,
             sink_outage_total,
         } = self;
@@ -301,6 +317,7 @@ impl Metrics {
             Box::new(idempotency_filter_fallback_total.clone()),
             Box::new(idempotency_filter_available.clone()),
             Box::new(model_work_total.clone()),
+            Box::new(model_compute_seconds_total.clone()),
             Box::new(sink_outage.clone()),
             Box::new(sink_outage_total.clone()),
         ]
@@ -451,6 +468,10 @@ mod tests {
             .model_work_total
             .with_label_values(&["decoder_calls"])
             .inc();
+        metrics
+            .model_compute_seconds_total
+            .with_label_values(&["decoder"])
+            .inc_by(0.5);
         metrics.sink_outage.with_label_values(&["store"]).set(0);
         metrics
             .sink_outage_total

@@ -351,11 +351,18 @@ fn run_batch(
             .collect();
         engine.transcribe_continuing(&inputs, &prompts, options)
     });
-    for (kind, count) in engine.work().since(&work_before).labelled() {
+    let work = engine.work().since(&work_before);
+    for (kind, count) in work.labelled() {
         metrics
             .model_work_total
             .with_label_values(&[kind])
             .inc_by(count);
+    }
+    for (stage, seconds) in work.seconds() {
+        metrics
+            .model_compute_seconds_total
+            .with_label_values(&[stage])
+            .inc_by(seconds);
     }
     match transcribed {
         Ok(transcripts) => {

@@ -10,7 +10,9 @@
 //!   one child's run is that child's CPU time, all its threads included.
 
 use super::input::InputSet;
+use super::medwer::{MedwerCounts, MedwerScorer};
 use super::metrics::{self, Histogram};
+use super::model_time::{self, Calibration, ModelTime};
 use super::sweep::{Point, Precision};
 use super::wer::{self, ErrorCounts};
 use std::fs::File;
@@ -51,6 +53,10 @@ pub struct Measurement {
     /// machine (a quiet machine shows a few percent at most).
     pub other_cpu_pct: f64,
     pub wer: Option<ErrorCounts>,
+    /// WER and medical-term WER under medwer's protocol.
+    pub medwer: Option<MedwerCounts>,
+    /// Seconds inside the encoder and the decoder, and what they reached.
+    pub model: ModelTime,
 }
 
 /// What every run shares.
@@ -59,6 +65,9 @@ pub struct Runner<'a> {
     pub exe: &'a Path,
     pub input: &'a InputSet,
     pub int8_model: &'a Path,
+    pub calibration: &'a Calibration,
+    /// `None` without the dev virtualenv's medwer, or without references.
+    pub medwer: Option<&'a MedwerScorer>,
     pub cores: usize,
     pub timeout: Duration,
     /// `sysconf(_SC_CLK_TCK)`: units of `/proc/*/stat` times.
@@ -156,7 +165,15 @@ impl Runner<'_> {
         } else {
             summary.audio_seconds
         };
-        let wer = self.input.score(&wer::transcripts(&out));
+        let transcripts = wer::transcripts(&out);
+        let wer = self.input.score(&transcripts);
+        let medwer = self
+            .medwer
+            .map(|scorer| scorer.score(self.input.pairs(&transcripts)))
+            .transpose()?;
+        let model = model_time::work_in_metrics(&text).map_or_else(ModelTime::default, |work| {
+            self.calibration.breakdown(&work, audio_s, point.threads)
+        });
         Ok(Measurement {
             files: summary.files,
             completed: summary.transcribed,
@@ -175,6 +192,8 @@ impl Runner<'_> {
             cpu_util_pct: percent_of_machine(cpu_s),
             other_cpu_pct: percent_of_machine((busy_s - cpu_s).max(0.0)),
             wer,
+            medwer,
+            model,
         })
     }
 }

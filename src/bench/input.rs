@@ -133,6 +133,22 @@ impl InputSet {
         }
         any.then_some(counts)
     }
+
+    /// `(reference, transcript)` of every file with a reference, a missing
+    /// transcript as empty text.
+    pub fn pairs<'a>(
+        &'a self,
+        transcripts: &'a HashMap<String, String>,
+    ) -> Vec<(&'a str, &'a str)> {
+        self.files
+            .iter()
+            .filter_map(|file| {
+                let reference = file.reference.as_deref()?;
+                let transcript = transcripts.get(&file.job_id).map_or("", String::as_str);
+                Some((reference, transcript))
+            })
+            .collect()
+    }
 }
 
 fn is_audio(path: &Path) -> bool {

@@ -7,7 +7,9 @@
 
 mod child;
 mod input;
+mod medwer;
 mod metrics;
+mod model_time;
 mod plot;
 mod report;
 mod sweep;
@@ -61,6 +63,20 @@ WHAT IS MEASURED (per point; columns of sweep.csv)
   wer_pct             corpus word error rate of the FHIR documents the run wrote
                       against manifest.jsonl (in the input folder, or beside the
                       input file), normalised like benches/wer.py
+  medwer_pct, medwer_medical_pct
+                      WER and medical-term WER under the medwer package's
+                      protocol (benches/medwer_score.py; needs the dev
+                      virtualenv of `make setup-dev`, else left empty)
+  encoder_s, decoder_s  seconds inside the encoder and decoder graphs, summed
+                      over workers (the child's model_compute_seconds_total)
+  decoder_calls_per_audio_s, decoder_tokens_per_audio_s
+                      sequential decoder calls, and token positions through
+                      the decoder, per second of audio
+  encoder_gflops, decoder_gflops, encoder_sgemm_pct, decoder_sgemm_pct
+                      each graph's matrix-product FLOPs (from the model's
+                      dimensions) per second inside it, and that rate in % of
+                      ONNX Runtime's sgemm on as many threads, timed before
+                      the sweep on sgemm.onnx of the fp32 model folder
 
 OUTPUT
   <out>/sweep.csv  one row per point, `#` comment lines first
@@ -280,10 +296,23 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         points.len()
     );
 
+    let medwer = if input.references() > 0 {
+        let root = mmt_pipeline::config::InstallRoot::discover();
+        medwer::MedwerScorer::find(root.dir())
+            .map_err(|why| notes.push(format!("medwer_pct not computed: {why}")))
+            .ok()
+    } else {
+        None
+    };
+    let calibration = calibrate(&points, cores);
+    notes.extend(calibration.describe());
+    notes.extend(calibration.notes.iter().cloned());
     let runner = child::Runner {
         exe: &exe,
         input: &input,
         int8_model: &int8_model,
+        calibration: &calibration,
+        medwer: medwer.as_ref(),
         cores,
         timeout: Duration::from_secs(args.timeout.max(1)),
         clock_ticks: child::clock_ticks(),
@@ -415,6 +444,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     })
 }
 
+/// The model's arithmetic and the machine's sgemm rate on each thread count
+/// of the sweep, measured before any point runs (so that none shares the
+/// machine with it).
+fn calibrate(points: &[sweep::Point], cores: usize) -> model_time::Calibration {
+    let mut thread_counts: Vec<usize> = points.iter().map(|p| p.threads).collect();
+    thread_counts.sort_unstable();
+    thread_counts.dedup();
+    let options = match mmt_pipeline::config::Config::from_env() {
+        Ok(config) => crate::transcribe::model_options(&config, Some(cores)),
+        Err(err) => {
+            let mut calibration = model_time::Calibration::default();
+            calibration.notes.push(format!(
+                "model time not broken down: the configuration is invalid: {}",
+                err.report()
+            ));
+            return calibration;
+        }
+    };
+    model_time::Calibration::measure(&options, &thread_counts)
+}
+
 /// The `#` lines at the top of sweep.csv: what was run and what each column means.
 fn csv_comments(
     args: &BenchArgs,
@@ -458,6 +508,18 @@ fn csv_comments(
             .to_owned(),
         "wer_pct: corpus WER (word edits / reference words, normalised like benches/wer.py) of \
          the FHIR documents against manifest.jsonl; wer_missing: references without a document"
+            .to_owned(),
+        "medwer_pct, medwer_medical_pct: WER and medical-term WER of the same documents under \
+         the medwer package's protocol (Whisper's English normaliser, numbers folded; \
+         benches/medwer_score.py in the dev virtualenv)"
+            .to_owned(),
+        "encoder_s, decoder_s: seconds inside the encoder and decoder graphs, summed over \
+         workers (model_compute_seconds_total); decoder_calls_per_audio_s: sequential decoder \
+         calls per audio second; decoder_tokens_per_audio_s: token positions (rows x new \
+         tokens, prompts included) per audio second; encoder_gflops, decoder_gflops: the \
+         graphs' matrix-product FLOPs (from the model's dimensions, mmt_whisper::cost) per \
+         second inside them; *_sgemm_pct: that rate in percent of the sgemm rate below on \
+         as many threads (int8 graphs can exceed 100)"
             .to_owned(),
     ];
     lines.push(format!(

@@ -2,6 +2,7 @@
 
 use super::child::Measurement;
 use super::metrics::median;
+use super::model_time::ModelTime;
 use super::sweep::Point;
 
 /// Above this share of the machine used by other processes, a point is flagged.
@@ -96,6 +97,17 @@ fn median_measurement(runs: &[Measurement]) -> Option<Measurement> {
         cpu_util_pct: of(&|m| m.cpu_util_pct),
         other_cpu_pct: of(&|m| m.other_cpu_pct),
         wer: by_wer.get(by_wer.len() / 2).and_then(|m| m.wer),
+        medwer: by_wer.get(by_wer.len() / 2).and_then(|m| m.medwer),
+        model: ModelTime {
+            encoder_s: of(&|m| m.model.encoder_s),
+            decoder_s: of(&|m| m.model.decoder_s),
+            decoder_calls_per_audio_s: of(&|m| m.model.decoder_calls_per_audio_s),
+            decoder_tokens_per_audio_s: of(&|m| m.model.decoder_tokens_per_audio_s),
+            encoder_gflops: of(&|m| m.model.encoder_gflops),
+            decoder_gflops: of(&|m| m.model.decoder_gflops),
+            encoder_sgemm_pct: of(&|m| m.model.encoder_sgemm_pct),
+            decoder_sgemm_pct: of(&|m| m.model.decoder_sgemm_pct),
+        },
     })
 }
 
@@ -128,6 +140,16 @@ pub const COLUMNS: &[&str] = &[
     "other_cpu_pct",
     "wer_pct",
     "wer_missing",
+    "medwer_pct",
+    "medwer_medical_pct",
+    "encoder_s",
+    "decoder_s",
+    "decoder_calls_per_audio_s",
+    "decoder_tokens_per_audio_s",
+    "encoder_gflops",
+    "decoder_gflops",
+    "encoder_sgemm_pct",
+    "decoder_sgemm_pct",
     "status",
 ];
 
@@ -188,6 +210,16 @@ pub fn csv_row(index: usize, row: &Row) -> String {
         optional(m.and_then(|m| m.wer.map(|w| w.percent())), 2),
         m.and_then(|m| m.wer)
             .map_or_else(String::new, |w| w.missing.to_string()),
+        optional(m.and_then(|m| m.medwer?.percent()), 2),
+        optional(m.and_then(|m| m.medwer?.medical_percent()), 2),
+        get(&|m| m.model.encoder_s, 2),
+        get(&|m| m.model.decoder_s, 2),
+        get(&|m| m.model.decoder_calls_per_audio_s, 2),
+        get(&|m| m.model.decoder_tokens_per_audio_s, 2),
+        get(&|m| m.model.encoder_gflops, 1),
+        get(&|m| m.model.decoder_gflops, 1),
+        get(&|m| m.model.encoder_sgemm_pct, 1),
+        get(&|m| m.model.decoder_sgemm_pct, 1),
         row.status(),
     ];
     fields
@@ -229,6 +261,12 @@ pub fn table(rows: &[Row]) -> String {
         "CPU %",
         "others %",
         "WER %",
+        "medWER %",
+        "enc s",
+        "dec s",
+        "dec calls/audio s",
+        "enc % sgemm",
+        "dec % sgemm",
         "status",
     ];
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
@@ -251,6 +289,12 @@ pub fn table(rows: &[Row]) -> String {
             get(&|m| m.cpu_util_pct, 0),
             get(&|m| m.other_cpu_pct, 0),
             opt(m.and_then(|m| m.wer.map(|w| w.percent())), 2),
+            opt(m.and_then(|m| m.medwer?.percent()), 2),
+            get(&|m| m.model.encoder_s, 1),
+            get(&|m| m.model.decoder_s, 1),
+            get(&|m| m.model.decoder_calls_per_audio_s, 1),
+            get(&|m| m.model.encoder_sgemm_pct, 0),
+            get(&|m| m.model.decoder_sgemm_pct, 0),
             row.status(),
         ]);
     }
@@ -309,6 +353,7 @@ pub fn best(rows: &[Row]) -> Option<&Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::medwer::MedwerCounts;
     use crate::bench::sweep::{Decoding, Precision};
     use crate::bench::wer::ErrorCounts;
 
@@ -346,6 +391,22 @@ mod tests {
                 reference_words: 40,
                 missing: 0,
             }),
+            medwer: Some(MedwerCounts {
+                edits: 2,
+                reference_words: 40,
+                medical_edits: 1,
+                medical_reference_words: 4,
+            }),
+            model: ModelTime {
+                encoder_s: 0.5,
+                decoder_s: 2.75,
+                decoder_calls_per_audio_s: 10.25,
+                decoder_tokens_per_audio_s: 20.5,
+                encoder_gflops: 60.0,
+                decoder_gflops: 12.5,
+                encoder_sgemm_pct: 66.7,
+                decoder_sgemm_pct: 13.9,
+            },
             ..Measurement::default()
         }
     }
@@ -355,7 +416,8 @@ mod tests {
         let row = Row::new(point(8), vec![Ok(measurement(11.5, 300.04))]);
         assert_eq!(
             csv_row(3, &row),
-            "3,fp32,off,full,2,1,8,,1,5,5,0,39.6,3.5,4.25,11.5,9.32,1.875,,2.150,2,300.0,6.00,70.6,1.2,7.50,0,ok"
+            "3,fp32,off,full,2,1,8,,1,5,5,0,39.6,3.5,4.25,11.5,9.32,1.875,,2.150,2,300.0,6.00,70.6,1.2,7.50,0,\
+             5.00,25.00,0.50,2.75,10.25,20.50,60.0,12.5,66.7,13.9,ok"
         );
         assert_eq!(csv_row(3, &row).split(',').count(), COLUMNS.len());
     }

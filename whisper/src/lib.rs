@@ -9,9 +9,10 @@
 //! [`transcribe`] drives long-form audio over 30 s windows, batching windows
 //! of several inputs into one model call; [`packing`] lets short inputs share
 //! a window. [`tokenizer`] maps token ids to text; [`work`] counts what the
-//! model did.
+//! model did, and [`cost`] what that work costs in arithmetic.
 
 pub mod audio;
+pub mod cost;
 pub mod decoding;
 pub mod error;
 pub mod mel;

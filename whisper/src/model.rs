@@ -3,7 +3,7 @@
 //! The directory layout and tensor names are documented in `docs/model-format.md`.
 
 use crate::weights::{GraphWeights, ModelWeights};
-use crate::WhisperError;
+use crate::{WhisperError, WorkCounters};
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// Dimensions and special-token ids of an exported model (`mmt-model.json`).
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +26,10 @@ pub struct ModelSpec {
     pub d_model: usize,
     pub n_heads: usize,
     pub n_decoder_layers: usize,
+    /// Absent from exports that predate it; Whisper's encoder and decoder
+    /// have as many layers (see [`ModelSpec::encoder_layers`]).
+    #[serde(default)]
+    pub n_encoder_layers: Option<usize>,
     pub vocab_size: usize,
     pub multilingual: bool,
     pub eot: u32,
@@ -60,6 +65,10 @@ impl ModelSpec {
             });
         }
         Ok(spec)
+    }
+
+    pub fn encoder_layers(&self) -> usize {
+        self.n_encoder_layers.unwrap_or(self.n_decoder_layers)
     }
 }
 
@@ -125,7 +134,7 @@ impl ModelOptions {
 ///
 /// The dynamic library can only be loaded once, so a second call with another
 /// path gets the first environment.
-fn ort_environment(library: &Path) -> Result<Environment, WhisperError> {
+pub(crate) fn ort_environment(library: &Path) -> Result<Environment, WhisperError> {
     static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
     let result = ENVIRONMENT.get_or_init(|| {
         let builder = ort::init_from(library).map_err(|err| err.to_string())?;
@@ -199,9 +208,9 @@ pub struct WhisperModel {
     decoder: Session,
     /// The weights the sessions share with other workers' sessions.
     weights: Arc<ModelWeights>,
-    /// Encoder windows and decoder calls run so far.
-    windows_encoded: u64,
-    decoder_calls: u64,
+    /// What the graphs ran so far (the engine's own counts, packs and
+    /// fallbacks, are zero here).
+    calls: WorkCounters,
 }
 
 /// The export layout this engine runs (`layout` in `mmt-model.json`).
@@ -234,8 +243,7 @@ impl WhisperModel {
             encoder,
             decoder,
             weights,
-            windows_encoded: 0,
-            decoder_calls: 0,
+            calls: WorkCounters::default(),
         })
     }
 
@@ -249,9 +257,10 @@ impl WhisperModel {
         &self.weights
     }
 
-    /// Windows encoded and decoder calls run since the model was loaded.
-    pub fn calls(&self) -> (u64, u64) {
-        (self.windows_encoded, self.decoder_calls)
+    /// Windows encoded, decoder calls, rows and token positions, and the
+    /// time inside each graph, since the model was loaded.
+    pub fn calls(&self) -> WorkCounters {
+        self.calls
     }
 
     /// Encodes a batch of `[n_mels, 3000]` windows into cross-attention K/V.
@@ -284,8 +293,10 @@ impl WhisperModel {
     fn encode_rows(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
         let rows = mel.len_of(Axis(0));
         let input = TensorRef::from_array_view(mel)?;
+        let started = Instant::now();
         let mut outputs = self.encoder.run(ort::inputs!["mel" => input])?;
-        self.windows_encoded += rows as u64;
+        self.calls.encoder_nanos += elapsed_nanos(started);
+        self.calls.windows_encoded += rows as u64;
         let keys = take_outputs(&mut outputs, &self.names.cross_k)?;
         let values = take_outputs(&mut outputs, &self.names.cross_v)?;
         drop(outputs);
@@ -331,8 +342,13 @@ impl WhisperModel {
                 inputs.push((name.as_str().into(), step.cross.decoder_input(value)?));
             }
         }
+        let (rows, new_tokens) = step.tokens.dim();
+        let started = Instant::now();
         let mut outputs = self.decoder.run(inputs)?;
-        self.decoder_calls += 1;
+        self.calls.decoder_nanos += elapsed_nanos(started);
+        self.calls.decoder_calls += 1;
+        self.calls.decoder_rows += rows as u64;
+        self.calls.decoder_tokens += (rows * new_tokens) as u64;
         let logits = outputs
             .get("logits")
             .ok_or_else(|| missing_output("logits"))?
@@ -642,6 +658,10 @@ fn build_session(
     builder
         .commit_from_file(path)
         .map_err(|err| unavailable(err.to_string()))
+}
+
+fn elapsed_nanos(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn take_outputs(

@@ -176,10 +176,14 @@ impl Engine {
 
     /// The model work done since the engine was loaded.
     pub fn work(&self) -> WorkCounters {
-        let (windows_encoded, decoder_calls) = self.model.calls();
+        let calls = self.model.calls();
         WorkCounters {
-            windows_encoded,
-            decoder_calls,
+            windows_encoded: calls.windows_encoded,
+            decoder_calls: calls.decoder_calls,
+            decoder_rows: calls.decoder_rows,
+            decoder_tokens: calls.decoder_tokens,
+            encoder_nanos: calls.encoder_nanos,
+            decoder_nanos: calls.decoder_nanos,
             ..self.work
         }
     }
