@@ -11,7 +11,9 @@
 mod common;
 
 use base64::Engine as _;
-use common::{documents, mmt, model_ready, read_manifest, root, wav_bytes, wav_samples};
+use common::{
+    documents, mmt_with_env, model_ready, read_manifest, root, wav_bytes, wav_samples,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -165,8 +167,12 @@ fn mmt_run_cuts_streams_by_the_recording_alone() {
 }
 
 /// `mmt transcribe --format json` lines (text, timed segments, their
-/// log-probabilities and confidences) per file.
-fn transcribe_lines(files: &[PathBuf], batch_size: &str) -> BTreeMap<String, String> {
+/// log-probabilities and confidences) per file, with extra environment.
+fn transcribe_lines(
+    files: &[PathBuf],
+    batch_size: &str,
+    env: &[(&str, &str)],
+) -> BTreeMap<String, String> {
     let mut args = vec![
         "transcribe",
         "--format",
@@ -178,7 +184,7 @@ fn transcribe_lines(files: &[PathBuf], batch_size: &str) -> BTreeMap<String, Str
     ];
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     args.extend(names.iter().map(String::as_str));
-    let (status, stdout, stderr) = mmt(&args);
+    let (status, stdout, stderr) = mmt_with_env(&args, env);
     assert!(status.success(), "{stderr}");
     stdout
         .lines()
@@ -190,17 +196,56 @@ fn transcribe_lines(files: &[PathBuf], batch_size: &str) -> BTreeMap<String, Str
         .collect()
 }
 
+/// Each file alone against mixed batches of 8, 3 and 2 (in reverse order).
+fn assert_transcribe_invariant(files: &[PathBuf], env: &[(&str, &str)]) {
+    let alone = each_alone(files, |file| transcribe_lines(file, "8", env));
+    let reversed: Vec<PathBuf> = files.iter().rev().cloned().collect();
+    for (order, batch_size) in [(files, "8"), (files, "3"), (&reversed[..], "2")] {
+        let mixed = transcribe_lines(order, batch_size, env);
+        assert_eq!(mixed, alone, "batch size {batch_size}, environment {env:?}");
+    }
+}
+
 #[test]
 fn mmt_transcribe_gives_a_file_the_same_text_alone_and_in_any_batch() {
     let Some((_dir, files)) = test_recordings() else {
         return;
     };
-    let alone = each_alone(&files, |file| transcribe_lines(file, "8"));
-    let reversed: Vec<PathBuf> = files.iter().rev().cloned().collect();
-    for (order, batch_size) in [(&files, "8"), (&files, "3"), (&reversed, "2")] {
-        let mixed = transcribe_lines(order, batch_size);
-        assert_eq!(mixed, alone, "batch size {batch_size}");
+    assert_transcribe_invariant(&files, &[]);
+}
+
+/// The int8 model set-up writes (`models/tiny.en-int8`), when it is there
+/// (always under CI).
+fn int8_model() -> Option<PathBuf> {
+    let dir = root().join("models/tiny.en-int8");
+    if dir.join("mmt-model.json").is_file() {
+        return Some(dir);
     }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "models/tiny.en-int8 is missing under CI: `make setup` must run first"
+    );
+    eprintln!("skipping: run `make setup` to quantize the model");
+    None
+}
+
+/// The int8 weights quantize each row's activations on their own
+/// (scripts/quantize_onnx.py): with them too, a file's transcript is the
+/// same alone and in any batch. (Quantized per tensor, the batch's largest
+/// value set every row's precision, and texts moved with the batch.)
+#[test]
+fn the_int8_model_gives_a_file_the_same_text_alone_and_in_any_batch() {
+    let Some((_dir, files)) = test_recordings() else {
+        return;
+    };
+    let Some(int8) = int8_model() else {
+        return;
+    };
+    let int8 = int8.display().to_string();
+    assert_transcribe_invariant(&files, &[("MMT_MODEL_DIR", &int8)]);
+    let mut options = common::model_options(2);
+    options.model_dir = PathBuf::from(int8);
+    assert_engine_invariant(&options, &files);
 }
 
 /// Below the texts, the numbers: a recording's whole transcript (segments,
@@ -214,11 +259,15 @@ fn engine_transcripts_are_bit_identical_alone_and_in_a_batch() {
     let Some((_dir, files)) = test_recordings() else {
         return;
     };
+    assert_engine_invariant(&common::model_options(2), &files);
+}
+
+fn assert_engine_invariant(model: &mmt_whisper::ModelOptions, files: &[PathBuf]) {
     let audio: Vec<Vec<f32>> = files
         .iter()
         .map(|path| mmt_whisper::audio::decode_file(path).expect("decodes"))
         .collect();
-    let mut engine = mmt_whisper::Engine::load(&common::model_options(2)).expect("model loads");
+    let mut engine = mmt_whisper::Engine::load(model).expect("model loads");
     let default = mmt_whisper::TranscribeOptions::default();
     let sampled = |best_of| mmt_whisper::TranscribeOptions {
         temperatures: vec![1.0],

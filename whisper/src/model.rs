@@ -416,7 +416,10 @@ impl SelfAttentionCache {
 /// Windows the encoder runs on at once (see [`WhisperModel::encode`]).
 ///
 /// One: on the 10-minute file (2 workers, int8, batch 4, independent chunks)
-/// that peaks 100 MB lower than four at a time, at the same speed.
+/// that peaks 100 MB lower than four at a time, at the same speed. It also
+/// keeps the int8 encoder batch invariant: its activations are quantized with
+/// one scale per call (scripts/quantize_onnx.py), which is then the window's
+/// own.
 pub const ENCODER_ROWS: usize = 1;
 
 /// Gives the pages of freed heap memory back to the system.
