@@ -11,9 +11,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{
-    documents, mmt_with_env, model_ready, read_manifest, root, wav_bytes, wav_samples,
-};
+use common::{documents, mmt_with_env, model_ready, read_manifest, root, wav_bytes, wav_samples};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
