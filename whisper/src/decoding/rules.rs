@@ -180,6 +180,7 @@ pub(crate) mod tests {
             d_model: 8,
             n_heads: 2,
             n_decoder_layers: 1,
+            n_encoder_layers: None,
             vocab_size: 20,
             multilingual: false,
             eot: 10,
