@@ -266,7 +266,8 @@ def test_weights_index_matches_the_initializers(model_dir: Path, graph_name: str
 
 def test_decoder_graph_is_lean(model_dir: Path, mmt_config: dict, tmp_path: Path) -> None:
     """After ORT's CPU optimizations, cross K/V feed MatMuls directly (no per-step copies)
-    and the vocabulary projection is a single MatMul on [batch, d_model]."""
+    and the vocabulary projection is a single Gemm on [batch, d_model] that reads the
+    token embedding table itself (tied: no transposed copy of it in the graph)."""
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "decoder.opt.onnx")
     ort.InferenceSession(str(model_dir / "decoder.onnx"), options,
@@ -278,7 +279,10 @@ def test_decoder_graph_is_lean(model_dir: Path, mmt_config: dict, tmp_path: Path
             # Shape reads the window count of the row groups, not the data.
             assert node.op_type in ("MatMul", "FusedMatMul", "Shape"), (node.op_type,
                                                                          list(node.input))
-    assert [n.op_type for n in graph.node if "logits" in n.output] == ["MatMul"]
+    projection = [n for n in graph.node if "logits" in n.output]
+    assert [n.op_type for n in projection] == ["Gemm"]
+    assert projection[0].input[1] == "decoder.embeddings"
+    assert {a.name: a.i for a in projection[0].attribute}.get("transB") == 1
     # Attention scaling is folded into the weights and GELU is fused: no Mul/Div per step.
     assert not [n.op_type for n in graph.node if n.op_type in ("Mul", "Div")]
 
