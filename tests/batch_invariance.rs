@@ -212,21 +212,6 @@ fn mmt_transcribe_gives_a_file_the_same_text_alone_and_in_any_batch() {
     assert_transcribe_invariant(&files, &[]);
 }
 
-/// The int8 model set-up writes (`models/tiny.en-int8`), when it is there
-/// (always under CI).
-fn int8_model() -> Option<PathBuf> {
-    let dir = root().join("models/tiny.en-int8");
-    if dir.join("mmt-model.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "models/tiny.en-int8 is missing under CI: `make setup` must run first"
-    );
-    eprintln!("skipping: run `make setup` to quantize the model");
-    None
-}
-
 /// The int8 weights quantize each row's activations on their own
 /// (scripts/quantize_onnx.py): with them too, a file's transcript is the
 /// same alone and in any batch. (Quantized per tensor, the batch's largest
@@ -236,7 +221,7 @@ fn the_int8_model_gives_a_file_the_same_text_alone_and_in_any_batch() {
     let Some((_dir, files)) = test_recordings() else {
         return;
     };
-    let Some(int8) = int8_model() else {
+    let Some(int8) = common::set_up_model("tiny.en-int8") else {
         return;
     };
     let int8 = int8.display().to_string();

@@ -51,23 +51,18 @@ impl Histogram {
 
 /// The histogram `name` (unlabelled) in the text exposition `text`.
 pub fn histogram(text: &str, name: &str) -> Option<Histogram> {
-    let bucket_prefix = format!("{name}_bucket{{");
+    let bucket_name = format!("{name}_bucket");
     let mut buckets = Vec::new();
     let mut sum = None;
     let mut count = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        if let Some(rest) = line.strip_prefix(&bucket_prefix) {
-            let (labels, value) = rest.split_once('}')?;
-            let le = labels
-                .split(',')
-                .find_map(|label| label.trim().strip_prefix("le="))?
-                .trim_matches('"');
+        if let Some((le, value)) = labelled(line, &bucket_name, "le") {
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
                 le.parse().ok()?
             };
-            buckets.push((le, value.trim().parse().ok()?));
+            buckets.push((le, value));
         } else if let Some(value) = sample(line, &format!("{name}_sum")) {
             sum = Some(value);
         } else if let Some(value) = sample(line, &format!("{name}_count")) {
@@ -83,6 +78,17 @@ pub fn histogram(text: &str, name: &str) -> Option<Histogram> {
         sum: sum.unwrap_or(0.0),
         count: count.unwrap_or(0.0),
     })
+}
+
+/// `name{label="x",...} value` as `("x", value)`.
+pub fn labelled<'a>(line: &'a str, name: &str, label: &str) -> Option<(&'a str, f64)> {
+    let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+    let (labels, value) = rest.split_once('}')?;
+    let text = labels
+        .split(',')
+        .find_map(|pair| pair.trim().strip_prefix(label)?.strip_prefix('='))?
+        .trim_matches('"');
+    Some((text, value.trim().parse().ok()?))
 }
 
 fn sample(line: &str, name: &str) -> Option<f64> {

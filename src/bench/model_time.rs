@@ -3,6 +3,7 @@
 //! sgemm rate each graph reached (from the child's metrics file, the model's
 //! dimensions and a timed matrix product; see `mmt_whisper::cost`).
 
+use super::metrics::labelled;
 use mmt_whisper::cost::{sgemm_gflops, ModelCost};
 use mmt_whisper::model::ModelSpec;
 use mmt_whisper::{ModelOptions, WorkCounters};
@@ -166,17 +167,6 @@ pub fn work_in_metrics(text: &str) -> Option<WorkCounters> {
         }
     }
     found.then_some(work)
-}
-
-/// `name{label="x"} value` as `("x", value)`.
-fn labelled<'a>(line: &'a str, name: &str, label: &str) -> Option<(&'a str, f64)> {
-    let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-    let (labels, value) = rest.split_once('}')?;
-    let text = labels
-        .split(',')
-        .find_map(|pair| pair.trim().strip_prefix(label)?.strip_prefix('='))?
-        .trim_matches('"');
-    Some((text, value.trim().parse().ok()?))
 }
 
 #[cfg(test)]

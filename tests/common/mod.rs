@@ -23,15 +23,23 @@ pub fn root() -> PathBuf {
 /// Whether the set-up (model export, ONNX Runtime) has been run. Under CI a
 /// missing set-up is a failure, elsewhere the caller skips with a message.
 pub fn model_ready() -> bool {
-    let ready = root().join("models/tiny.en/mmt-model.json").is_file();
-    if !ready {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "models/tiny.en is missing under CI: `make setup` must run first"
-        );
-        eprintln!("skipping: run `make setup` to export the model");
+    set_up_model("tiny.en").is_some()
+}
+
+/// `models/<name>` as set-up writes it (`tiny.en`, `tiny.en-int8`), if it is
+/// there. Under CI a missing model is a failure, elsewhere the caller skips
+/// with a message.
+pub fn set_up_model(name: &str) -> Option<PathBuf> {
+    let dir = root().join("models").join(name);
+    if dir.join("mmt-model.json").is_file() {
+        return Some(dir);
     }
-    ready
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "models/{name} is missing under CI: `make setup` must run first"
+    );
+    eprintln!("skipping: run `make setup` to write models/{name}");
+    None
 }
 
 /// The model and ONNX Runtime as the configuration finds them (`make setup`'s,
