@@ -86,7 +86,7 @@ fn no_variables_give_a_clean_dev_configuration() {
             c.workers.min_workers_per_core,
             c.workers.max_workers_per_core
         ),
-        (1, 1)
+        (0.5, 0.5)
     );
     assert_eq!(c.workers.async_max_workers, 32);
     assert_eq!(c.workers.async_queue_maxsize, 1000);
@@ -155,7 +155,7 @@ fn values_are_read_and_typed() {
     .config;
     assert_eq!(c.environment, Environment::Prod);
     assert!(!c.workers.optimization_enabled);
-    assert_eq!(c.workers.max_workers_per_core, 4);
+    assert_eq!(c.workers.max_workers_per_core, 4.0);
     assert_eq!(c.redis.host.as_ref().map(|h| h.port), Some(6379));
     assert_eq!(
         c.rabbitmq.host.as_ref().map(|h| h.to_string()).as_deref(),
@@ -372,6 +372,22 @@ fn worker_plan_follows_the_configuration() {
     assert_eq!(
         (plan.workers, plan.limited_by),
         (8, WorkerLimit::PerCoreMax)
+    );
+}
+
+#[test]
+fn workers_per_core_may_be_a_fraction_but_not_negative() {
+    let c = load(&[
+        ("MAX_WORKERS_PER_CORE", "0.25"),
+        ("MIN_WORKERS_PER_CORE", "0.25"),
+    ])
+    .config;
+    let plan = c.worker_plan(8);
+    assert_eq!((plan.workers, plan.intra_op_threads), (2, 4));
+    assert!(!plan.below_min_per_core);
+    assert_eq!(
+        severity_of(&[("MAX_WORKERS_PER_CORE", "-1")], "MAX_WORKERS_PER_CORE"),
+        Some(Severity::Fatal)
     );
 }
 

@@ -103,6 +103,17 @@ impl Vars {
         .unwrap_or(default)
     }
 
+    /// A finite number of at least 0, fractions allowed (`1`, `0.5`).
+    pub(super) fn number(&mut self, name: &'static str, default: f64) -> f64 {
+        self.parse(
+            name,
+            "a number of at least 0, e.g. 1 or 0.5",
+            Echo::Value,
+            parse_non_negative,
+        )
+        .unwrap_or(default)
+    }
+
     /// A duration given as a number of seconds, fractions allowed (`2`, `0.5`).
     pub(super) fn seconds(&mut self, name: &'static str, default: Duration) -> Duration {
         self.parse(
@@ -152,10 +163,17 @@ pub fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
+/// A finite number of at least 0.
+fn parse_non_negative(value: &str) -> Option<f64> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+}
+
 /// A non-negative, finite number of seconds.
 fn parse_seconds(value: &str) -> Option<Duration> {
-    let seconds: f64 = value.parse().ok()?;
-    Duration::try_from_secs_f64(seconds).ok()
+    Duration::try_from_secs_f64(parse_non_negative(value)?).ok()
 }
 
 #[cfg(test)]
@@ -216,6 +234,24 @@ mod tests {
         assert_eq!(v.seconds("B", d), d);
         assert_eq!(v.seconds("C", d), d);
         assert_eq!(v.seconds("D", d), d);
+        assert_eq!(v.into_problems().len(), 3);
+    }
+
+    #[test]
+    fn numbers_accept_fractions_and_reject_negatives_and_non_finite_values() {
+        let mut v = vars(&[
+            ("A", "0.5"),
+            ("B", "-1"),
+            ("C", "NaN"),
+            ("D", "inf"),
+            ("E", "2"),
+        ]);
+        assert_eq!(v.number("A", 9.0), 0.5);
+        assert_eq!(v.number("B", 9.0), 9.0);
+        assert_eq!(v.number("C", 9.0), 9.0);
+        assert_eq!(v.number("D", 9.0), 9.0);
+        assert_eq!(v.number("E", 9.0), 2.0);
+        assert_eq!(v.number("UNSET", 9.0), 9.0);
         assert_eq!(v.into_problems().len(), 3);
     }
 

@@ -11,10 +11,19 @@ const MAX_WORKERS_PER_CORE: &str = "MAX_WORKERS_PER_CORE";
 const ASYNC_MAX_WORKERS: &str = "ASYNC_MAX_WORKERS";
 const ASYNC_QUEUE_MAXSIZE: &str = "ASYNC_QUEUE_MAXSIZE";
 
+/// Workers per core unless configured: one worker per two cores (see
+/// [`WorkersConfig`]).
+const DEFAULT_WORKERS_PER_CORE: f64 = 0.5;
+
 /// The worker pool settings.
 ///
-/// Defaults suit CPU-bound inference: one worker per core (more only adds contention
-/// and another copy of the model), at most 32 workers, 1000 queued jobs.
+/// Defaults: one worker per two cores, each running its model on both
+/// (ONNX Runtime intra-op threads), at most 32 workers, 1000 queued jobs. A
+/// decoder call reads all of the decoder's weights (113 MB for tiny.en fp32)
+/// to produce one token per row, so it is bound by memory, not arithmetic: one
+/// worker that puts every row into one call on two threads reads the weights
+/// once where two one-thread workers read them twice, and holds one set of
+/// sessions and batches instead of two (ADR 13).
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkersConfig {
     /// `WORKER_POOL_OPTIMIZATION_ENABLED`: size the pool from the machine's cores
@@ -22,11 +31,13 @@ pub struct WorkersConfig {
     /// Default `true`.
     pub optimization_enabled: bool,
     /// `MIN_WORKERS_PER_CORE`: the fewest workers per core an optimized pool should
-    /// have; a plan below it is flagged. Default 1.
-    pub min_workers_per_core: u32,
-    /// `MAX_WORKERS_PER_CORE`: the most workers per core an optimized pool uses; raise
-    /// it above 1 only when workers wait on I/O more than they compute. Default 1.
-    pub max_workers_per_core: u32,
+    /// have; a plan below it is flagged. Fractions allowed. Default 0.5.
+    pub min_workers_per_core: f64,
+    /// `MAX_WORKERS_PER_CORE`: the most workers per core an optimized pool uses;
+    /// fractions allowed (0.5: a worker per two cores). 1 gives every core a
+    /// worker of its own; above 1 only pays when workers wait on I/O more than
+    /// they compute. Default 0.5.
+    pub max_workers_per_core: f64,
     /// `ASYNC_MAX_WORKERS`: a hard cap on the number of workers. Default 32.
     pub async_max_workers: u32,
     /// `ASYNC_QUEUE_MAXSIZE`: the most jobs queued in front of the workers before
@@ -38,8 +49,8 @@ impl WorkersConfig {
     pub(super) fn from_vars(vars: &mut Vars) -> Self {
         Self {
             optimization_enabled: vars.bool(WORKER_POOL_OPTIMIZATION_ENABLED, true),
-            min_workers_per_core: vars.u32(MIN_WORKERS_PER_CORE, 1),
-            max_workers_per_core: vars.u32(MAX_WORKERS_PER_CORE, 1),
+            min_workers_per_core: vars.number(MIN_WORKERS_PER_CORE, DEFAULT_WORKERS_PER_CORE),
+            max_workers_per_core: vars.number(MAX_WORKERS_PER_CORE, DEFAULT_WORKERS_PER_CORE),
             async_max_workers: vars.u32(ASYNC_MAX_WORKERS, 32),
             async_queue_maxsize: vars.u32(ASYNC_QUEUE_MAXSIZE, 1000),
         }
@@ -55,8 +66,13 @@ impl WorkersConfig {
                 ),
             ));
         }
+        if self.max_workers_per_core <= 0.0 {
+            out.push(Problem::fatal(
+                MAX_WORKERS_PER_CORE,
+                "must be above 0 (0 would leave no workers)",
+            ));
+        }
         let at_least_one = [
-            (MAX_WORKERS_PER_CORE, self.max_workers_per_core),
             (ASYNC_MAX_WORKERS, self.async_max_workers),
             (ASYNC_QUEUE_MAXSIZE, self.async_queue_maxsize),
         ];
@@ -83,7 +99,9 @@ impl WorkersConfig {
     /// `intra_op_threads` is `MMT_INTRA_OP_THREADS` when set.
     pub fn plan(&self, cores: usize, intra_op_threads: Option<u32>) -> WorkerPlan {
         let cores = cores.max(1);
-        let per_core = |n: u32| cores.saturating_mul(to_usize(n));
+        // At least one worker however few cores: a fraction of one core
+        // still runs a worker (on that core).
+        let per_core = |n: f64| ((cores as f64 * n).floor() as usize).max(1);
         let (mut workers, mut limited_by) = if self.optimization_enabled {
             (per_core(self.max_workers_per_core), WorkerLimit::PerCoreMax)
         } else {
@@ -125,7 +143,7 @@ fn to_usize(n: u32) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerLimit {
-    /// Optimization on: cores × `MAX_WORKERS_PER_CORE`.
+    /// Optimization on: ⌊cores × `MAX_WORKERS_PER_CORE`⌋, at least 1.
     PerCoreMax,
     /// Optimization off: exactly `ASYNC_MAX_WORKERS`.
     Fixed,
@@ -140,12 +158,12 @@ pub enum WorkerLimit {
 /// With `c` = max(cores, 1):
 ///
 /// ```text
-/// wanted           = c × MAX_WORKERS_PER_CORE    if WORKER_POOL_OPTIMIZATION_ENABLED
+/// wanted           = max(1, ⌊c × MAX_WORKERS_PER_CORE⌋)  if WORKER_POOL_OPTIMIZATION_ENABLED
 ///                  = ASYNC_MAX_WORKERS           otherwise
 /// workers          = max(1, min(wanted, ASYNC_MAX_WORKERS, ASYNC_QUEUE_MAXSIZE))
 /// intra_op_threads = MMT_INTRA_OP_THREADS if set, else max(1, c / workers)
 /// queue_capacity   = ASYNC_QUEUE_MAXSIZE
-/// below_min_per_core = optimization on and workers < c × MIN_WORKERS_PER_CORE
+/// below_min_per_core = optimization on and workers < max(1, ⌊c × MIN_WORKERS_PER_CORE⌋)
 /// ```
 ///
 /// so that workers × intra-op threads roughly fills the cores without
@@ -162,7 +180,7 @@ pub struct WorkerPlan {
     pub queue_capacity: usize,
     /// What decided `workers`.
     pub limited_by: WorkerLimit,
-    /// Whether a cap held the pool below cores × `MIN_WORKERS_PER_CORE`.
+    /// Whether a cap held the pool below ⌊cores × `MIN_WORKERS_PER_CORE`⌋.
     pub below_min_per_core: bool,
 }
 
@@ -175,13 +193,33 @@ mod tests {
     }
 
     #[test]
-    fn defaults_give_one_worker_per_core_with_one_thread_each() {
+    fn defaults_give_one_worker_per_two_cores_with_two_threads_each() {
         let plan = config().plan(8, None);
-        assert_eq!(plan.workers, 8);
-        assert_eq!(plan.intra_op_threads, 1);
+        assert_eq!(plan.workers, 4);
+        assert_eq!(plan.intra_op_threads, 2);
         assert_eq!(plan.queue_capacity, 1000);
         assert_eq!(plan.limited_by, WorkerLimit::PerCoreMax);
         assert!(!plan.below_min_per_core);
+    }
+
+    #[test]
+    fn an_odd_core_count_gives_the_spare_core_to_the_threads() {
+        let plans = [1, 2, 3, 5].map(|cores| {
+            let plan = config().plan(cores, None);
+            (plan.workers, plan.intra_op_threads, plan.below_min_per_core)
+        });
+        assert_eq!(
+            plans,
+            [(1, 1, false), (1, 2, false), (1, 3, false), (2, 2, false)]
+        );
+    }
+
+    #[test]
+    fn one_worker_per_core_is_a_setting_away() {
+        let mut c = config();
+        c.max_workers_per_core = 1.0;
+        let plan = c.plan(2, None);
+        assert_eq!((plan.workers, plan.intra_op_threads), (2, 1));
     }
 
     #[test]
@@ -195,7 +233,7 @@ mod tests {
     #[test]
     fn per_core_max_multiplies_cores() {
         let mut c = config();
-        c.max_workers_per_core = 3;
+        c.max_workers_per_core = 3.0;
         let plan = c.plan(4, None);
         assert_eq!((plan.workers, plan.intra_op_threads), (12, 1));
     }
@@ -226,8 +264,8 @@ mod tests {
     #[test]
     fn below_min_per_core_is_flagged() {
         let mut c = config();
-        c.min_workers_per_core = 2;
-        c.max_workers_per_core = 2;
+        c.min_workers_per_core = 2.0;
+        c.max_workers_per_core = 2.0;
         c.async_max_workers = 10;
         let plan = c.plan(8, None);
         assert_eq!(plan.workers, 10);
@@ -252,7 +290,7 @@ mod tests {
     #[test]
     fn huge_values_saturate_instead_of_overflowing() {
         let mut c = config();
-        c.max_workers_per_core = u32::MAX;
+        c.max_workers_per_core = f64::from(u32::MAX);
         c.async_max_workers = u32::MAX;
         c.async_queue_maxsize = u32::MAX;
         let plan = c.plan(usize::MAX, None);
