@@ -464,10 +464,15 @@ fn api_requests() {
             ("RUST_LOG", "debug"),
         ],
     );
+    // A fresh connection per case: the server may close a connection after
+    // refusing a body it did not read (the huge ones), and a pooled
+    // connection it closed would fail the next case, whose answer would then
+    // be lost to the race rather than to the server.
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
+            .max_idle_connections(0)
             .build(),
     );
     let started = Instant::now();
