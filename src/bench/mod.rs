@@ -211,20 +211,51 @@ fn files(count: usize) -> String {
     }
 }
 
-/// `<cores> cores (<CPU model>)`.
+/// `<cores> cores (<CPU model>, <integer-product extensions>)`.
 fn machine(cores: usize) -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, name)| name.split_whitespace().collect::<Vec<_>>().join(" "))
-        });
-    match model {
-        Some(model) => format!("{cores} cores ({model})"),
-        None => format!("{cores} cores"),
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, name)| name.split_whitespace().collect::<Vec<_>>().join(" "));
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, flags)| vector_extensions(flags));
+    let described: Vec<String> = model.into_iter().chain(flags).collect();
+    if described.is_empty() {
+        format!("{cores} cores")
+    } else {
+        format!("{cores} cores ({})", described.join(", "))
     }
+}
+
+/// The x86 extensions that decide what the int8 model is worth, from a
+/// `/proc/cpuinfo` flags line: `AVX-512 + VNNI`, `AVX2, no VNNI`. The model
+/// name alone does not tell (every EPYC is "AMD EPYC"), and without VNNI
+/// ONNX Runtime adds int8 products in 16 bits, slower and, with full-range
+/// weights, saturating (ADR 12).
+fn vector_extensions(flags: &str) -> String {
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    let widest = if has("avx512f") {
+        "AVX-512"
+    } else if has("avx2") {
+        "AVX2"
+    } else {
+        "no AVX2"
+    };
+    let mut described = widest.to_owned();
+    if has("avx512_vnni") || has("avx_vnni") {
+        described.push_str(" + VNNI");
+    } else {
+        described.push_str(", no VNNI");
+    }
+    if has("amx_int8") {
+        described.push_str(" + AMX");
+    }
+    described
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -529,4 +560,25 @@ fn csv_comments(
     ));
     lines.extend(notes.iter().cloned());
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vector_extensions;
+
+    #[test]
+    fn vector_extensions_say_whether_int8_products_have_vnni() {
+        // Flags as /proc/cpuinfo lists them on the machines of ADR 12.
+        let avx2_epyc = "fpu sse4_2 avx fma avx2 bmi2 sha_ni";
+        let zen5_epyc = "avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni";
+        let xeon_amx = "avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8";
+        let alder_lake = "avx2 avx_vnni";
+        assert_eq!(vector_extensions(avx2_epyc), "AVX2, no VNNI");
+        assert_eq!(vector_extensions(zen5_epyc), "AVX-512 + VNNI");
+        assert_eq!(vector_extensions(xeon_amx), "AVX-512 + VNNI + AMX");
+        assert_eq!(vector_extensions(alder_lake), "AVX2 + VNNI");
+        assert_eq!(vector_extensions("sse2 avx"), "no AVX2, no VNNI");
+        // A flag is a whole word: avx512f must not be read into avx512fp16.
+        assert_eq!(vector_extensions("avx2 avx512fp16"), "AVX2, no VNNI");
+    }
 }

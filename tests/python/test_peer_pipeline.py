@@ -320,3 +320,14 @@ def test_medwer_folds_numbers_and_scores_medical_terms() -> None:
     assert wrong_drug is not None and wrong_drug.medical_rate > 0
     assert wrong_drug.rate > 0
     assert pp.medwer_score(clips, {}).rate == 1.0
+
+
+@pytest.mark.parametrize("flags, described", [
+    ("fpu sse4_2 avx fma avx2 bmi2", "AVX2, no VNNI"),
+    ("avx2 avx512f avx512bw avx512_vnni avx_vnni", "AVX-512 + VNNI"),
+    ("avx2 avx512f avx512_vnni amx_tile amx_int8", "AVX-512 + VNNI + AMX"),
+    ("avx2 avx_vnni", "AVX2 + VNNI"),
+    ("avx2 avx512fp16", "AVX2, no VNNI"),  # whole flags: avx512fp16 is not avx512f
+])
+def test_vector_extensions_say_whether_int8_products_have_vnni(flags: str, described: str) -> None:
+    assert pp.vector_extensions(flags) == described
