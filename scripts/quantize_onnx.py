@@ -189,8 +189,9 @@ def int8_weights(model: onnx.ModelProto | Path, out: Path) -> None:
     16-bit integer, which overflows when both are large (2 x 255 x 127 >
     32,767) and saturates silently. Full-range weights scored 59.7 % WER
     against 46.1 % with 7 bits on the unseen short dictations on a 2-core AMD
-    EPYC without VNNI (ADR 12). With VNNI the products are added in 32 bits
-    and the lost bit costs a little precision instead.
+    EPYC without VNNI (ADR 12). With VNNI the products are added in 32 bits;
+    there, on five sets, 7 bits scored 49.3 % on average against 50.2 % for
+    8, so one export serves both kinds of CPU.
     """
     quantize_dynamic(
         model_input=model,
