@@ -50,6 +50,7 @@ from typing import Callable, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wer import ErrorCounts, corpus_wer, normalize  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # MMT_SHARED_EVAL overrides the location, as it does for the Python tests.
@@ -255,14 +256,7 @@ def measure(
 
 def machine() -> dict:
     """CPU model, core count and software versions, for the report header."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {}
     for module in ("faster_whisper", "ctranslate2"):
         try:

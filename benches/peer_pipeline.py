@@ -86,6 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wer import ErrorCounts, corpus_wer  # noqa: E402
 from medwer_score import MedwerScore, medwer_score, medwer_scorer  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = Path(os.environ.get("MMT_SHARED_EVAL", REPO.parent / "shared" / "eval"))
@@ -728,28 +729,6 @@ def worker_main(job_path: Path) -> int:
 # --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model and its integer-product extensions: ``AMD EPYC, AVX-512 +
-    VNNI``. The model name alone does not say whether int8 runs with VNNI
-    (ADR 12); ``mmt bench`` describes the machine the same way."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    model = fields.get("model name") or platform.processor() or "unknown"
-    return f"{model}, {vector_extensions(fields['flags'])}" if "flags" in fields else model
-
-
-def vector_extensions(flags: str) -> str:
-    """``AVX-512 + VNNI``, ``AVX2, no VNNI``, ... from a /proc/cpuinfo flags line."""
-    present = set(flags.split())
-    widest = "AVX-512" if "avx512f" in present else "AVX2" if "avx2" in present else "no AVX2"
-    vnni = " + VNNI" if present & {"avx512_vnni", "avx_vnni"} else ", no VNNI"
-    return widest + vnni + (" + AMX" if "amx_int8" in present else "")
 
 
 def load_average() -> Optional[tuple[float, float, float]]:

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benches"))
 from wer import corpus_wer  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 SHARED_EVAL = Path(os.environ.get("MMT_SHARED_EVAL", REPO.parent / "shared" / "eval"))
 TENANT = "default"
@@ -113,9 +113,7 @@ def main() -> None:
     if not SHARED_EVAL.is_dir():
         print(f"{SHARED_EVAL} is absent: this benchmark needs the shared evaluation data; skipping.")
         return
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f}; threads {args.threads}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f}; threads {args.threads}")
 
     long_dir = SHARED_EVAL / "long"
     long_entry = manifest(long_dir)[0]

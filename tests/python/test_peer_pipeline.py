@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
 
 import peer_pipeline as pp  # noqa: E402
+from machine import vector_extensions  # noqa: E402
 
 SUMMARY = """\
 50 files: 50 transcribed, 0 dead-lettered, 0 duplicates, 0 already done
@@ -330,4 +331,4 @@ def test_medwer_folds_numbers_and_scores_medical_terms() -> None:
     ("avx2 avx512fp16", "AVX2, no VNNI"),  # whole flags: avx512fp16 is not avx512f
 ])
 def test_vector_extensions_say_whether_int8_products_have_vnni(flags: str, described: str) -> None:
-    assert pp.vector_extensions(flags) == described
+    assert vector_extensions(flags) == described
