@@ -9,7 +9,10 @@ can read them by their folder:
 * ``short``: about 30 short medical dictations (3 to 20 s);
 * ``mixed``: about 40 recordings from 3 s to 5 min, sentences joined with
   short pauses;
-* ``long``: one recording of about 20 min (natural pauses of 0.3 to 1.2 s);
+* ``long``: one recording of about 20 min (natural pauses of 0.3 to 1.2 s), or
+  ``--long-count`` of them: one long file is one chaotic sample of conditioned
+  decoding (its WER moves by points either way with any change), so claims about
+  long audio want several;
 * ``real``: real human speech, copied from a local folder (``--real-from
   DIR``, see below); nothing is downloaded.
 
@@ -49,6 +52,7 @@ Usage (from the repository root)::
 
     python3 benches/unseen_sets.py --real-from /work/unseen-real
     python3 benches/unseen_sets.py --out /tmp/unseen --sets short,long --seed 7
+    python3 benches/unseen_sets.py --out /tmp/long4 --sets long --long-minutes 10 --long-count 4
 """
 
 from __future__ import annotations
@@ -613,8 +617,10 @@ def synthesize(text: str, voice: Voice) -> bytes:
         ["espeak-ng", "-v", voice.name, "-s", str(voice.wpm), "-p", str(voice.pitch),
          "--stdout", text],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # -R: sox dithers when it resamples, with noise seeded from the clock
+    # unless told to repeat itself; the sets must come out the same every time.
     sox = subprocess.run(
-        ["sox", "-q", "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+        ["sox", "-q", "-R", "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
          "-e", "signed-integer", "-L", "-"],
         stdin=espeak.stdout, capture_output=True, check=False)
     espeak.stdout.close()
@@ -747,15 +753,32 @@ def make_mixed(folder: Path, count: int, rng: random.Random,
     return write_manifest(folder, entries)
 
 
-def make_long(folder: Path, minutes: float, rng: random.Random,
+def make_long(folder: Path, minutes: float, count: int, rng: random.Random,
               source: SentenceSource) -> list[dict]:
-    """One recording of about ``minutes``: clinical notes one after another.
+    """``count`` recordings of about ``minutes`` each: clinical notes one after another.
 
     Each note (a section: identifier, history, examination, results, assessment,
     plan, follow-up) is read by one voice; pauses are 0.3 to 1.2 s, and 2 s
-    between notes.
+    between notes. No sentence recurs across the recordings. One recording is
+    ``long_<M>min.wav``; several are ``long_<M>min_01.wav`` and so on, the first
+    of them the same as the single one for the same seed.
     """
     fresh_folder(folder)
+    entries = []
+    for index in range(1, count + 1):
+        recording, notes = long_recording(minutes, rng, source)
+        name = f"long_{minutes:g}min.wav" if count == 1 else f"long_{minutes:g}min_{index:02d}.wav"
+        write_wav(folder / name, bytes(recording.pcm))
+        voices_used = list(dict.fromkeys(segment["voice"] for segment in recording.segments))
+        entries.append({"audio": name, "text": recording.text,
+                        "seconds": round(recording.seconds, 3), "voice": "/".join(voices_used),
+                        "notes": notes, "segments": recording.segments})
+    return write_manifest(folder, entries)
+
+
+def long_recording(minutes: float, rng: random.Random,
+                   source: SentenceSource) -> tuple[Recording, int]:
+    """One long recording of notes, and how many notes it holds."""
     recording = Recording()
     target = minutes * 60
     voices = list(VOICES)
@@ -769,12 +792,7 @@ def make_long(folder: Path, minutes: float, rng: random.Random,
             pause = 2.0 if position == 0 and recording.segments else rng.uniform(0.3, 1.2)
             recording.add(source.take(generator), jitter(rng, voice), pause)
         note += 1
-    name = f"long_{minutes:g}min.wav"
-    write_wav(folder / name, bytes(recording.pcm))
-    voices_used = list(dict.fromkeys(segment["voice"] for segment in recording.segments))
-    return write_manifest(folder, [{
-        "audio": name, "text": recording.text, "seconds": round(recording.seconds, 3),
-        "voice": "/".join(voices_used), "notes": note, "segments": recording.segments}])
+    return recording, note
 
 
 def make_real(folder: Path, source_dir: Path, shared_eval: Path) -> list[dict]:
@@ -799,7 +817,7 @@ def make_real(folder: Path, source_dir: Path, shared_eval: Path) -> list[dict]:
         if clip["name"] in taken_names or normalize(clip["text"]) in taken_texts:
             raise ValueError(f"{clip['name']} is already in {shared_real}")
         name = f"{clip['name']}.wav"
-        subprocess.run(["sox", "-q", "-G", str(source_dir / clip["file"]), "-r", str(SAMPLE_RATE),
+        subprocess.run(["sox", "-q", "-R", "-G", str(source_dir / clip["file"]), "-r", str(SAMPLE_RATE),
                         "-c", "1", "-b", "16", "-e", "signed-integer", str(folder / name)],
                        check=True)
         with wave.open(str(folder / name), "rb") as audio:
@@ -869,6 +887,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--short-count", type=int, metavar="N", default=30)
     parser.add_argument("--mixed-count", type=int, metavar="N", default=40)
     parser.add_argument("--long-minutes", type=float, metavar="M", default=20.0)
+    parser.add_argument("--long-count", type=int, metavar="N", default=1,
+                        help="long recordings to make, each of --long-minutes")
     parser.add_argument("--real-from", type=Path, metavar="DIR", default=None,
                         help="folder with clips.jsonl (and SOURCES.md) of real-speech clips; "
                              "without it the real set is skipped")
@@ -879,8 +899,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     unknown = [s for s in args.set_list if s not in SET_NAMES]
     if unknown or not args.set_list:
         parser.error(f"--sets: unknown or empty {unknown} (known: {', '.join(SET_NAMES)})")
-    if min(args.short_count, args.mixed_count) < 1 or args.long_minutes <= 0:
-        parser.error("--short-count, --mixed-count and --long-minutes must be positive")
+    if min(args.short_count, args.mixed_count, args.long_count) < 1 or args.long_minutes <= 0:
+        parser.error("--short-count, --mixed-count, --long-count and --long-minutes must be "
+                     "positive")
     return args
 
 
@@ -917,7 +938,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif set_name == "mixed":
             sets[set_name] = make_mixed(folder, args.mixed_count, set_rng, source)
         elif set_name == "long":
-            sets[set_name] = make_long(folder, args.long_minutes, set_rng, source)
+            sets[set_name] = make_long(folder, args.long_minutes, args.long_count, set_rng,
+                                       source)
         else:
             sets[set_name] = make_real(folder, args.real_from, args.shared_eval)
 
