@@ -10,7 +10,9 @@ measured in one run with MMT and peer runs alternating, on
   job,
 
 together with the word error rate of both (normalised as in ``benches/wer.py``)
-and whether MMT's WER is within the peer's WER + 0.5 points. Both engines' WER
+and whether MMT's WER is within the peer's WER + 0.5 points, with the 95 %
+interval of that difference over a folder's files (``wer.paired_bootstrap``),
+against the peer's fastest and its lowest-WER configuration. Both engines' WER
 is also given as the ``medwer`` package (1.0.0) computes it: Whisper's English
 normaliser with number folding ("five hundred" = "500"), and a medical-term WER
 over its bundled term list (phrases scored as one unit).
@@ -84,7 +86,7 @@ from typing import Iterable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wer import ErrorCounts, corpus_wer  # noqa: E402
+from wer import ErrorCounts, corpus_wer, paired_bootstrap, wer  # noqa: E402
 from medwer_score import MedwerScore, medwer_score, medwer_scorer  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
@@ -441,14 +443,46 @@ def choose_best(rows: Sequence[Row]) -> Optional[Row]:
     return min(enumerate(candidates), key=key)[1]
 
 
-def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5) -> dict:
-    """MMT best vs peer best: throughput ratios, WER difference, WER verdict."""
+def wer_difference_interval(clips: Sequence[Clip], first: Row,
+                            second: Row) -> Optional[tuple[float, float]]:
+    """95 % interval of ``first``'s WER minus ``second``'s, in points, over the
+    files (paired bootstrap of the first repetition's transcripts); None for
+    one file or without transcripts."""
+    if not clips or not first.texts or not second.texts:
+        return None
+
+    def per_file(texts: dict[str, str]) -> list[ErrorCounts]:
+        return [wer(clip.reference, texts.get(clip.name, "")) for clip in clips]
+
+    return paired_bootstrap(per_file(first.texts), per_file(second.texts))
+
+
+def interval_verdict(interval: Optional[tuple[float, float]], tolerance_points: float) -> str:
+    """Whether a WER difference is within the tolerance beyond chance over files."""
+    if interval is None:
+        return "one file: no interval"
+    low, high = interval
+    if high <= tolerance_points:
+        return "within"
+    return "beyond" if low > tolerance_points else "undecided"
+
+
+def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5,
+             clips: Sequence[Clip] = ()) -> dict:
+    """MMT best vs peer best: throughput ratios, WER difference, WER verdict.
+
+    With ``clips``, the difference also gets its interval over the files, and
+    the verdict whether it is within the tolerance beyond chance
+    (:func:`interval_verdict`).
+    """
     wer_diff = None
     within = None
+    interval = None
     if mmt_best.wer is not None and peer_best.wer is not None:
         wer_diff = 100 * (mmt_best.wer - peer_best.wer)
         # Rounded to 1e-9 points so that exactly +0.5 counts as within.
         within = round(wer_diff, 9) <= tolerance_points
+        interval = wer_difference_interval(clips, mmt_best, peer_best)
 
     def pct(value: Optional[float]) -> Optional[float]:
         return None if value is None else 100 * value
@@ -469,6 +503,9 @@ def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5) -> di
         "wer_diff_points": wer_diff,
         "wer_tolerance_points": tolerance_points,
         "wer_within_tolerance": within,
+        "wer_diff_interval_points": None if interval is None else list(interval),
+        "wer_interval_verdict": None if wer_diff is None else interval_verdict(
+            interval, tolerance_points),
         "mmt_medwer_pct": pct(mmt_best.medwer),
         "peer_medwer_pct": pct(peer_best.medwer),
         "medwer_diff_points": diff(mmt_best.medwer, peer_best.medwer),
@@ -476,6 +513,12 @@ def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5) -> di
         "peer_medical_wer_pct": pct(peer_best.medical_wer),
         "medical_wer_diff_points": diff(mmt_best.medical_wer, peer_best.medical_wer),
     }
+
+
+def lowest_wer(rows: Sequence[Row]) -> Optional[Row]:
+    """The row with the lowest WER (the first of equals); None without one."""
+    scored = [row for row in rows if row.wer is not None and math.isfinite(row.wer)]
+    return min(scored, key=lambda row: row.wer) if scored else None
 
 
 def fastest_within_tolerance(mmt_rows: Sequence[Row], peer_best: Row,
@@ -771,6 +814,18 @@ def table_line(row: Row) -> str:
             f"{_num(pct(row.medwer), 8, 2)} {_num(pct(row.medical_wer), 10, 2)}")
 
 
+def print_interval(result: dict) -> None:
+    """The interval line of a headline's WER difference."""
+    interval = result.get("wer_diff_interval_points")
+    verdict = result.get("wer_interval_verdict")
+    if interval is None:
+        print(f"    ({verdict or 'no interval'}: a single long file is one draw, ADR 11)")
+        return
+    print(f"    95 % interval over the files (paired bootstrap, first run's texts): "
+          f"{interval[0]:+.2f} to {interval[1]:+.2f} points -> within + "
+          f"{result['wer_tolerance_points']:g} beyond chance: {verdict}")
+
+
 def print_target(title: str, clips: Sequence[Clip], rows: Sequence[Row],
                  result: Optional[dict]) -> None:
     audio = sum(clip.seconds for clip in clips)
@@ -810,6 +865,7 @@ def print_target(title: str, clips: Sequence[Clip], rows: Sequence[Row],
         print(f"  WER: MMT {mmt_wer:.2f} % vs peer {peer_wer:.2f} % -> "
               f"{result['wer_diff_points']:+.2f} points; MMT within peer-best + "
               f"{result['wer_tolerance_points']:g}: {verdict}")
+        print_interval(result)
         if result.get("medwer_diff_points") is not None:
             medical = ""
             if result["medical_wer_diff_points"] is not None:
@@ -819,6 +875,12 @@ def print_target(title: str, clips: Sequence[Clip], rows: Sequence[Row],
             print(f"  medwer: WER MMT {result['mmt_medwer_pct']:.2f} % vs peer "
                   f"{result['peer_medwer_pct']:.2f} % -> {result['medwer_diff_points']:+.2f} "
                   f"points{medical}")
+        against = result.get("against_peer_lowest_wer")
+        if against is not None and against["wer_diff_points"] is not None:
+            print(f"  against the peer's lowest WER, '{against['peer_config']}': MMT "
+                  f"{against['mmt_wer_pct']:.2f} % vs {against['peer_wer_pct']:.2f} % -> "
+                  f"{against['wer_diff_points']:+.2f} points")
+            print_interval(against)
         within = result.get("fastest_within_tolerance")
         if not result["wer_within_tolerance"]:
             if within is None:
@@ -1083,11 +1145,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         peer_best = choose_best([row for _c, row in peer_rows])
         result = None
         if mmt_best and peer_best:
-            result = headline(mmt_best, peer_best, args.wer_tolerance)
+            result = headline(mmt_best, peer_best, args.wer_tolerance, clips)
             within = fastest_within_tolerance([row for _c, row in mmt_rows], peer_best,
                                               args.wer_tolerance)
             result["fastest_within_tolerance"] = (
                 None if within is None else headline(within, peer_best, args.wer_tolerance))
+            peer_lowest = lowest_wer([row for _c, row in peer_rows])
+            result["against_peer_lowest_wer"] = (
+                None if peer_lowest is None
+                else headline(mmt_best, peer_lowest, args.wer_tolerance, clips))
         print_target(title, clips, rows, result)
         for line in skipped:
             print(f"  {line}")

@@ -24,10 +24,16 @@ an error, as it is in the project's published figures (DESIGN.md,
 Corpus-level WER (:func:`corpus_wer`) is the sum of word-level Levenshtein
 edits (substitutions + deletions + insertions) over all utterances divided by
 the sum of reference words, not the mean of per-utterance rates.
+
+Two systems' corpus WER on the same files differ by chance as much as by
+skill: conditioned decoding with temperature fallback changes whole
+stretches of text for a small cause. :func:`paired_bootstrap` puts an
+interval on the difference by resampling the files.
 """
 
 from __future__ import annotations
 
+import random
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -116,3 +122,41 @@ def corpus_wer(pairs: Iterable[tuple[str, str]]) -> ErrorCounts:
     for reference, hypothesis in pairs:
         total += wer(reference, hypothesis)
     return total
+
+
+def paired_bootstrap(
+    first: Sequence[ErrorCounts],
+    second: Sequence[ErrorCounts],
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Interval of ``corpus WER(first) - corpus WER(second)`` in points.
+
+    ``first[i]`` and ``second[i]`` are the two systems' errors on file ``i``.
+    The files are drawn with replacement ``resamples`` times, each draw the
+    same files for both systems (paired), and the central ``level`` of the
+    differences is returned (Bisani and Ney's bootstrap for ASR). None for
+    fewer than two files: one file cannot say how much its score is chance.
+    The seed is fixed, so a report gives the same interval every time.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} against {len(second)} files: the systems must be paired")
+    if len(first) < 2:
+        return None
+    rng = random.Random(seed)
+    files = range(len(first))
+    differences = []
+    for _ in range(resamples):
+        drawn = rng.choices(files, k=len(first))
+        a = sum((first[i] for i in drawn), ErrorCounts())
+        b = sum((second[i] for i in drawn), ErrorCounts())
+        if a.reference_words:
+            differences.append(100 * (a.rate - b.rate))
+    if not differences:
+        return None
+    differences.sort()
+    tail = (1 - level) / 2
+    low = differences[int(tail * (len(differences) - 1))]
+    high = differences[round((1 - tail) * (len(differences) - 1))]
+    return low, high

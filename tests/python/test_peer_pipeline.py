@@ -217,6 +217,39 @@ def test_headline_wer_tolerance_boundary() -> None:
     assert better["ratio"] == pytest.approx(0.5)
 
 
+def test_headline_puts_an_interval_on_the_wer_difference_over_files() -> None:
+    clips = [clip(f"{i}.wav", "the patient takes ten milligrams daily") for i in range(6)]
+    mmt = row("fp32", [10.0], [0.0], engine="mmt")
+    peer = row("seq float32", [5.0], [1 / 6 / 6])
+    mmt.texts = {c.name: c.reference for c in clips}
+    # The peer gets one word wrong on one file only: its lead is chance.
+    peer.texts = dict(mmt.texts, **{"0.wav": "the patient takes ten milligram daily"})
+    result = pp.headline(mmt, peer, 0.5, clips)
+    low, high = result["wer_diff_interval_points"]
+    assert low < result["wer_diff_points"] <= high <= 0.0
+    assert result["wer_interval_verdict"] == "within"
+    one_file = pp.headline(mmt, peer, 0.5, clips[:1])
+    assert one_file["wer_diff_interval_points"] is None
+    assert one_file["wer_interval_verdict"] == "one file: no interval"
+    assert pp.headline(mmt, peer, 0.5)["wer_diff_interval_points"] is None  # no clips given
+
+
+@pytest.mark.parametrize("interval, verdict", [
+    ((-1.0, 0.5), "within"),
+    ((0.2, 1.4), "undecided"),
+    ((0.6, 2.0), "beyond"),
+    (None, "one file: no interval"),
+])
+def test_interval_verdict(interval, verdict: str) -> None:
+    assert pp.interval_verdict(interval, 0.5) == verdict
+
+
+def test_lowest_wer_row() -> None:
+    rows = [row("a", [9.0], [0.30]), row("b", [3.0], [0.25]), row("c", [5.0], [])]
+    assert pp.lowest_wer(rows).config == "b"
+    assert pp.lowest_wer([row("c", [5.0], [])]) is None
+
+
 def test_headline_without_reference() -> None:
     result = pp.headline(row("m", [10.0], [], engine="mmt"), row("p", [5.0], []))
     assert result["wer_diff_points"] is None and result["wer_within_tolerance"] is None

@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
 
-from wer import ErrorCounts, corpus_wer, edit_distance, normalize, wer, words  # noqa: E402
+from wer import (  # noqa: E402
+    ErrorCounts, corpus_wer, edit_distance, normalize, paired_bootstrap, wer, words)
 
 
 @pytest.mark.parametrize(
@@ -100,3 +101,42 @@ def test_empty_reference() -> None:
     assert ErrorCounts().rate == 0.0
     assert wer("", "").rate == 0.0
     assert wer("", "hello").rate == float("inf")
+
+
+# --------------------------------------------------------------------------
+# Paired bootstrap of a WER difference
+# --------------------------------------------------------------------------
+
+
+def test_paired_bootstrap_of_identical_systems_is_zero() -> None:
+    files = [ErrorCounts(3, 10), ErrorCounts(0, 5), ErrorCounts(7, 20)]
+    assert paired_bootstrap(files, files) == (0.0, 0.0)
+
+
+def test_paired_bootstrap_brackets_the_difference_and_is_repeatable() -> None:
+    worse = [ErrorCounts(edits, 20) for edits in (4, 6, 5, 9, 3, 7, 8, 5)]
+    better = [ErrorCounts(edits, 20) for edits in (3, 4, 5, 6, 1, 7, 5, 4)]
+    low, high = paired_bootstrap(worse, better)
+    difference = 100 * (corpus_rate(worse) - corpus_rate(better))
+    assert 0.0 < low < difference < high
+    assert paired_bootstrap(worse, better) == (low, high)
+    assert paired_bootstrap(better, worse) == pytest.approx((-high, -low))
+
+
+def test_paired_bootstrap_is_wide_where_files_disagree() -> None:
+    # The same total difference: on every file a little, or on one file a lot.
+    even = paired_bootstrap([ErrorCounts(2, 20)] * 10, [ErrorCounts(1, 20)] * 10)
+    lumped = paired_bootstrap([ErrorCounts(10, 20)] + [ErrorCounts(1, 20)] * 9,
+                              [ErrorCounts(1, 20)] * 10)
+    assert even is not None and lumped is not None
+    assert even[1] - even[0] < lumped[1] - lumped[0]
+
+
+def test_paired_bootstrap_needs_two_paired_files() -> None:
+    assert paired_bootstrap([ErrorCounts(3, 10)], [ErrorCounts(1, 10)]) is None
+    with pytest.raises(ValueError):
+        paired_bootstrap([ErrorCounts(3, 10)] * 2, [ErrorCounts(1, 10)] * 3)
+
+
+def corpus_rate(files: list[ErrorCounts]) -> float:
+    return sum(files, ErrorCounts()).rate
