@@ -460,7 +460,7 @@ def wer_difference_interval(clips: Sequence[Clip], first: Row,
 def interval_verdict(interval: Optional[tuple[float, float]], tolerance_points: float) -> str:
     """Whether a WER difference is within the tolerance beyond chance over files."""
     if interval is None:
-        return "one file: no interval"
+        return "no interval"
     low, high = interval
     if high <= tolerance_points:
         return "within"
@@ -506,6 +506,7 @@ def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5,
         "wer_diff_interval_points": None if interval is None else list(interval),
         "wer_interval_verdict": None if wer_diff is None else interval_verdict(
             interval, tolerance_points),
+        "files": len(clips),
         "mmt_medwer_pct": pct(mmt_best.medwer),
         "peer_medwer_pct": pct(peer_best.medwer),
         "medwer_diff_points": diff(mmt_best.medwer, peer_best.medwer),
@@ -817,10 +818,12 @@ def table_line(row: Row) -> str:
 def print_interval(result: dict) -> None:
     """The interval line of a headline's WER difference."""
     interval = result.get("wer_diff_interval_points")
-    verdict = result.get("wer_interval_verdict")
     if interval is None:
-        print(f"    ({verdict or 'no interval'}: a single long file is one draw, ADR 11)")
+        reason = ("one file is one draw (ADR 11)" if result.get("files") == 1
+                  else "it needs two files or more, each with both engines' transcripts")
+        print(f"    (no interval: {reason})")
         return
+    verdict = result.get("wer_interval_verdict")
     print(f"    95 % interval over the files (paired bootstrap, first run's texts): "
           f"{interval[0]:+.2f} to {interval[1]:+.2f} points -> within + "
           f"{result['wer_tolerance_points']:g} beyond chance: {verdict}")

@@ -230,7 +230,7 @@ def test_headline_puts_an_interval_on_the_wer_difference_over_files() -> None:
     assert result["wer_interval_verdict"] == "within"
     one_file = pp.headline(mmt, peer, 0.5, clips[:1])
     assert one_file["wer_diff_interval_points"] is None
-    assert one_file["wer_interval_verdict"] == "one file: no interval"
+    assert one_file["wer_interval_verdict"] == "no interval" and one_file["files"] == 1
     assert pp.headline(mmt, peer, 0.5)["wer_diff_interval_points"] is None  # no clips given
 
 
@@ -238,7 +238,7 @@ def test_headline_puts_an_interval_on_the_wer_difference_over_files() -> None:
     ((-1.0, 0.5), "within"),
     ((0.2, 1.4), "undecided"),
     ((0.6, 2.0), "beyond"),
-    (None, "one file: no interval"),
+    (None, "no interval"),
 ])
 def test_interval_verdict(interval, verdict: str) -> None:
     assert pp.interval_verdict(interval, 0.5) == verdict
