@@ -29,6 +29,7 @@ mod tansu;
 
 use common::{claims, model_ready, read_lines, root};
 use mmt_api::auth::sign_hs256;
+use mmt_core::retry::RetryPolicy;
 use mmt_operators::decode::unreadable_job_id;
 use mmt_operators::identity::{content_hash_of, job_id};
 use scan::{assert_absent, with_files, CANARY_PARTS};
@@ -496,15 +497,20 @@ fn api_requests() {
         // A body over the limit is refused before the server has read all of
         // it, and the connection closed after the answer: the client, still
         // sending, may see the reset before it reads the 413 (hyper does no
-        // lingering close). Such a case is sent again, up to three times.
+        // lingering close). Such a case is sent again, up to three times in
+        // all, with the project's one retry policy.
         let attempts = if expect.status == Some(413) { 3 } else { 1 };
-        let mut answer = agent.run(request());
-        for _ in 1..attempts {
-            if answer.is_ok() {
-                break;
+        let mut waits = RetryPolicy::from_base(Duration::from_millis(50))
+            .with_max_attempts(attempts)
+            .unwrap()
+            .backoff();
+        let answer = loop {
+            let answer = agent.run(request());
+            match (&answer, waits.next()) {
+                (Err(_), Some(wait)) => std::thread::sleep(wait),
+                _ => break answer,
             }
-            answer = agent.run(request());
-        }
+        };
         let (status, body) = match answer {
             Ok(mut response) => (
                 response.status().as_u16(),
