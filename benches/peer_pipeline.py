@@ -86,7 +86,7 @@ from typing import Iterable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wer import ErrorCounts, corpus_wer, paired_bootstrap, wer  # noqa: E402
+from wer import ErrorCounts, paired_bootstrap, wer  # noqa: E402
 from medwer_score import MedwerScore, medwer_score, medwer_scorer  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
@@ -323,15 +323,14 @@ def read_job_store(db_path: Path, names: Iterable[str]) -> StoreTranscripts:
     return StoreTranscripts(texts, problems)
 
 
+def file_errors(clips: Sequence[Clip], texts: dict[str, str]) -> list[ErrorCounts]:
+    """Each file's errors, in ``clips`` order; a missing text is an empty hypothesis."""
+    return [wer(clip.reference, texts.get(clip.name, "")) for clip in clips]
+
+
 def score(clips: Sequence[Clip], texts: dict[str, str]) -> ErrorCounts:
     """Corpus WER of ``texts`` (by file name); a missing text is an empty hypothesis."""
-    return corpus_wer((clip.reference, texts.get(clip.name, "")) for clip in clips)
-
-
-def wer_from_store(db_path: Path, clips: Sequence[Clip]) -> tuple[ErrorCounts, StoreTranscripts]:
-    """Corpus WER of the transcripts a run left in its job store."""
-    store = read_job_store(db_path, [clip.name for clip in clips])
-    return score(clips, store.texts), store
+    return sum(file_errors(clips, texts), ErrorCounts())
 
 
 def median(values: Iterable[float]) -> float:
@@ -370,6 +369,8 @@ class Row:
     medical_reference_words: int = 0
     failures: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)  # first repetition
+    # Per repetition that left transcripts: each file's errors, in clip order.
+    file_errors: list[list[ErrorCounts]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -422,11 +423,25 @@ class Row:
         self.medwers.append(result.rate)
         self.medical_wers.append(result.medical_rate)
 
-    def record_scores(self, clips: Sequence[Clip], texts: dict[str, str],
-                      errors: Optional[ErrorCounts] = None) -> None:
-        """WER as benches/wer.py and as medwer; ``errors`` if already counted."""
-        self.record_wer(errors if errors is not None else score(clips, texts))
+    def record_scores(self, clips: Sequence[Clip], texts: dict[str, str]) -> None:
+        """One repetition's WER, as benches/wer.py and as medwer, and its
+        per-file errors when it left transcripts (a run that left none has no
+        per-file scores to compare)."""
+        per_file = file_errors(clips, texts)
+        self.record_wer(sum(per_file, ErrorCounts()))
         self.record_medwer(medwer_score(clips, texts))
+        if texts:
+            self.file_errors.append(per_file)
+        if not self.texts:
+            self.texts = texts
+
+    def pooled_file_errors(self) -> list[ErrorCounts]:
+        """Each file's errors summed over the repetitions that left transcripts.
+
+        A peer that samples at its fallback temperatures without a fixed seed
+        scores points apart from run to run on the same audio; pooled, a
+        file's score is its average over the runs, not one run's draw."""
+        return [sum(runs, ErrorCounts()) for runs in zip(*self.file_errors)]
 
 
 def choose_best(rows: Sequence[Row]) -> Optional[Row]:
@@ -443,18 +458,14 @@ def choose_best(rows: Sequence[Row]) -> Optional[Row]:
     return min(enumerate(candidates), key=key)[1]
 
 
-def wer_difference_interval(clips: Sequence[Clip], first: Row,
-                            second: Row) -> Optional[tuple[float, float]]:
+def wer_difference_interval(first: Row, second: Row) -> Optional[tuple[float, float]]:
     """95 % interval of ``first``'s WER minus ``second``'s, in points, over the
-    files (paired bootstrap of the first repetition's transcripts); None for
-    one file or without transcripts."""
-    if not clips or not first.texts or not second.texts:
+    files (paired bootstrap of each file's errors pooled over the
+    repetitions); None for one file or without transcripts."""
+    first_files, second_files = first.pooled_file_errors(), second.pooled_file_errors()
+    if not first_files or len(first_files) != len(second_files):
         return None
-
-    def per_file(texts: dict[str, str]) -> list[ErrorCounts]:
-        return [wer(clip.reference, texts.get(clip.name, "")) for clip in clips]
-
-    return paired_bootstrap(per_file(first.texts), per_file(second.texts))
+    return paired_bootstrap(first_files, second_files)
 
 
 def interval_verdict(interval: Optional[tuple[float, float]], tolerance_points: float) -> str:
@@ -482,7 +493,7 @@ def headline(mmt_best: Row, peer_best: Row, tolerance_points: float = 0.5,
         wer_diff = 100 * (mmt_best.wer - peer_best.wer)
         # Rounded to 1e-9 points so that exactly +0.5 counts as within.
         within = round(wer_diff, 9) <= tolerance_points
-        interval = wer_difference_interval(clips, mmt_best, peer_best)
+        interval = wer_difference_interval(mmt_best, peer_best) if clips else None
 
     def pct(value: Optional[float]) -> Optional[float]:
         return None if value is None else 100 * value
@@ -601,16 +612,14 @@ class Mmt:
                                     f"{summary.dead_lettered} dead-lettered")
             row.process_walls.append(process_wall)
             db = out / "mmt.db"
+            texts: dict[str, str] = {}
             if db.is_file():
-                errors, store = wer_from_store(db, clips)
+                store = read_job_store(db, [clip.name for clip in clips])
                 failures += store.problems
                 texts = store.texts
             else:
                 failures.append(f"no job store at {db}")
-                errors, texts = score(clips, {}), {}
-            row.record_scores(clips, texts, errors)
-            if not row.texts:
-                row.texts = texts
+            row.record_scores(clips, texts)
             plan = [line for line in done.stderr.splitlines() if "worker(s)" in line]
             if plan and not row.notes:
                 row.notes.append(plan[0].strip())
@@ -678,8 +687,6 @@ class Peer:
         row.walls.append(total)
         row.x_realtimes.append(ratio(row.audio_seconds, total))
         row.record_scores(clips, texts)
-        if not row.texts:
-            row.texts = texts
         row.failures += [f"run {len(row.walls)}: {failure}" for failure in failures]
 
 
@@ -737,8 +744,6 @@ class PeerProcs:
         row.process_walls.append(wall)
         row.x_realtimes.append(ratio(row.audio_seconds, wall))
         row.record_scores(clips, texts)
-        if not row.texts:
-            row.texts = texts
         if not row.notes:
             shares = ", ".join(f"{len(group)} file(s) / {sum(c.seconds for c in group):.0f} s"
                                for group in groups)
@@ -824,7 +829,7 @@ def print_interval(result: dict) -> None:
         print(f"    (no interval: {reason})")
         return
     verdict = result.get("wer_interval_verdict")
-    print(f"    95 % interval over the files (paired bootstrap, first run's texts): "
+    print(f"    95 % interval over the files (paired bootstrap, errors pooled over runs): "
           f"{interval[0]:+.2f} to {interval[1]:+.2f} points -> within + "
           f"{result['wer_tolerance_points']:g} beyond chance: {verdict}")
 

@@ -97,13 +97,19 @@ def clip(name: str, reference: str) -> pp.Clip:
     return pp.Clip(Path("/nowhere") / name, reference, 1.0)
 
 
-def test_wer_from_store(tmp_path: Path) -> None:
+def score_store(db: Path, clips: list[pp.Clip]) -> tuple[pp.ErrorCounts, pp.StoreTranscripts]:
+    """What a run records: the store's transcripts, scored against the references."""
+    store = pp.read_job_store(db, [c.name for c in clips])
+    return pp.score(clips, store.texts), store
+
+
+def test_store_scores(tmp_path: Path) -> None:
     db = make_store(tmp_path / "mmt.db", [
         ("a.wav", "completed", {"text": "Hello, World!", "segments": []}),
         ("b.wav", "completed", {"text": "the patient's  dose"}),
     ])
     clips = [clip("a.wav", "hello world"), clip("b.wav", "The patient's daily dose.")]
-    errors, store = pp.wer_from_store(db, clips)
+    errors, store = score_store(db, clips)
     assert store.problems == []
     assert store.texts == {"a.wav": "Hello, World!", "b.wav": "the patient's  dose"}
     # a: 0 edits of 2 words; b: one deletion ("daily") of 4 words.
@@ -111,7 +117,7 @@ def test_wer_from_store(tmp_path: Path) -> None:
     assert errors.rate == pytest.approx(1 / 6)
 
 
-def test_wer_from_store_counts_missing_and_failed_jobs_as_empty(tmp_path: Path) -> None:
+def test_store_scores_counts_missing_and_failed_jobs_as_empty(tmp_path: Path) -> None:
     db = make_store(tmp_path / "mmt.db", [
         ("a.wav", "completed", {"text": "one two"}),
         ("b.wav", "dead_lettered", None),
@@ -120,7 +126,7 @@ def test_wer_from_store_counts_missing_and_failed_jobs_as_empty(tmp_path: Path) 
     ])
     clips = [clip("a.wav", "one two"), clip("b.wav", "three four five"),
              clip("c.wav", "six"), clip("d.wav", "seven eight")]
-    errors, store = pp.wer_from_store(db, clips)
+    errors, store = score_store(db, clips)
     assert set(store.texts) == {"a.wav"}
     assert len(store.problems) == 3
     assert any(p.startswith("b.wav: status dead_lettered") for p in store.problems)
@@ -129,19 +135,19 @@ def test_wer_from_store_counts_missing_and_failed_jobs_as_empty(tmp_path: Path) 
     assert (errors.edits, errors.reference_words) == (6, 8)
 
 
-def test_wer_from_store_source_may_be_a_path_and_completed_wins(tmp_path: Path) -> None:
+def test_store_scores_source_may_be_a_path_and_completed_wins(tmp_path: Path) -> None:
     db = make_store(tmp_path / "mmt.db", [
         ("/tmp/in/a.wav", "failed", None),
         ("/tmp/in/a.wav", "completed", {"text": "right"}),
     ])
-    errors, store = pp.wer_from_store(db, [clip("a.wav", "right")])
+    errors, store = score_store(db, [clip("a.wav", "right")])
     assert store.texts == {"a.wav": "right"} and store.problems == []
     assert errors.edits == 0
 
 
-def test_wer_from_store_missing_text_field(tmp_path: Path) -> None:
+def test_store_scores_missing_text_field(tmp_path: Path) -> None:
     db = make_store(tmp_path / "mmt.db", [("a.wav", "completed", {"segments": []})])
-    errors, store = pp.wer_from_store(db, [clip("a.wav", "two words")])
+    errors, store = score_store(db, [clip("a.wav", "two words")])
     assert store.texts == {"a.wav": ""}
     assert errors.edits == 2
 
@@ -221,13 +227,15 @@ def test_headline_puts_an_interval_on_the_wer_difference_over_files() -> None:
     clips = [clip(f"{i}.wav", "the patient takes ten milligrams daily") for i in range(6)]
     mmt = row("fp32", [10.0], [0.0], engine="mmt")
     peer = row("seq float32", [5.0], [1 / 6 / 6])
-    mmt.texts = {c.name: c.reference for c in clips}
+    mmt.file_errors = [pp.file_errors(clips, {c.name: c.reference for c in clips})]
     # The peer gets one word wrong on one file only: its lead is chance.
-    peer.texts = dict(mmt.texts, **{"0.wav": "the patient takes ten milligram daily"})
+    peer.file_errors = [pp.file_errors(clips, dict(
+        {c.name: c.reference for c in clips}, **{"0.wav": "the patient takes ten milligram daily"}))]
     result = pp.headline(mmt, peer, 0.5, clips)
     low, high = result["wer_diff_interval_points"]
     assert low < result["wer_diff_points"] <= high <= 0.0
     assert result["wer_interval_verdict"] == "within"
+    mmt.file_errors, peer.file_errors = [mmt.file_errors[0][:1]], [peer.file_errors[0][:1]]
     one_file = pp.headline(mmt, peer, 0.5, clips[:1])
     assert one_file["wer_diff_interval_points"] is None
     assert one_file["wer_interval_verdict"] == "no interval" and one_file["files"] == 1
@@ -365,3 +373,36 @@ def test_medwer_folds_numbers_and_scores_medical_terms() -> None:
 ])
 def test_vector_extensions_say_whether_int8_products_have_vnni(flags: str, described: str) -> None:
     assert vector_extensions(flags) == described
+
+
+def test_record_scores_keeps_each_runs_file_errors_and_the_first_texts() -> None:
+    clips = [clip("a.wav", "one two"), clip("b.wav", "three four")]
+    r = pp.Row("faster-whisper", "seq float32", 2.0)
+    r.record_scores(clips, {"a.wav": "one two", "b.wav": "three"})
+    r.record_scores(clips, {"a.wav": "one", "b.wav": "three four"})
+    r.record_scores(clips, {})  # a run that left no transcripts
+    assert r.wers == [0.25, 0.25, 1.0]
+    assert r.file_errors == [[pp.ErrorCounts(0, 2), pp.ErrorCounts(1, 2)],
+                             [pp.ErrorCounts(1, 2), pp.ErrorCounts(0, 2)]]
+    assert r.texts == {"a.wav": "one two", "b.wav": "three"}
+    assert r.pooled_file_errors() == [pp.ErrorCounts(1, 4), pp.ErrorCounts(1, 4)]
+
+
+def test_interval_pools_the_runs_of_a_peer_that_varies() -> None:
+    """One run of the peer is lucky on every file, two are not: pooled, the
+    interval no longer rests on the first run's draw alone."""
+    clips = [clip(f"{i}.wav", "a b c d e f g h i j") for i in range(8)]
+    exact = {c.name: c.reference for c in clips}
+    one_wrong = {c.name: "a b c d e f g h i x" for c in clips}
+    mmt = pp.Row("mmt", "fp32", 8.0)
+    mmt.record_scores(clips, one_wrong)
+    lucky_first = pp.Row("faster-whisper", "seq float32", 8.0)
+    for texts in (exact, one_wrong, {c.name: "a b c d e f g h x x" for c in clips}):
+        lucky_first.record_scores(clips, texts)
+    first_run_only = pp.Row("faster-whisper", "seq float32", 8.0)
+    first_run_only.record_scores(clips, exact)
+    # Against the first run alone MMT is 10 points worse on every draw ...
+    assert pp.wer_difference_interval(mmt, first_run_only) == pytest.approx((10.0, 10.0))
+    # ... against the three runs pooled (10 % on average), it is level.
+    assert pp.wer_difference_interval(mmt, lucky_first) == pytest.approx((0.0, 0.0))
+    assert pp.wer_difference_interval(mmt, pp.Row("faster-whisper", "x", 8.0)) is None
