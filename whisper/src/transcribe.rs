@@ -631,10 +631,16 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Text that compresses too well, or a decoding cut at its window's token
+    /// budget: without that budget Whisper would run such a decoding on to
+    /// 224 tokens, a loop whose compression ratio then gives it away, where
+    /// the cut piece of a loop can be too short to compress past the
+    /// threshold ("... QK-S-L-M-R-A-C-L-N-F-N-F-N-F-N" compresses 1.75:1)
+    /// and would be kept.
     fn too_repetitive(&self, options: &TranscribeOptions) -> bool {
         options
             .compression_ratio_threshold
-            .is_some_and(|limit| self.compression_ratio > limit)
+            .is_some_and(|limit| self.compression_ratio > limit || self.generated.cut_at_budget)
     }
 
     fn too_unlikely(&self, options: &TranscribeOptions) -> bool {
@@ -675,6 +681,7 @@ fn choose_outcome(mut tries: Vec<Outcome>, accepted: bool, options: &TranscribeO
                 sum_logprob: 0.0,
                 avg_logprob: 0.0,
                 no_speech_prob: 1.0,
+                cut_at_budget: false,
             },
             temperature: last_temperature,
             compression_ratio: 0.0,
@@ -840,6 +847,7 @@ mod tests {
                 sum_logprob: f64::from(avg_logprob) * 2.0,
                 avg_logprob,
                 no_speech_prob,
+                cut_at_budget: false,
             },
             temperature,
             compression_ratio: ratio,
@@ -857,6 +865,24 @@ mod tests {
         assert!(!silent.needs_fallback(&options) && silent.is_silence(&options));
         // Confident text is kept even when no-speech is high.
         assert!(!outcome(-0.2, 0.9, 1.5, 0.0).is_silence(&options));
+    }
+
+    #[test]
+    fn a_decoding_cut_at_its_budget_counts_as_repetitive() {
+        let options = TranscribeOptions::default();
+        let mut cut = outcome(-0.2, 0.0, 1.75, 0.0);
+        cut.generated.cut_at_budget = true;
+        assert!(cut.too_repetitive(&options) && cut.needs_fallback(&options));
+        // Failed everywhere, a complete attempt wins over a likelier cut one.
+        let complete = outcome(-1.4, 0.0, 1.5, 0.2);
+        let chosen = choose_outcome(vec![cut.clone(), complete], false, &options);
+        assert!(!chosen.generated.cut_at_budget);
+        // Without the repetition check, the cut is not held against it.
+        let unchecked = TranscribeOptions {
+            compression_ratio_threshold: None,
+            ..TranscribeOptions::default()
+        };
+        assert!(!cut.needs_fallback(&unchecked));
     }
 
     #[test]

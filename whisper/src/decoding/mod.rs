@@ -69,6 +69,9 @@ pub struct Generated {
     pub avg_logprob: f32,
     /// Probability of `<|nospeech|>` right after `<|startoftranscript|>`.
     pub no_speech_prob: f32,
+    /// The decoding ran into its window's own token budget
+    /// ([`Request::max_new_tokens`], below the call's limit) without ending.
+    pub cut_at_budget: bool,
 }
 
 /// A partial or finished hypothesis.
@@ -86,13 +89,18 @@ impl Hypothesis {
         self.sum_logprob / self.tokens.len().max(1) as f64
     }
 
-    fn into_generated(self, no_speech_prob: f32) -> Generated {
+    /// `budget`: the request's own token budget where it is below the call's limit.
+    fn into_generated(self, no_speech_prob: f32, budget: Option<usize>) -> Generated {
         let avg_logprob = (self.sum_logprob / (self.tokens.len() + 1) as f64) as f32;
+        // A hypothesis is finished at the limit as soon as it reaches it, so one
+        // that ended with end-of-text has fewer tokens.
+        let cut_at_budget = budget.is_some_and(|budget| self.tokens.len() >= budget);
         Generated {
             tokens: self.tokens,
             sum_logprob: self.sum_logprob,
             avg_logprob,
             no_speech_prob,
+            cut_at_budget,
         }
     }
 }
@@ -406,18 +414,24 @@ pub fn generate(
         })
         .collect();
 
+    let call_limits: Vec<usize> = requests
+        .iter()
+        .map(|r| max_new_tokens.min(spec.n_text_ctx.saturating_sub(r.prompt.len())))
+        .collect();
+    let own_budgets: Vec<Option<usize>> = requests
+        .iter()
+        .zip(&call_limits)
+        .map(|(r, &limit)| r.max_new_tokens.filter(|&budget| budget < limit))
+        .collect();
     let search = Search {
         model,
         rules,
         end_not_before: requests.iter().map(|r| r.end_not_before).collect(),
         eot: spec.eot,
-        max_new_tokens: requests
+        max_new_tokens: call_limits
             .iter()
-            .map(|r| {
-                max_new_tokens
-                    .min(spec.n_text_ctx.saturating_sub(r.prompt.len()))
-                    .min(r.max_new_tokens.unwrap_or(usize::MAX))
-            })
+            .zip(&own_budgets)
+            .map(|(&limit, budget)| budget.unwrap_or(limit))
             .collect(),
     };
     let finished = match strategy {
@@ -435,7 +449,10 @@ pub fn generate(
     Ok(best_per_request(finished, requests.len())
         .into_iter()
         .zip(no_speech)
-        .map(|(hypothesis, no_speech_prob)| hypothesis.into_generated(no_speech_prob))
+        .zip(own_budgets)
+        .map(|((hypothesis, no_speech_prob), budget)| {
+            hypothesis.into_generated(no_speech_prob, budget)
+        })
         .collect())
 }
 
@@ -787,6 +804,21 @@ mod tests {
             c
         });
         assert!(counts.iter().all(|&c| c > 5), "{counts:?}");
+    }
+
+    #[test]
+    fn a_hypothesis_at_its_own_budget_was_cut() {
+        let hypothesis = Hypothesis {
+            request: 0,
+            tokens: vec![1, 2, 3, 4],
+            sum_logprob: -1.0,
+            finished: true,
+        };
+        let cut = |budget| hypothesis.clone().into_generated(0.0, budget).cut_at_budget;
+        assert!(cut(Some(4)));
+        // Ended with end-of-text before its budget, or bound by the call's limit only.
+        assert!(!cut(Some(5)));
+        assert!(!cut(None));
     }
 
     #[test]
