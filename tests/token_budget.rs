@@ -22,11 +22,8 @@ fn decode_first_window(budget: Option<usize>) -> mmt_whisper::decoding::Generate
     let mut cross = model.encode(windows.view()).expect("encodes");
     let rules = LogitRules::new(&spec, true, Some(50));
     let request = Request {
-        window: 0,
-        prompt: vec![spec.sot],
-        sot_index: 0,
-        end_not_before: None,
         max_new_tokens: budget,
+        ..Request::from_start(0, &spec)
     };
     let mut generated = generate(
         &mut model,

@@ -70,13 +70,7 @@ fn decoder(c: &mut Criterion) {
 
     // The whole greedy decode of the window, with timestamps (the pipeline's default).
     let rules = LogitRules::new(&spec, true, Some(50));
-    let request = Request {
-        window: 0,
-        prompt: vec![spec.sot],
-        sot_index: 0,
-        end_not_before: None,
-        max_new_tokens: None,
-    };
+    let request = Request::from_start(0, &spec);
     let max_new_tokens = spec.n_text_ctx / 2;
     let generated = generate(
         &mut model,

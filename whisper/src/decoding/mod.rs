@@ -58,6 +58,20 @@ pub struct Request {
     pub max_new_tokens: Option<usize>,
 }
 
+impl Request {
+    /// Window `window` decoded as Whisper starts a recording: the prompt is
+    /// `<|startoftranscript|>` alone, with no end to reach and no budget of its own.
+    pub fn from_start(window: usize, spec: &crate::model::ModelSpec) -> Self {
+        Self {
+            window,
+            prompt: vec![spec.sot],
+            sot_index: 0,
+            end_not_before: None,
+            max_new_tokens: None,
+        }
+    }
+}
+
 /// The decoded tokens of one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
