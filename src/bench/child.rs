@@ -172,7 +172,8 @@ impl Runner<'_> {
             .map(|scorer| scorer.score(self.input.pairs(&transcripts)))
             .transpose()?;
         let model = model_time::work_in_metrics(&text).map_or_else(ModelTime::default, |work| {
-            self.calibration.breakdown(&work, audio_s, point.threads)
+            self.calibration
+                .breakdown(&work, audio_s, point.workers, point.threads)
         });
         Ok(Measurement {
             files: summary.files,

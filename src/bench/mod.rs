@@ -69,6 +69,10 @@ WHAT IS MEASURED (per point; columns of sweep.csv)
                       virtualenv of `make setup-dev`, else left empty)
   encoder_s, decoder_s  seconds inside the encoder and decoder graphs, summed
                       over workers (the child's model_compute_seconds_total)
+  encoder_bound_x_realtime
+                      audio seconds x workers / encoder_s: the x-realtime the
+                      run could reach if encoding were all its work, a ceiling
+                      for any decoding of the same windows at that precision
   decoder_calls_per_audio_s, decoder_tokens_per_audio_s
                       sequential decoder calls, and token positions through
                       the decoder, per second of audio
@@ -545,7 +549,9 @@ fn csv_comments(
          benches/medwer_score.py in the dev virtualenv)"
             .to_owned(),
         "encoder_s, decoder_s: seconds inside the encoder and decoder graphs, summed over \
-         workers (model_compute_seconds_total); decoder_calls_per_audio_s: sequential decoder \
+         workers (model_compute_seconds_total); encoder_bound_x_realtime: audio seconds x \
+         workers / encoder_s, the x-realtime if encoding were all the work (a ceiling for \
+         any decoding of the same windows); decoder_calls_per_audio_s: sequential decoder \
          calls per audio second; decoder_tokens_per_audio_s: token positions (rows x new \
          tokens, prompts included) per audio second; encoder_gflops, decoder_gflops: the \
          graphs' matrix-product FLOPs (from the model's dimensions, mmt_whisper::cost) per \

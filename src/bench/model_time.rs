@@ -1,5 +1,6 @@
 //! Where a run's model time went: seconds inside the encoder and the decoder,
-//! the decoder's work per second of audio, and the share of this machine's
+//! the x-realtime ceiling the encoder alone sets, the decoder's work per
+//! second of audio, and the share of this machine's
 //! sgemm rate each graph reached (from the child's metrics file, the model's
 //! dimensions and a timed matrix product; see `mmt_whisper::cost`).
 
@@ -66,8 +67,14 @@ impl Calibration {
     }
 
     /// The breakdown of one run that did `work` on `audio_s` seconds of audio,
-    /// each worker's calls running on `threads` threads.
-    pub fn breakdown(&self, work: &WorkCounters, audio_s: f64, threads: usize) -> ModelTime {
+    /// with `workers` workers whose calls each ran on `threads` threads.
+    pub fn breakdown(
+        &self,
+        work: &WorkCounters,
+        audio_s: f64,
+        workers: usize,
+        threads: usize,
+    ) -> ModelTime {
         let [(_, encoder_s), (_, decoder_s)] = work.seconds();
         let per_audio_second = |count: u64| count as f64 / audio_s;
         let gflops = |flops: f64, seconds: f64| {
@@ -92,6 +99,7 @@ impl Calibration {
         ModelTime {
             encoder_s,
             decoder_s,
+            encoder_bound_x_realtime: encoder_bound(audio_s, workers, encoder_s),
             decoder_calls_per_audio_s: per_audio_second(work.decoder_calls),
             decoder_tokens_per_audio_s: per_audio_second(work.decoder_tokens),
             encoder_gflops,
@@ -102,12 +110,26 @@ impl Calibration {
     }
 }
 
+/// The x-realtime a run could reach if the encoder were all its work:
+/// `workers` encode at once, so their summed encoder seconds divide by it.
+/// No configuration that encodes the same windows at the same precision runs
+/// faster than this, however cheap its decoding; NaN without encoder time.
+fn encoder_bound(audio_s: f64, workers: usize, encoder_s: f64) -> f64 {
+    if encoder_s > 0.0 {
+        audio_s * workers.max(1) as f64 / encoder_s
+    } else {
+        f64::NAN
+    }
+}
+
 /// One run's model time. Seconds are summed over workers (two workers
 /// decoding at once count twice); a figure that could not be measured is NaN.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelTime {
     pub encoder_s: f64,
     pub decoder_s: f64,
+    /// The x-realtime ceiling the encoder alone sets (see [`encoder_bound`]).
+    pub encoder_bound_x_realtime: f64,
     /// Decoder calls (sequential steps of a batch) per second of audio.
     pub decoder_calls_per_audio_s: f64,
     /// Token positions through the decoder per second of audio.
@@ -124,6 +146,7 @@ impl Default for ModelTime {
         Self {
             encoder_s: f64::NAN,
             decoder_s: f64::NAN,
+            encoder_bound_x_realtime: f64::NAN,
             decoder_calls_per_audio_s: f64::NAN,
             decoder_tokens_per_audio_s: f64::NAN,
             encoder_gflops: f64::NAN,
@@ -211,9 +234,11 @@ model_compute_seconds_total{stage=\"encoder\"} 0.5
             notes: Vec::new(),
         };
         let work = work_in_metrics(METRICS).expect("model work");
-        let time = calibration.breakdown(&work, 60.0, 2);
+        let time = calibration.breakdown(&work, 60.0, 1, 2);
         assert_eq!(time.encoder_s, 0.5);
         assert_eq!(time.decoder_s, 3.25);
+        // 60 s of audio, 0.5 s of encoding on one worker.
+        assert_eq!(time.encoder_bound_x_realtime, 120.0);
         assert_eq!(time.decoder_calls_per_audio_s, 2.0);
         assert_eq!(time.decoder_tokens_per_audio_s, 15.0);
         // 4 windows × 10 GFLOP in 0.5 s.
@@ -223,8 +248,15 @@ model_compute_seconds_total{stage=\"encoder\"} 0.5
         assert!((time.decoder_gflops - 1.5 / 3.25).abs() < 1e-9);
         // No rate measured on 1 thread: no share.
         assert!(calibration
-            .breakdown(&work, 60.0, 1)
+            .breakdown(&work, 60.0, 2, 1)
             .decoder_sgemm_pct
             .is_nan());
+        // Two workers encode side by side: their summed seconds halve.
+        assert_eq!(
+            calibration
+                .breakdown(&work, 60.0, 2, 1)
+                .encoder_bound_x_realtime,
+            240.0
+        );
     }
 }

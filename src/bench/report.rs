@@ -101,6 +101,7 @@ fn median_measurement(runs: &[Measurement]) -> Option<Measurement> {
         model: ModelTime {
             encoder_s: of(&|m| m.model.encoder_s),
             decoder_s: of(&|m| m.model.decoder_s),
+            encoder_bound_x_realtime: of(&|m| m.model.encoder_bound_x_realtime),
             decoder_calls_per_audio_s: of(&|m| m.model.decoder_calls_per_audio_s),
             decoder_tokens_per_audio_s: of(&|m| m.model.decoder_tokens_per_audio_s),
             encoder_gflops: of(&|m| m.model.encoder_gflops),
@@ -144,6 +145,7 @@ pub const COLUMNS: &[&str] = &[
     "medwer_medical_pct",
     "encoder_s",
     "decoder_s",
+    "encoder_bound_x_realtime",
     "decoder_calls_per_audio_s",
     "decoder_tokens_per_audio_s",
     "encoder_gflops",
@@ -214,6 +216,7 @@ pub fn csv_row(index: usize, row: &Row) -> String {
         optional(m.and_then(|m| m.medwer?.medical_percent()), 2),
         get(&|m| m.model.encoder_s, 2),
         get(&|m| m.model.decoder_s, 2),
+        get(&|m| m.model.encoder_bound_x_realtime, 1),
         get(&|m| m.model.decoder_calls_per_audio_s, 2),
         get(&|m| m.model.decoder_tokens_per_audio_s, 2),
         get(&|m| m.model.encoder_gflops, 1),
@@ -264,6 +267,7 @@ pub fn table(rows: &[Row]) -> String {
         "medWER %",
         "enc s",
         "dec s",
+        "enc-bound x-RT",
         "dec calls/audio s",
         "enc % sgemm",
         "dec % sgemm",
@@ -292,6 +296,7 @@ pub fn table(rows: &[Row]) -> String {
             opt(m.and_then(|m| m.medwer?.percent()), 2),
             get(&|m| m.model.encoder_s, 1),
             get(&|m| m.model.decoder_s, 1),
+            get(&|m| m.model.encoder_bound_x_realtime, 1),
             get(&|m| m.model.decoder_calls_per_audio_s, 1),
             get(&|m| m.model.encoder_sgemm_pct, 0),
             get(&|m| m.model.decoder_sgemm_pct, 0),
@@ -400,6 +405,7 @@ mod tests {
             model: ModelTime {
                 encoder_s: 0.5,
                 decoder_s: 2.75,
+                encoder_bound_x_realtime: 158.4,
                 decoder_calls_per_audio_s: 10.25,
                 decoder_tokens_per_audio_s: 20.5,
                 encoder_gflops: 60.0,
@@ -417,7 +423,7 @@ mod tests {
         assert_eq!(
             csv_row(3, &row),
             "3,fp32,off,full,2,1,8,,1,5,5,0,39.6,3.5,4.25,11.5,9.32,1.875,,2.150,2,300.0,6.00,70.6,1.2,7.50,0,\
-             5.00,25.00,0.50,2.75,10.25,20.50,60.0,12.5,66.7,13.9,ok"
+             5.00,25.00,0.50,2.75,158.4,10.25,20.50,60.0,12.5,66.7,13.9,ok"
         );
         assert_eq!(csv_row(3, &row).split(',').count(), COLUMNS.len());
     }
