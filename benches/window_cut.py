@@ -41,6 +41,7 @@ from onnx import TensorProto, helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+from compare_peer import load_manifest  # noqa: E402
 from wer import ErrorCounts, corpus_wer  # noqa: E402
 from mel_reference import read_wav_s16_mono_16k  # noqa: E402
 
@@ -193,8 +194,6 @@ def measure(set_dir: Path, margins: list[float], model_dir: Path,
     config = json.loads((model_dir / "mmt-model.json").read_text())
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     features = FeatureExtractor(feature_size=config["n_mels"])
-    entries = [json.loads(line) for line in (set_dir / "manifest.jsonl").read_text().splitlines()
-               if line.strip()]
     with tempfile.TemporaryDirectory() as scratch:
         # The full windows go through the shipped graphs, the cut ones
         # through their copies.
@@ -203,14 +202,14 @@ def measure(set_dir: Path, margins: list[float], model_dir: Path,
         cutting = GreedyDecoder.load(*cut_window_graphs(model_dir, Path(scratch)), config,
                                      threads)
         full, cut = [], {margin: [] for margin in margins}
-        for entry in entries:
-            audio = read_wav_s16_mono_16k(str(set_dir / entry["audio"]))
+        for clip in load_manifest(set_dir):
+            audio = read_wav_s16_mono_16k(str(clip.path))
             mel = window_mel(audio, features)
-            full.append((entry["text"], tokenizer.decode(shipped.tokens(mel))))
+            full.append((clip.reference, tokenizer.decode(shipped.tokens(mel))))
             for margin in margins:
                 frames = cut_frames(len(audio) / SAMPLE_RATE, margin)
                 tokens = cutting.tokens(np.ascontiguousarray(mel[:, :frames]))
-                cut[margin].append((entry["text"], tokenizer.decode(tokens)))
+                cut[margin].append((clip.reference, tokenizer.decode(tokens)))
     results = [
         CutResult(margin, corpus_wer(pairs),
                   sum(a[1] != b[1] for a, b in zip(full, pairs)))
