@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,11 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from compare_peer import load_manifest  # noqa: E402
 from wer import ErrorCounts, corpus_wer  # noqa: E402
 from mel_reference import read_wav_s16_mono_16k  # noqa: E402
+from onnx_whisper import OnnxWhisper  # noqa: E402
 
 SAMPLE_RATE = 16_000
 WINDOW_FRAMES = 3000
 FRAMES_PER_SECOND = 100
-MAX_NEW_TOKENS = 224
+# The lone space Whisper suppresses as the first token.
+BLANK = 220
 # The encoder's input to its positional embedding: [batch, frames / 2, d_model].
 EMBEDDING_INPUT = "transpose_27"
 POSITIONAL_ADD = "n_Add_30"
@@ -70,6 +71,7 @@ def cut_window_graphs(model_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     # more than one hard link: the copies get weights of their own.
     for weights in model_dir.glob("*.weights"):
         shutil.copyfile(weights, out_dir / weights.name)
+    shutil.copyfile(model_dir / "mmt-model.json", out_dir / "mmt-model.json")
 
     encoder = onnx.load(model_dir / "encoder.onnx", load_external_data=False)
     _free_dimension(encoder.graph.input[0], WINDOW_FRAMES, "frames")
@@ -122,60 +124,27 @@ def cut_frames(seconds: float, margin_s: float) -> int:
 
 
 @dataclass
-class GreedyDecoder:
-    """Greedy decoding without timestamps, one window per call."""
+class TextOnlyRules:
+    """Greedy without timestamps: text tokens only, and (as Whisper suppresses
+    blanks) no end and no lone space as the first token."""
 
-    encoder: ort.InferenceSession
-    decoder: ort.InferenceSession
     config: dict
 
-    @classmethod
-    def load(cls, encoder: Path, decoder: Path, config: dict, threads: int = 2) -> GreedyDecoder:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = lambda path: ort.InferenceSession(  # noqa: E731
-            str(path), options, providers=["CPUExecutionProvider"])
-        return cls(session(encoder), session(decoder), config)
+    def disabled(self, step: int, generated: list[int], logits: np.ndarray) -> np.ndarray:
+        eot = self.config["eot"]
+        off = np.zeros(len(logits), dtype=bool)
+        off[eot + 1:] = True
+        if step == 0:
+            off[[eot, BLANK]] = True
+        return off
 
-    def encode(self, mel: np.ndarray) -> dict[str, np.ndarray]:
-        names = [output.name for output in self.encoder.get_outputs()]
-        return dict(zip(names, self.encoder.run(None, {"mel": mel[None]})))
 
-    def tokens(self, mel: np.ndarray) -> list[int]:
-        cfg = self.config
-        cross = {k: v for k, v in self.encode(mel).items() if k.startswith("cross_")}
-        n_heads = cfg["n_heads"]
-        head_dim = cfg["d_model"] // n_heads
-        empty = np.zeros((1, n_heads, 0, head_dim), np.float32)
-        cache = {f"self_{kv}_{i}": empty for i in range(cfg["n_decoder_layers"]) for kv in "kv"}
-        prompt = [cfg["sot"], cfg["no_timestamps"]]
-        new, past, generated = prompt, 0, []
-        outputs = [output.name for output in self.decoder.get_outputs()]
-        for step in range(MAX_NEW_TOKENS):
-            feed = {
-                "tokens": np.array([new], np.int64),
-                "positions": np.arange(past, past + len(new), dtype=np.int64)[None],
-                "attention_mask": np.zeros((1, past + len(new)), np.float32),
-                **cache,
-                **cross,
-            }
-            result = dict(zip(outputs, self.decoder.run(None, feed)))
-            logits = result["logits"][0]
-            # Text tokens only: no special or timestamp tokens, and (as Whisper
-            # suppresses blanks) no end or lone space as the first token.
-            logits[cfg["eot"] + 1:] = -np.inf
-            if step == 0:
-                logits[cfg["eot"]] = -np.inf
-                logits[220] = -np.inf
-            token = int(np.argmax(logits))
-            if token == cfg["eot"]:
-                break
-            generated.append(token)
-            past += len(new)
-            new = [token]
-            cache = {name[len("new_"):]: value for name, value in result.items()
-                     if name.startswith("new_self_")}
-        return generated
+def transcribe_tokens(model: OnnxWhisper, mel: np.ndarray) -> list[int]:
+    """One window's text tokens, decoded greedily without timestamps."""
+    cfg = model.config
+    _, cross = model.encode(mel[None])
+    return model.greedy(cross, [[cfg["sot"], cfg["no_timestamps"]]],
+                        rules=TextOnlyRules(cfg))[0]
 
 
 @dataclass
@@ -197,18 +166,17 @@ def measure(set_dir: Path, margins: list[float], model_dir: Path,
     with tempfile.TemporaryDirectory() as scratch:
         # The full windows go through the shipped graphs, the cut ones
         # through their copies.
-        shipped = GreedyDecoder.load(model_dir / "encoder.onnx", model_dir / "decoder.onnx",
-                                     config, threads)
-        cutting = GreedyDecoder.load(*cut_window_graphs(model_dir, Path(scratch)), config,
-                                     threads)
+        shipped = OnnxWhisper(model_dir, threads)
+        cut_window_graphs(model_dir, Path(scratch))
+        cutting = OnnxWhisper(Path(scratch), threads)
         full, cut = [], {margin: [] for margin in margins}
         for clip in load_manifest(set_dir):
             audio = read_wav_s16_mono_16k(str(clip.path))
             mel = window_mel(audio, features)
-            full.append((clip.reference, tokenizer.decode(shipped.tokens(mel))))
+            full.append((clip.reference, tokenizer.decode(transcribe_tokens(shipped, mel))))
             for margin in margins:
                 frames = cut_frames(len(audio) / SAMPLE_RATE, margin)
-                tokens = cutting.tokens(np.ascontiguousarray(mel[:, :frames]))
+                tokens = transcribe_tokens(cutting, np.ascontiguousarray(mel[:, :frames]))
                 cut[margin].append((clip.reference, tokenizer.decode(tokens)))
     results = [
         CutResult(margin, corpus_wer(pairs),
