@@ -68,6 +68,9 @@ impl<'scope> Transcribe<'scope> for Stream<'scope, u64, Vec<ChunkWork>> {
         Stream<'scope, u64, Vec<Outcome>>,
     ) {
         let scope = self.scope();
+        // The chunks hold speech (the chunk stage's voice-activity detection
+        // left silence out), so no window of them is dropped as silence.
+        let options = options.for_speech_chunks();
         // With packing, several short chunks share a window: take more chunks
         // per batch so the batch still fills `batch_size` windows.
         let batch_size = options.batch_size.max(1)

@@ -123,6 +123,22 @@ impl TranscribeOptions {
         }
     }
 
+    /// For audio a voice-activity detector has already cut to speech (the
+    /// pipeline's chunks): no window is skipped as silence. Whisper's
+    /// no-speech gate drops a window whose no-speech probability is above
+    /// the threshold and whose decoding is unlikely; on a chunk that holds
+    /// speech that loses dictated words (a whole 27 s chunk of orders, in
+    /// one unseen recording). Such a window is retried at higher
+    /// temperatures instead, as any unlikely decoding is, and the likeliest
+    /// attempt is kept. Silence never reaches the model: the detector leaves
+    /// it out.
+    pub fn for_speech_chunks(self) -> Self {
+        Self {
+            no_speech_threshold: None,
+            ..self
+        }
+    }
+
     /// Every problem with the options, or nothing.
     pub fn validate(&self) -> Result<(), WhisperError> {
         let problem = if self.beam_size == 0 {
@@ -865,6 +881,26 @@ mod tests {
         assert!(!silent.needs_fallback(&options) && silent.is_silence(&options));
         // Confident text is kept even when no-speech is high.
         assert!(!outcome(-0.2, 0.9, 1.5, 0.0).is_silence(&options));
+    }
+
+    #[test]
+    fn speech_chunks_are_never_skipped_as_silence() {
+        // The first decoding of a 27 s chunk of dictation that Whisper's gate
+        // dropped: four tokens, no-speech 0.614, mean log-probability -1.70.
+        let unsure = outcome(-1.70, 0.614, 1.5, 0.0);
+        assert!(unsure.is_silence(&TranscribeOptions::default()));
+        let chunks = TranscribeOptions::default().for_speech_chunks();
+        assert!(!unsure.is_silence(&chunks));
+        assert!(
+            unsure.needs_fallback(&chunks),
+            "retried, as unlikely text is"
+        );
+        // Only the gate changes.
+        assert!(!outcome(-0.3, 0.9, 1.5, 0.0).needs_fallback(&chunks));
+        assert_eq!(
+            chunks.temperatures,
+            TranscribeOptions::default().temperatures
+        );
     }
 
     #[test]
