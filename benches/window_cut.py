@@ -26,7 +26,6 @@ and "text" per line, as `benches/unseen_sets.py` writes. A file longer than
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -160,13 +159,12 @@ def measure(set_dir: Path, margins: list[float], model_dir: Path,
     from faster_whisper.feature_extractor import FeatureExtractor
     from tokenizers import Tokenizer
 
-    config = json.loads((model_dir / "mmt-model.json").read_text())
+    # The full windows go through the shipped graphs, the cut ones through
+    # their copies.
+    shipped = OnnxWhisper(model_dir, threads)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    features = FeatureExtractor(feature_size=config["n_mels"])
+    features = FeatureExtractor(feature_size=shipped.config["n_mels"])
     with tempfile.TemporaryDirectory() as scratch:
-        # The full windows go through the shipped graphs, the cut ones
-        # through their copies.
-        shipped = OnnxWhisper(model_dir, threads)
         cut_window_graphs(model_dir, Path(scratch))
         cutting = OnnxWhisper(Path(scratch), threads)
         full, cut = [], {margin: [] for margin in margins}
