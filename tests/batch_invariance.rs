@@ -245,11 +245,36 @@ fn engine_transcripts_are_bit_identical_alone_and_in_a_batch() {
     assert_engine_invariant(&common::model_options(2), &files);
 }
 
-fn assert_engine_invariant(model: &mmt_whisper::ModelOptions, files: &[PathBuf]) {
-    let audio: Vec<Vec<f32>> = files
+/// The same with every window prompted with ~200 tokens of previous text, as
+/// the windows of a long dictation are: a batch's prompts that long are fed
+/// to the decoder a few rows at a time (which bounds their cross-attention
+/// scores), a lone prompt in one call; the transcripts must not tell.
+#[test]
+fn engine_transcripts_after_long_prompts_are_bit_identical_alone_and_in_a_batch() {
+    let Some((_dir, files)) = test_recordings() else {
+        return;
+    };
+    let note = "Patient seen in clinic today for follow up of hypertension and type two \
+                diabetes, blood pressure one hundred forty over ninety, metformin five \
+                hundred milligrams twice daily continued. ";
+    let prompted = mmt_whisper::TranscribeOptions {
+        initial_prompt: Some(note.repeat(6)),
+        ..mmt_whisper::TranscribeOptions::default()
+    };
+    let audio = decode_all(&files);
+    let mut engine = mmt_whisper::Engine::load(&common::model_options(2)).expect("model loads");
+    assert_batch_invariant(&mut engine, &audio, "prompted", &prompted);
+}
+
+fn decode_all(files: &[PathBuf]) -> Vec<Vec<f32>> {
+    files
         .iter()
         .map(|path| mmt_whisper::audio::decode_file(path).expect("decodes"))
-        .collect();
+        .collect()
+}
+
+fn assert_engine_invariant(model: &mmt_whisper::ModelOptions, files: &[PathBuf]) {
+    let audio = decode_all(files);
     let mut engine = mmt_whisper::Engine::load(model).expect("model loads");
     let default = mmt_whisper::TranscribeOptions::default();
     let sampled = |best_of| mmt_whisper::TranscribeOptions {
@@ -262,22 +287,32 @@ fn assert_engine_invariant(model: &mmt_whisper::ModelOptions, files: &[PathBuf])
         ("sampled, 1", sampled(1)),
         ("sampled, 3", sampled(3)),
     ] {
-        let mut transcripts = |inputs: &[&[f32]]| -> Vec<String> {
-            engine
-                .transcribe_batch(inputs, &options)
-                .expect("transcribes")
-                .iter()
-                .map(|transcript| serde_json::to_string(transcript).expect("JSON"))
-                .collect()
-        };
-        let alone: Vec<String> = audio
+        assert_batch_invariant(&mut engine, &audio, label, &options);
+    }
+}
+
+/// Each recording's transcript alone equals its transcript in one batch of all.
+fn assert_batch_invariant(
+    engine: &mut mmt_whisper::Engine,
+    audio: &[Vec<f32>],
+    label: &str,
+    options: &mmt_whisper::TranscribeOptions,
+) {
+    let mut transcripts = |inputs: &[&[f32]]| -> Vec<String> {
+        engine
+            .transcribe_batch(inputs, options)
+            .expect("transcribes")
             .iter()
-            .flat_map(|samples| transcripts(&[samples.as_slice()]))
-            .collect();
-        let all: Vec<&[f32]> = audio.iter().map(Vec::as_slice).collect();
-        let batched = transcripts(&all);
-        for (index, (batched, alone)) in batched.iter().zip(&alone).enumerate() {
-            assert_eq!(batched, alone, "{label} decoding, recording {index}");
-        }
+            .map(|transcript| serde_json::to_string(transcript).expect("JSON"))
+            .collect()
+    };
+    let alone: Vec<String> = audio
+        .iter()
+        .flat_map(|samples| transcripts(&[samples.as_slice()]))
+        .collect();
+    let all: Vec<&[f32]> = audio.iter().map(Vec::as_slice).collect();
+    let batched = transcripts(&all);
+    for (index, (batched, alone)) in batched.iter().zip(&alone).enumerate() {
+        assert_eq!(batched, alone, "{label} decoding, recording {index}");
     }
 }

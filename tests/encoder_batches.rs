@@ -102,6 +102,44 @@ fn arranging_windows_brings_them_to_the_front_and_keeps_the_others() {
     assert!(cross.arrange(&[3]).is_err(), "a window not in the batch");
 }
 
+/// A fallback keeps only the windows it decodes again: their K/V, named as
+/// encoded, and nothing of the others.
+#[test]
+fn retaining_windows_keeps_only_theirs_named_as_encoded() {
+    if !model_ready() {
+        return;
+    }
+    let mut model = WhisperModel::load(&model_options(2)).expect("model loads");
+    let mut cross = model
+        .encode(stack_windows(&windows(4)).expect("stack").view())
+        .expect("batch encodes");
+    let encoded = first_layer_keys(&cross);
+    cross.arrange(&[3, 1]).expect("arranged");
+
+    cross.retain(&[2, 3]).expect("retained");
+    assert_eq!((cross.rows, cross.active()), (2, 2));
+    assert_eq!(
+        first_layer_keys(&cross),
+        vec![encoded[2].clone(), encoded[3].clone()]
+    );
+    assert_eq!(
+        cross.values[0]
+            .try_extract_array::<f32>()
+            .expect("f32")
+            .shape()[0],
+        2
+    );
+    cross.arrange(&[3]).expect("arranged by the encoded name");
+    assert_eq!(first_layer_keys(&cross)[0], encoded[3]);
+
+    assert!(cross.retain(&[1]).is_err(), "a window no longer held");
+    assert!(cross.retain(&[3, 3]).is_err(), "a window twice");
+    assert!(
+        cross.read_only(Some(1..2)).is_err(),
+        "past the one active window"
+    );
+}
+
 #[test]
 fn models_loaded_from_one_folder_share_their_weights() {
     if !model_ready() {

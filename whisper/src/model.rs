@@ -12,6 +12,8 @@ use ort::session::SessionInputValue;
 use ort::value::{DynValue, Tensor, TensorRef};
 use serde::Deserialize;
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -155,7 +157,8 @@ pub(crate) fn ort_environment(library: &Path) -> Result<Environment, WhisperErro
 
 /// The per-layer cross-attention keys and values of a batch of encoded windows.
 ///
-/// The decoder reads the first [`CrossAttention::active`] windows along axis 0.
+/// The decoder reads the first [`CrossAttention::active`] windows along axis 0
+/// (or, for one call, a narrower range: [`CrossAttention::read_only`]).
 /// [`CrossAttention::arrange`] brings the windows still being decoded to the
 /// front by swapping them in place, so that windows leaving the batch cost no
 /// copy of the others' K/V (18 MB per window for tiny) and stay available for
@@ -172,6 +175,8 @@ pub struct CrossAttention {
     order: Vec<usize>,
     /// Positions the decoder reads: `0..active`.
     active: usize,
+    /// Positions the decoder reads instead, when narrowed for a call.
+    narrowed: Option<Range<usize>>,
 }
 
 /// Tensor names of the graphs, computed once.
@@ -274,20 +279,14 @@ impl WhisperModel {
         if rows <= ENCODER_ROWS {
             return self.encode_rows(mel);
         }
-        let mut batch: Option<BatchKv> = None;
+        let mut batch = BatchKv::new(rows);
         for start in (0..rows).step_by(ENCODER_ROWS) {
             let end = (start + ENCODER_ROWS).min(rows);
             let part = self.encode_rows(mel.slice_axis(Axis(0), (start..end).into()))?;
-            let filling = match &mut batch {
-                Some(filling) => filling,
-                None => batch.insert(BatchKv::shaped_like(&part, rows)?),
-            };
-            filling.fill(start, &part)?;
+            batch.fill(start, &part.keys, &part.values)?;
         }
-        match batch {
-            Some(batch) => batch.into_cross(rows),
-            None => self.encode_rows(mel),
-        }
+        let (keys, values) = batch.into_tensors()?;
+        Ok(CrossAttention::new(keys, values, rows))
     }
 
     fn encode_rows(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
@@ -453,6 +452,7 @@ impl CrossAttention {
             rows,
             order: (0..rows).collect(),
             active: rows,
+            narrowed: None,
         }
     }
 
@@ -480,6 +480,7 @@ impl CrossAttention {
             }
         }
         self.active = windows.len();
+        self.narrowed = None;
         Ok(())
     }
 
@@ -497,6 +498,56 @@ impl CrossAttention {
         ))
     }
 
+    /// Drops every window but `windows` (distinct, as encoded), e.g. the
+    /// few a temperature fallback decodes again: their K/V is copied out and
+    /// the batch's tensors are freed. A fallback's sampled rows each hold a
+    /// self-attention cache, so without this a fallback held those beside the
+    /// whole batch's K/V (18 MB per tiny window), the highest point of a
+    /// worker's memory.
+    pub fn retain(&mut self, windows: &[usize]) -> Result<(), WhisperError> {
+        if windows.len() == self.rows && windows == self.order.as_slice() {
+            return Ok(());
+        }
+        let positions = windows
+            .iter()
+            .map(|&window| self.position_of(window))
+            .collect::<Result<Vec<_>, _>>()?;
+        if positions.iter().collect::<HashSet<_>>().len() != positions.len() {
+            return Err(WhisperError::InvalidOption {
+                reason: "a window is kept twice".into(),
+            });
+        }
+        let keys = select_rows_all(&self.keys, &positions)?;
+        let values = select_rows_all(&self.values, &positions)?;
+        // The batch's tensors are freed before the copies are used.
+        self.keys = keys;
+        self.values = values;
+        self.rows = windows.len();
+        self.order = windows.to_vec();
+        self.active = self.rows;
+        self.narrowed = None;
+        release_freed_memory();
+        Ok(())
+    }
+
+    /// Makes the decoder read only `positions` (within the active ones), or
+    /// all active positions again with `None`.
+    pub fn read_only(&mut self, positions: Option<Range<usize>>) -> Result<(), WhisperError> {
+        if positions
+            .as_ref()
+            .is_some_and(|range| range.is_empty() || range.end > self.active)
+        {
+            return Err(WhisperError::InvalidOption {
+                reason: format!(
+                    "positions {positions:?} lie outside the {} read",
+                    self.active
+                ),
+            });
+        }
+        self.narrowed = positions;
+        Ok(())
+    }
+
     fn position_of(&self, window: usize) -> Result<usize, WhisperError> {
         self.order
             .iter()
@@ -512,11 +563,12 @@ impl CrossAttention {
         &self,
         tensor: &'v DynValue,
     ) -> Result<SessionInputValue<'v>, WhisperError> {
-        if self.active == self.rows {
+        let read = self.narrowed.clone().unwrap_or(0..self.active);
+        if read == (0..self.rows) {
             return Ok(tensor.into());
         }
         let mut active = tensor.try_extract_array::<f32>()?;
-        active.slice_axis_inplace(Axis(0), (0..self.active).into());
+        active.slice_axis_inplace(Axis(0), read.into());
         Ok(TensorRef::from_array_view(active)?.into())
     }
 }
@@ -530,67 +582,83 @@ fn swap_rows(tensor: &mut DynValue, rows: usize, a: usize, b: usize) -> Result<(
     Ok(())
 }
 
-/// A batch's cross-attention K/V, filled in by the parts it was encoded in.
-struct BatchKv {
+/// Per-layer keys and values of a batch (cross-attention K/V, or a
+/// self-attention cache), filled in by the parts it was computed in, so that
+/// only one part's outputs exist beside the batch.
+pub(crate) struct BatchKv {
+    rows: usize,
     keys: Vec<ndarray::ArrayD<f32>>,
     values: Vec<ndarray::ArrayD<f32>>,
 }
 
 impl BatchKv {
-    /// Zeroed tensors of `part`'s shapes with `rows` windows.
-    fn shaped_like(part: &CrossAttention, rows: usize) -> Result<Self, WhisperError> {
-        let shaped = |tensors: &[DynValue]| {
-            tensors
-                .iter()
-                .map(|tensor| {
-                    let mut shape = tensor.try_extract_array::<f32>()?.shape().to_vec();
-                    if let Some(first) = shape.first_mut() {
-                        *first = rows;
-                    }
-                    Ok(ndarray::ArrayD::zeros(shape))
-                })
-                .collect::<Result<Vec<_>, WhisperError>>()
-        };
-        Ok(Self {
-            keys: shaped(&part.keys)?,
-            values: shaped(&part.values)?,
-        })
+    /// An empty batch of `rows` rows, shaped by its first part.
+    pub(crate) fn new(rows: usize) -> Self {
+        Self {
+            rows,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
     }
 
-    /// Copies `part`'s windows into rows `start..`.
-    fn fill(&mut self, start: usize, part: &CrossAttention) -> Result<(), WhisperError> {
-        let rows = (start..start + part.rows).into();
+    /// Copies a part's rows (its `keys` and `values`, batch first) into rows `start..`.
+    pub(crate) fn fill(
+        &mut self,
+        start: usize,
+        keys: &[DynValue],
+        values: &[DynValue],
+    ) -> Result<(), WhisperError> {
+        if self.keys.is_empty() {
+            self.keys = zeros_shaped_like(keys, self.rows)?;
+            self.values = zeros_shaped_like(values, self.rows)?;
+        }
         for (whole, piece) in self
             .keys
             .iter_mut()
-            .zip(&part.keys)
-            .chain(self.values.iter_mut().zip(&part.values))
+            .zip(keys)
+            .chain(self.values.iter_mut().zip(values))
         {
             let piece = piece.try_extract_array::<f32>()?;
-            let mut target = whole.slice_axis_mut(Axis(0), rows);
-            if target.shape() != piece.shape() {
+            let rows = (start..start + piece.len_of(Axis(0))).into();
+            if start + piece.len_of(Axis(0)) > whole.len_of(Axis(0))
+                || whole.slice_axis(Axis(0), rows).shape() != piece.shape()
+            {
                 return Err(WhisperError::Inference {
-                    reason: "encoder outputs differ in shape between parts of a batch".into(),
+                    reason: "parts of a batch differ in shape".into(),
                 });
             }
-            target.assign(&piece);
+            whole.slice_axis_mut(Axis(0), rows).assign(&piece);
         }
         Ok(())
     }
 
-    fn into_cross(self, rows: usize) -> Result<CrossAttention, WhisperError> {
+    /// The filled batch's keys and values.
+    pub(crate) fn into_tensors(self) -> Result<(Vec<DynValue>, Vec<DynValue>), WhisperError> {
         let tensors = |arrays: Vec<ndarray::ArrayD<f32>>| {
             arrays
                 .into_iter()
                 .map(|array| Ok(Tensor::from_array(array)?.into_dyn()))
                 .collect::<Result<Vec<DynValue>, WhisperError>>()
         };
-        Ok(CrossAttention::new(
-            tensors(self.keys)?,
-            tensors(self.values)?,
-            rows,
-        ))
+        Ok((tensors(self.keys)?, tensors(self.values)?))
     }
+}
+
+/// Zeroed tensors of `tensors`' shapes with `rows` rows (axis 0).
+fn zeros_shaped_like(
+    tensors: &[DynValue],
+    rows: usize,
+) -> Result<Vec<ndarray::ArrayD<f32>>, WhisperError> {
+    tensors
+        .iter()
+        .map(|tensor| {
+            let mut shape = tensor.try_extract_array::<f32>()?.shape().to_vec();
+            if let Some(first) = shape.first_mut() {
+                *first = rows;
+            }
+            Ok(ndarray::ArrayD::zeros(shape))
+        })
+        .collect()
 }
 
 fn select_rows_all(values: &[DynValue], indices: &[usize]) -> Result<Vec<DynValue>, WhisperError> {

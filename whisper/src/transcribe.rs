@@ -432,6 +432,8 @@ impl Engine {
             }
             if round > 0 {
                 self.work.fallback_windows += pending.len() as u64;
+                let windows: Vec<usize> = pending.iter().map(|&i| requests[i].window).collect();
+                cross.retain(&windows)?;
             }
             let strategy = if temperature > 0.0 {
                 Strategy::Sample {

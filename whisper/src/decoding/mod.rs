@@ -6,11 +6,21 @@
 
 pub mod rules;
 
-use crate::model::{CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel};
+use crate::model::{BatchKv, CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel};
 use crate::WhisperError;
 use ndarray::{Array2, Axis};
 use rules::{log_softmax, token_probability, LogitRules};
 use std::collections::HashSet;
+use std::ops::Range;
+
+/// Prompt tokens (all rows together) one decoder call reads at most.
+///
+/// A prompt's cross-attention scores hold `rows x heads x width x 1500`
+/// floats (and its softmax as many again): for 8 prompts with previous text
+/// (225 tokens) that is 65 MB each for tiny, the highest point of a worker's
+/// memory on a long recording. Two such prompts per call keep it at 16 MB;
+/// the prompts' matrix products stay hundreds of rows tall.
+const PROMPT_TOKENS: usize = 512;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +183,13 @@ fn decoder_rows(indices: &[usize]) -> Vec<usize> {
     }
 }
 
+/// A decoder call's new tokens, their positions and the attention mask.
+struct NewTokens {
+    tokens: Array2<i64>,
+    positions: Array2<i64>,
+    attention_mask: Array2<f32>,
+}
+
 /// The windows, in order, when `rows` (each row's window) are equal runs of
 /// distinct windows; `None` otherwise.
 fn window_groups(rows: &[usize]) -> Option<Vec<usize>> {
@@ -291,13 +308,21 @@ impl<'a> Rows<'a> {
                 attention_mask[[row, slot]] = -1e9;
             }
         }
-        let (logits, cache) = model.decode(DecoderInputs {
+        let new = NewTokens {
             tokens,
             positions,
             attention_mask,
-            cache: &self.cache,
-            cross: self.cross(),
-        })?;
+        };
+        let (logits, cache) = match self.prompt_slices(rows, width) {
+            Some(slices) => self.feed_in_slices(model, &new, &slices)?,
+            None => model.decode(DecoderInputs {
+                tokens: new.tokens,
+                positions: new.positions,
+                attention_mask: new.attention_mask,
+                cache: &self.cache,
+                cross: self.cross(),
+            })?,
+        };
         self.cache = cache;
         // Padding inside the new tokens only happens on the first (prompt) call.
         if !self.prompted {
@@ -317,6 +342,67 @@ impl<'a> Rows<'a> {
         } else {
             logits
         })
+    }
+
+    /// The row ranges to feed a first call of `rows` prompts of `width`
+    /// tokens in, when it is too wide for one call (see [`PROMPT_TOKENS`]).
+    ///
+    /// Only rows that read their own window each, in order, are split: then
+    /// the rows of a slice read the slice's positions of the K/V. A slice
+    /// never holds a single row (see [`Rows`]).
+    fn prompt_slices(&self, rows: usize, width: usize) -> Option<Vec<Range<usize>>> {
+        let own_windows = self.copied.is_none() && !self.ballast && self.source.active() == rows;
+        let per_slice = (PROMPT_TOKENS / width.max(1)).max(2);
+        if self.prompted || !own_windows || rows <= per_slice {
+            return None;
+        }
+        let mut slices: Vec<Range<usize>> = (0..rows)
+            .step_by(per_slice)
+            .map(|start| start..(start + per_slice).min(rows))
+            .collect();
+        if slices.last().is_some_and(|last| last.len() == 1) {
+            let last = slices.pop()?;
+            if let Some(previous) = slices.last_mut() {
+                previous.end = last.end;
+            }
+        }
+        Some(slices)
+    }
+
+    /// One decoder call per slice of rows, each reading its slice's windows;
+    /// the logits and caches are put together as one call's would be.
+    fn feed_in_slices(
+        &mut self,
+        model: &mut WhisperModel,
+        new: &NewTokens,
+        slices: &[Range<usize>],
+    ) -> Result<(Array2<f32>, SelfAttentionCache), WhisperError> {
+        let rows = new.tokens.nrows();
+        let mut logits = Vec::with_capacity(slices.len());
+        let mut cache = BatchKv::new(rows);
+        for slice in slices {
+            let indices: Vec<usize> = slice.clone().collect();
+            let part_cache = self.cache.select_rows(&indices)?;
+            self.source.read_only(Some(slice.clone()))?;
+            let decoded = model.decode(DecoderInputs {
+                tokens: new.tokens.select(Axis(0), &indices),
+                positions: new.positions.select(Axis(0), &indices),
+                attention_mask: new.attention_mask.select(Axis(0), &indices),
+                cache: &part_cache,
+                cross: self.source,
+            });
+            self.source.read_only(None)?;
+            let (part_logits, part_cache) = decoded?;
+            cache.fill(slice.start, &part_cache.keys, &part_cache.values)?;
+            logits.push(part_logits);
+        }
+        let views: Vec<_> = logits.iter().map(|part| part.view()).collect();
+        let logits =
+            ndarray::concatenate(Axis(0), &views).map_err(|err| WhisperError::Inference {
+                reason: format!("logits of a sliced prompt do not stack: {err}"),
+            })?;
+        let (keys, values) = cache.into_tensors()?;
+        Ok((logits, SelfAttentionCache { keys, values }))
     }
 
     /// Before the prompts of `width` tokens: masked zero keys and values up
