@@ -456,6 +456,11 @@ impl CrossAttention {
         }
     }
 
+    /// The windows held (as encoded), by position along axis 0.
+    pub fn held(&self) -> &[usize] {
+        &self.order
+    }
+
     /// Windows the decoder reads (the first ones along axis 0).
     pub fn active(&self) -> usize {
         self.active

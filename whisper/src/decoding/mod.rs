@@ -143,8 +143,9 @@ impl Hypothesis {
 /// differs from the batched path, so a recording decoded alone would get
 /// other logits than the same recording in a batch (and, at a near tie or a
 /// fallback draw, other words). A lone row therefore runs beside a ballast
-/// row, a copy of itself on its own copy of the window, whose outputs are
-/// dropped: every row is computed the same way whatever its company.
+/// row, a copy of itself reading another window of the batch (or a copy of
+/// its own), whose outputs are dropped: every row is computed the same way
+/// whatever its company.
 ///
 /// Rows whose prompts differ in length are left-padded, and where a row's
 /// keys sit in the cache changes how ONNX Runtime's reductions round its
@@ -232,10 +233,13 @@ impl<'a> Rows<'a> {
     /// Points the rows at `windows` (one per row) and arranges their K/V.
     fn use_windows(&mut self, windows: Vec<usize>) -> Result<(), WhisperError> {
         self.ballast = windows.len() == 1;
-        // A lone row and its ballast read two copies of the window, one row
-        // each, as rows of distinct windows do in a batch.
+        // A lone row and its ballast read two windows, one row each, as rows
+        // of distinct windows do in a batch: the ballast, whose outputs are
+        // dropped, reads another window of the batch in place, or, when the
+        // batch has no other, a copy of the lone row's.
         let groups = if self.ballast {
-            None
+            let partner = self.source.held().iter().find(|&&w| w != windows[0]);
+            partner.map(|&other| vec![windows[0], other])
         } else {
             window_groups(&windows)
         };
