@@ -69,15 +69,23 @@ fn first_layer_keys(cross: &CrossAttention) -> Vec<ArrayD<f32>> {
     keys.axis_iter(Axis(0)).map(|row| row.to_owned()).collect()
 }
 
-#[test]
-fn arranging_windows_brings_them_to_the_front_and_keeps_the_others() {
+/// A model and `count` windows it encoded in one batch, when the model is set up.
+fn encoded(count: usize) -> Option<(WhisperModel, CrossAttention)> {
     if !model_ready() {
-        return;
+        return None;
     }
     let mut model = WhisperModel::load(&model_options(2)).expect("model loads");
-    let mut cross = model
-        .encode(stack_windows(&windows(3)).expect("stack").view())
+    let cross = model
+        .encode(stack_windows(&windows(count)).expect("stack").view())
         .expect("batch encodes");
+    Some((model, cross))
+}
+
+#[test]
+fn arranging_windows_brings_them_to_the_front_and_keeps_the_others() {
+    let Some((_model, mut cross)) = encoded(3) else {
+        return;
+    };
     let encoded = first_layer_keys(&cross);
     assert_ne!(encoded[0], encoded[1], "the windows hold different audio");
 
@@ -106,13 +114,9 @@ fn arranging_windows_brings_them_to_the_front_and_keeps_the_others() {
 /// encoded, and nothing of the others.
 #[test]
 fn retaining_windows_keeps_only_theirs_named_as_encoded() {
-    if !model_ready() {
+    let Some((_model, mut cross)) = encoded(4) else {
         return;
-    }
-    let mut model = WhisperModel::load(&model_options(2)).expect("model loads");
-    let mut cross = model
-        .encode(stack_windows(&windows(4)).expect("stack").view())
-        .expect("batch encodes");
+    };
     let encoded = first_layer_keys(&cross);
     cross.arrange(&[3, 1]).expect("arranged");
 
