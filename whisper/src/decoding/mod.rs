@@ -191,6 +191,24 @@ struct NewTokens {
     attention_mask: Array2<f32>,
 }
 
+/// `0..rows` in consecutive ranges of `per_slice` rows (at least 2), the last
+/// one taking a single leftover row.
+fn row_slices(rows: usize, per_slice: usize) -> Vec<Range<usize>> {
+    let per_slice = per_slice.max(2);
+    let mut slices: Vec<Range<usize>> = (0..rows)
+        .step_by(per_slice)
+        .map(|start| start..(start + per_slice).min(rows))
+        .collect();
+    if slices.len() > 1 && slices.last().is_some_and(|last| last.len() == 1) {
+        if let Some(last) = slices.pop() {
+            if let Some(previous) = slices.last_mut() {
+                previous.end = last.end;
+            }
+        }
+    }
+    slices
+}
+
 /// The windows, in order, when `rows` (each row's window) are equal runs of
 /// distinct windows; `None` otherwise.
 fn window_groups(rows: &[usize]) -> Option<Vec<usize>> {
@@ -360,17 +378,7 @@ impl<'a> Rows<'a> {
         if self.prompted || !own_windows || rows <= per_slice {
             return None;
         }
-        let mut slices: Vec<Range<usize>> = (0..rows)
-            .step_by(per_slice)
-            .map(|start| start..(start + per_slice).min(rows))
-            .collect();
-        if slices.last().is_some_and(|last| last.len() == 1) {
-            let last = slices.pop()?;
-            if let Some(previous) = slices.last_mut() {
-                previous.end = last.end;
-            }
-        }
-        Some(slices)
+        Some(row_slices(rows, per_slice))
     }
 
     /// One decoder call per slice of rows, each reading its slice's windows;
@@ -862,6 +870,15 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_slices_cover_every_row_and_never_leave_one_alone() {
+        assert_eq!(row_slices(8, 2), [0..2, 2..4, 4..6, 6..8]);
+        assert_eq!(row_slices(7, 2), [0..2, 2..4, 4..7]);
+        assert_eq!(row_slices(7, 3), [0..3, 3..7]);
+        assert_eq!(row_slices(5, 1), [0..2, 2..5]);
+        assert_eq!(row_slices(1, 2), [0..1]);
+    }
 
     #[test]
     fn rows_in_equal_runs_of_distinct_windows_share_them() {
