@@ -877,7 +877,7 @@ mod tests {
         assert_eq!(row_slices(7, 2), [0..2, 2..4, 4..7]);
         assert_eq!(row_slices(7, 3), [0..3, 3..7]);
         assert_eq!(row_slices(5, 1), [0..2, 2..5]);
-        assert_eq!(row_slices(1, 2), [0..1]);
+        assert_eq!(row_slices(1, 2), vec![0..1]);
     }
 
     #[test]
