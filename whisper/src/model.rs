@@ -522,15 +522,10 @@ impl CrossAttention {
                 reason: "a window is kept twice".into(),
             });
         }
-        let keys = select_rows_all(&self.keys, &positions)?;
-        let values = select_rows_all(&self.values, &positions)?;
+        let mut kept = self.select_rows(windows)?;
+        kept.order = windows.to_vec();
         // The batch's tensors are freed before the copies are used.
-        self.keys = keys;
-        self.values = values;
-        self.rows = windows.len();
-        self.order = windows.to_vec();
-        self.active = self.rows;
-        self.narrowed = None;
+        *self = kept;
         release_freed_memory();
         Ok(())
     }
