@@ -45,7 +45,7 @@ MS_DOMAIN = "com.microsoft"
 LN_EPSILON = 1e-5
 MASK_VALUE = -1e9
 # Written to mmt-model.json; the engine refuses other layouts.
-LAYOUT = "per-layer-heads-v3"
+LAYOUT = "per-layer-heads-v4"
 # Initializers of at least this many bytes go to the graph's weights file
 # (`<graph>.weights`, indexed by `<graph>.weights.json`), which the engine loads
 # once per process and shares between the sessions of all its workers.
@@ -320,10 +320,11 @@ def _dim(g: GraphBuilder, tensor: str, axis: int) -> str:
 
 
 def _self_attention_mask(g: GraphBuilder) -> str:
-    """[B, 1, new, past+new] additive mask: causal among new tokens + ``attention_mask``."""
+    """[B, 1, new, slots+new] additive mask: causal among the new tokens (which
+    follow the cache's slots) + ``attention_mask``."""
     new = _dim(g, "tokens", 1)
     total = _dim(g, "attention_mask", 1)
-    past = g.op("Sub", [total, new], hint="past")
+    past = g.op("Sub", [total, new], hint="slots")
     rows = g.op("Unsqueeze", [g.op("Range", [past, total, g.const_i64(1)]), g.const_i64([1])])
     cols = g.op("Unsqueeze", [g.op("Range", [g.const_i64(0), total, g.const_i64(1)]),
                               g.const_i64([0])])
@@ -359,6 +360,9 @@ class DecoderLayers:
         self.stacked_shape = g.op("Concat", [windows, g.const_i64([h, -1, hd])], axis=0)
         self.unstacked_shape = g.op("Concat", [windows, g.const_i64([h, -1]), new,
                                                g.const_i64([hd])], axis=0)
+        # The self-attention probabilities split into the cache's slots and the new tokens.
+        slots = g.op("Unsqueeze", [_dim(g, "self_k_0", 2), g.const_i64([0])], hint="slots")
+        self.score_split = g.op("Concat", [slots, new], axis=0, hint="score_split")
 
     def gemm(self, x: str, scope: str, scale: float = 1.0, scaled_rows: int | None = None) -> str:
         """x @ W.T + b as one Gemm with a pre-transposed weight (zero bias if CT2 has none).
@@ -392,13 +396,25 @@ class DecoderLayers:
                         scaled_rows=dims.d_model)
         qkv = g.op("Transpose", [g.op("Reshape", [qkv, self.qkv_shape])], perm=[0, 2, 1, 3])
         n = dims.n_heads
-        q, k, v = g.op("Split", [qkv, g.const_i64([n, n, n])], n_outputs=3, axis=1)
-        keys = g.op("Concat", [f"self_k_{layer}", k], outputs=[f"new_self_k_{layer}"], axis=2)
-        values = g.op("Concat", [f"self_v_{layer}", v], outputs=[f"new_self_v_{layer}"], axis=2)
-        scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])], hint="scores")
+        # The step's own keys and values are outputs: the caller writes them into
+        # its cache in place, so no call copies the cache (see docs/model-format.md).
+        q, k, v = g.op("Split", [qkv, g.const_i64([n, n, n])], axis=1,
+                       outputs=[g.fresh("q"), f"step_self_k_{layer}", f"step_self_v_{layer}"])
+        # Scores against the cache's slots and against the new tokens, side by side
+        # under one softmax; each part of the probabilities then reads its values.
+        cached_scores = g.op("MatMul", [q, self.transposed(f"self_k_{layer}")], hint="scores")
+        new_scores = g.op("MatMul", [q, self.transposed(k)], hint="scores")
+        scores = g.op("Concat", [cached_scores, new_scores], axis=-1)
         probs = g.op("Softmax", [g.op("Add", [scores, mask], hint="masked")], axis=-1)
-        context = self.merge_heads(g.op("MatMul", [probs, values]))
+        cached_probs, new_probs = g.op("Split", [probs, self.score_split], n_outputs=2, axis=-1)
+        context = g.op("Add", [g.op("MatMul", [cached_probs, f"self_v_{layer}"]),
+                               g.op("MatMul", [new_probs, v])], hint="context")
+        context = self.merge_heads(context)
         return g.op("Add", [x, self.gemm(context, f"{scope}/linear_1")], hint="residual")
+
+    def transposed(self, keys: str) -> str:
+        """[B, H, T, hd] -> [B, H, hd, T]; ONNX Runtime folds it into the MatMul (transB)."""
+        return self.g.op("Transpose", [keys], perm=[0, 1, 3, 2])
 
     def cross_attention(self, x: str, scope: str, layer: int) -> str:
         """Attention over the encoder's per-head K/V; returns the residual.
@@ -431,7 +447,8 @@ class DecoderLayers:
 
 
 def build_decoder(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
-    """One decoder step (or prompt) with per-layer, per-head self-attention K/V caches."""
+    """One decoder step (or prompt) against per-layer, per-head self-attention caches
+    of fixed size that the caller fills in place with the step's keys and values."""
     g = GraphBuilder()
     layers = DecoderLayers(g, model, dims)
     embeddings = g.weight("decoder.embeddings", model.f32("decoder/embeddings/weight"))
@@ -460,12 +477,12 @@ def build_decoder(model: Ct2Model, dims: WhisperDims) -> onnx.ModelProto:
               _tensor("attention_mask", f32, ["batch", "total"])]
     outputs = [_tensor("logits", f32, ["batch", dims.vocab_size])]
     for i in range(dims.n_decoder_layers):
-        inputs += [_tensor(f"self_k_{i}", f32, ["batch", h, "past", hd]),
-                   _tensor(f"self_v_{i}", f32, ["batch", h, "past", hd]),
+        inputs += [_tensor(f"self_k_{i}", f32, ["batch", h, "slots", hd]),
+                   _tensor(f"self_v_{i}", f32, ["batch", h, "slots", hd]),
                    _tensor(f"cross_k_{i}", f32, _cross_shape(dims, "windows")),
                    _tensor(f"cross_v_{i}", f32, _cross_shape(dims, "windows"))]
-        outputs += [_tensor(f"new_self_k_{i}", f32, ["batch", h, "total", hd]),
-                    _tensor(f"new_self_v_{i}", f32, ["batch", h, "total", hd])]
+        outputs += [_tensor(f"step_self_k_{i}", f32, ["batch", h, "new", hd]),
+                    _tensor(f"step_self_v_{i}", f32, ["batch", h, "new", hd])]
     return g.to_model("whisper_decoder", inputs, outputs)
 
 

@@ -20,6 +20,7 @@ import onnxruntime as ort
 MAX_NEW_TOKENS = 224                 # CTranslate2: min(max_length / 2, max_length - start_step)
 MAX_INITIAL_TIMESTAMP_INDEX = 50     # CTranslate2's default
 MASK_VALUE = -1e9
+CACHE_SLOTS_STEP = 32                # the engine's: the cache grows by this many slots
 
 
 class Rules(Protocol):
@@ -113,17 +114,11 @@ class OnnxWhisper:
                              dtype=np.int64)
         mask = np.array([[MASK_VALUE] * pad + [0.0] * (width - pad) for pad in pads],
                         dtype=np.float32)
-        n_layers, n_heads = cfg["n_decoder_layers"], cfg["n_heads"]
-        empty = np.zeros((batch, n_heads, 0, cfg["d_model"] // n_heads), dtype=np.float32)
-        cache = {f"self_{kv}_{i}": empty for i in range(n_layers) for kv in "kv"}
-        cache_outputs = [f"new_self_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+        cache = SlotCache(cfg, batch)
         generated: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
         for step in range(max_new_tokens):
-            logits, *new_cache = self.decoder.run(["logits", *cache_outputs], {
-                "tokens": tokens, "positions": positions, "attention_mask": mask,
-                **cache, **cross})
-            cache = {name[len("new_"):]: value for name, value in zip(cache_outputs, new_cache)}
+            logits = cache.run(self.decoder, tokens, positions, mask, cross)
             next_tokens = []
             for row in range(batch):
                 if done[row]:
@@ -141,3 +136,50 @@ class OnnxWhisper:
             positions = positions[:, -1:] + 1
             mask = np.concatenate([mask, np.zeros((batch, 1), dtype=np.float32)], axis=1)
         return generated
+
+
+class SlotCache:
+    """The decoder's self-attention cache, filled in place, as the engine keeps it.
+
+    A call reads every slot (the unfilled ones masked) and returns only its
+    new keys and values, which go into the slots after the filled ones; the
+    cache starts with none and grows by whole steps when they do not fit.
+    """
+
+    def __init__(self, cfg: dict, batch: int) -> None:
+        n_layers, n_heads = cfg["n_decoder_layers"], cfg["n_heads"]
+        self.shape = (batch, n_heads, 0, cfg["d_model"] // n_heads)
+        self.names = [f"self_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+        self.arrays = {name: self._zeros(0) for name in self.names}
+        self.filled = 0
+
+    def _zeros(self, slots: int) -> np.ndarray:
+        batch, heads, _, head_dim = self.shape
+        return np.zeros((batch, heads, slots, head_dim), dtype=np.float32)
+
+    @property
+    def slots(self) -> int:
+        return self.arrays[self.names[0]].shape[2]
+
+    def run(self, decoder: ort.InferenceSession, tokens: np.ndarray, positions: np.ndarray,
+            mask: np.ndarray, cross: dict[str, np.ndarray]) -> np.ndarray:
+        """One call; ``mask`` is [batch, filled + new]. Returns the logits."""
+        new = tokens.shape[1]
+        needed = self.filled + new
+        graph_mask = np.full((tokens.shape[0], self.slots + new), MASK_VALUE, dtype=np.float32)
+        graph_mask[:, :self.filled] = mask[:, :self.filled]
+        graph_mask[:, self.slots:] = mask[:, self.filled:]
+        outputs = ["logits", *(f"step_{name}" for name in self.names)]
+        logits, *steps = decoder.run(outputs, {
+            "tokens": tokens, "positions": positions, "attention_mask": graph_mask,
+            **self.arrays, **cross})
+        if needed > self.slots:
+            slots = -(-needed // CACHE_SLOTS_STEP) * CACHE_SLOTS_STEP
+            for name, array in self.arrays.items():
+                grown = self._zeros(slots)
+                grown[:, :, :self.filled] = array[:, :, :self.filled]
+                self.arrays[name] = grown
+        for name, step in zip(self.names, steps):
+            self.arrays[name][:, :, self.filled:needed] = step
+        self.filled = needed
+        return logits

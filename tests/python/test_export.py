@@ -22,7 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 fw_audio = pytest.importorskip("faster_whisper.audio")
 fw_features = pytest.importorskip("faster_whisper.feature_extractor")
 
-from onnx_whisper import OnnxWhisper  # noqa: E402  (scripts/, on the path from conftest)
+from onnx_whisper import OnnxWhisper, SlotCache  # noqa: E402  (scripts/, on the path from conftest)
 
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
@@ -99,11 +99,11 @@ def test_interface(model_dir: Path, mmt_config: dict) -> None:
     decoder_outputs = {"logits": (f32, ["batch", cfg["vocab_size"]])}
     for i in range(n_layers):
         for kv in "kv":
-            decoder_inputs[f"self_{kv}_{i}"] = (f32, ["batch", n_heads, "past", head_dim])
+            decoder_inputs[f"self_{kv}_{i}"] = (f32, ["batch", n_heads, "slots", head_dim])
         for kv in "kv":
             decoder_inputs[f"cross_{kv}_{i}"] = (f32, ["windows", n_heads, n_ctx, head_dim])
         for kv in "kv":
-            decoder_outputs[f"new_self_{kv}_{i}"] = (f32, ["batch", n_heads, "total", head_dim])
+            decoder_outputs[f"step_self_{kv}_{i}"] = (f32, ["batch", n_heads, "new", head_dim])
     expected = {
         "encoder.onnx": ({"mel": (f32, ["batch", cfg["n_mels"], 3000])}, encoder_outputs),
         "decoder.onnx": (decoder_inputs, decoder_outputs),
@@ -119,7 +119,7 @@ def test_interface(model_dir: Path, mmt_config: dict) -> None:
             "translate", "transcribe", "sot_prev", "no_speech", "no_timestamps",
             "timestamp_begin", "lang_ids", "suppress_ids", "suppress_ids_begin"}
     assert keys <= set(cfg)
-    assert cfg["layout"] == "per-layer-heads-v3"
+    assert cfg["layout"] == "per-layer-heads-v4"
     assert cfg["timestamp_begin"] == cfg["no_timestamps"] + 1
 
 
@@ -282,14 +282,11 @@ def test_row_groups_share_their_window(onnx_whisper: OnnxWhisper, mels: dict,
                       dtype=np.int64)
     positions = np.tile(np.arange(2, dtype=np.int64), (rows, 1))
     mask = np.zeros((rows, 2), dtype=np.float32)
-    n_layers, n_heads = cfg["n_decoder_layers"], cfg["n_heads"]
-    empty = np.zeros((rows, n_heads, 0, cfg["d_model"] // n_heads), dtype=np.float32)
-    cache = {f"self_{kv}_{i}": empty for i in range(n_layers) for kv in "kv"}
-    feed = {"tokens": tokens, "positions": positions, "attention_mask": mask, **cache}
     windows_of_rows = np.repeat(np.arange(2), group)
     copied = {name: value[windows_of_rows] for name, value in cross.items()}
-    grouped_logits = onnx_whisper.decoder.run(["logits"], {**feed, **cross})[0]
-    copied_logits = onnx_whisper.decoder.run(["logits"], {**feed, **copied})[0]
+    decoder = onnx_whisper.decoder
+    grouped_logits = SlotCache(cfg, rows).run(decoder, tokens, positions, mask, cross)
+    copied_logits = SlotCache(cfg, rows).run(decoder, tokens, positions, mask, copied)
     np.testing.assert_allclose(grouped_logits, copied_logits, rtol=1e-4, atol=1e-4)
     # The two windows differ, so rows of different groups must differ too.
     assert not np.allclose(grouped_logits[0], grouped_logits[group], atol=1e-2)

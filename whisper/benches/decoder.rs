@@ -17,23 +17,22 @@ use ndarray::Array2;
 use std::hint::black_box;
 use std::time::Duration;
 
-/// Feeds `tokens` (one row each, same length) after `past` cached tokens;
-/// returns the new cache.
+/// Feeds `tokens` (one row each, same length) after `past` cached tokens,
+/// into `cache`.
 fn feed(
     model: &mut WhisperModel,
     cross: &CrossAttention,
-    cache: &SelfAttentionCache,
+    cache: &mut SelfAttentionCache,
     past: usize,
     tokens: &[Vec<u32>],
-) -> SelfAttentionCache {
-    let (_, cache) = model
+) {
+    model
         .decode(inputs(cache, cross, past, tokens))
         .expect("decoder call");
-    cache
 }
 
 fn inputs<'a>(
-    cache: &'a SelfAttentionCache,
+    cache: &'a mut SelfAttentionCache,
     cross: &'a CrossAttention,
     past: usize,
     tokens: &[Vec<u32>],
@@ -45,6 +44,7 @@ fn inputs<'a>(
         positions: Array2::from_shape_fn((rows, width), |(_, i)| (past + i) as i64),
         attention_mask: Array2::zeros((rows, past + width)),
         cache,
+        cache_rows: 0..rows,
         cross,
     }
 }
@@ -89,15 +89,23 @@ fn decoder(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decoder_step");
     group.measurement_time(Duration::from_secs(10));
-    let empty = SelfAttentionCache::empty(&spec, 1).expect("cache");
     let prompt = vec![spec.sot, spec.no_timestamps];
     let next = vec![text_tokens.first().copied().unwrap_or(spec.eot)];
-    // After the prompt (2 tokens), and after the prompt and the whole text.
-    let short = feed(&mut model, &cross, &empty, 0, std::slice::from_ref(&prompt));
+    // After the prompt (2 tokens), and after the prompt and the whole text;
+    // each step writes its keys and values into the same slot again.
+    let mut short = SelfAttentionCache::empty(&spec, 1).expect("cache");
+    feed(
+        &mut model,
+        &cross,
+        &mut short,
+        0,
+        std::slice::from_ref(&prompt),
+    );
     let mut long_prefix = prompt.clone();
     long_prefix.extend(&text_tokens);
-    let long = feed(&mut model, &cross, &empty, 0, &[long_prefix.clone()]);
-    for (past, cache) in [(prompt.len(), &short), (long_prefix.len(), &long)] {
+    let mut long = SelfAttentionCache::empty(&spec, 1).expect("cache");
+    feed(&mut model, &cross, &mut long, 0, &[long_prefix.clone()]);
+    for (past, cache) in [(prompt.len(), &mut short), (long_prefix.len(), &mut long)] {
         group.bench_with_input(BenchmarkId::new("rows_1_past", past), &past, |b, &past| {
             b.iter(|| {
                 model
@@ -114,13 +122,24 @@ fn decoder(c: &mut Criterion) {
     // Eight rows (windows of a batch) at once, after the prompt.
     let rows = 8;
     let cross8 = cross.select_rows(&vec![0; rows]).expect("select rows");
-    let empty8 = SelfAttentionCache::empty(&spec, rows).expect("cache");
-    let short8 = feed(&mut model, &cross8, &empty8, 0, &vec![prompt.clone(); rows]);
+    let mut short8 = SelfAttentionCache::empty(&spec, rows).expect("cache");
+    feed(
+        &mut model,
+        &cross8,
+        &mut short8,
+        0,
+        &vec![prompt.clone(); rows],
+    );
     let next8 = vec![next.clone(); rows];
     group.bench_function(BenchmarkId::new("rows_8_past", prompt.len()), |b| {
         b.iter(|| {
             model
-                .decode(inputs(&short8, &cross8, prompt.len(), black_box(&next8)))
+                .decode(inputs(
+                    &mut short8,
+                    &cross8,
+                    prompt.len(),
+                    black_box(&next8),
+                ))
                 .expect("decoder step")
         })
     });

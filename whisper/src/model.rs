@@ -4,7 +4,7 @@
 
 use crate::weights::{GraphWeights, ModelWeights};
 use crate::{WhisperError, WorkCounters};
-use ndarray::{Array2, Array3, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
 use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
@@ -186,8 +186,8 @@ struct TensorNames {
     cross_v: Vec<String>,
     self_k: Vec<String>,
     self_v: Vec<String>,
-    new_self_k: Vec<String>,
-    new_self_v: Vec<String>,
+    step_self_k: Vec<String>,
+    step_self_v: Vec<String>,
 }
 
 impl TensorNames {
@@ -198,8 +198,8 @@ impl TensorNames {
             cross_v: names("cross_v"),
             self_k: names("self_k"),
             self_v: names("self_v"),
-            new_self_k: names("new_self_k"),
-            new_self_v: names("new_self_v"),
+            step_self_k: names("step_self_k"),
+            step_self_v: names("step_self_v"),
         }
     }
 }
@@ -219,7 +219,7 @@ pub struct WhisperModel {
 }
 
 /// The export layout this engine runs (`layout` in `mmt-model.json`).
-pub const MODEL_LAYOUT: &str = "per-layer-heads-v3";
+pub const MODEL_LAYOUT: &str = "per-layer-heads-v4";
 
 impl WhisperModel {
     /// Loads ONNX Runtime and both graphs.
@@ -303,11 +303,27 @@ impl WhisperModel {
         Ok(CrossAttention::new(keys, values, rows))
     }
 
-    /// Runs one decoder call; returns last-position logits `[rows, vocab]` and the new cache.
-    pub fn decode(
-        &mut self,
-        step: DecoderInputs<'_>,
-    ) -> Result<(Array2<f32>, SelfAttentionCache), WhisperError> {
+    /// Runs one decoder call; returns the last-position logits `[rows, vocab]`.
+    ///
+    /// The call reads all of `step.cache`'s slots, and its new keys and values
+    /// are then written into the cache in place, in the slots after the `past`
+    /// ones it held (`past` is the attention mask's width less the new tokens),
+    /// the cache growing first if it has no room for them.
+    pub fn decode(&mut self, step: DecoderInputs<'_>) -> Result<Array2<f32>, WhisperError> {
+        let (rows, new_tokens) = step.tokens.dim();
+        let past = step.attention_mask.ncols().checked_sub(new_tokens);
+        let cache_rows = step.cache_rows.clone();
+        let agree = |past: &usize| {
+            cache_rows.len() == rows
+                && cache_rows.end <= step.cache.rows()
+                && *past <= step.cache.slots()
+        };
+        let Some(past) = past.filter(agree) else {
+            return Err(WhisperError::InvalidOption {
+                reason: "a decoder call's tokens, attention mask and cache do not agree".into(),
+            });
+        };
+        let attention_mask = step.cache.slot_mask(step.attention_mask.view(), past);
         let names = &self.names;
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             (
@@ -320,16 +336,20 @@ impl WhisperModel {
             ),
             (
                 "attention_mask".into(),
-                TensorRef::from_array_view(step.attention_mask.view())?.into(),
+                TensorRef::from_array_view(attention_mask.view())?.into(),
             ),
         ];
         let caches = [
             (&names.self_k, &step.cache.keys),
             (&names.self_v, &step.cache.values),
         ];
-        for (layer_names, values) in caches {
-            for (name, value) in layer_names.iter().zip(values) {
-                inputs.push((name.as_str().into(), value.into()));
+        for (layer_names, layers) in caches {
+            for (name, layer) in layer_names.iter().zip(layers) {
+                let rows = layer.slice_axis(Axis(0), cache_rows.clone().into());
+                inputs.push((
+                    name.as_str().into(),
+                    TensorRef::from_array_view(rows)?.into(),
+                ));
             }
         }
         let cross = [
@@ -341,9 +361,8 @@ impl WhisperModel {
                 inputs.push((name.as_str().into(), step.cross.decoder_input(value)?));
             }
         }
-        let (rows, new_tokens) = step.tokens.dim();
         let started = Instant::now();
-        let mut outputs = self.decoder.run(inputs)?;
+        let outputs = self.decoder.run(inputs)?;
         self.calls.decoder_nanos += elapsed_nanos(started);
         self.calls.decoder_calls += 1;
         self.calls.decoder_rows += rows as u64;
@@ -357,11 +376,27 @@ impl WhisperModel {
                 reason: format!("logits have an unexpected shape: {err}"),
             })?
             .to_owned();
-        let cache = SelfAttentionCache {
-            keys: take_outputs(&mut outputs, &names.new_self_k)?,
-            values: take_outputs(&mut outputs, &names.new_self_v)?,
-        };
-        Ok((logits, cache))
+        step.cache.make_room(past, past + new_tokens);
+        let slots = past..past + new_tokens;
+        for (layer_names, layers) in [
+            (&names.step_self_k, &mut step.cache.keys),
+            (&names.step_self_v, &mut step.cache.values),
+        ] {
+            for (name, layer) in layer_names.iter().zip(layers.iter_mut()) {
+                let new = outputs
+                    .get(name.as_str())
+                    .ok_or_else(|| missing_output(name))?
+                    .try_extract_array::<f32>()?;
+                let mut target = layer.slice_mut(s![cache_rows.clone(), .., slots.clone(), ..]);
+                if target.shape() != new.shape() {
+                    return Err(WhisperError::Inference {
+                        reason: format!("{name} has an unexpected shape {:?}", new.shape()),
+                    });
+                }
+                target.assign(&new);
+            }
+        }
+        Ok(logits)
     }
 }
 
@@ -370,17 +405,46 @@ impl WhisperModel {
 pub struct DecoderInputs<'a> {
     pub tokens: Array2<i64>,
     pub positions: Array2<i64>,
+    /// `[rows, past + new]`, additive: 0 to attend, [`MASKED`] not to; `past`
+    /// is the number of the cache's slots already filled.
     pub attention_mask: Array2<f32>,
-    pub cache: &'a SelfAttentionCache,
+    /// The cache the call reads and writes its new keys and values into.
+    pub cache: &'a mut SelfAttentionCache,
+    /// The rows of `cache` that are this call's rows.
+    pub cache_rows: Range<usize>,
     pub cross: &'a CrossAttention,
 }
 
+/// The attention mask's value for a slot a row does not attend to.
+pub const MASKED: f32 = -1e9;
+
+/// Slots a self-attention cache grows by (see [`SelfAttentionCache`]).
+///
+/// A row's attention reads every slot (the empty ones masked), so a step
+/// costs a little more in attention with more spare slots, while a smaller
+/// step copies the cache more often to grow it (once per this many tokens).
+pub const CACHE_SLOTS_STEP: usize = 32;
+
 /// Self-attention keys and values of the tokens decoded so far, per layer:
-/// `[rows, heads, past, head_dim]`.
-#[derive(Debug)]
+/// `[rows, heads, slots, head_dim]`, filled from slot 0.
+///
+/// The decoder reads all the slots (those not filled yet masked) and
+/// returns only a call's new keys and values, which [`WhisperModel::decode`]
+/// writes into the next slots: a decoder call neither copies the cache nor
+/// returns a second, longer one beside it.
+///
+/// A row's attention runs over every slot, and its rounding depends on how
+/// many there are and where its keys sit among them, so both must depend on
+/// the row alone, never on its batch (ADR 6). A new cache has exactly the
+/// slots it is made with: none, or the masked zeros that lay prompts out at
+/// one length, so a prompt's keys land where they would in any batch (the
+/// prompts of a batch are left-padded to the longest). After that the cache
+/// grows by [`CACHE_SLOTS_STEP`] slots whenever a call's new tokens do not
+/// fit, which depends only on how many tokens it holds.
+#[derive(Debug, Clone)]
 pub struct SelfAttentionCache {
-    pub keys: Vec<DynValue>,
-    pub values: Vec<DynValue>,
+    keys: Vec<Array4<f32>>,
+    values: Vec<Array4<f32>>,
 }
 
 impl SelfAttentionCache {
@@ -389,27 +453,131 @@ impl SelfAttentionCache {
         Self::zeros(spec, rows, 0)
     }
 
-    /// A cache of `len` zero keys and values per row (masked padding).
+    /// A cache of `len` zero keys and values per row (masked padding), and no
+    /// spare slots.
     pub fn zeros(spec: &ModelSpec, rows: usize, len: usize) -> Result<Self, WhisperError> {
-        let shape = (rows, spec.n_heads, len, spec.d_model / spec.n_heads.max(1));
-        let empty = || -> Result<Vec<DynValue>, WhisperError> {
+        if spec.n_heads == 0 || spec.d_model % spec.n_heads != 0 {
+            return Err(WhisperError::InvalidOption {
+                reason: format!(
+                    "d_model {} does not split into {} heads",
+                    spec.d_model, spec.n_heads
+                ),
+            });
+        }
+        let shape = (rows, spec.n_heads, len, spec.d_model / spec.n_heads);
+        let layers = || {
             (0..spec.n_decoder_layers)
-                .map(|_| Ok(Tensor::from_array(ndarray::Array4::<f32>::zeros(shape))?.into_dyn()))
+                .map(|_| Array4::zeros(shape))
                 .collect()
         };
         Ok(Self {
-            keys: empty()?,
-            values: empty()?,
+            keys: layers(),
+            values: layers(),
         })
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.keys.first().map_or(0, |layer| layer.len_of(Axis(0)))
+    }
+
+    /// Slots per row, filled or not.
+    pub fn slots(&self) -> usize {
+        self.keys.first().map_or(0, |layer| layer.len_of(Axis(2)))
     }
 
     /// Keeps the rows `indices` (in that order, repeats allowed), e.g. after a beam step.
     pub fn select_rows(&self, indices: &[usize]) -> Result<Self, WhisperError> {
+        if let Some(&row) = indices.iter().find(|&&row| row >= self.rows()) {
+            return Err(WhisperError::InvalidOption {
+                reason: format!("cache row {row} is not held"),
+            });
+        }
+        let select = |layers: &[Array4<f32>]| {
+            layers
+                .iter()
+                .map(|layer| layer.select(Axis(0), indices))
+                .collect()
+        };
         Ok(Self {
-            keys: select_rows_all(&self.keys, indices)?,
-            values: select_rows_all(&self.values, indices)?,
+            keys: select(&self.keys),
+            values: select(&self.values),
         })
     }
+
+    /// A cache of `rows` zero rows with as many slots as this one.
+    pub(crate) fn zeros_like(&self, rows: usize) -> Self {
+        let zeros = |layers: &[Array4<f32>]| {
+            layers
+                .iter()
+                .map(|layer| {
+                    let (_, heads, slots, head_dim) = layer.dim();
+                    Array4::zeros((rows, heads, slots, head_dim))
+                })
+                .collect()
+        };
+        Self {
+            keys: zeros(&self.keys),
+            values: zeros(&self.values),
+        }
+    }
+
+    /// Copies the rows of `part`, which has as many slots, into rows `start..`.
+    pub(crate) fn fill_rows(&mut self, start: usize, part: &Self) -> Result<(), WhisperError> {
+        let rows = start..start + part.rows();
+        if rows.end > self.rows() || part.slots() != self.slots() {
+            return Err(WhisperError::Inference {
+                reason: "a part of a self-attention cache does not fit it".into(),
+            });
+        }
+        for (whole, piece) in self
+            .keys
+            .iter_mut()
+            .zip(&part.keys)
+            .chain(self.values.iter_mut().zip(&part.values))
+        {
+            whole.slice_mut(s![rows.clone(), .., .., ..]).assign(piece);
+        }
+        Ok(())
+    }
+
+    /// Grows the slots to hold `needed` tokens, keeping the `filled` ones.
+    /// One layer is copied at a time, so the copy adds one layer's size.
+    fn make_room(&mut self, filled: usize, needed: usize) {
+        if needed <= self.slots() {
+            return;
+        }
+        let slots = slots_for(needed);
+        let filled = filled.min(self.slots());
+        for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let (rows, heads, _, head_dim) = layer.dim();
+            let mut grown = Array4::zeros((rows, heads, slots, head_dim));
+            grown
+                .slice_mut(s![.., .., ..filled, ..])
+                .assign(&layer.slice(s![.., .., ..filled, ..]));
+            *layer = grown;
+        }
+    }
+
+    /// The graph's `[rows, slots + new]` mask from the caller's
+    /// `[rows, past + new]`: the slots after the `past` filled ones are masked.
+    fn slot_mask(&self, mask: ArrayView2<'_, f32>, past: usize) -> Array2<f32> {
+        let (rows, width) = mask.dim();
+        let slots = self.slots();
+        let mut graph_mask = Array2::from_elem((rows, slots + width - past), MASKED);
+        graph_mask
+            .slice_mut(s![.., ..past])
+            .assign(&mask.slice(s![.., ..past]));
+        graph_mask
+            .slice_mut(s![.., slots..])
+            .assign(&mask.slice(s![.., past..]));
+        graph_mask
+    }
+}
+
+/// Slots a cache grows to for `len` tokens: whole steps of [`CACHE_SLOTS_STEP`].
+fn slots_for(len: usize) -> usize {
+    len.div_ceil(CACHE_SLOTS_STEP) * CACHE_SLOTS_STEP
 }
 
 /// Windows the encoder runs on at once (see [`WhisperModel::encode`]).
@@ -580,9 +748,9 @@ fn swap_rows(tensor: &mut DynValue, rows: usize, a: usize, b: usize) -> Result<(
     Ok(())
 }
 
-/// Per-layer keys and values of a batch (cross-attention K/V, or a
-/// self-attention cache), filled in by the parts it was computed in, so that
-/// only one part's outputs exist beside the batch.
+/// Per-layer cross-attention keys and values of a batch, filled in by the
+/// parts it was encoded in, so that only one part's outputs exist beside the
+/// batch.
 pub(crate) struct BatchKv {
     rows: usize,
     keys: Vec<ndarray::ArrayD<f32>>,
@@ -755,4 +923,98 @@ pub fn stack_windows(windows: &[Array2<f32>]) -> Result<Array3<f32>, WhisperErro
     ndarray::stack(Axis(0), &views).map_err(|err| WhisperError::InvalidOption {
         reason: format!("windows differ in shape: {err}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache of `rows` rows and `slots` slots (2 layers, 2 heads of 3),
+    /// each key the number `1000 * row + slot + 1` and each value its negative.
+    fn numbered_cache(rows: usize, slots: usize) -> SelfAttentionCache {
+        let layer = |sign: f32| {
+            Array4::from_shape_fn((rows, 2, slots, 3), |(row, _, slot, _)| {
+                sign * (1000 * row + slot + 1) as f32
+            })
+        };
+        SelfAttentionCache {
+            keys: vec![layer(1.0), layer(1.0)],
+            values: vec![layer(-1.0), layer(-1.0)],
+        }
+    }
+
+    #[test]
+    fn slots_come_in_whole_steps() {
+        assert_eq!(slots_for(0), 0);
+        assert_eq!(slots_for(1), CACHE_SLOTS_STEP);
+        assert_eq!(slots_for(CACHE_SLOTS_STEP), CACHE_SLOTS_STEP);
+        assert_eq!(slots_for(CACHE_SLOTS_STEP + 1), 2 * CACHE_SLOTS_STEP);
+    }
+
+    #[test]
+    fn growing_keeps_the_filled_slots_and_zeroes_the_rest() {
+        let mut cache = numbered_cache(2, CACHE_SLOTS_STEP);
+        cache.make_room(5, CACHE_SLOTS_STEP);
+        assert_eq!(cache.slots(), CACHE_SLOTS_STEP, "room enough: unchanged");
+        cache.make_room(5, CACHE_SLOTS_STEP + 3);
+        assert_eq!(cache.slots(), 2 * CACHE_SLOTS_STEP);
+        assert_eq!(cache.rows(), 2);
+        for layer in cache.keys.iter().chain(&cache.values) {
+            for ((row, _, slot, _), &value) in layer.indexed_iter() {
+                let expected = if slot < 5 {
+                    (1000 * row + slot + 1) as f32
+                } else {
+                    0.0
+                };
+                assert_eq!(value.abs(), expected, "row {row} slot {slot}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_graph_mask_closes_the_slots_not_filled() {
+        let cache = numbered_cache(2, 8);
+        // 3 filled slots (row 1 left-padded by one) and 2 new tokens.
+        let mask = ndarray::array![[0.0, 0.0, 0.0, 0.0, 0.0], [MASKED, 0.0, 0.0, 0.0, 0.0]];
+        let graph = cache.slot_mask(mask.view(), 3);
+        assert_eq!(graph.dim(), (2, 8 + 2));
+        let open = |row: usize| -> Vec<usize> {
+            (0..graph.ncols())
+                .filter(|&col| graph[[row, col]] == 0.0)
+                .collect()
+        };
+        assert_eq!(open(0), vec![0, 1, 2, 8, 9]);
+        assert_eq!(open(1), vec![1, 2, 8, 9]);
+    }
+
+    #[test]
+    fn parts_fill_their_rows_of_a_whole_with_as_many_slots() {
+        let part = numbered_cache(2, 4);
+        let mut whole = part.zeros_like(5);
+        assert_eq!((whole.rows(), whole.slots()), (5, 4));
+        whole.fill_rows(3, &part).expect("fits");
+        assert_eq!(whole.keys[0][[3, 1, 2, 0]], 3.0);
+        assert_eq!(whole.values[1][[4, 0, 3, 2]], -1004.0);
+        assert_eq!(
+            whole.keys[1][[2, 0, 0, 0]],
+            0.0,
+            "rows not filled stay zero"
+        );
+        assert!(whole.fill_rows(4, &part).is_err(), "past the last row");
+        assert!(
+            whole.fill_rows(0, &numbered_cache(1, 5)).is_err(),
+            "other slots"
+        );
+    }
+
+    #[test]
+    fn selected_rows_keep_their_slots_and_unknown_rows_are_refused() {
+        let cache = numbered_cache(3, 4);
+        let selected = cache.select_rows(&[2, 2, 0]).expect("rows held");
+        assert_eq!((selected.rows(), selected.slots()), (3, 4));
+        assert_eq!(selected.keys[1][[0, 1, 3, 2]], 2004.0);
+        assert_eq!(selected.keys[1][[1, 0, 0, 0]], 2001.0);
+        assert_eq!(selected.values[0][[2, 0, 1, 0]], -2.0);
+        assert!(cache.select_rows(&[3]).is_err());
+    }
 }

@@ -6,7 +6,7 @@
 
 pub mod rules;
 
-use crate::model::{BatchKv, CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel};
+use crate::model::{CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel, MASKED};
 use crate::WhisperError;
 use ndarray::{Array2, Axis};
 use rules::{log_softmax, token_probability, LogitRules};
@@ -279,14 +279,6 @@ impl<'a> Rows<'a> {
         Ok(())
     }
 
-    /// The K/V the decoder reads for the current rows.
-    fn cross(&self) -> &CrossAttention {
-        match &self.copied {
-            Some((_, copy)) => copy,
-            None => self.source,
-        }
-    }
-
     fn len(&self) -> usize {
         self.windows.len()
     }
@@ -327,7 +319,7 @@ impl<'a> Rows<'a> {
         for row in 0..rows {
             let masked = (0..self.padding[row]).chain(self.past..self.past + new_padding[row]);
             for slot in masked {
-                attention_mask[[row, slot]] = -1e9;
+                attention_mask[[row, slot]] = MASKED;
             }
         }
         let new = NewTokens {
@@ -335,17 +327,25 @@ impl<'a> Rows<'a> {
             positions,
             attention_mask,
         };
-        let (logits, cache) = match self.prompt_slices(rows, width) {
+        let logits = match self.prompt_slices(rows, width) {
             Some(slices) => self.feed_in_slices(model, &new, &slices)?,
-            None => model.decode(DecoderInputs {
-                tokens: new.tokens,
-                positions: new.positions,
-                attention_mask: new.attention_mask,
-                cache: &self.cache,
-                cross: self.cross(),
-            })?,
+            None => {
+                // The K/V the decoder reads for the current rows (the
+                // fields are borrowed apart: the cache is written meanwhile).
+                let cross = match &self.copied {
+                    Some((_, copy)) => copy,
+                    None => &*self.source,
+                };
+                model.decode(DecoderInputs {
+                    tokens: new.tokens,
+                    positions: new.positions,
+                    attention_mask: new.attention_mask,
+                    cache: &mut self.cache,
+                    cache_rows: 0..rows,
+                    cross,
+                })?
+            }
         };
-        self.cache = cache;
         // Padding inside the new tokens only happens on the first (prompt) call.
         if !self.prompted {
             for (padding, new) in self.padding.iter_mut().zip(new_padding) {
@@ -383,38 +383,44 @@ impl<'a> Rows<'a> {
 
     /// One decoder call per slice of rows, each reading its slice's windows;
     /// the logits and caches are put together as one call's would be.
+    ///
+    /// Each slice decodes into its own copy of its rows of the cache: the
+    /// first slice's call grows the cache, and the others must read it as it
+    /// was (see [`SelfAttentionCache`]). Only one slice's copy exists beside
+    /// the whole.
     fn feed_in_slices(
         &mut self,
         model: &mut WhisperModel,
         new: &NewTokens,
         slices: &[Range<usize>],
-    ) -> Result<(Array2<f32>, SelfAttentionCache), WhisperError> {
-        let rows = new.tokens.nrows();
+    ) -> Result<Array2<f32>, WhisperError> {
         let mut logits = Vec::with_capacity(slices.len());
-        let mut cache = BatchKv::new(rows);
+        let mut whole: Option<SelfAttentionCache> = None;
         for slice in slices {
             let indices: Vec<usize> = slice.clone().collect();
-            let part_cache = self.cache.select_rows(&indices)?;
+            let mut part = self.cache.select_rows(&indices)?;
             self.source.read_only(Some(slice.clone()))?;
             let decoded = model.decode(DecoderInputs {
                 tokens: new.tokens.select(Axis(0), &indices),
                 positions: new.positions.select(Axis(0), &indices),
                 attention_mask: new.attention_mask.select(Axis(0), &indices),
-                cache: &part_cache,
+                cache: &mut part,
+                cache_rows: 0..indices.len(),
                 cross: self.source,
             });
             self.source.read_only(None)?;
-            let (part_logits, part_cache) = decoded?;
-            cache.fill(slice.start, &part_cache.keys, &part_cache.values)?;
-            logits.push(part_logits);
+            logits.push(decoded?);
+            whole
+                .get_or_insert_with(|| part.zeros_like(self.cache.rows()))
+                .fill_rows(slice.start, &part)?;
+        }
+        if let Some(whole) = whole {
+            self.cache = whole;
         }
         let views: Vec<_> = logits.iter().map(|part| part.view()).collect();
-        let logits =
-            ndarray::concatenate(Axis(0), &views).map_err(|err| WhisperError::Inference {
-                reason: format!("logits of a sliced prompt do not stack: {err}"),
-            })?;
-        let (keys, values) = cache.into_tensors()?;
-        Ok((logits, SelfAttentionCache { keys, values }))
+        ndarray::concatenate(Axis(0), &views).map_err(|err| WhisperError::Inference {
+            reason: format!("logits of a sliced prompt do not stack: {err}"),
+        })
     }
 
     /// Before the prompts of `width` tokens: masked zero keys and values up
