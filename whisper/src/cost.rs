@@ -132,7 +132,7 @@ mod tests {
             "vocab_size": 51864, "multilingual": false, "eot": 50256, "sot": 50257,
             "transcribe": 50358, "translate": 50357, "sot_prev": 50360,
             "no_speech": 50361, "no_timestamps": 50362, "timestamp_begin": 50363,
-            "suppress_ids": [], "suppress_ids_begin": [], "layout": "per-layer-heads-v3"
+            "suppress_ids": [], "suppress_ids_begin": [], "layout": "per-layer-heads-v4"
         }))
         .expect("a tiny.en spec")
     }

@@ -15,11 +15,13 @@ use std::ops::Range;
 
 /// Prompt tokens (all rows together) one decoder call reads at most.
 ///
-/// A prompt's cross-attention scores hold `rows x heads x width x 1500`
-/// floats (and its softmax as many again): for 8 prompts with previous text
-/// (225 tokens) that is 65 MB each for tiny, the highest point of a worker's
-/// memory on a long recording. Two such prompts per call keep it at 16 MB;
-/// the prompts' matrix products stay hundreds of rows tall.
+/// Set when the decoder's cross-attention held `rows x heads x width x 1500`
+/// scores (and its softmax as many again): 65 MB each for 8 prompts with
+/// previous text (225 tokens), the highest point of a worker's memory on a
+/// long recording. The fused cross-attention of layout v4 holds no scores,
+/// so the slices now bound only the prompts' other activations (a few MB);
+/// whether to drop them has not been measured. The prompts' matrix products
+/// stay hundreds of rows tall.
 const PROMPT_TOKENS: usize = 512;
 
 /// How the next token is chosen.
