@@ -4,7 +4,9 @@
 
 use crate::weights::{GraphWeights, ModelWeights};
 use crate::{WhisperError, WorkCounters};
-use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
+use ndarray::{
+    s, Array, Array2, Array3, Array4, ArrayView, ArrayView2, ArrayView3, Axis, Dimension, Ix4,
+};
 use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
@@ -283,10 +285,18 @@ impl WhisperModel {
         for start in (0..rows).step_by(ENCODER_ROWS) {
             let end = (start + ENCODER_ROWS).min(rows);
             let part = self.encode_rows(mel.slice_axis(Axis(0), (start..end).into()))?;
-            batch.fill(start, &part.keys, &part.values)?;
+            batch.fill(
+                start,
+                &tensor_views(&part.keys)?,
+                &tensor_views(&part.values)?,
+            )?;
         }
-        let (keys, values) = batch.into_tensors()?;
-        Ok(CrossAttention::new(keys, values, rows))
+        let (keys, values) = batch.into_arrays();
+        Ok(CrossAttention::new(
+            into_tensors(keys)?,
+            into_tensors(values)?,
+            rows,
+        ))
     }
 
     fn encode_rows(&mut self, mel: ArrayView3<'_, f32>) -> Result<CrossAttention, WhisperError> {
@@ -505,40 +515,18 @@ impl SelfAttentionCache {
         })
     }
 
-    /// A cache of `rows` zero rows with as many slots as this one.
-    pub(crate) fn zeros_like(&self, rows: usize) -> Self {
-        let zeros = |layers: &[Array4<f32>]| {
-            layers
-                .iter()
-                .map(|layer| {
-                    let (_, heads, slots, head_dim) = layer.dim();
-                    Array4::zeros((rows, heads, slots, head_dim))
-                })
-                .collect()
-        };
-        Self {
-            keys: zeros(&self.keys),
-            values: zeros(&self.values),
-        }
+    /// Views of the keys and of the values, per layer, for [`BatchKv::fill`].
+    pub(crate) fn views(&self) -> KeysValues<ArrayView<'_, f32, Ix4>> {
+        (
+            self.keys.iter().map(|layer| layer.view()).collect(),
+            self.values.iter().map(|layer| layer.view()).collect(),
+        )
     }
 
-    /// Copies the rows of `part`, which has as many slots, into rows `start..`.
-    pub(crate) fn fill_rows(&mut self, start: usize, part: &Self) -> Result<(), WhisperError> {
-        let rows = start..start + part.rows();
-        if rows.end > self.rows() || part.slots() != self.slots() {
-            return Err(WhisperError::Inference {
-                reason: "a part of a self-attention cache does not fit it".into(),
-            });
-        }
-        for (whole, piece) in self
-            .keys
-            .iter_mut()
-            .zip(&part.keys)
-            .chain(self.values.iter_mut().zip(&part.values))
-        {
-            whole.slice_mut(s![rows.clone(), .., .., ..]).assign(piece);
-        }
-        Ok(())
+    /// The cache a batch of parts was filled into.
+    pub(crate) fn from_batch(batch: BatchKv<Ix4>) -> Self {
+        let (keys, values) = batch.into_arrays();
+        Self { keys, values }
     }
 
     /// Grows the slots to hold `needed` tokens, keeping the `filled` ones.
@@ -748,16 +736,19 @@ fn swap_rows(tensor: &mut DynValue, rows: usize, a: usize, b: usize) -> Result<(
     Ok(())
 }
 
-/// Per-layer cross-attention keys and values of a batch, filled in by the
-/// parts it was encoded in, so that only one part's outputs exist beside the
-/// batch.
-pub(crate) struct BatchKv {
+/// Keys and values, one of each per decoder layer.
+pub(crate) type KeysValues<T> = (Vec<T>, Vec<T>);
+
+/// Per-layer keys and values of a batch (cross-attention K/V, or a
+/// self-attention cache), filled in by the parts it was computed in, so that
+/// only one part's outputs exist beside the batch.
+pub(crate) struct BatchKv<D: Dimension> {
     rows: usize,
-    keys: Vec<ndarray::ArrayD<f32>>,
-    values: Vec<ndarray::ArrayD<f32>>,
+    keys: Vec<Array<f32, D>>,
+    values: Vec<Array<f32, D>>,
 }
 
-impl BatchKv {
+impl<D: Dimension> BatchKv<D> {
     /// An empty batch of `rows` rows, shaped by its first part.
     pub(crate) fn new(rows: usize) -> Self {
         Self {
@@ -771,12 +762,12 @@ impl BatchKv {
     pub(crate) fn fill(
         &mut self,
         start: usize,
-        keys: &[DynValue],
-        values: &[DynValue],
+        keys: &[ArrayView<'_, f32, D>],
+        values: &[ArrayView<'_, f32, D>],
     ) -> Result<(), WhisperError> {
         if self.keys.is_empty() {
-            self.keys = zeros_shaped_like(keys, self.rows)?;
-            self.values = zeros_shaped_like(values, self.rows)?;
+            self.keys = zeros_shaped_like(keys, self.rows);
+            self.values = zeros_shaped_like(values, self.rows);
         }
         for (whole, piece) in self
             .keys
@@ -784,7 +775,6 @@ impl BatchKv {
             .zip(keys)
             .chain(self.values.iter_mut().zip(values))
         {
-            let piece = piece.try_extract_array::<f32>()?;
             let rows = (start..start + piece.len_of(Axis(0))).into();
             if start + piece.len_of(Axis(0)) > whole.len_of(Axis(0))
                 || whole.slice_axis(Axis(0), rows).shape() != piece.shape()
@@ -793,37 +783,47 @@ impl BatchKv {
                     reason: "parts of a batch differ in shape".into(),
                 });
             }
-            whole.slice_axis_mut(Axis(0), rows).assign(&piece);
+            whole.slice_axis_mut(Axis(0), rows).assign(piece);
         }
         Ok(())
     }
 
     /// The filled batch's keys and values.
-    pub(crate) fn into_tensors(self) -> Result<(Vec<DynValue>, Vec<DynValue>), WhisperError> {
-        let tensors = |arrays: Vec<ndarray::ArrayD<f32>>| {
-            arrays
-                .into_iter()
-                .map(|array| Ok(Tensor::from_array(array)?.into_dyn()))
-                .collect::<Result<Vec<DynValue>, WhisperError>>()
-        };
-        Ok((tensors(self.keys)?, tensors(self.values)?))
+    pub(crate) fn into_arrays(self) -> KeysValues<Array<f32, D>> {
+        (self.keys, self.values)
     }
 }
 
-/// Zeroed tensors of `tensors`' shapes with `rows` rows (axis 0).
-fn zeros_shaped_like(
-    tensors: &[DynValue],
+/// Zeroed arrays of `parts`' shapes with `rows` rows (axis 0).
+fn zeros_shaped_like<D: Dimension>(
+    parts: &[ArrayView<'_, f32, D>],
     rows: usize,
-) -> Result<Vec<ndarray::ArrayD<f32>>, WhisperError> {
+) -> Vec<Array<f32, D>> {
+    parts
+        .iter()
+        .map(|part| {
+            let mut shape = part.raw_dim();
+            if shape.ndim() > 0 {
+                shape[0] = rows;
+            }
+            Array::zeros(shape)
+        })
+        .collect()
+}
+
+/// Views of float tensors, e.g. a graph's outputs, for [`BatchKv::fill`].
+fn tensor_views(tensors: &[DynValue]) -> Result<Vec<ndarray::ArrayViewD<'_, f32>>, WhisperError> {
     tensors
         .iter()
-        .map(|tensor| {
-            let mut shape = tensor.try_extract_array::<f32>()?.shape().to_vec();
-            if let Some(first) = shape.first_mut() {
-                *first = rows;
-            }
-            Ok(ndarray::ArrayD::zeros(shape))
-        })
+        .map(|tensor| Ok(tensor.try_extract_array::<f32>()?))
+        .collect()
+}
+
+/// ONNX Runtime tensors owning `arrays`.
+fn into_tensors(arrays: Vec<ndarray::ArrayD<f32>>) -> Result<Vec<DynValue>, WhisperError> {
+    arrays
+        .into_iter()
+        .map(|array| Ok(Tensor::from_array(array)?.into_dyn()))
         .collect()
 }
 
@@ -988,22 +988,26 @@ mod tests {
     }
 
     #[test]
-    fn parts_fill_their_rows_of_a_whole_with_as_many_slots() {
+    fn parts_fill_their_rows_of_a_batch_and_must_match_its_shape() {
         let part = numbered_cache(2, 4);
-        let mut whole = part.zeros_like(5);
+        let (keys, values) = part.views();
+        let mut batch = BatchKv::new(5);
+        batch.fill(3, &keys, &values).expect("fits");
+        let other = numbered_cache(1, 5);
+        let (other_keys, other_values) = other.views();
+        assert!(batch.fill(4, &keys, &values).is_err(), "past the last row");
+        assert!(
+            batch.fill(0, &other_keys, &other_values).is_err(),
+            "other slots"
+        );
+        let whole = SelfAttentionCache::from_batch(batch);
         assert_eq!((whole.rows(), whole.slots()), (5, 4));
-        whole.fill_rows(3, &part).expect("fits");
         assert_eq!(whole.keys[0][[3, 1, 2, 0]], 3.0);
         assert_eq!(whole.values[1][[4, 0, 3, 2]], -1004.0);
         assert_eq!(
             whole.keys[1][[2, 0, 0, 0]],
             0.0,
             "rows not filled stay zero"
-        );
-        assert!(whole.fill_rows(4, &part).is_err(), "past the last row");
-        assert!(
-            whole.fill_rows(0, &numbered_cache(1, 5)).is_err(),
-            "other slots"
         );
     }
 

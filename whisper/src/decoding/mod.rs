@@ -6,7 +6,9 @@
 
 pub mod rules;
 
-use crate::model::{CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel, MASKED};
+use crate::model::{
+    BatchKv, CrossAttention, DecoderInputs, SelfAttentionCache, WhisperModel, MASKED,
+};
 use crate::WhisperError;
 use ndarray::{Array2, Axis};
 use rules::{log_softmax, token_probability, LogitRules};
@@ -397,7 +399,7 @@ impl<'a> Rows<'a> {
         slices: &[Range<usize>],
     ) -> Result<Array2<f32>, WhisperError> {
         let mut logits = Vec::with_capacity(slices.len());
-        let mut whole: Option<SelfAttentionCache> = None;
+        let mut whole = BatchKv::new(self.cache.rows());
         for slice in slices {
             let indices: Vec<usize> = slice.clone().collect();
             let mut part = self.cache.select_rows(&indices)?;
@@ -412,13 +414,10 @@ impl<'a> Rows<'a> {
             });
             self.source.read_only(None)?;
             logits.push(decoded?);
-            whole
-                .get_or_insert_with(|| part.zeros_like(self.cache.rows()))
-                .fill_rows(slice.start, &part)?;
+            let (keys, values) = part.views();
+            whole.fill(slice.start, &keys, &values)?;
         }
-        if let Some(whole) = whole {
-            self.cache = whole;
-        }
+        self.cache = SelfAttentionCache::from_batch(whole);
         let views: Vec<_> = logits.iter().map(|part| part.view()).collect();
         ndarray::concatenate(Axis(0), &views).map_err(|err| WhisperError::Inference {
             reason: format!("logits of a sliced prompt do not stack: {err}"),
