@@ -8,7 +8,8 @@ mod common;
 use common::postgres::{psql, unique, Schema, POSTGRES};
 use common::proxy::Proxy;
 use common::{
-    distinct_recordings, documents, documents_per_id, model_ready, require_service, root,
+    distinct_recordings, documents, documents_per_id, documents_written, model_ready,
+    require_service, root,
 };
 use mmt_connectors::envelope::JobEnvelope;
 use mmt_connectors::rabbitmq::{JobSubmitter, RabbitMqConfig};
@@ -57,7 +58,7 @@ fn worker_idling(
 
 fn wait_until(child: &mut Child, out: &Path, documents_at_least: usize, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while documents(out).len() < documents_at_least {
+    while documents_written(out) < documents_at_least {
         if let Some(status) = child.try_wait().expect("wait") {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             panic!("the worker exited early ({status}):\n{log}");
@@ -111,7 +112,7 @@ fn two_hundred_jobs_survive_a_dropped_connection_and_a_killed_worker() {
     );
     wait_until(&mut first, out.path(), 30, &first_log);
     proxy.sever();
-    let cut_at = documents(out.path()).len();
+    let cut_at = documents_written(out.path());
     wait_until(&mut first, out.path(), cut_at + 40, &first_log);
     assert!(
         proxy.accepted() >= 3,

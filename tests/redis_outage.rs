@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{completed_events, distinct_recordings, documents, model_ready, read_lines, root};
+use common::{
+    completed_events, distinct_recordings, documents, documents_written, model_ready, read_lines,
+    root,
+};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -181,7 +184,7 @@ fn a_redis_outage_mid_run_falls_back_to_the_job_store() {
     );
     let wait_for_documents = |run: &mut Child, count: usize| {
         let deadline = Instant::now() + Duration::from_secs(180);
-        while documents(out.path()).len() < count {
+        while documents_written(out.path()) < count {
             if let Some(status) = run.try_wait().expect("wait") {
                 let log = std::fs::read_to_string(&first_log).unwrap_or_default();
                 panic!("the run ended ({status}) before {count} documents existed:\n{log}");
@@ -191,7 +194,7 @@ fn a_redis_outage_mid_run_falls_back_to_the_job_store() {
                 let letters = read_lines(&out.path().join("dlq.jsonl"));
                 panic!(
                     "{} of {count} documents after 180 s; dead letters: {letters:?}\n{log}",
-                    documents(out.path()).len()
+                    documents_written(out.path())
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -199,7 +202,7 @@ fn a_redis_outage_mid_run_falls_back_to_the_job_store() {
     };
     wait_for_documents(&mut run, 3);
     redis.kill();
-    let killed_at = documents(out.path()).len();
+    let killed_at = documents_written(out.path());
     write_half(1);
     wait_for_documents(&mut run, 24);
     let stopped = Command::new("kill")

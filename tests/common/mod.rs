@@ -230,6 +230,15 @@ pub fn documents(out: &Path) -> Vec<serde_json::Value> {
     read_lines(&out.join("fhir/DocumentReference.ndjson"))
 }
 
+/// How many FHIR documents a run still writing has finished under `out`: its
+/// complete lines, since a read can see the line being written in part.
+pub fn documents_written(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("fhir/DocumentReference.ndjson"))
+        .unwrap_or_default()
+        .matches('\n')
+        .count()
+}
+
 /// How many documents each job id has under `out`.
 pub fn documents_per_id(out: &Path) -> std::collections::HashMap<String, usize> {
     let mut per_id = std::collections::HashMap::new();
