@@ -44,7 +44,6 @@ fn inputs<'a>(
         positions: Array2::from_shape_fn((rows, width), |(_, i)| (past + i) as i64),
         attention_mask: Array2::zeros((rows, past + width)),
         cache,
-        cache_rows: 0..rows,
         cross,
     }
 }

@@ -322,12 +322,7 @@ impl WhisperModel {
     pub fn decode(&mut self, step: DecoderInputs<'_>) -> Result<Array2<f32>, WhisperError> {
         let (rows, new_tokens) = step.tokens.dim();
         let past = step.attention_mask.ncols().checked_sub(new_tokens);
-        let cache_rows = step.cache_rows.clone();
-        let agree = |past: &usize| {
-            cache_rows.len() == rows
-                && cache_rows.end <= step.cache.rows()
-                && *past <= step.cache.slots()
-        };
+        let agree = |past: &usize| rows == step.cache.rows() && *past <= step.cache.slots();
         let Some(past) = past.filter(agree) else {
             return Err(WhisperError::InvalidOption {
                 reason: "a decoder call's tokens, attention mask and cache do not agree".into(),
@@ -355,10 +350,9 @@ impl WhisperModel {
         ];
         for (layer_names, layers) in caches {
             for (name, layer) in layer_names.iter().zip(layers) {
-                let rows = layer.slice_axis(Axis(0), cache_rows.clone().into());
                 inputs.push((
                     name.as_str().into(),
-                    TensorRef::from_array_view(rows)?.into(),
+                    TensorRef::from_array_view(layer.view())?.into(),
                 ));
             }
         }
@@ -397,7 +391,7 @@ impl WhisperModel {
                     .get(name.as_str())
                     .ok_or_else(|| missing_output(name))?
                     .try_extract_array::<f32>()?;
-                let mut target = layer.slice_mut(s![cache_rows.clone(), .., slots.clone(), ..]);
+                let mut target = layer.slice_mut(s![.., .., slots.clone(), ..]);
                 if target.shape() != new.shape() {
                     return Err(WhisperError::Inference {
                         reason: format!("{name} has an unexpected shape {:?}", new.shape()),
@@ -418,10 +412,9 @@ pub struct DecoderInputs<'a> {
     /// `[rows, past + new]`, additive: 0 to attend, [`MASKED`] not to; `past`
     /// is the number of the cache's slots already filled.
     pub attention_mask: Array2<f32>,
-    /// The cache the call reads and writes its new keys and values into.
+    /// The cache, one row per token row, that the call reads and writes its
+    /// new keys and values into.
     pub cache: &'a mut SelfAttentionCache,
-    /// The rows of `cache` that are this call's rows.
-    pub cache_rows: Range<usize>,
     pub cross: &'a CrossAttention,
 }
 

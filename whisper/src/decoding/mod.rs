@@ -345,7 +345,6 @@ impl<'a> Rows<'a> {
                     positions: new.positions,
                     attention_mask: new.attention_mask,
                     cache: &mut self.cache,
-                    cache_rows: 0..rows,
                     cross,
                 })?
             }
@@ -409,7 +408,6 @@ impl<'a> Rows<'a> {
                 positions: new.positions.select(Axis(0), &indices),
                 attention_mask: new.attention_mask.select(Axis(0), &indices),
                 cache: &mut part,
-                cache_rows: 0..indices.len(),
                 cross: self.source,
             });
             self.source.read_only(None)?;
